@@ -1,0 +1,278 @@
+//! Flows as data. A flow is a relay/sink pair: Postgres source tables (each
+//! with an `id` key and a `sent_to_kafka` flag) publish to topics, and one
+//! consumer group loads those topics into ClickHouse tables.
+//!
+//! The built-in flows live in `builtin/flows.toml`; a user file (FLOWS_FILE)
+//! adds flows or replaces built-in ones by name.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::ident::{Ident, check_kafka_name};
+
+const BUILTIN: &str = include_str!("../builtin/flows.toml");
+
+/// One pipeline: what the relay publishes and what the sink loads.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Flow {
+    pub name: Ident,
+    /// Kafka consumer group of this flow's sink.
+    pub consumer_group: String,
+    /// Postgres tables the relay publishes (may be empty for a flow fed by
+    /// another stage).
+    #[serde(default)]
+    pub sources: Vec<SourceTable>,
+    /// ClickHouse tables the sink loads.
+    #[serde(default)]
+    pub targets: Vec<TargetTable>,
+}
+
+/// A Postgres outbox table: rows with `sent_to_kafka = FALSE` are published,
+/// one JSON message each, in `id` order.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceTable {
+    pub table: Ident,
+    pub topic: String,
+    /// Column whose value is the Kafka message key (per-key order is kept).
+    /// `id` when absent.
+    #[serde(default)]
+    pub key: Option<Ident>,
+    /// Columns carried in the message, by name. Must include `id`.
+    pub columns: Vec<Ident>,
+}
+
+/// A ClickHouse table fed from a topic. Every column of the table without a
+/// DEFAULT is filled from the message field of the same name unless
+/// `columns` maps it to another field.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetTable {
+    pub topic: String,
+    pub table: Ident,
+    /// ClickHouse column -> message field, where they differ.
+    #[serde(default)]
+    pub columns: BTreeMap<Ident, String>,
+}
+
+impl SourceTable {
+    pub fn key_column(&self) -> &str {
+        self.key.as_ref().map_or("id", Ident::as_str)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    #[error("cannot read flows file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("flows file {origin} is not valid: {message}")]
+    Parse { origin: String, message: String },
+    #[error("flow `{flow}`: {message}")]
+    Invalid { flow: String, message: String },
+    #[error("unknown flow `{0}` (known: {1})")]
+    Unknown(String, String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowsFile {
+    #[serde(default)]
+    flows: Vec<Flow>,
+}
+
+/// The flows this process knows, in definition order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowCatalog {
+    flows: Vec<Flow>,
+}
+
+impl FlowCatalog {
+    /// The built-in flows.
+    pub fn builtin() -> Result<Self, FlowError> {
+        Self::parse(BUILTIN, "builtin")
+    }
+
+    /// Built-in flows, with those of `file` added or replacing by name.
+    pub fn load(file: Option<&Path>) -> Result<Self, FlowError> {
+        let mut catalog = Self::builtin()?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| FlowError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let extra = Self::parse(&text, &path.display().to_string())?;
+            catalog.merge(extra);
+        }
+        Ok(catalog)
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, FlowError> {
+        let file: FlowsFile = toml::from_str(text).map_err(|e| FlowError::Parse {
+            origin: origin.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        let catalog = Self { flows: file.flows };
+        catalog.validate()?;
+        Ok(catalog)
+    }
+
+    fn merge(&mut self, other: FlowCatalog) {
+        for flow in other.flows {
+            match self.flows.iter_mut().find(|f| f.name == flow.name) {
+                Some(slot) => *slot = flow,
+                None => self.flows.push(flow),
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), FlowError> {
+        let mut names = BTreeSet::new();
+        for flow in &self.flows {
+            let invalid = |message: String| FlowError::Invalid {
+                flow: flow.name.to_string(),
+                message,
+            };
+            if !names.insert(flow.name.clone()) {
+                return Err(invalid("defined twice".into()));
+            }
+            check_kafka_name(&flow.consumer_group)
+                .map_err(|e| invalid(format!("consumer_group: {e}")))?;
+            for source in &flow.sources {
+                check_kafka_name(&source.topic).map_err(|e| invalid(format!("topic: {e}")))?;
+                if !source.columns.iter().any(|c| c.as_str() == "id") {
+                    return Err(invalid(format!(
+                        "source table {} must list the `id` column",
+                        source.table
+                    )));
+                }
+                if let Some(key) = &source.key
+                    && !source.columns.contains(key)
+                {
+                    return Err(invalid(format!(
+                        "key column {key} of source table {} is not among its columns",
+                        source.table
+                    )));
+                }
+            }
+            for target in &flow.targets {
+                check_kafka_name(&target.topic).map_err(|e| invalid(format!("topic: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Prefix every topic and consumer group (for shared clusters and
+    /// isolated tests); an empty prefix changes nothing.
+    pub fn with_prefixes(mut self, topic_prefix: &str, group_prefix: &str) -> Self {
+        for flow in &mut self.flows {
+            flow.consumer_group = format!("{group_prefix}{}", flow.consumer_group);
+            for s in &mut flow.sources {
+                s.topic = format!("{topic_prefix}{}", s.topic);
+            }
+            for t in &mut flow.targets {
+                t.topic = format!("{topic_prefix}{}", t.topic);
+            }
+        }
+        self
+    }
+
+    /// The flows named in `selection` (all when `None`), in catalog order.
+    pub fn select(&self, selection: Option<&[String]>) -> Result<Vec<Flow>, FlowError> {
+        let Some(names) = selection else {
+            return Ok(self.flows.clone());
+        };
+        for name in names {
+            if !self.flows.iter().any(|f| f.name.as_str() == name) {
+                return Err(FlowError::Unknown(name.clone(), self.names().join(", ")));
+            }
+        }
+        Ok(self
+            .flows
+            .iter()
+            .filter(|f| names.iter().any(|n| n == f.name.as_str()))
+            .cloned()
+            .collect())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.flows.iter().map(|f| f.name.to_string()).collect()
+    }
+
+    pub fn flows(&self) -> &[Flow] {
+        &self.flows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_flows_load() {
+        let catalog = FlowCatalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+        let flow = &catalog.flows()[0];
+        assert_eq!(flow.name.as_str(), "user_logins");
+        assert_eq!(flow.consumer_group, "user-logins-consumer");
+        assert_eq!(flow.sources[0].topic, "user_events");
+        assert_eq!(flow.sources[0].key_column(), "username");
+        assert_eq!(flow.targets[0].table.as_str(), "user_logins");
+    }
+
+    #[test]
+    fn rejects_sql_in_identifiers_and_unknown_keys() {
+        let bad = r#"
+[[flows]]
+name = "x"
+consumer_group = "g"
+[[flows.sources]]
+table = "t; drop table users"
+topic = "t"
+columns = ["id"]
+"#;
+        let err = FlowCatalog::parse(bad, "test").err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("not a valid identifier")));
+
+        let unknown = "[[flows]]\nname = \"x\"\nconsumer_group = \"g\"\ncolour = 1\n";
+        let err = FlowCatalog::parse(unknown, "test").err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("colour")), "unknown key must be named");
+    }
+
+    #[test]
+    fn source_must_carry_id_and_key() {
+        let no_id = "[[flows]]\nname = \"x\"\nconsumer_group = \"g\"\n[[flows.sources]]\ntable = \"t\"\ntopic = \"t\"\ncolumns = [\"a\"]\n";
+        let err = FlowCatalog::parse(no_id, "test").err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("`id`")));
+    }
+
+    #[test]
+    fn select_and_prefix() {
+        let catalog = FlowCatalog::builtin()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_prefixes("t1.", "g1.");
+        let all = catalog.select(None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(all[0].sources[0].topic, "t1.user_events");
+        assert_eq!(all[0].consumer_group, "g1.user-logins-consumer");
+        let err = catalog.select(Some(&["nope".to_owned()])).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("unknown flow `nope`")));
+    }
+
+    #[test]
+    fn user_file_replaces_by_name_and_adds() {
+        let mut catalog = FlowCatalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+        let extra = FlowCatalog::parse(
+            "[[flows]]\nname = \"user_logins\"\nconsumer_group = \"other\"\n[[flows]]\nname = \"mine\"\nconsumer_group = \"m\"\n",
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        catalog.merge(extra);
+        assert_eq!(catalog.names(), vec!["user_logins", "mine"]);
+        assert_eq!(catalog.flows()[0].consumer_group, "other");
+    }
+}

@@ -1,0 +1,14 @@
+//! What the relay and the sink share: the flow definitions (which Postgres
+//! tables go to which topics and on to which ClickHouse tables), settings
+//! read from the environment, telemetry set-up, shutdown and backoff.
+
+pub mod backoff;
+pub mod definition;
+pub mod ident;
+pub mod migrations;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use definition::{Flow, FlowCatalog, SourceTable, TargetTable};
+pub use settings::{Env, SettingError};

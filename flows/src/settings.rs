@@ -1,0 +1,209 @@
+//! Settings come from the environment. Each daemon lists the variables it
+//! knows; a missing, malformed or unknown one is a [`SettingError`] naming the
+//! variable (never echoing its value, which may hold a password), and the
+//! binaries turn that into one line on stderr and exit code 2.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::definition::{Flow, FlowCatalog};
+
+/// A setting that is missing, malformed or not known.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid setting {name}: {reason}")]
+pub struct SettingError {
+    pub name: String,
+    pub reason: String,
+}
+
+impl SettingError {
+    pub fn new(name: &str, reason: impl Into<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A snapshot of environment variables. Empty values count as unset.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self::from_pairs(std::env::vars_os().filter_map(|(k, v)| {
+            Some((k.into_string().ok()?, v.into_string().ok()?))
+        }))
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .filter(|(_, v): &(String, String)| !v.is_empty())
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    pub fn required(&self, name: &str) -> Result<String, SettingError> {
+        self.get(name)
+            .map(str::to_owned)
+            .ok_or_else(|| SettingError::new(name, "is required but not set"))
+    }
+
+    pub fn string_or(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or(default).to_owned()
+    }
+
+    /// Parses the variable, or returns `default` when it is unset.
+    pub fn parse_or<T: FromStr>(&self, name: &str, default: T) -> Result<T, SettingError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw.trim().parse().map_err(|_| {
+                SettingError::new(name, format!("expected {}", std::any::type_name::<T>()))
+            }),
+        }
+    }
+
+    /// A positive whole number, or `default` when unset.
+    pub fn positive_or(&self, name: &str, default: u64) -> Result<u64, SettingError> {
+        let value: u64 = self.parse_or(name, default).map_err(|_| {
+            SettingError::new(name, "expected a positive whole number")
+        })?;
+        if value == 0 {
+            return Err(SettingError::new(name, "must be greater than 0"));
+        }
+        Ok(value)
+    }
+
+    /// A comma-separated list; `None` when unset.
+    pub fn list(&self, name: &str) -> Option<Vec<String>> {
+        self.get(name).map(|raw| {
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+    }
+
+    /// Rejects variables that start with one of `prefixes` but are not in
+    /// `known`: a misspelt knob must not be silently ignored.
+    pub fn reject_unknown(&self, prefixes: &[&str], known: &[&str]) -> Result<(), SettingError> {
+        for name in self.vars.keys() {
+            if prefixes.iter().any(|p| name.starts_with(p)) && !known.contains(&name.as_str()) {
+                return Err(SettingError::new(name, "unknown setting (misspelt?)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The flows selected by FLOWS (default all), from the built-in catalogue
+/// plus FLOWS_FILE, with KAFKA_TOPIC_PREFIX and KAFKA_GROUP_PREFIX applied.
+pub fn selected_flows(env: &Env) -> Result<Vec<Flow>, SettingError> {
+    let file = env.get("FLOWS_FILE").map(PathBuf::from);
+    let catalog = FlowCatalog::load(file.as_deref())
+        .map_err(|e| SettingError::new("FLOWS_FILE", e.to_string()))?
+        .with_prefixes(
+            &env.string_or("KAFKA_TOPIC_PREFIX", ""),
+            &env.string_or("KAFKA_GROUP_PREFIX", ""),
+        );
+    let selection = env.list("FLOWS");
+    let flows = catalog
+        .select(selection.as_deref())
+        .map_err(|e| SettingError::new("FLOWS", e.to_string()))?;
+    if flows.is_empty() {
+        return Err(SettingError::new("FLOWS", "selects no flow"));
+    }
+    Ok(flows)
+}
+
+/// Checks that `url` parses as a URL with one of `schemes`, without putting
+/// the URL (which may carry a password) in the error.
+pub fn check_url(name: &str, url: &str, schemes: &[&str]) -> Result<(), SettingError> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(SettingError::new(name, format!("expected a URL starting with {}://", schemes[0])));
+    };
+    if !schemes.contains(&scheme) {
+        return Err(SettingError::new(
+            name,
+            format!("scheme must be one of {}", schemes.join(", ")),
+        ));
+    }
+    if rest.is_empty() || rest.starts_with('/') && scheme.starts_with("http") {
+        return Err(SettingError::new(name, "has no host"));
+    }
+    Ok(())
+}
+
+/// `url` with any password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparsable url>".to_owned();
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    // Query parameters can carry passwords too (libpq's `password=`).
+    let path = match path.split_once('?') {
+        Some((p, _)) => format!("{p}?***"),
+        None => path.to_owned(),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => format!("{scheme}://{authority}{path}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_name_the_variable() {
+        let env = Env::from_pairs([("A", "12"), ("B", "x"), ("C", "0"), ("E", "")]);
+        assert_eq!(env.positive_or("A", 5), Ok(12));
+        assert_eq!(env.positive_or("Z", 5), Ok(5));
+        assert_eq!(env.positive_or("E", 5), Ok(5), "empty counts as unset");
+        let err = env.positive_or("B", 5).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("invalid setting B: expected a positive whole number"));
+        assert!(env.positive_or("C", 5).is_err());
+        assert!(env.required("MISSING").is_err());
+    }
+
+    #[test]
+    fn unknown_prefixed_variables_are_refused() {
+        let env = Env::from_pairs([("RELAY_BATCH_SIZ", "1"), ("PATH", "/bin")]);
+        let err = env.reject_unknown(&["RELAY_"], &["RELAY_BATCH_SIZE"]).err();
+        assert_eq!(err.map(|e| e.name), Some("RELAY_BATCH_SIZ".to_owned()));
+    }
+
+    #[test]
+    fn urls_are_checked_without_echo_and_redacted() {
+        let err = check_url("DATABASE_URL", "mysql://u:secret@h/db", &["postgres", "postgresql"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("DATABASE_URL") && !err.contains("secret"));
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db?password=x"),
+            "postgres://u:***@h:5432/db?***"
+        );
+        assert_eq!(redact_url("http://h:8123"), "http://h:8123");
+    }
+}

@@ -1,0 +1,33 @@
+//! Logging set-up: human-readable by default, JSON with LOG_FORMAT=json,
+//! levels from RUST_LOG (default `info`).
+
+use tracing_subscriber::EnvFilter;
+
+use crate::settings::{Env, SettingError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn log_format(env: &Env) -> Result<LogFormat, SettingError> {
+    match env.get("LOG_FORMAT") {
+        None | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(_) => Err(SettingError::new("LOG_FORMAT", "expected `text` or `json`")),
+    }
+}
+
+/// Installs the global subscriber. Safe to call more than once (later calls
+/// do nothing), so tests can call it freely.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

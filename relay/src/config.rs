@@ -1,0 +1,145 @@
+//! The relay's settings, one struct per concern, read from the environment.
+//! Defaults are documented in README.md ("Settings").
+
+use std::time::Duration;
+
+use flows::settings::check_url;
+use flows::settings::selected_flows;
+use flows::{Env, Flow, SettingError};
+
+/// Every variable the relay reads. Variables starting with `RELAY_` or
+/// `KAFKA_` that are not listed here are refused as misspelt.
+pub const KNOWN_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "KAFKA_BROKERS",
+    "KAFKA_TOPIC_PREFIX",
+    "KAFKA_GROUP_PREFIX",
+    "KAFKA_ACKS",
+    "KAFKA_LINGER_MS",
+    "KAFKA_BATCH_SIZE",
+    "KAFKA_TRANSACTION_TIMEOUT_MS",
+    "RELAY_BATCH_SIZE",
+    "RELAY_POLL_INTERVAL_MS",
+    "RELAY_STANDBY_RETRY_MS",
+    "RELAY_TRANSACTIONAL_ID_PREFIX",
+    "FLOWS",
+    "FLOWS_FILE",
+    "LOG_FORMAT",
+];
+
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    /// libpq-style URL; may carry a password, so never logged unredacted.
+    pub url: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// `transactional.id` = prefix + "." + flow name: a restarted relay
+    /// fences its predecessor's producer for the same flow.
+    pub transactional_id_prefix: String,
+    pub acks: String,
+    pub linger_ms: u64,
+    pub batch_size_bytes: u64,
+    pub transaction_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct BatchConfig {
+    /// Rows locked, published and flagged per transaction.
+    pub batch_size: u32,
+    /// How often to look for pending rows when no NOTIFY arrived.
+    pub poll_interval: Duration,
+    /// How often a standby tries to take over a flow.
+    pub standby_retry: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub postgres: PostgresConfig,
+    pub kafka: KafkaConfig,
+    pub batch: BatchConfig,
+    pub flows: Vec<Flow>,
+}
+
+/// Settings the `migrate` command needs: only the database.
+pub fn postgres_config(env: &Env) -> Result<PostgresConfig, SettingError> {
+    let url = env.required("DATABASE_URL")?;
+    check_url("DATABASE_URL", &url, &["postgres", "postgresql"])?;
+    Ok(PostgresConfig { url })
+}
+
+impl RelayConfig {
+    pub fn from_env(env: &Env) -> Result<Self, SettingError> {
+        env.reject_unknown(&["RELAY_", "KAFKA_"], KNOWN_VARS)?;
+        flows::telemetry::log_format(env)?;
+        let postgres = postgres_config(env)?;
+        let brokers = env.required("KAFKA_BROKERS")?;
+        let acks = env.string_or("KAFKA_ACKS", "all");
+        if acks != "all" && acks != "-1" {
+            // Transactions need the idempotent producer, which needs acks=all.
+            return Err(SettingError::new(
+                "KAFKA_ACKS",
+                "the relay publishes in transactions, which require acks=all",
+            ));
+        }
+        let batch_size = env.positive_or("RELAY_BATCH_SIZE", 10_000)?;
+        if batch_size > 100_000 {
+            return Err(SettingError::new("RELAY_BATCH_SIZE", "must be at most 100000"));
+        }
+        Ok(Self {
+            postgres,
+            kafka: KafkaConfig {
+                brokers,
+                transactional_id_prefix: env.string_or("RELAY_TRANSACTIONAL_ID_PREFIX", "outbox-relay"),
+                acks,
+                linger_ms: env.parse_or("KAFKA_LINGER_MS", 5)?,
+                batch_size_bytes: env.positive_or("KAFKA_BATCH_SIZE", 1_000_000)?,
+                transaction_timeout_ms: env.positive_or("KAFKA_TRANSACTION_TIMEOUT_MS", 60_000)?,
+            },
+            batch: BatchConfig {
+                batch_size: u32::try_from(batch_size).unwrap_or(100_000),
+                poll_interval: Duration::from_millis(env.positive_or("RELAY_POLL_INTERVAL_MS", 1_000)?),
+                standby_retry: Duration::from_millis(env.positive_or("RELAY_STANDBY_RETRY_MS", 1_000)?),
+            },
+            flows: selected_flows(env)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("DATABASE_URL", "postgres://u:pw@localhost/db"),
+            ("KAFKA_BROKERS", "localhost:9092"),
+        ]
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = RelayConfig::from_env(&Env::from_pairs(base())).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.batch.batch_size, 10_000);
+        assert_eq!(cfg.batch.poll_interval, Duration::from_secs(1));
+        assert_eq!(cfg.flows[0].name.as_str(), "user_logins");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let mut pairs = base();
+        pairs.push(("RELAY_BATCH_SIZE", "lots"));
+        let err = RelayConfig::from_env(&Env::from_pairs(pairs)).err();
+        assert_eq!(err.map(|e| e.name), Some("RELAY_BATCH_SIZE".into()));
+
+        let err = RelayConfig::from_env(&Env::from_pairs([("KAFKA_BROKERS", "x")])).err();
+        assert_eq!(err.map(|e| e.name), Some("DATABASE_URL".into()));
+
+        let mut pairs = base();
+        pairs.push(("FLOWS", "user_logins,nope"));
+        let err = RelayConfig::from_env(&Env::from_pairs(pairs)).err();
+        assert_eq!(err.map(|e| e.name), Some("FLOWS".into()));
+    }
+}

@@ -1,0 +1,48 @@
+//! What can go wrong while relaying a batch, and what to do about it —
+//! decided here, in one place.
+
+use crate::publisher::PublishError;
+use crate::source::SourceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("kafka producer: {0}")]
+    Producer(#[from] rdkafka::error::KafkaError),
+    #[error("blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// The next step after a failed batch. In every case nothing was flagged
+/// sent: the Postgres transaction holding the rows is rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Back off and retry the batch with the same connections.
+    Retry,
+    /// Back off, build a new Kafka producer (re-initialising transactions),
+    /// then retry.
+    RecreateProducer,
+    /// Back off, reconnect to Postgres (leadership must be won again), retry.
+    Reconnect,
+    /// The flow's definition contradicts the database: stop with a message.
+    Fatal,
+}
+
+pub fn classify(err: &RelayError) -> Recovery {
+    match err {
+        RelayError::Postgres(e) if e.is_closed() => Recovery::Reconnect,
+        // A statement error (e.g. the connection was terminated mid-query,
+        // or a serialization failure) leaves the session in doubt.
+        RelayError::Postgres(_) => Recovery::Reconnect,
+        RelayError::Publish(PublishError::Aborted(_)) => Recovery::Retry,
+        RelayError::Publish(PublishError::Fatal(_)) | RelayError::Producer(_) => Recovery::RecreateProducer,
+        RelayError::Source(SourceError::Postgres(_)) => Recovery::Reconnect,
+        RelayError::Source(_) => Recovery::Fatal,
+        RelayError::Join(_) => Recovery::RecreateProducer,
+    }
+}

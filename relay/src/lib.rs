@@ -1,0 +1,70 @@
+//! The outbox relay: publishes rows of Postgres outbox tables to Kafka in
+//! transactions and flags them sent. See `flow_relay` for the delivery
+//! contract.
+
+pub mod config;
+pub mod error;
+pub mod flow_relay;
+pub mod listener;
+pub mod migrate;
+pub mod pg;
+pub mod publisher;
+pub mod source;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use config::RelayConfig;
+pub use error::RelayError;
+
+use crate::flow_relay::FlowRelay;
+use crate::listener::Wakers;
+
+/// Checks every selected flow against the database (refusing a flow whose
+/// definition contradicts its tables), then relays all of them until
+/// `shutdown`. Returns Err only for such a contradiction.
+pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(), RelayError> {
+    let config = Arc::new(config);
+    if let Some(client) = pg::connect(&config.postgres.url, "startup check", &shutdown).await {
+        for flow in &config.flows {
+            for source in &flow.sources {
+                source::OutboxSource::inspect(&client, flow.name.as_str(), source).await?;
+            }
+        }
+    }
+    let mut wakers = Wakers::default();
+    let mut workers = tokio::task::JoinSet::new();
+    for flow in &config.flows {
+        let wake = Arc::new(Notify::new());
+        for source in &flow.sources {
+            wakers.register(source.table.as_str(), Arc::clone(&wake));
+        }
+        let relay = FlowRelay {
+            flow: flow.clone(),
+            config: Arc::clone(&config),
+            wake,
+        };
+        workers.spawn(relay.run(shutdown.clone()));
+    }
+    let listener = tokio::spawn(listener::listen(config.postgres.url.clone(), wakers, shutdown.clone()));
+    let mut outcome = Ok(());
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                // A contradiction in one flow stops the process: running the
+                // others silently would hide it.
+                shutdown.cancel();
+                outcome = Err(err);
+            }
+            Err(join) => {
+                shutdown.cancel();
+                outcome = Err(RelayError::Join(join));
+            }
+        }
+    }
+    let _ = listener.await;
+    outcome
+}

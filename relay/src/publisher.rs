@@ -1,0 +1,158 @@
+//! The Kafka side of the relay: one transactional producer per flow.
+//!
+//! Contract: `publish_batch` returns Ok only after `commit_transaction`
+//! succeeded, so every message of the batch is durably in Kafka and visible to
+//! read_committed consumers. Any error leaves the transaction aborted (or the
+//! producer due for re-creation) and the caller flips nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+
+use crate::config::KafkaConfig;
+use crate::source::OutboxBatch;
+
+const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Collects per-message delivery failures; the opaque is the source row id.
+#[derive(Default)]
+pub struct DeliveryTracker {
+    failures: Mutex<Vec<(i64, KafkaError)>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, id: usize) {
+        if let Err((err, _)) = result
+            && let Ok(mut failures) = self.failures.lock()
+        {
+            failures.push((i64::try_from(id).unwrap_or(i64::MAX), err.clone()));
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The transaction failed and was aborted; retrying the batch is safe.
+    #[error("kafka transaction aborted: {0}")]
+    Aborted(#[source] KafkaError),
+    /// The producer is unusable (fatal error, fenced, or the abort failed):
+    /// create a new one before retrying.
+    #[error("kafka producer must be recreated: {0}")]
+    Fatal(#[source] KafkaError),
+}
+
+pub struct Publisher {
+    producer: ThreadedProducer<DeliveryTracker>,
+    flow: String,
+}
+
+impl Publisher {
+    /// Creates the producer and initialises transactions, fencing any earlier
+    /// producer with the same transactional id. Blocking.
+    pub fn connect(cfg: &KafkaConfig, flow: &str) -> Result<Self, KafkaError> {
+        let producer: ThreadedProducer<DeliveryTracker> = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("client.id", format!("outbox-relay-{flow}"))
+            .set("transactional.id", format!("{}.{flow}", cfg.transactional_id_prefix))
+            .set("enable.idempotence", "true")
+            .set("acks", &cfg.acks)
+            .set("linger.ms", cfg.linger_ms.to_string())
+            .set("batch.size", cfg.batch_size_bytes.to_string())
+            .set("transaction.timeout.ms", cfg.transaction_timeout_ms.to_string())
+            .set("message.timeout.ms", cfg.transaction_timeout_ms.to_string())
+            .set("queue.buffering.max.messages", "200000")
+            .create_with_context(DeliveryTracker::default())?;
+        producer.init_transactions(INIT_TIMEOUT)?;
+        Ok(Self {
+            producer,
+            flow: flow.to_owned(),
+        })
+    }
+
+    /// Publishes every message of `batch` to `topic` in one transaction.
+    /// Blocking: run it on a blocking thread.
+    pub fn publish_batch(&self, topic: &str, table: &str, batch: &OutboxBatch) -> Result<(), PublishError> {
+        if let Ok(mut f) = self.producer.context().failures.lock() {
+            f.clear();
+        }
+        self.producer.begin_transaction().map_err(PublishError::Fatal)?;
+        match self.send_all(topic, table, batch) {
+            Ok(()) => match self.producer.commit_transaction(COMMIT_TIMEOUT) {
+                Ok(()) => Ok(()),
+                Err(err) => Err(self.abort_after(err)),
+            },
+            Err(err) => Err(self.abort_after(err)),
+        }
+    }
+
+    fn send_all(&self, topic: &str, table: &str, batch: &OutboxBatch) -> Result<(), KafkaError> {
+        for message in &batch.messages {
+            let id = message.id.to_string();
+            let headers = OwnedHeaders::new_with_capacity(3)
+                .insert(Header { key: "flow", value: Some(self.flow.as_bytes()) })
+                .insert(Header { key: "source_table", value: Some(table.as_bytes()) })
+                .insert(Header { key: "source_id", value: Some(id.as_bytes()) });
+            let mut record = BaseRecord::with_opaque_to(topic, usize::try_from(message.id).unwrap_or(0))
+                .payload(message.payload.as_bytes())
+                .headers(headers);
+            if let Some(key) = &message.key {
+                record = record.key(key.as_bytes());
+            }
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    // The background thread drains the queue; wait for room.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err((err, _)) => return Err(err),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction after `err`, classifying what the caller
+    /// must do next (see [`PublishError`]).
+    fn abort_after(&self, err: KafkaError) -> PublishError {
+        let fatal = match &err {
+            KafkaError::Transaction(e) => e.is_fatal(),
+            _ => false,
+        };
+        if fatal {
+            return PublishError::Fatal(err);
+        }
+        match self.producer.abort_transaction(ABORT_TIMEOUT) {
+            Ok(()) => PublishError::Aborted(err),
+            Err(abort_err) => {
+                tracing::warn!(flow = %self.flow, error = %abort_err, "abort failed; recreating producer");
+                PublishError::Fatal(err)
+            }
+        }
+    }
+
+    /// Row ids Kafka refused in the last batch, with the reasons.
+    pub fn delivery_failures(&self) -> Vec<(i64, String)> {
+        self.producer
+            .context()
+            .failures
+            .lock()
+            .map(|f| f.iter().map(|(id, e)| (*id, e.to_string())).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Shares a publisher with blocking tasks.
+pub type SharedPublisher = Arc<Publisher>;

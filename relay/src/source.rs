@@ -1,0 +1,181 @@
+//! A Postgres outbox table: pending rows are locked in id order, turned into
+//! JSON by Postgres itself (one `json_build_object` per row, so the relay only
+//! forwards bytes), and flagged sent once Kafka committed them.
+
+use flows::SourceTable;
+use tokio_postgres::{Client, GenericClient};
+
+/// One pending row, ready to publish.
+#[derive(Clone, Debug)]
+pub struct OutboxMessage {
+    pub id: i64,
+    pub key: Option<String>,
+    pub payload: String,
+}
+
+/// The rows one transaction publishes, in id order.
+#[derive(Debug, Default)]
+pub struct OutboxBatch {
+    pub messages: Vec<OutboxMessage>,
+}
+
+impl OutboxBatch {
+    pub fn ids(&self) -> Vec<i64> {
+        self.messages.iter().map(|m| m.id).collect()
+    }
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+}
+
+/// A source table whose definition was checked against the live table.
+#[derive(Clone, Debug)]
+pub struct OutboxSource {
+    pub table: String,
+    pub topic: String,
+    fetch_sql: String,
+    mark_sql: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("flow `{flow}`: source table {table} does not exist")]
+    MissingTable { flow: String, table: String },
+    #[error("flow `{flow}`: source table {table} has no column {column}")]
+    MissingColumn {
+        flow: String,
+        table: String,
+        column: String,
+    },
+    #[error("flow `{flow}`: column {table}.{column} must be {expected}, found {found}")]
+    WrongType {
+        flow: String,
+        table: String,
+        column: String,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("flow `{flow}`: source table {table} has {count} columns, at most 50 are supported")]
+    TooManyColumns {
+        flow: String,
+        table: String,
+        count: usize,
+    },
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// How a column travels in the JSON message.
+fn json_expr(column: &str, data_type: &str) -> String {
+    match data_type {
+        // seed 003: times travel as Unix seconds (fractional when the value has
+        // sub-second precision); `timestamp` without zone is taken as UTC.
+        "timestamp without time zone" => {
+            format!("extract(epoch from {column} AT TIME ZONE 'UTC')::float8")
+        }
+        "timestamp with time zone" => format!("extract(epoch from {column})::float8"),
+        "date" => format!("extract(epoch from {column}::timestamp AT TIME ZONE 'UTC')::float8"),
+        _ => column.to_owned(),
+    }
+}
+
+impl OutboxSource {
+    /// Checks `source` against the table in the database and prepares its SQL.
+    pub async fn inspect(client: &Client, flow: &str, source: &SourceTable) -> Result<Self, SourceError> {
+        let table = source.table.as_str();
+        let rows = client
+            .query(
+                "SELECT column_name::text, data_type::text FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = $1",
+                &[&table],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(SourceError::MissingTable { flow: flow.into(), table: table.into() });
+        }
+        let columns: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let type_of = |name: &str| columns.iter().find(|(c, _)| c == name).map(|(_, t)| t.as_str());
+        let expect = |column: &str, expected: &'static str, ok: &[&str]| -> Result<(), SourceError> {
+            match type_of(column) {
+                None => Err(SourceError::MissingColumn {
+                    flow: flow.into(),
+                    table: table.into(),
+                    column: column.into(),
+                }),
+                Some(found) if !ok.is_empty() && !ok.contains(&found) => Err(SourceError::WrongType {
+                    flow: flow.into(),
+                    table: table.into(),
+                    column: column.into(),
+                    expected,
+                    found: found.into(),
+                }),
+                Some(_) => Ok(()),
+            }
+        };
+        expect("id", "an integer", &["integer", "bigint", "smallint"])?;
+        expect("sent_to_kafka", "boolean", &["boolean"])?;
+        if source.columns.len() > 50 {
+            return Err(SourceError::TooManyColumns {
+                flow: flow.into(),
+                table: table.into(),
+                count: source.columns.len(),
+            });
+        }
+        let mut fields = Vec::with_capacity(source.columns.len());
+        for column in &source.columns {
+            expect(column.as_str(), "", &[])?;
+            let data_type = type_of(column.as_str()).unwrap_or_default();
+            fields.push(format!("'{}', {}", column.as_str(), json_expr(&column.pg(), data_type)));
+        }
+        let key = flows::ident::Ident::new(source.key_column())
+            .map(|k| k.pg())
+            .unwrap_or_else(|_| "\"id\"".into());
+        let t = source.table.pg();
+        // The partial index on pending ids (migrations) keeps this an index
+        // scan however many rows were already sent.
+        let fetch_sql = format!(
+            "SELECT \"id\"::int8, ({key})::text, json_build_object({})::text FROM {t} \
+             WHERE sent_to_kafka IS NOT TRUE ORDER BY \"id\" LIMIT $1 FOR UPDATE SKIP LOCKED",
+            fields.join(", ")
+        );
+        let mark_sql = format!("UPDATE {t} SET sent_to_kafka = TRUE WHERE \"id\" = ANY($1::int8[])");
+        Ok(Self {
+            table: table.into(),
+            topic: source.topic.clone(),
+            fetch_sql,
+            mark_sql,
+        })
+    }
+
+    /// Locks up to `limit` pending rows in id order (call inside a
+    /// transaction); rows locked by another transaction are skipped.
+    pub async fn fetch_pending(&self, tx: &impl GenericClient, limit: u32) -> Result<OutboxBatch, tokio_postgres::Error> {
+        let rows = tx.query(&self.fetch_sql, &[&i64::from(limit)]).await?;
+        let messages = rows
+            .iter()
+            .map(|r| OutboxMessage {
+                id: r.get(0),
+                key: r.get(1),
+                payload: r.get(2),
+            })
+            .collect();
+        Ok(OutboxBatch { messages })
+    }
+
+    /// Flags exactly these rows sent. Called only after Kafka committed them.
+    pub async fn mark_sent(&self, tx: &impl GenericClient, ids: &[i64]) -> Result<u64, tokio_postgres::Error> {
+        tx.execute(&self.mark_sql, &[&ids]).await
+    }
+
+    /// Rows not yet sent (for status and tests).
+    pub async fn pending_count(&self, client: &Client) -> Result<i64, tokio_postgres::Error> {
+        let sql = format!(
+            "SELECT count(*) FROM \"{}\" WHERE sent_to_kafka IS NOT TRUE",
+            self.table
+        );
+        Ok(client.query_one(&sql, &[]).await?.get(0))
+    }
+}

@@ -1,0 +1,191 @@
+//! Buffers encoded rows per target table until the flush policy says go,
+//! together with what must happen once they are stored: dead letters to
+//! publish and consumer offsets to commit.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use serde_json::{Map, Value};
+
+use crate::clickhouse::encode::{EncodeError, encode_row};
+use crate::clickhouse::schema::TablePlan;
+use crate::config::FlushPolicy;
+use crate::dead_letter::DeadLetter;
+
+/// Where a consumed message came from.
+#[derive(Clone, Debug)]
+pub struct Origin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+}
+
+/// Rows, dead letters and offsets accumulated since the last flush.
+pub struct PendingBatch {
+    pub tables: Vec<BytesMut>,
+    pub rows_per_table: Vec<usize>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// (topic, partition) → next offset to commit.
+    pub offsets: BTreeMap<(String, i32), i64>,
+    rows: usize,
+    bytes: usize,
+    oldest: Option<Instant>,
+}
+
+impl PendingBatch {
+    pub fn new(tables: usize) -> Self {
+        Self {
+            tables: (0..tables).map(|_| BytesMut::new()).collect(),
+            rows_per_table: vec![0; tables],
+            dead_letters: Vec::new(),
+            offsets: BTreeMap::new(),
+            rows: 0,
+            bytes: 0,
+            oldest: None,
+        }
+    }
+
+    /// Decodes one message into every table fed by its topic (`targets` are
+    /// indexes into `plans`), or into a dead letter when it does not fit any
+    /// of them. Either way its offset becomes committable with this batch.
+    pub fn add_message(&mut self, plans: &[TablePlan], targets: &[usize], origin: Origin<'_>, payload: Option<&[u8]>) {
+        self.oldest.get_or_insert_with(Instant::now);
+        let key = (origin.topic.to_owned(), origin.partition);
+        let next = origin.offset + 1;
+        match self.offsets.get_mut(&key) {
+            Some(o) => *o = (*o).max(next),
+            None => {
+                self.offsets.insert(key, next);
+            }
+        }
+        if let Err(reason) = self.encode(plans, targets, payload) {
+            self.bytes += payload.map_or(0, <[u8]>::len);
+            self.dead_letters.push(DeadLetter {
+                topic: origin.topic.to_owned(),
+                partition: origin.partition,
+                offset: origin.offset,
+                key: origin.key.map(<[u8]>::to_vec),
+                payload: payload.map(<[u8]>::to_vec),
+                error: reason,
+            });
+        }
+    }
+
+    fn encode(&mut self, plans: &[TablePlan], targets: &[usize], payload: Option<&[u8]>) -> Result<(), String> {
+        let payload = payload.ok_or_else(|| "empty message (no payload)".to_owned())?;
+        let message: Map<String, Value> = match serde_json::from_slice(payload) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => return Err("message is JSON but not an object".to_owned()),
+            Err(e) => return Err(format!("malformed JSON: {e}")),
+        };
+        let marks: Vec<usize> = targets.iter().map(|&t| self.tables[t].len()).collect();
+        for &t in targets {
+            if let Err(EncodeError { column, reason }) = encode_row(&plans[t].columns, &message, &mut self.tables[t]) {
+                // Keep all-or-nothing across the tables this message feeds.
+                for (&t, &mark) in targets.iter().zip(&marks) {
+                    self.tables[t].truncate(mark);
+                }
+                return Err(format!("table {}: column {column}: {reason}", plans[t].table));
+            }
+        }
+        for (&t, &mark) in targets.iter().zip(&marks) {
+            self.rows_per_table[t] += 1;
+            self.bytes += self.tables[t].len() - mark;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// Messages taken in (rows plus dead letters).
+    pub fn messages(&self) -> usize {
+        self.rows + self.dead_letters.len()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The flush decision: rows, bytes or age, whichever limit comes first.
+    pub fn should_flush(&self, policy: &FlushPolicy, now: Instant) -> bool {
+        self.messages() >= policy.max_rows
+            || self.bytes >= policy.max_bytes
+            || self.deadline(policy).is_some_and(|d| now >= d)
+    }
+
+    /// When the age limit forces a flush, if anything is buffered.
+    pub fn deadline(&self, policy: &FlushPolicy) -> Option<Instant> {
+        self.oldest.map(|t| t + policy.max_age)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clickhouse::encode::ColumnPlan;
+    use crate::clickhouse::types::ChType;
+    use std::time::Duration;
+
+    fn plans() -> Vec<TablePlan> {
+        let col = |c: &str, t: ChType| ColumnPlan { column: c.into(), field: c.into(), ty: t };
+        vec![
+            TablePlan {
+                table: "a".into(),
+                topic: "t".into(),
+                columns: vec![col("id", ChType::UInt64)],
+                insert_sql: String::new(),
+            },
+            TablePlan {
+                table: "b".into(),
+                topic: "t".into(),
+                columns: vec![col("id", ChType::UInt64), col("v", ChType::String)],
+                insert_sql: String::new(),
+            },
+        ]
+    }
+
+    fn origin(offset: i64) -> Origin<'static> {
+        Origin { topic: "t", partition: 0, offset, key: None }
+    }
+
+    #[test]
+    fn good_rows_bad_rows_and_offsets() {
+        let plans = plans();
+        let mut batch = PendingBatch::new(2);
+        batch.add_message(&plans, &[0, 1], origin(5), Some(br#"{"id": 1, "v": "x"}"#));
+        // Fits table a but not b: nothing of it may stay in a.
+        batch.add_message(&plans, &[0, 1], origin(6), Some(br#"{"id": 2}"#));
+        batch.add_message(&plans, &[0, 1], origin(7), Some(b"{not json"));
+        batch.add_message(&plans, &[0, 1], origin(8), None);
+        assert_eq!(batch.rows(), 1);
+        assert_eq!(batch.rows_per_table, vec![1, 1]);
+        assert_eq!(batch.tables[0].len(), 8);
+        assert_eq!(batch.dead_letters.len(), 3);
+        assert!(batch.dead_letters[0].error.contains("column v: missing required field"));
+        assert!(batch.dead_letters[1].error.contains("malformed JSON"));
+        assert_eq!(batch.offsets.get(&("t".to_owned(), 0)), Some(&9));
+    }
+
+    #[test]
+    fn flushes_on_rows_bytes_or_age() {
+        let plans = plans();
+        let policy = FlushPolicy { max_rows: 2, max_bytes: 1 << 20, max_age: Duration::from_millis(50) };
+        let mut batch = PendingBatch::new(2);
+        let now = Instant::now();
+        assert!(!batch.should_flush(&policy, now), "an empty batch never flushes");
+        batch.add_message(&plans, &[0], origin(0), Some(br#"{"id": 1}"#));
+        assert!(!batch.should_flush(&policy, Instant::now()));
+        assert!(batch.should_flush(&policy, Instant::now() + Duration::from_millis(60)), "age");
+        batch.add_message(&plans, &[0], origin(1), Some(br#"{"id": 2}"#));
+        assert!(batch.should_flush(&policy, Instant::now()), "rows");
+        let bytes = FlushPolicy { max_rows: 100, max_bytes: 8, max_age: Duration::from_secs(60) };
+        let mut small = PendingBatch::new(2);
+        small.add_message(&plans, &[0], origin(0), Some(br#"{"id": 1}"#));
+        assert!(small.should_flush(&bytes, Instant::now()), "bytes");
+    }
+}

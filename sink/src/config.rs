@@ -1,0 +1,119 @@
+//! The sink's settings, one struct per concern, read from the environment.
+//! Defaults are documented in README.md ("Settings").
+
+use std::time::Duration;
+
+use flows::settings::check_url;
+use flows::{Env, Flow, SettingError};
+
+use crate::clickhouse::ClickHouseConfig;
+
+/// Every variable the sink reads. Variables starting with `SINK_`,
+/// `CLICKHOUSE_` or `KAFKA_` that are not listed here are refused as misspelt.
+pub const KNOWN_VARS: &[&str] = &[
+    "CLICKHOUSE_URL",
+    "CLICKHOUSE_USER",
+    "CLICKHOUSE_PASSWORD",
+    "CLICKHOUSE_DATABASE",
+    "KAFKA_BROKERS",
+    "KAFKA_TOPIC_PREFIX",
+    "KAFKA_GROUP_PREFIX",
+    "SINK_BATCH_ROWS",
+    "SINK_BATCH_BYTES",
+    "SINK_FLUSH_INTERVAL_MS",
+    "SINK_DLQ_SUFFIX",
+    "FLOWS",
+    "FLOWS_FILE",
+    "LOG_FORMAT",
+];
+
+/// When a batch is flushed: whichever limit is reached first.
+#[derive(Clone, Debug)]
+pub struct FlushPolicy {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    /// Age of the oldest buffered message; an idle stream still flushes.
+    pub max_age: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// Dead letters of topic T go to T + suffix.
+    pub dlq_suffix: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    pub clickhouse: ClickHouseConfig,
+    pub kafka: KafkaConfig,
+    pub flush: FlushPolicy,
+    pub flows: Vec<Flow>,
+}
+
+/// Settings the `migrate` command needs: only ClickHouse.
+pub fn clickhouse_config(env: &Env) -> Result<ClickHouseConfig, SettingError> {
+    let url = env.required("CLICKHOUSE_URL")?;
+    check_url("CLICKHOUSE_URL", &url, &["http", "https"])?;
+    let database = env.string_or("CLICKHOUSE_DATABASE", "default");
+    flows::ident::Ident::new(database.clone())
+        .map_err(|e| SettingError::new("CLICKHOUSE_DATABASE", e.to_string()))?;
+    Ok(ClickHouseConfig {
+        url,
+        user: env.string_or("CLICKHOUSE_USER", "default"),
+        password: env.get("CLICKHOUSE_PASSWORD").map(str::to_owned),
+        database,
+    })
+}
+
+impl SinkConfig {
+    pub fn from_env(env: &Env) -> Result<Self, SettingError> {
+        env.reject_unknown(&["SINK_", "CLICKHOUSE_", "KAFKA_"], KNOWN_VARS)?;
+        flows::telemetry::log_format(env)?;
+        let clickhouse = clickhouse_config(env)?;
+        let max_rows = env.positive_or("SINK_BATCH_ROWS", 100_000)?;
+        let max_bytes = env.positive_or("SINK_BATCH_BYTES", 16 * 1024 * 1024)?;
+        let dlq_suffix = env.string_or("SINK_DLQ_SUFFIX", ".dlq");
+        flows::ident::check_kafka_name(&dlq_suffix)
+            .map_err(|e| SettingError::new("SINK_DLQ_SUFFIX", e.to_string()))?;
+        Ok(Self {
+            clickhouse,
+            kafka: KafkaConfig {
+                brokers: env.required("KAFKA_BROKERS")?,
+                dlq_suffix,
+            },
+            flush: FlushPolicy {
+                max_rows: usize::try_from(max_rows).unwrap_or(usize::MAX),
+                max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+                max_age: Duration::from_millis(env.positive_or("SINK_FLUSH_INTERVAL_MS", 100)?),
+            },
+            flows: flows::settings::selected_flows(env)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let base = [
+            ("CLICKHOUSE_URL", "http://localhost:8123"),
+            ("KAFKA_BROKERS", "localhost:9092"),
+            ("CLICKHOUSE_PASSWORD", "s3cret"),
+        ];
+        let cfg = SinkConfig::from_env(&Env::from_pairs(base)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.clickhouse.database, "default");
+        assert_eq!(cfg.flush.max_rows, 100_000);
+        assert!(!format!("{:?}", cfg.clickhouse).contains("s3cret"));
+
+        let mut bad = base.to_vec();
+        bad.push(("SINK_FLUSH_INTERVAL", "5"));
+        let err = SinkConfig::from_env(&Env::from_pairs(bad)).err();
+        assert_eq!(err.map(|e| e.name), Some("SINK_FLUSH_INTERVAL".into()));
+
+        let err = SinkConfig::from_env(&Env::from_pairs([("CLICKHOUSE_URL", "localhost:8123")])).err();
+        assert_eq!(err.map(|e| e.name), Some("CLICKHOUSE_URL".into()));
+    }
+}

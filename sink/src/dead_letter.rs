@@ -1,0 +1,82 @@
+//! Messages that cannot be loaded go to `<topic><suffix>` (default
+//! `<topic>.dlq`) with the reason and their origin in headers, before the
+//! offsets past them are committed: nothing is skipped silently.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub error: String,
+}
+
+pub struct DeadLetterQueue {
+    producer: FutureProducer,
+    suffix: String,
+}
+
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl DeadLetterQueue {
+    pub fn new(brokers: &str, suffix: &str) -> Result<Self, KafkaError> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("client.id", "outbox-sink-dlq")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
+            .create()?;
+        Ok(Self {
+            producer,
+            suffix: suffix.to_owned(),
+        })
+    }
+
+    pub fn topic_for(&self, topic: &str) -> String {
+        format!("{topic}{}", self.suffix)
+    }
+
+    /// Publishes every letter and waits until Kafka acknowledged each.
+    pub async fn publish(&self, letters: &[DeadLetter]) -> Result<(), KafkaError> {
+        let mut deliveries = Vec::with_capacity(letters.len());
+        for letter in letters {
+            let partition = letter.partition.to_string();
+            let offset = letter.offset.to_string();
+            let headers = OwnedHeaders::new_with_capacity(4)
+                .insert(Header { key: "error", value: Some(letter.error.as_bytes()) })
+                .insert(Header { key: "source_topic", value: Some(letter.topic.as_bytes()) })
+                .insert(Header { key: "source_partition", value: Some(partition.as_bytes()) })
+                .insert(Header { key: "source_offset", value: Some(offset.as_bytes()) });
+            let topic = self.topic_for(&letter.topic);
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
+            if let Some(key) = &letter.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = &letter.payload {
+                record = record.payload(payload.as_slice());
+            }
+            deliveries.push(
+                self.producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)?,
+            );
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(e),
+                Err(_) => return Err(KafkaError::Canceled),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,185 @@
+//! The sink loop of one flow: a consumer in the flow's group reads its
+//! topics (read_committed, no auto-commit), batches rows per target table
+//! and, when the flush policy says so, inserts every table's block, publishes
+//! dead letters, and only then commits the offsets of all it took in.
+//!
+//! Delivery contract: an offset is committed only after the rows before it
+//! are stored in ClickHouse (or dead-lettered), so a crash at any point
+//! re-reads them: at-least-once into ClickHouse, made effectively-once by the
+//! ReplacingMergeTree targets keyed by source id (see `clickhouse::writer`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use flows::Flow;
+use flows::backoff::Backoff;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::batcher::{Origin, PendingBatch};
+use crate::clickhouse::ClickHouseWriter;
+use crate::clickhouse::schema::TablePlan;
+use crate::config::SinkConfig;
+use crate::dead_letter::DeadLetterQueue;
+
+pub struct FlowSink {
+    pub flow: Flow,
+    pub config: Arc<SinkConfig>,
+    pub plans: Vec<TablePlan>,
+    pub writer: Arc<ClickHouseWriter>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// Consumer settings: read_committed (aborted relay transactions are never
+/// loaded), offsets committed by hand after ClickHouse accepted the rows, a
+/// bounded prefetch queue so memory stays bounded at any backlog.
+pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("client.id", format!("outbox-sink-{group}"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("queued.max.messages.kbytes", "32768")
+        .set("fetch.max.bytes", "16777216")
+        .create()
+}
+
+impl FlowSink {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SinkError> {
+        let flow = self.flow.name.to_string();
+        let consumer = Arc::new(consumer(&self.config.kafka.brokers, &self.flow.consumer_group)?);
+        let dlq = DeadLetterQueue::new(&self.config.kafka.brokers, &self.config.kafka.dlq_suffix)?;
+        let mut topics: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, plan) in self.plans.iter().enumerate() {
+            topics.entry(plan.topic.clone()).or_default().push(i);
+        }
+        let names: Vec<&str> = topics.keys().map(String::as_str).collect();
+        consumer.subscribe(&names)?;
+        tracing::info!(flow, group = %self.flow.consumer_group, topics = ?names, "sink consuming");
+
+        let policy = self.config.flush.clone();
+        let mut batch = PendingBatch::new(self.plans.len());
+        loop {
+            let deadline = batch.deadline(&policy);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                received = consumer.recv() => match received {
+                    Ok(message) => {
+                        let origin = Origin {
+                            topic: message.topic(),
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            key: message.key(),
+                        };
+                        let targets = topics.get(message.topic()).map_or(&[][..], Vec::as_slice);
+                        batch.add_message(&self.plans, targets, origin, message.payload());
+                    }
+                    Err(error) => tracing::warn!(flow, %error, "kafka consumer error"),
+                },
+                () = sleep_until(deadline) => {}
+            }
+            if batch.should_flush(&policy, Instant::now()) {
+                let full = std::mem::replace(&mut batch, PendingBatch::new(self.plans.len()));
+                if !self.flush(full, &consumer, &dlq, &shutdown).await {
+                    break;
+                }
+            }
+        }
+        // Shutdown: store what was taken in, commit it, then stop.
+        if !batch.is_empty() {
+            let finishing = CancellationToken::new();
+            let stop_retrying = finishing.clone();
+            // Give a ClickHouse outage a bounded grace period at shutdown.
+            let grace = tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                stop_retrying.cancel();
+            });
+            self.flush(batch, &consumer, &dlq, &finishing).await;
+            grace.abort();
+        }
+        tracing::info!(flow, "sink stopped");
+        Ok(())
+    }
+
+    /// Inserts, dead-letters, commits — retrying with capped backoff while
+    /// ClickHouse or Kafka fail. Returns false if `stop` fired first (then the
+    /// batch is abandoned uncommitted and will be re-read).
+    async fn flush(&self, mut batch: PendingBatch, consumer: &Arc<StreamConsumer>, dlq: &DeadLetterQueue, stop: &CancellationToken) -> bool {
+        let flow = self.flow.name.as_str();
+        let started = Instant::now();
+        let mut backoff = Backoff::default();
+        for (i, plan) in self.plans.iter().enumerate() {
+            if batch.rows_per_table[i] == 0 {
+                continue;
+            }
+            let rows = std::mem::replace(&mut batch.tables[i], BytesMut::new()).freeze();
+            loop {
+                match self.writer.insert(plan, rows.clone()).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(flow, table = %plan.table, %error, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed; retrying, offsets not committed");
+                        if !sleep_or_stop(delay, stop).await {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        if !batch.dead_letters.is_empty() {
+            for letter in &batch.dead_letters {
+                tracing::warn!(flow, topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "message dead-lettered");
+            }
+            while let Err(error) = dlq.publish(&batch.dead_letters).await {
+                let delay = backoff.next_delay();
+                tracing::warn!(flow, %error, retry_in_ms = delay.as_millis() as u64, "dead-letter publish failed; retrying");
+                if !sleep_or_stop(delay, stop).await {
+                    return false;
+                }
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in &batch.offsets {
+            if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                tracing::warn!(flow, %error, "cannot record offset");
+            }
+        }
+        let committer = Arc::clone(consumer);
+        match tokio::task::spawn_blocking(move || committer.commit(&offsets, CommitMode::Sync)).await {
+            Ok(Ok(())) => {}
+            // The rows are stored; an uncommitted offset only means they are
+            // read again (e.g. after a rebalance) and absorbed by the table.
+            Ok(Err(error)) => tracing::warn!(flow, %error, "offset commit failed; rows will be re-read and deduplicated"),
+            Err(error) => tracing::warn!(flow, %error, "offset commit task failed"),
+        }
+        tracing::debug!(flow, rows = batch.rows(), dead_letters = batch.dead_letters.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch flushed");
+        true
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_or_stop(delay: std::time::Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = stop.cancelled() => false,
+    }
+}

@@ -1,0 +1,122 @@
+//! The sink: a Kafka consumer group per flow that batches messages into
+//! ClickHouse and commits offsets only after ClickHouse accepted the rows.
+//! See `flow_sink` for the delivery contract.
+
+pub mod batcher;
+pub mod clickhouse;
+pub mod config;
+pub mod dead_letter;
+pub mod flow_sink;
+
+use std::sync::Arc;
+
+use flows::backoff::Backoff;
+use tokio_util::sync::CancellationToken;
+
+pub use config::SinkConfig;
+
+use crate::clickhouse::schema::{SchemaError, plan_table};
+use crate::clickhouse::{ClickHouseWriter, client};
+use crate::flow_sink::{FlowSink, SinkError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A flow's definition contradicts its ClickHouse tables.
+    #[error(transparent)]
+    Schema(SchemaError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("sink task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Waits for ClickHouse (retrying with backoff), checks every selected flow
+/// against its tables, then runs one consumer per flow until `shutdown`.
+pub async fn run(config: SinkConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let ch = client::client(&config.clickhouse, Some(&config.clickhouse.database));
+    let writer = Arc::new(ClickHouseWriter::new(ch));
+    let mut sinks = Vec::new();
+    for flow in config.flows.iter().filter(|f| !f.targets.is_empty()) {
+        let mut plans = Vec::new();
+        for target in &flow.targets {
+            let Some(plan) = plan_with_retry(&writer, &config, flow.name.as_str(), target, &shutdown).await? else {
+                return Ok(());
+            };
+            plans.push(plan);
+        }
+        sinks.push(FlowSink {
+            flow: flow.clone(),
+            config: Arc::clone(&config),
+            plans,
+            writer: Arc::clone(&writer),
+        });
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for sink in sinks {
+        tasks.spawn(sink.run(shutdown.clone()));
+    }
+    let mut outcome = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let result = match joined {
+            Ok(r) => r.map_err(RunError::from),
+            Err(e) => Err(RunError::from(e)),
+        };
+        if let Err(e) = result {
+            shutdown.cancel();
+            outcome = Err(e);
+        }
+    }
+    outcome
+}
+
+/// Plans a target table, retrying while ClickHouse is unreachable. `None` on
+/// shutdown.
+async fn plan_with_retry(
+    writer: &ClickHouseWriter,
+    config: &SinkConfig,
+    flow: &str,
+    target: &flows::TargetTable,
+    shutdown: &CancellationToken,
+) -> Result<Option<crate::clickhouse::schema::TablePlan>, RunError> {
+    let mut backoff = Backoff::default();
+    loop {
+        match plan_table(writer.client(), &config.clickhouse.database, flow, target).await {
+            Ok(plan) => return Ok(Some(plan)),
+            Err(SchemaError::ClickHouse(error)) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(url = %flows::settings::redact_url(&config.clickhouse.url), %error, retry_in_ms = delay.as_millis() as u64, "clickhouse unreachable");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return Ok(None),
+                }
+            }
+            Err(other) => return Err(RunError::Schema(other)),
+        }
+    }
+}
+
+/// `sink migrate`: waits for ClickHouse (retrying with backoff), then
+/// creates the database and applies the migrations. Returns the names applied.
+pub async fn migrate_with_retry(
+    cfg: &crate::clickhouse::ClickHouseConfig,
+    shutdown: &CancellationToken,
+) -> Result<Vec<String>, ::clickhouse::error::Error> {
+    let root = client::client(cfg, None);
+    let db = client::client(cfg, Some(&cfg.database));
+    let mut backoff = Backoff::default();
+    loop {
+        match crate::clickhouse::migrate::server_caps(&root).await {
+            Ok(_) => break,
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(url = %flows::settings::redact_url(&cfg.url), %error, retry_in_ms = delay.as_millis() as u64, "clickhouse unreachable");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return Ok(Vec::new()),
+                }
+            }
+        }
+    }
+    crate::clickhouse::migrate::migrate(&root, &db, &cfg.database, &flows::migrations::clickhouse()).await
+}

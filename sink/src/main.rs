@@ -1,0 +1,102 @@
+//! `sink` — thin binary: parse the command line, read settings, set up
+//! logging, hand over to the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use flows::{Env, SettingError};
+use sink::{RunError, SinkConfig};
+
+/// Outbox sink: loads Kafka topics into ClickHouse in batches.
+///
+/// Settings come from the environment (CLICKHOUSE_URL, CLICKHOUSE_USER,
+/// CLICKHOUSE_PASSWORD, CLICKHOUSE_DATABASE, KAFKA_BROKERS, FLOWS, SINK_*);
+/// README.md lists them all with their defaults.
+#[derive(Parser)]
+#[command(name = "sink", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the ClickHouse database and tables (idempotent).
+    Migrate,
+    /// Load the selected flows until SIGTERM or SIGINT.
+    Run,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = Env::from_process();
+    let format = match flows::telemetry::log_format(&env) {
+        Ok(f) => f,
+        Err(e) => return bad_setting(&e),
+    };
+    flows::telemetry::init(format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sink: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Migrate => migrate(&env).await,
+            Command::Run => run(&env).await,
+        }
+    })
+}
+
+async fn migrate(env: &Env) -> ExitCode {
+    let cfg = match sink::config::clickhouse_config(env) {
+        Ok(c) => c,
+        Err(e) => return bad_setting(&e),
+    };
+    let Ok(shutdown) = flows::shutdown::on_signals() else {
+        return ExitCode::FAILURE;
+    };
+    match sink::migrate_with_retry(&cfg, &shutdown).await {
+        Ok(applied) => {
+            tracing::info!(applied = ?applied, "clickhouse migrations up to date");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sink migrate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(env: &Env) -> ExitCode {
+    let config = match SinkConfig::from_env(env) {
+        Ok(c) => c,
+        Err(e) => return bad_setting(&e),
+    };
+    let shutdown = match flows::shutdown::on_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sink: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(flows = ?config.flows.iter().map(|f| f.name.to_string()).collect::<Vec<_>>(), "sink starting");
+    match sink::run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(RunError::Schema(e)) => {
+            eprintln!("sink: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("sink: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bad_setting(e: &SettingError) -> ExitCode {
+    eprintln!("sink: {e}");
+    ExitCode::from(2)
+}
