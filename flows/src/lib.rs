@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod definition;
 pub mod ident;
+pub mod metrics;
 pub mod migrations;
 pub mod settings;
 pub mod shutdown;

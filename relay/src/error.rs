@@ -22,8 +22,6 @@ pub enum RelayError {
 /// sent: the Postgres transaction holding the rows is rolled back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recovery {
-    /// Back off and retry the batch with the same connections.
-    Retry,
     /// Back off, build a new Kafka producer (re-initialising transactions),
     /// then retry.
     RecreateProducer,
@@ -39,8 +37,12 @@ pub fn classify(err: &RelayError) -> Recovery {
         // A statement error (e.g. the connection was terminated mid-query,
         // or a serialization failure) leaves the session in doubt.
         RelayError::Postgres(_) => Recovery::Reconnect,
-        RelayError::Publish(PublishError::Aborted(_)) => Recovery::Retry,
-        RelayError::Publish(PublishError::Fatal(_)) | RelayError::Producer(_) => Recovery::RecreateProducer,
+        // Even a cleanly aborted transaction gets a new producer: librdkafka
+        // may need an epoch bump after it (the next transaction then fails
+        // with OUT_OF_ORDER_SEQUENCE_NUMBER, and its commit can hang until
+        // message.timeout.ms). A fresh producer with the same transactional
+        // id starts clean for the cost of one init_transactions (~50 ms).
+        RelayError::Publish(_) | RelayError::Producer(_) => Recovery::RecreateProducer,
         RelayError::Source(SourceError::Postgres(_)) => Recovery::Reconnect,
         RelayError::Source(_) => Recovery::Fatal,
         RelayError::Join(_) => Recovery::RecreateProducer,

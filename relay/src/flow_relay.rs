@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use flows::Flow;
 use flows::backoff::Backoff;
+use flows::metrics::Metrics;
 use tokio::sync::Notify;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,7 @@ pub struct FlowRelay {
     pub flow: Flow,
     pub config: Arc<RelayConfig>,
     pub wake: Arc<Notify>,
+    pub metrics: Metrics,
 }
 
 /// The advisory-lock key of a flow: one active relay per flow per database.
@@ -71,33 +73,61 @@ impl FlowRelay {
             Some(p) => p,
             None => return Ok(()),
         };
+        let failed = self.metrics.counter("relay_batches_failed_total", "Batches not published (nothing flagged; retried).", &[("flow", &flow)]);
+        let leader = self.metrics.gauge("relay_leader", "1 while this relay is the flow's active instance.", &[("flow", &flow)]);
+        leader.set(1);
+        let result = self.relay_until_error(client, &sources, &mut publisher, backoff, shutdown, &failed).await;
+        leader.set(0);
+        result
+    }
+
+    async fn relay_until_error(
+        &self,
+        client: &Client,
+        sources: &[OutboxSource],
+        publisher: &mut SharedPublisher,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+        failed: &flows::metrics::Series,
+    ) -> Result<(), RelayError> {
+        let flow = self.flow.name.to_string();
         let batch_size = self.config.batch.batch_size;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             let mut more = false;
-            for source in &sources {
-                match relay_batch(client, &publisher, source, batch_size).await {
+            for source in sources {
+                match relay_batch(client, publisher, source, batch_size).await {
                     Ok(sent) => {
                         more |= sent == batch_size as usize;
+                        if sent > 0 {
+                            self.metrics
+                                .counter("relay_rows_published_total", "Rows published to Kafka and flagged sent.", &[("flow", &flow), ("table", &source.table)])
+                                .add(sent as i64);
+                            self.metrics
+                                .counter("relay_batches_published_total", "Batches committed in Kafka and Postgres.", &[("flow", &flow)])
+                                .inc();
+                        }
                         backoff.reset();
                     }
                     Err(err) => match classify(&err) {
-                        Recovery::Retry => {
-                            let delay = backoff.next_delay();
-                            tracing::warn!(flow, table = %source.table, error = %err, retry_in_ms = delay.as_millis() as u64, "batch not published; nothing flagged, retrying");
-                            sleep_or_shutdown(delay, shutdown).await;
-                        }
                         Recovery::RecreateProducer => {
-                            tracing::warn!(flow, table = %source.table, error = %err, "batch not published; recreating kafka producer");
-                            drop(publisher);
-                            publisher = match self.new_publisher(backoff, shutdown).await {
+                            failed.inc();
+                            let delay = backoff.next_delay();
+                            tracing::warn!(flow, table = %source.table, error = %err, retry_in_ms = delay.as_millis() as u64, "batch not published; nothing flagged, retrying with a new kafka producer");
+                            if !sleep_or_shutdown(delay, shutdown).await {
+                                return Ok(());
+                            }
+                            *publisher = match self.new_publisher(backoff, shutdown).await {
                                 Some(p) => p,
                                 None => return Ok(()),
                             };
                         }
-                        Recovery::Reconnect | Recovery::Fatal => return Err(err),
+                        Recovery::Reconnect | Recovery::Fatal => {
+                            failed.inc();
+                            return Err(err);
+                        }
                     },
                 }
             }

@@ -13,6 +13,7 @@ pub mod source;
 
 use std::sync::Arc;
 
+use flows::metrics::Metrics;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +26,7 @@ use crate::listener::Wakers;
 /// Checks every selected flow against the database (refusing a flow whose
 /// definition contradicts its tables), then relays all of them until
 /// `shutdown`. Returns Err only for such a contradiction.
-pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(), RelayError> {
+pub async fn run(config: RelayConfig, metrics: Metrics, shutdown: CancellationToken) -> Result<(), RelayError> {
     let config = Arc::new(config);
     if let Some(client) = pg::connect(&config.postgres.url, "startup check", &shutdown).await {
         for flow in &config.flows {
@@ -45,6 +46,7 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
             flow: flow.clone(),
             config: Arc::clone(&config),
             wake,
+            metrics: metrics.clone(),
         };
         workers.spawn(relay.run(shutdown.clone()));
     }

@@ -85,7 +85,7 @@ async fn run(env: &Env) -> ExitCode {
         }
     };
     tracing::info!(flows = ?config.flows.iter().map(|f| f.name.to_string()).collect::<Vec<_>>(), "relay starting");
-    match relay::run(config, shutdown).await {
+    match relay::run(config, flows::metrics::Metrics::default(), shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(RelayError::Source(e)) => {
             eprintln!("relay: {e}");

@@ -15,6 +15,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use flows::Flow;
 use flows::backoff::Backoff;
+use flows::metrics::Metrics;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -31,6 +32,7 @@ pub struct FlowSink {
     pub config: Arc<SinkConfig>,
     pub plans: Vec<TablePlan>,
     pub writer: Arc<ClickHouseWriter>,
+    pub metrics: Metrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,14 @@ pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, KafkaError
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // Subscribing creates a missing topic (where the cluster allows it),
+        // and topics created later are noticed within seconds, not minutes.
+        .set("allow.auto.create.topics", "true")
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        // A killed sink's partitions move to the others (or to its restarted
+        // self) after this long; Kafka's 45 s default stalls a restart.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
         .set("queued.max.messages.kbytes", "32768")
         .set("fetch.max.bytes", "16777216")
         .create()
@@ -128,8 +138,14 @@ impl FlowSink {
             let rows = std::mem::replace(&mut batch.tables[i], BytesMut::new()).freeze();
             loop {
                 match self.writer.insert(plan, rows.clone()).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        self.metrics
+                            .counter("sink_rows_inserted_total", "Rows accepted by ClickHouse.", &[("flow", flow), ("table", &plan.table)])
+                            .add(batch.rows_per_table[i] as i64);
+                        break;
+                    }
                     Err(error) => {
+                        self.metrics.counter("sink_insert_failures_total", "ClickHouse inserts that failed and were retried.", &[("flow", flow)]).inc();
                         let delay = backoff.next_delay();
                         tracing::warn!(flow, table = %plan.table, %error, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed; retrying, offsets not committed");
                         if !sleep_or_stop(delay, stop).await {
@@ -141,6 +157,9 @@ impl FlowSink {
         }
         if !batch.dead_letters.is_empty() {
             for letter in &batch.dead_letters {
+                self.metrics
+                    .counter("sink_dead_letters_total", "Messages sent to the dead-letter topic.", &[("flow", flow), ("topic", &letter.topic)])
+                    .inc();
                 tracing::warn!(flow, topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "message dead-lettered");
             }
             while let Err(error) = dlq.publish(&batch.dead_letters).await {
@@ -165,6 +184,7 @@ impl FlowSink {
             Ok(Err(error)) => tracing::warn!(flow, %error, "offset commit failed; rows will be re-read and deduplicated"),
             Err(error) => tracing::warn!(flow, %error, "offset commit task failed"),
         }
+        self.metrics.counter("sink_flushes_total", "Batches stored and committed.", &[("flow", flow)]).inc();
         tracing::debug!(flow, rows = batch.rows(), dead_letters = batch.dead_letters.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch flushed");
         true
     }

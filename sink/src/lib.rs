@@ -32,7 +32,7 @@ pub enum RunError {
 
 /// Waits for ClickHouse (retrying with backoff), checks every selected flow
 /// against its tables, then runs one consumer per flow until `shutdown`.
-pub async fn run(config: SinkConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(config: SinkConfig, metrics: flows::metrics::Metrics, shutdown: CancellationToken) -> Result<(), RunError> {
     let config = Arc::new(config);
     let ch = client::client(&config.clickhouse, Some(&config.clickhouse.database));
     let writer = Arc::new(ClickHouseWriter::new(ch));
@@ -50,6 +50,7 @@ pub async fn run(config: SinkConfig, shutdown: CancellationToken) -> Result<(), 
             config: Arc::clone(&config),
             plans,
             writer: Arc::clone(&writer),
+            metrics: metrics.clone(),
         });
     }
     let mut tasks = tokio::task::JoinSet::new();

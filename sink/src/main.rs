@@ -83,7 +83,7 @@ async fn run(env: &Env) -> ExitCode {
         }
     };
     tracing::info!(flows = ?config.flows.iter().map(|f| f.name.to_string()).collect::<Vec<_>>(), "sink starting");
-    match sink::run(config, shutdown).await {
+    match sink::run(config, flows::metrics::Metrics::default(), shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(RunError::Schema(e)) => {
             eprintln!("sink: {e}");

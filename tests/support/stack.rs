@@ -1,0 +1,228 @@
+//! One test's isolated share of the services.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use devstack::MockKafka;
+use flows::Env;
+use flows::metrics::Metrics;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::containers;
+
+pub struct TestStack {
+    /// Unique name: the test's Postgres and ClickHouse database, and the
+    /// prefix of its topics, groups and transactional ids.
+    pub name: String,
+    pub database_url: String,
+    pub clickhouse_url: String,
+    pub kafka_brokers: String,
+    /// The in-process mock cluster, when not running against real Kafka.
+    pub mock: Option<Arc<MockKafka>>,
+    /// Extra variables for the daemons (e.g. a proxied CLICKHOUSE_URL).
+    pub overrides: Vec<(String, String)>,
+}
+
+struct Endpoints {
+    admin_url: String,
+    clickhouse_url: String,
+    kafka_brokers: Option<String>,
+}
+
+async fn endpoints() -> anyhow::Result<Endpoints> {
+    let backend = std::env::var("TEST_BACKEND").unwrap_or_else(|_| "auto".into());
+    let use_containers = match backend.as_str() {
+        "testcontainers" => true,
+        "local" => false,
+        "auto" => containers::docker_available(),
+        other => anyhow::bail!("TEST_BACKEND must be local, testcontainers or auto, not {other}"),
+    };
+    if use_containers {
+        let c = containers::shared().await?;
+        return Ok(Endpoints {
+            admin_url: c.database_url.clone(),
+            clickhouse_url: c.clickhouse_url.clone(),
+            kafka_brokers: Some(c.kafka_brokers.clone()),
+        });
+    }
+    Ok(Endpoints {
+        admin_url: std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+        clickhouse_url: std::env::var("TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
+        kafka_brokers: std::env::var("TEST_KAFKA_BROKERS").ok().filter(|s| !s.is_empty()),
+    })
+}
+
+/// `postgres://…/<anything>` → the same server, database `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let server = match base.rfind('/') {
+        Some(i) if i > base.find("//").map_or(0, |j| j + 1) => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{server}/{db}?{q}"),
+        None => format!("{server}/{db}"),
+    }
+}
+
+impl TestStack {
+    /// Creates the test's databases and, unless real Kafka is configured, a
+    /// mock cluster of 3 brokers.
+    pub async fn start(test: &str) -> anyhow::Result<Self> {
+        super::init_logging();
+        let ep = endpoints().await?;
+        let name = format!("t_{test}_{}", rand::random::<u32>());
+        let (admin, conn) = tokio_postgres::connect(&ep.admin_url, NoTls)
+            .await
+            .context("connecting to the test Postgres (TEST_DATABASE_URL)")?;
+        tokio::spawn(conn);
+        admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await?;
+        let (mock, kafka_brokers) = match ep.kafka_brokers {
+            Some(b) => (None, b),
+            None => {
+                let mock = MockKafka::start(3)?;
+                let bootstrap = mock.bootstrap_servers().to_owned();
+                (Some(Arc::new(mock)), bootstrap)
+            }
+        };
+        Ok(Self {
+            database_url: with_database(&ep.admin_url, &name),
+            clickhouse_url: ep.clickhouse_url,
+            kafka_brokers,
+            mock,
+            overrides: Vec::new(),
+            name,
+        })
+    }
+
+    /// Runs both migrations (as `relay migrate` and `sink migrate` do).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut pg = self.pg().await?;
+        relay::migrate::migrate(&mut pg, &flows::migrations::postgres()).await?;
+        let cfg = sink::config::clickhouse_config(&Env::from_pairs(self.daemon_env()))?;
+        sink::migrate_with_retry(&cfg, &CancellationToken::new()).await?;
+        Ok(())
+    }
+
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}.{topic}", self.name)
+    }
+
+    pub fn group(&self, group: &str) -> String {
+        format!("{}.{group}", self.name)
+    }
+
+    /// The environment both daemons get: this test's databases, brokers and
+    /// name prefixes, short intervals, then any overrides.
+    pub fn daemon_env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("DATABASE_URL", self.database_url.as_str()),
+            ("KAFKA_BROKERS", &self.kafka_brokers),
+            ("CLICKHOUSE_URL", &self.clickhouse_url),
+            ("CLICKHOUSE_DATABASE", &self.name),
+            ("KAFKA_TOPIC_PREFIX", &format!("{}.", self.name)),
+            ("KAFKA_GROUP_PREFIX", &format!("{}.", self.name)),
+            ("RELAY_TRANSACTIONAL_ID_PREFIX", &self.name),
+            ("RELAY_POLL_INTERVAL_MS", "500"),
+            ("RELAY_STANDBY_RETRY_MS", "200"),
+            ("SINK_FLUSH_INTERVAL_MS", "100"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        for (k, v) in &self.overrides {
+            env.retain(|(name, _)| name != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env
+    }
+
+    /// Starts the relay library in-process, exactly as `relay run` does.
+    pub fn spawn_relay(&self, metrics: &Metrics) -> anyhow::Result<Running> {
+        let config = relay::RelayConfig::from_env(&Env::from_pairs(self.daemon_env()))?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+            async move { relay::run(config, metrics, shutdown).await.map_err(anyhow::Error::from) }
+        });
+        Ok(Running { shutdown, task })
+    }
+
+    /// Starts the sink library in-process, exactly as `sink run` does.
+    pub fn spawn_sink(&self, metrics: &Metrics) -> anyhow::Result<Running> {
+        let config = sink::SinkConfig::from_env(&Env::from_pairs(self.daemon_env()))?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+            async move { sink::run(config, metrics, shutdown).await.map_err(anyhow::Error::from) }
+        });
+        Ok(Running { shutdown, task })
+    }
+
+    pub async fn pg(&self) -> anyhow::Result<Client> {
+        let (client, conn) = tokio_postgres::connect(&self.database_url, NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    pub fn ch(&self) -> clickhouse::Client {
+        sink::clickhouse::client::client(
+            &sink::clickhouse::ClickHouseConfig {
+                url: self.clickhouse_url.clone(),
+                user: "default".into(),
+                password: None,
+                database: self.name.clone(),
+            },
+            Some(&self.name),
+        )
+    }
+
+    /// Rows of `table` that queries see: deduplicated with FINAL.
+    pub async fn ch_count_final(&self, table: &str) -> anyhow::Result<u64> {
+        Ok(self.ch().query(&format!("SELECT count() FROM `{table}` FINAL")).fetch_one().await?)
+    }
+
+    /// Rows physically stored, duplicates included (before merges).
+    pub async fn ch_count_raw(&self, table: &str) -> anyhow::Result<u64> {
+        Ok(self.ch().query(&format!("SELECT count() FROM `{table}`")).fetch_one().await?)
+    }
+
+    pub async fn pending(&self, table: &str) -> anyhow::Result<i64> {
+        let pg = self.pg().await?;
+        Ok(pg
+            .query_one(&format!("SELECT count(*) FROM \"{table}\" WHERE sent_to_kafka IS NOT TRUE"), &[])
+            .await?
+            .get(0))
+    }
+}
+
+/// A daemon running in-process.
+pub struct Running {
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Cancels it like SIGTERM and waits for a clean stop.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .context("daemon did not stop within 15 s")??
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn swaps_the_database() {
+        assert_eq!(with_database("postgres://u@h:5432/postgres", "t1"), "postgres://u@h:5432/t1");
+        assert_eq!(with_database("postgres://u@h:5432", "t1"), "postgres://u@h:5432/t1");
+        assert_eq!(with_database("postgres://u@h/x?sslmode=disable", "t1"), "postgres://u@h/t1?sslmode=disable");
+    }
+}
