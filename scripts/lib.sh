@@ -1,0 +1,82 @@
+# Shared helpers for the stack and test scripts: install and start what the
+# project needs on a machine of this kind (Debian, PostgreSQL preinstalled,
+# no Kafka broker, ClickHouse from Debian's package). Sourced, not run.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STACK_DIR=${STACK_DIR:-$ROOT/.stack}
+CH_HTTP_PORT=${CH_HTTP_PORT:-8123}
+CH_TCP_PORT=${CH_TCP_PORT:-9000}
+PG_HOST=${PG_HOST:-127.0.0.1}
+PG_PORT=${PG_PORT:-5432}
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+APT_UPDATED=
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]} (Debian packages)"
+    if [ -z "$APT_UPDATED" ]; then as_root apt-get update -qq; APT_UPDATED=1; fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_postgres() {
+    if pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; then return 0; fi
+    if ! command -v pg_ctlcluster >/dev/null; then
+        apt_install postgresql
+    fi
+    local version
+    version=$(ls /etc/postgresql | sort -n | tail -1)
+    log "starting PostgreSQL $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 60); do
+        pg_isready -q -h "$PG_HOST" -p "$PG_PORT" && return 0
+        sleep 0.5
+    done
+    die "PostgreSQL is not answering on $PG_HOST:$PG_PORT"
+}
+
+clickhouse_up() { curl -sf "http://127.0.0.1:$CH_HTTP_PORT/ping" >/dev/null 2>&1; }
+
+# Starts a user-writable ClickHouse under $STACK_DIR/clickhouse unless one
+# already answers on $CH_HTTP_PORT (the Debian package's service does not
+# start by itself here).
+ensure_clickhouse() {
+    if clickhouse_up; then return 0; fi
+    command -v curl >/dev/null || apt_install curl
+    command -v clickhouse-server >/dev/null || apt_install clickhouse-server
+    local dir=$STACK_DIR/clickhouse
+    mkdir -p "$dir/data" "$dir/log"
+    log "starting ClickHouse on 127.0.0.1:$CH_HTTP_PORT (data in $dir)"
+    nohup clickhouse-server --config-file=/etc/clickhouse-server/config.xml -- \
+        --path="$dir/data/" --http_port="$CH_HTTP_PORT" --tcp_port="$CH_TCP_PORT" \
+        --listen_host=127.0.0.1 --logger.log="$dir/log/server.log" \
+        --logger.errorlog="$dir/log/error.log" >"$dir/log/stdout.log" 2>&1 &
+    echo $! >"$dir/pid"
+    for _ in $(seq 1 120); do
+        clickhouse_up && return 0
+        sleep 0.5
+    done
+    die "ClickHouse did not start; see $dir/log/error.log"
+}
+
+stop_pidfile() {
+    local file=$1
+    [ -f "$file" ] || return 0
+    local pid
+    pid=$(cat "$file")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$file"
+}

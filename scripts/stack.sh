@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The local stack on this machine, without Docker: PostgreSQL, ClickHouse
+# (Debian package, installed if missing), librdkafka's mock Kafka cluster, and
+# the relay and sink built from this checkout.
+#
+#   scripts/stack.sh up      install/start everything, migrate, run relay + sink
+#   scripts/stack.sh status  what runs, pending rows, rows in ClickHouse
+#   scripts/stack.sh down    stop relay, sink, mock Kafka and our ClickHouse
+#   scripts/stack.sh wipe    down, then drop the stack's databases and data
+#
+# Settings for the daemons come from .stack/env (written by `up`); source it
+# to use the same endpoints from your shell.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+DB=${STACK_DATABASE:-outbox}
+
+up() {
+    mkdir -p "$STACK_DIR/logs"
+    ensure_postgres
+    ensure_clickhouse
+    log "building release binaries"
+    cargo build --release --bins --quiet
+    if [ ! -f "$STACK_DIR/kafka.pid" ] || ! kill -0 "$(cat "$STACK_DIR/kafka.pid")" 2>/dev/null; then
+        rm -f "$STACK_DIR/kafka.bootstrap"
+        log "starting the mock Kafka cluster"
+        nohup target/release/kafka-mock --bootstrap-file "$STACK_DIR/kafka.bootstrap" \
+            >"$STACK_DIR/logs/kafka.log" 2>&1 &
+        echo $! >"$STACK_DIR/kafka.pid"
+        for _ in $(seq 1 100); do [ -s "$STACK_DIR/kafka.bootstrap" ] && break; sleep 0.1; done
+        [ -s "$STACK_DIR/kafka.bootstrap" ] || die "mock Kafka did not start; see $STACK_DIR/logs/kafka.log"
+    fi
+    psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1 ||
+        psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "CREATE DATABASE \"$DB\""
+    cat >"$STACK_DIR/env" <<ENV
+export DATABASE_URL=postgres://postgres@$PG_HOST:$PG_PORT/$DB
+export KAFKA_BROKERS=$(cat "$STACK_DIR/kafka.bootstrap")
+export CLICKHOUSE_URL=http://127.0.0.1:$CH_HTTP_PORT
+export CLICKHOUSE_DATABASE=$DB
+ENV
+    # shellcheck disable=SC1091
+    source "$STACK_DIR/env"
+    target/release/relay migrate
+    target/release/sink migrate
+    for daemon in relay sink; do
+        stop_pidfile "$STACK_DIR/$daemon.pid"
+        nohup "target/release/$daemon" run >>"$STACK_DIR/logs/$daemon.log" 2>&1 &
+        echo $! >"$STACK_DIR/$daemon.pid"
+    done
+    sleep 1
+    for daemon in relay sink; do
+        kill -0 "$(cat "$STACK_DIR/$daemon.pid")" 2>/dev/null || die "$daemon exited; see $STACK_DIR/logs/$daemon.log"
+    done
+    cat <<MSG
+
+The pipeline runs (logs in $STACK_DIR/logs). Try it:
+
+  psql -h $PG_HOST -U postgres $DB -c "INSERT INTO user_logins (username, event_type, event_time) VALUES ('alice', 'login', now())"
+  curl -s http://127.0.0.1:$CH_HTTP_PORT/ --data-binary "SELECT * FROM $DB.user_logins FINAL ORDER BY id"
+
+  scripts/stack.sh status | down | wipe
+MSG
+}
+
+status() {
+    for p in kafka relay sink; do
+        if [ -f "$STACK_DIR/$p.pid" ] && kill -0 "$(cat "$STACK_DIR/$p.pid")" 2>/dev/null; then
+            echo "$p: running (pid $(cat "$STACK_DIR/$p.pid"))"
+        else
+            echo "$p: stopped"
+        fi
+    done
+    clickhouse_up && echo "clickhouse: up on $CH_HTTP_PORT" || echo "clickhouse: down"
+    psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d "$DB" -Atc \
+        "SELECT 'user_logins pending: ' || count(*) FROM user_logins WHERE sent_to_kafka IS NOT TRUE" 2>/dev/null || true
+    printf 'user_logins in ClickHouse: '
+    curl -sf "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary "SELECT count() FROM $DB.user_logins FINAL" 2>/dev/null || echo "-"
+}
+
+down() {
+    stop_pidfile "$STACK_DIR/relay.pid"
+    stop_pidfile "$STACK_DIR/sink.pid"
+    stop_pidfile "$STACK_DIR/kafka.pid"
+    stop_pidfile "$STACK_DIR/clickhouse/pid"
+    log "stack stopped"
+}
+
+wipe() {
+    down
+    psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$DB\"" 2>/dev/null || true
+    rm -rf "$STACK_DIR"
+    log "stack wiped (database $DB dropped, $STACK_DIR removed)"
+}
+
+case "${1:-}" in
+    up) up ;;
+    status) status ;;
+    down) down ;;
+    wipe) wipe ;;
+    *) echo "usage: $0 up|status|down|wipe" >&2; exit 2 ;;
+esac

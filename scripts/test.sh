@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test against real services: installs and starts PostgreSQL and
+# ClickHouse where missing (Kafka is librdkafka's mock cluster, started by the
+# tests themselves), builds the binaries the crash tests run, then
+# `cargo test --workspace`. Extra arguments go to `cargo test`.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+ensure_postgres
+ensure_clickhouse
+
+# Leftovers of earlier runs: each test makes its own t_* databases.
+psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atc \
+    "SELECT datname FROM pg_database WHERE datname LIKE 't\_%'" 2>/dev/null |
+    while read -r db; do psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true; done
+curl -sf "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary "SELECT name FROM system.databases WHERE name LIKE 't\\_%'" 2>/dev/null |
+    while read -r db; do curl -sf "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary "DROP DATABASE IF EXISTS \`$db\`" >/dev/null || true; done
+
+log "building"
+cargo build --workspace --bins --quiet
+log "testing"
+cargo test --workspace "$@"
