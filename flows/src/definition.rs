@@ -28,6 +28,40 @@ pub struct Flow {
     /// ClickHouse tables the sink loads.
     #[serde(default)]
     pub targets: Vec<TargetTable>,
+    /// A Kafka → Kafka stage (consume, transform, produce, exactly once).
+    #[serde(default)]
+    pub stage: Option<StageDef>,
+}
+
+/// How time columns travel in messages.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeFormat {
+    /// Unix seconds, fractional when the value has sub-second precision
+    /// (seed 003).
+    #[default]
+    Unix,
+    /// `YYYY-MM-DD HH:MM:SS` text, UTC (the demos' emitters).
+    Text,
+}
+
+/// The transforms a stage can apply.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transform {
+    /// seed 004: one clean shape from the raw click, view and order events.
+    Normalise,
+}
+
+/// A consume-transform-produce stage: reads `inputs`, writes `output`, and
+/// commits its consumer offsets inside the producer's transaction.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StageDef {
+    pub consumer_group: String,
+    pub inputs: Vec<String>,
+    pub output: String,
+    pub transform: Transform,
 }
 
 /// A Postgres outbox table: rows with `sent_to_kafka = FALSE` are published,
@@ -43,6 +77,9 @@ pub struct SourceTable {
     pub key: Option<Ident>,
     /// Columns carried in the message, by name. Must include `id`.
     pub columns: Vec<Ident>,
+    /// How `timestamp`, `timestamptz` and `date` columns travel.
+    #[serde(default)]
+    pub times: TimeFormat,
 }
 
 /// A ClickHouse table fed from a topic. Every column of the table without a
@@ -56,6 +93,9 @@ pub struct TargetTable {
     /// ClickHouse column -> message field, where they differ.
     #[serde(default)]
     pub columns: BTreeMap<Ident, String>,
+    /// ClickHouse column -> a fixed text value for every row.
+    #[serde(default)]
+    pub constants: BTreeMap<Ident, String>,
 }
 
 impl SourceTable {
@@ -163,6 +203,19 @@ impl FlowCatalog {
             }
             for target in &flow.targets {
                 check_kafka_name(&target.topic).map_err(|e| invalid(format!("topic: {e}")))?;
+                if let Some(c) = target.constants.keys().find(|c| target.columns.contains_key(*c)) {
+                    return Err(invalid(format!("column {c} of table {} is both mapped and constant", target.table)));
+                }
+            }
+            if let Some(stage) = &flow.stage {
+                check_kafka_name(&stage.consumer_group).map_err(|e| invalid(format!("stage consumer_group: {e}")))?;
+                check_kafka_name(&stage.output).map_err(|e| invalid(format!("stage output: {e}")))?;
+                if stage.inputs.is_empty() {
+                    return Err(invalid("stage has no inputs".into()));
+                }
+                for input in &stage.inputs {
+                    check_kafka_name(input).map_err(|e| invalid(format!("stage input: {e}")))?;
+                }
             }
         }
         Ok(())
@@ -178,6 +231,13 @@ impl FlowCatalog {
             }
             for t in &mut flow.targets {
                 t.topic = format!("{topic_prefix}{}", t.topic);
+            }
+            if let Some(stage) = &mut flow.stage {
+                stage.consumer_group = format!("{group_prefix}{}", stage.consumer_group);
+                stage.output = format!("{topic_prefix}{}", stage.output);
+                for input in &mut stage.inputs {
+                    *input = format!("{topic_prefix}{input}");
+                }
             }
         }
         self
