@@ -22,6 +22,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "RELAY_POLL_INTERVAL_MS",
     "RELAY_STANDBY_RETRY_MS",
     "RELAY_TRANSACTIONAL_ID_PREFIX",
+    "RELAY_METRICS_ADDR",
     "FLOWS",
     "FLOWS_FILE",
     "LOG_FORMAT",
@@ -61,6 +62,8 @@ pub struct RelayConfig {
     pub kafka: KafkaConfig,
     pub batch: BatchConfig,
     pub flows: Vec<Flow>,
+    /// Where `/metrics` and `/healthz` are served; `None` = off.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Settings the `migrate` command needs: only the database.
@@ -104,6 +107,10 @@ impl RelayConfig {
                 standby_retry: Duration::from_millis(env.positive_or("RELAY_STANDBY_RETRY_MS", 1_000)?),
             },
             flows: selected_flows(env)?,
+            metrics_addr: flows::http::parse_addr(
+                "RELAY_METRICS_ADDR",
+                &env.string_or("RELAY_METRICS_ADDR", "127.0.0.1:9101"),
+            )?,
         })
     }
 }

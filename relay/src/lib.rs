@@ -28,6 +28,12 @@ use crate::listener::Wakers;
 /// `shutdown`. Returns Err only for such a contradiction.
 pub async fn run(config: RelayConfig, metrics: Metrics, shutdown: CancellationToken) -> Result<(), RelayError> {
     let config = Arc::new(config);
+    if let Some(addr) = config.metrics_addr {
+        match flows::http::serve(addr, metrics.clone(), shutdown.clone()).await {
+            Ok(bound) => tracing::info!(addr = %bound, "serving /metrics and /healthz"),
+            Err(error) => tracing::error!(%addr, %error, "cannot serve metrics; running without"),
+        }
+    }
     if let Some(client) = pg::connect(&config.postgres.url, "startup check", &shutdown).await {
         for flow in &config.flows {
             for source in &flow.sources {

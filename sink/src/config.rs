@@ -22,6 +22,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "SINK_BATCH_BYTES",
     "SINK_FLUSH_INTERVAL_MS",
     "SINK_DLQ_SUFFIX",
+    "SINK_METRICS_ADDR",
     "FLOWS",
     "FLOWS_FILE",
     "LOG_FORMAT",
@@ -49,6 +50,8 @@ pub struct SinkConfig {
     pub kafka: KafkaConfig,
     pub flush: FlushPolicy,
     pub flows: Vec<Flow>,
+    /// Where `/metrics` and `/healthz` are served; `None` = off.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Settings the `migrate` command needs: only ClickHouse.
@@ -88,6 +91,10 @@ impl SinkConfig {
                 max_age: Duration::from_millis(env.positive_or("SINK_FLUSH_INTERVAL_MS", 100)?),
             },
             flows: flows::settings::selected_flows(env)?,
+            metrics_addr: flows::http::parse_addr(
+                "SINK_METRICS_ADDR",
+                &env.string_or("SINK_METRICS_ADDR", "127.0.0.1:9102"),
+            )?,
         })
     }
 }

@@ -34,6 +34,12 @@ pub enum RunError {
 /// against its tables, then runs one consumer per flow until `shutdown`.
 pub async fn run(config: SinkConfig, metrics: flows::metrics::Metrics, shutdown: CancellationToken) -> Result<(), RunError> {
     let config = Arc::new(config);
+    if let Some(addr) = config.metrics_addr {
+        match flows::http::serve(addr, metrics.clone(), shutdown.clone()).await {
+            Ok(bound) => tracing::info!(addr = %bound, "serving /metrics and /healthz"),
+            Err(error) => tracing::error!(%addr, %error, "cannot serve metrics; running without"),
+        }
+    }
     let ch = client::client(&config.clickhouse, Some(&config.clickhouse.database));
     let writer = Arc::new(ClickHouseWriter::new(ch));
     let mut sinks = Vec::new();

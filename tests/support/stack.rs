@@ -129,6 +129,8 @@ impl TestStack {
             ("RELAY_POLL_INTERVAL_MS", "500"),
             ("RELAY_STANDBY_RETRY_MS", "200"),
             ("SINK_FLUSH_INTERVAL_MS", "100"),
+            ("RELAY_METRICS_ADDR", "127.0.0.1:0"),
+            ("SINK_METRICS_ADDR", "127.0.0.1:0"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
