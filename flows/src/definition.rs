@@ -332,7 +332,7 @@ columns = ["id"]
         )
         .unwrap_or_else(|e| panic!("{e}"));
         catalog.merge(extra);
-        assert_eq!(catalog.names(), vec!["user_logins", "mine"]);
+        assert_eq!(catalog.names(), vec!["user_logins", "my_table", "router", "sales", "etl", "mine"]);
         assert_eq!(catalog.flows()[0].consumer_group, "other");
     }
 }

@@ -14,8 +14,22 @@ macro_rules! embed {
     };
 }
 
-const POSTGRES: &[(&str, &str)] = embed!("postgres", "0001_outbox_notify", "0002_user_logins");
-const CLICKHOUSE: &[(&str, &str)] = embed!("clickhouse", "0001_user_logins");
+const POSTGRES: &[(&str, &str)] = embed!(
+    "postgres",
+    "0001_outbox_notify",
+    "0002_user_logins",
+    "0003_my_table",
+    "0004_router",
+    "0005_sales",
+);
+const CLICKHOUSE: &[(&str, &str)] = embed!(
+    "clickhouse",
+    "0001_user_logins",
+    "0002_my_table",
+    "0003_router",
+    "0004_sales",
+    "0005_etl",
+);
 
 fn owned(list: &[(&str, &str)]) -> Vec<Migration> {
     list.iter()
@@ -29,6 +43,38 @@ pub fn postgres() -> Vec<Migration> {
 
 pub fn clickhouse() -> Vec<Migration> {
     owned(CLICKHOUSE)
+}
+
+/// A user's migrations for their own flows: `<dir>/<kind>/*.sql` (kind is
+/// `postgres` or `clickhouse`), applied after the built-in ones in file-name
+/// order and recorded as `user/<file stem>`. A missing folder is no migration.
+pub fn from_dir(dir: &std::path::Path, kind: &str) -> std::io::Result<Vec<Migration>> {
+    let folder = dir.join(kind);
+    if !folder.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut files: Vec<_> = std::fs::read_dir(&folder)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            Ok(Migration { name: format!("user/{stem}"), sql: std::fs::read_to_string(&path)? })
+        })
+        .collect()
+}
+
+/// Built-in migrations of `kind`, then those under MIGRATIONS_DIR if set.
+pub fn all(kind: &str, user_dir: Option<&std::path::Path>) -> std::io::Result<Vec<Migration>> {
+    let mut list = if kind == "postgres" { postgres() } else { clickhouse() };
+    if let Some(dir) = user_dir {
+        list.extend(from_dir(dir, kind)?);
+    }
+    Ok(list)
 }
 
 /// Splits a file into statements at `;` ending a line (ClickHouse's HTTP

@@ -6,7 +6,7 @@ use crate::source::SourceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Publish(#[from] PublishError),
@@ -16,6 +16,15 @@ pub enum RelayError {
     Producer(#[from] rdkafka::error::KafkaError),
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+/// tokio-postgres displays server errors as just "db error"; show the
+/// server's message (never a parameter value).
+pub fn pg_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 /// The next step after a failed batch. In every case nothing was flagged

@@ -43,7 +43,7 @@ pub async fn run(config: RelayConfig, metrics: Metrics, shutdown: CancellationTo
     }
     let mut wakers = Wakers::default();
     let mut workers = tokio::task::JoinSet::new();
-    for flow in &config.flows {
+    for flow in config.flows.iter().filter(|f| !f.sources.is_empty()) {
         let wake = Arc::new(Notify::new());
         for source in &flow.sources {
             wakers.register(source.table.as_str(), Arc::clone(&wake));

@@ -60,7 +60,12 @@ async fn migrate(env: &Env) -> ExitCode {
     let Some(mut client) = relay::pg::connect(&pg.url, "migrate", &shutdown).await else {
         return ExitCode::SUCCESS;
     };
-    match relay::migrate::migrate(&mut client, &flows::migrations::postgres()).await {
+    let user_dir = env.get("MIGRATIONS_DIR").map(std::path::PathBuf::from);
+    let migrations = match flows::migrations::all("postgres", user_dir.as_deref()) {
+        Ok(m) => m,
+        Err(e) => return bad_setting(&SettingError::new("MIGRATIONS_DIR", e.to_string())),
+    };
+    match relay::migrate::migrate(&mut client, &migrations).await {
         Ok(applied) => {
             tracing::info!(applied = ?applied, "postgres migrations up to date");
             ExitCode::SUCCESS

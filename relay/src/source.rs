@@ -3,6 +3,7 @@
 //! forwards bytes), and flagged sent once Kafka committed them.
 
 use flows::SourceTable;
+use flows::definition::TimeFormat;
 use tokio_postgres::{Client, GenericClient};
 
 /// One pending row, ready to publish.
@@ -64,12 +65,20 @@ pub enum SourceError {
         table: String,
         count: usize,
     },
-    #[error(transparent)]
+    #[error("postgres: {}", crate::error::pg_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
 }
 
 /// How a column travels in the JSON message.
-fn json_expr(column: &str, data_type: &str) -> String {
+fn json_expr(column: &str, data_type: &str, times: TimeFormat) -> String {
+    if times == TimeFormat::Text {
+        return match data_type {
+            "timestamp without time zone" => format!("to_char({column}, 'YYYY-MM-DD HH24:MI:SS')"),
+            "timestamp with time zone" => format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"),
+            "date" => format!("to_char({column}, 'YYYY-MM-DD')"),
+            _ => column.to_owned(),
+        };
+    }
     match data_type {
         // seed 003: times travel as Unix seconds (fractional when the value has
         // sub-second precision); `timestamp` without zone is taken as UTC.
@@ -128,7 +137,7 @@ impl OutboxSource {
         for column in &source.columns {
             expect(column.as_str(), "", &[])?;
             let data_type = type_of(column.as_str()).unwrap_or_default();
-            fields.push(format!("'{}', {}", column.as_str(), json_expr(&column.pg(), data_type)));
+            fields.push(format!("'{}', {}", column.as_str(), json_expr(&column.pg(), data_type, source.times)));
         }
         let key = flows::ident::Ident::new(source.key_column())
             .map(|k| k.pg())
@@ -137,8 +146,9 @@ impl OutboxSource {
         // The partial index on pending ids (migrations) keeps this an index
         // scan however many rows were already sent.
         let fetch_sql = format!(
-            "SELECT \"id\"::int8, ({key})::text, json_build_object({})::text FROM {t} \
-             WHERE sent_to_kafka IS NOT TRUE ORDER BY \"id\" LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, \
+             json_build_object({})::text AS outbox_payload FROM {t} AS src \
+             WHERE src.sent_to_kafka IS NOT TRUE ORDER BY src.\"id\" LIMIT $1 FOR UPDATE SKIP LOCKED",
             fields.join(", ")
         );
         let mark_sql = format!("UPDATE {t} SET sent_to_kafka = TRUE WHERE \"id\" = ANY($1::int8[])");

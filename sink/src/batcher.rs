@@ -132,7 +132,7 @@ mod tests {
     use std::time::Duration;
 
     fn plans() -> Vec<TablePlan> {
-        let col = |c: &str, t: ChType| ColumnPlan { column: c.into(), field: c.into(), ty: t };
+        let col = |c: &str, t: ChType| ColumnPlan { column: c.into(), field: c.into(), ty: t, constant: None };
         vec![
             TablePlan {
                 table: "a".into(),

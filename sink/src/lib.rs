@@ -46,7 +46,8 @@ pub async fn run(config: SinkConfig, metrics: flows::metrics::Metrics, shutdown:
     for flow in config.flows.iter().filter(|f| !f.targets.is_empty()) {
         let mut plans = Vec::new();
         for target in &flow.targets {
-            let Some(plan) = plan_with_retry(&writer, &config, flow.name.as_str(), target, &shutdown).await? else {
+            let fields = known_fields(flow, &target.topic);
+            let Some(plan) = plan_with_retry(&writer, &config, flow.name.as_str(), target, fields.as_deref(), &shutdown).await? else {
                 return Ok(());
             };
             plans.push(plan);
@@ -77,6 +78,13 @@ pub async fn run(config: SinkConfig, metrics: flows::metrics::Metrics, shutdown:
     outcome
 }
 
+/// The message fields of `topic` when this flow's own relay publishes it: the
+/// source table's columns.
+fn known_fields(flow: &flows::Flow, topic: &str) -> Option<Vec<String>> {
+    let source = flow.sources.iter().find(|s| s.topic == topic)?;
+    Some(source.columns.iter().map(ToString::to_string).collect())
+}
+
 /// Plans a target table, retrying while ClickHouse is unreachable. `None` on
 /// shutdown.
 async fn plan_with_retry(
@@ -84,11 +92,12 @@ async fn plan_with_retry(
     config: &SinkConfig,
     flow: &str,
     target: &flows::TargetTable,
+    fields: Option<&[String]>,
     shutdown: &CancellationToken,
 ) -> Result<Option<crate::clickhouse::schema::TablePlan>, RunError> {
     let mut backoff = Backoff::default();
     loop {
-        match plan_table(writer.client(), &config.clickhouse.database, flow, target).await {
+        match plan_table(writer.client(), &config.clickhouse.database, flow, target, fields).await {
             Ok(plan) => return Ok(Some(plan)),
             Err(SchemaError::ClickHouse(error)) => {
                 let delay = backoff.next_delay();
@@ -107,6 +116,7 @@ async fn plan_with_retry(
 /// creates the database and applies the migrations. Returns the names applied.
 pub async fn migrate_with_retry(
     cfg: &crate::clickhouse::ClickHouseConfig,
+    migrations: &[flows::migrations::Migration],
     shutdown: &CancellationToken,
 ) -> Result<Vec<String>, ::clickhouse::error::Error> {
     let root = client::client(cfg, None);
@@ -125,5 +135,5 @@ pub async fn migrate_with_retry(
             }
         }
     }
-    crate::clickhouse::migrate::migrate(&root, &db, &cfg.database, &flows::migrations::clickhouse()).await
+    crate::clickhouse::migrate::migrate(&root, &db, &cfg.database, migrations).await
 }

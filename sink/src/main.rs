@@ -58,7 +58,12 @@ async fn migrate(env: &Env) -> ExitCode {
     let Ok(shutdown) = flows::shutdown::on_signals() else {
         return ExitCode::FAILURE;
     };
-    match sink::migrate_with_retry(&cfg, &shutdown).await {
+    let user_dir = env.get("MIGRATIONS_DIR").map(std::path::PathBuf::from);
+    let migrations = match flows::migrations::all("clickhouse", user_dir.as_deref()) {
+        Ok(m) => m,
+        Err(e) => return bad_setting(&SettingError::new("MIGRATIONS_DIR", e.to_string())),
+    };
+    match sink::migrate_with_retry(&cfg, &migrations, &shutdown).await {
         Ok(applied) => {
             tracing::info!(applied = ?applied, "clickhouse migrations up to date");
             ExitCode::SUCCESS

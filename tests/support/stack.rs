@@ -23,6 +23,8 @@ pub struct TestStack {
     pub mock: Option<Arc<MockKafka>>,
     /// Extra variables for the daemons (e.g. a proxied CLICKHOUSE_URL).
     pub overrides: Vec<(String, String)>,
+    /// FLOWS for the daemons.
+    pub flows: String,
 }
 
 struct Endpoints {
@@ -94,16 +96,23 @@ impl TestStack {
             kafka_brokers,
             mock,
             overrides: Vec::new(),
+            flows: "user_logins".into(),
             name,
         })
     }
 
     /// Runs both migrations (as `relay migrate` and `sink migrate` do).
     pub async fn migrate(&self) -> anyhow::Result<()> {
+        self.migrate_with(None).await
+    }
+
+    /// Built-in migrations plus a user's MIGRATIONS_DIR.
+    pub async fn migrate_with(&self, user_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
         let mut pg = self.pg().await?;
-        relay::migrate::migrate(&mut pg, &flows::migrations::postgres()).await?;
+        relay::migrate::migrate(&mut pg, &flows::migrations::all("postgres", user_dir)?).await?;
         let cfg = sink::config::clickhouse_config(&Env::from_pairs(self.daemon_env()))?;
-        sink::migrate_with_retry(&cfg, &CancellationToken::new()).await?;
+        let ch = flows::migrations::all("clickhouse", user_dir)?;
+        sink::migrate_with_retry(&cfg, &ch, &CancellationToken::new()).await?;
         Ok(())
     }
 
@@ -120,6 +129,7 @@ impl TestStack {
     pub fn daemon_env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = [
             ("DATABASE_URL", self.database_url.as_str()),
+            ("FLOWS", &self.flows),
             ("KAFKA_BROKERS", &self.kafka_brokers),
             ("CLICKHOUSE_URL", &self.clickhouse_url),
             ("CLICKHOUSE_DATABASE", &self.name),

@@ -18,20 +18,24 @@ pub struct EncodeError {
     pub reason: String,
 }
 
-/// One target column: its name, its type, and the message field filling it.
+/// One target column: its name, its type, and what fills it: the message
+/// field `field`, or the same `constant` for every row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ColumnPlan {
     pub column: String,
     pub field: String,
     pub ty: ChType,
+    pub constant: Option<Value>,
 }
 
 /// Appends one row to `out`. On error `out` is left as it was.
 pub fn encode_row(columns: &[ColumnPlan], message: &Map<String, Value>, out: &mut BytesMut) -> Result<(), EncodeError> {
     let start = out.len();
     for plan in columns {
-        let value = message.get(&plan.field).unwrap_or(&Value::Null);
-        let missing = !message.contains_key(&plan.field);
+        let (value, missing) = match &plan.constant {
+            Some(constant) => (constant, false),
+            None => (message.get(&plan.field).unwrap_or(&Value::Null), !message.contains_key(&plan.field)),
+        };
         if let Err(reason) = encode_value(&plan.ty, value, missing, out) {
             out.truncate(start);
             return Err(EncodeError {
@@ -319,6 +323,7 @@ mod tests {
             column: column.into(),
             field: column.into(),
             ty: ChType::parse(ty).unwrap_or_else(|e| panic!("{e}")),
+            constant: None,
         }
     }
 

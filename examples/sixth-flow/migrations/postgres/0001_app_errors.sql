@@ -1,0 +1,12 @@
+CREATE TABLE IF NOT EXISTS app_errors (
+    id BIGSERIAL PRIMARY KEY,
+    service TEXT NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL,
+    occurred_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    sent_to_kafka BOOLEAN DEFAULT FALSE
+);
+CREATE INDEX IF NOT EXISTS app_errors_pending ON app_errors (id) WHERE sent_to_kafka IS NOT TRUE;
+DROP TRIGGER IF EXISTS app_errors_outbox_notify ON app_errors;
+CREATE TRIGGER app_errors_outbox_notify AFTER INSERT ON app_errors
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();

@@ -1,0 +1,253 @@
+//! Every demo flow (shared/FLOWS.md) end to end through the real relay and
+//! sink: rows inserted in Postgres are found, exactly and correctly typed, in
+//! their ClickHouse tables. Also a user's own flow from config and SQL alone,
+//! and flows that contradict their tables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flows::metrics::Metrics;
+use outbox_tests::daemon::run_to_exit;
+use outbox_tests::{TestStack, wait_until};
+
+const ARRIVAL: Duration = Duration::from_secs(30);
+
+fn repo_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+async fn wait_rows(stack: &TestStack, table: &str, n: u64) {
+    wait_until(&format!("{n} rows in {table}"), ARRIVAL, || async {
+        Ok(stack.ch_count_final(table).await? == n)
+    })
+    .await;
+}
+
+async fn start(test: &str, flows: &str) -> anyhow::Result<(TestStack, Metrics, Vec<outbox_tests::stack::Running>)> {
+    let mut stack = TestStack::start(test).await?;
+    stack.flows = flows.into();
+    stack.migrate().await?;
+    let metrics = Metrics::default();
+    let sink = stack.spawn_sink(&metrics)?;
+    let relay = stack.spawn_relay(&metrics)?;
+    Ok((stack, metrics, vec![relay, sink]))
+}
+
+async fn stop(running: Vec<outbox_tests::stack::Running>) -> anyhow::Result<()> {
+    for r in running {
+        r.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn my_table_objects_and_their_journal() -> anyhow::Result<()> {
+    let (stack, _, running) = start("my_table", "my_table").await?;
+    let pg = stack.pg().await?;
+    pg.execute(
+        "INSERT INTO my_table (value) SELECT 'value ' || g || ' ✓' FROM generate_series(1, 50) g",
+        &[],
+    )
+    .await?;
+    wait_rows(&stack, "my_table", 50).await;
+    wait_rows(&stack, "events", 50).await;
+
+    let objects: Vec<(u64, String)> = stack.ch().query("SELECT id, value FROM my_table FINAL ORDER BY id").fetch_all().await?;
+    let expected: Vec<(u64, String)> = (1..=50).map(|i| (i, format!("value {i} ✓"))).collect();
+    assert_eq!(objects, expected);
+
+    let journal: Vec<(u64, u64, String, String)> = stack
+        .ch()
+        .query("SELECT event_id, my_table_id, value, event_type FROM events FINAL ORDER BY event_id")
+        .fetch_all()
+        .await?;
+    assert_eq!(journal.len(), 50, "one journal entry per object");
+    for (i, (event_id, object, value, kind)) in journal.iter().enumerate() {
+        assert_eq!((*event_id, *object), (i as u64 + 1, i as u64 + 1));
+        assert_eq!(value, &expected[i].1);
+        assert_eq!(kind, "INSERTED");
+    }
+    let fresh: u8 = stack
+        .ch()
+        .query("SELECT min(created_at) > now() - 600 FROM events FINAL")
+        .fetch_one()
+        .await?;
+    assert_eq!(fresh, 1, "created_at filled by the server default");
+    stop(running).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_routes_each_topic_to_its_typed_table() -> anyhow::Result<()> {
+    let (stack, _, running) = start("router", "router").await?;
+    let pg = stack.pg().await?;
+    pg.batch_execute(
+        "INSERT INTO user_clicks (\"timestamp\", user_id, ip_address, url, element_id)
+           SELECT '2024-05-06 07:08:09'::timestamp + make_interval(secs => g),
+                  ('6f1c2d4e-0000-4000-8000-00000000000' || (g % 10))::uuid, ('10.0.' || g || '.1')::inet,
+                  'https://shop.example/p/' || g, 'btn-' || (1 + g % 20)
+           FROM generate_series(1, 20) g;
+         INSERT INTO page_views (\"timestamp\", user_id, ip_address, url, duration_seconds)
+           SELECT '2024-05-06 07:08:09'::timestamp, '6f1c2d4e-0000-4000-8000-000000000001',
+                  ('192.168.1.' || g)::inet, 'https://shop.example/' || g, 5 + g
+           FROM generate_series(1, 15) g;
+         INSERT INTO orders (\"timestamp\", order_id, user_id, ip_address, amount)
+           SELECT '2024-05-06 07:08:09', ('0000000' || g || '-1111-4111-8111-111111111111')::uuid,
+                  '6f1c2d4e-0000-4000-8000-000000000002', ('203.0.113.' || g)::inet, 9.99 * g
+           FROM generate_series(1, 9) g;",
+    )
+    .await?;
+    wait_rows(&stack, "clicks_table", 20).await;
+    wait_rows(&stack, "views_table", 15).await;
+    wait_rows(&stack, "orders_table", 9).await;
+
+    let click: (u32, String, String, String, String) = stack
+        .ch()
+        .query("SELECT toUInt32(timestamp), user_id, toString(ip_address), url, element_id FROM clicks_table FINAL WHERE id = 3")
+        .fetch_one()
+        .await?;
+    assert_eq!(
+        click,
+        (1_714_979_292, "6f1c2d4e-0000-4000-8000-000000000003".into(), "10.0.3.1".into(), "https://shop.example/p/3".into(), "btn-4".into())
+    );
+    let durations: Vec<u32> = stack.ch().query("SELECT duration_seconds FROM views_table FINAL ORDER BY id").fetch_all().await?;
+    assert_eq!(durations, (6..=20).collect::<Vec<u32>>());
+    let order: (String, String, f64) = stack
+        .ch()
+        .query("SELECT order_id, toString(ip_address), amount FROM orders_table FINAL WHERE id = 7")
+        .fetch_one()
+        .await?;
+    assert_eq!(order, ("00000007-1111-4111-8111-111111111111".into(), "203.0.113.7".into(), 69.93));
+    let ip_type: String = stack
+        .ch()
+        .query("SELECT type FROM system.columns WHERE database = currentDatabase() AND table = 'clicks_table' AND name = 'ip_address'")
+        .fetch_one()
+        .await?;
+    let version: String = stack.ch().query("SELECT version()").fetch_one().await?;
+    let expected_ip = if version.starts_with("18.") { "String" } else { "IPv4" };
+    assert_eq!(ip_type, expected_ip, "IPv4 where the server has the type");
+    stop(running).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sales_and_warehouse_with_decimal_money_and_best_effort_times() -> anyhow::Result<()> {
+    let (stack, _, running) = start("sales", "sales").await?;
+    let pg = stack.pg().await?;
+    pg.batch_execute(
+        "INSERT INTO sales (event_time, product_id, product_name, category, quantity, price, discount, total, store_id, cashier_id, customer_id) VALUES
+           ('2024-03-01 10:00:00', 101, 'Чайник', 'kitchen', 2, 19.99, 0.00, 39.98, 1, 7, 'c-1'),
+           ('2024-03-01T10:00:00Z', 102, 'Kettle \"pro\"', 'kitchen', 1, 999.99, 100.00, 899.99, 2, 8, 'c-2'),
+           ('2024-03-01T12:00:00+02:00', 103, 'Mug', 'kitchen', 3, 0.10, 0.01, 0.29, 3, 9, 'c-3');
+         INSERT INTO warehouse (event_time, product_id, product_name, category, warehouse, quantity, movement_type, source, responsible) VALUES
+           ('2024-03-02 08:30:00', 101, 'Чайник', 'kitchen', 'Москва', 50, 'supply', 'factory', 'Иванов'),
+           ('2024-03-02 09:00:00', 102, 'Kettle', 'kitchen', 'Казань', -5, 'write_off', 'store 2', 'Petrov');",
+    )
+    .await?;
+    wait_rows(&stack, "sales", 3).await;
+    wait_rows(&stack, "stock_movements", 2).await;
+
+    // Money compared in cents: exact, and independent of how the server
+    // version prints decimals.
+    let sales: Vec<(u32, u64, i64, i64, i64, String, u32)> = stack
+        .ch()
+        .query("SELECT toUInt32(event_time), product_id, toInt64(price * 100), toInt64(discount * 100), toInt64(total * 100), product_name, quantity FROM sales FINAL ORDER BY id")
+        .fetch_all()
+        .await?;
+    let instant = 1_709_287_200; // 2024-03-01 10:00:00 UTC, whichever way it was written
+    assert_eq!(sales[0], (instant, 101, 1999, 0, 3998, "Чайник".into(), 2));
+    assert_eq!(sales[1], (instant, 102, 99999, 10000, 89999, "Kettle \"pro\"".into(), 1));
+    assert_eq!((sales[2].0, sales[2].2, sales[2].3, sales[2].4), (instant, 10, 1, 29));
+    let price_type: String = stack
+        .ch()
+        .query("SELECT type FROM system.columns WHERE database = currentDatabase() AND table = 'sales' AND name = 'price'")
+        .fetch_one()
+        .await?;
+    assert_eq!(price_type, "Decimal(9, 2)");
+    let filled: u8 = stack.ch().query("SELECT min(processing_time) > now() - 600 FROM sales FINAL").fetch_one().await?;
+    assert_eq!(filled, 1, "processing_time filled at insert");
+
+    let moves: Vec<(String, i32, String)> = stack
+        .ch()
+        .query("SELECT warehouse, quantity, movement_type FROM stock_movements FINAL ORDER BY id")
+        .fetch_all()
+        .await?;
+    assert_eq!(moves, vec![("Москва".into(), 50, "supply".into()), ("Казань".into(), -5, "write_off".into())]);
+    let partition: String = stack
+        .ch()
+        .query("SELECT any(partition) FROM system.parts WHERE database = currentDatabase() AND table = 'stock_movements' AND active")
+        .fetch_one()
+        .await?;
+    assert_eq!(partition, "202403", "partitioned by month");
+    stop(running).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sixth_flow_from_config_and_sql_alone() -> anyhow::Result<()> {
+    let mut stack = TestStack::start("sixth").await?;
+    stack.flows = "app_errors".into();
+    let example = repo_path("examples/sixth-flow");
+    stack
+        .overrides
+        .push(("FLOWS_FILE".into(), example.join("flows.toml").display().to_string()));
+    stack.migrate_with(Some(&example.join("migrations"))).await?;
+    let metrics = Metrics::default();
+    let running = vec![stack.spawn_relay(&metrics)?, stack.spawn_sink(&metrics)?];
+    let pg = stack.pg().await?;
+    pg.batch_execute(
+        "INSERT INTO app_errors (service, level, message, occurred_at) VALUES
+           ('billing', 'error', 'card declined: \"insufficient funds\"', '2024-01-01 00:00:00+00'),
+           ('search', 'warn', 'slow query', '2024-01-01 01:00:00+01')",
+    )
+    .await?;
+    wait_rows(&stack, "app_errors", 2).await;
+    let rows: Vec<(u64, String, String, u32)> = stack
+        .ch()
+        .query("SELECT id, service, message, toUInt32(occurred_at) FROM app_errors FINAL ORDER BY id")
+        .fetch_all()
+        .await?;
+    assert_eq!(rows[0], (1, "billing".into(), "card declined: \"insufficient funds\"".into(), 1_704_067_200));
+    assert_eq!(rows[1].3, 1_704_067_200, "timestamptz keeps the instant");
+    stop(running).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_contradicting_its_tables_is_refused_naming_flow_and_column() -> anyhow::Result<()> {
+    let stack = TestStack::start("contradiction").await?;
+    stack.migrate().await?;
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir)?;
+    let write = |name: &str, text: &str| -> anyhow::Result<String> {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.display().to_string())
+    };
+    let relay_side = write(
+        "relay.toml",
+        "[[flows]]\nname = \"broken\"\nconsumer_group = \"g\"\n[[flows.sources]]\ntable = \"user_logins\"\ntopic = \"t\"\ncolumns = [\"id\", \"nickname\"]\n",
+    )?;
+    let sink_side = write(
+        "sink.toml",
+        "[[flows]]\nname = \"broken\"\nconsumer_group = \"g\"\n[[flows.targets]]\ntopic = \"t\"\ntable = \"user_logins\"\ncolumns = { colour = \"x\" }\n",
+    )?;
+    let wrong_field = write(
+        "field.toml",
+        "[[flows]]\nname = \"broken\"\nconsumer_group = \"g\"\n[[flows.sources]]\ntable = \"user_logins\"\ntopic = \"t\"\ncolumns = [\"id\", \"username\"]\n[[flows.targets]]\ntopic = \"t\"\ntable = \"user_logins\"\n",
+    )?;
+    let env = stack.daemon_env();
+    let with = |file: &str| -> Vec<(String, String)> {
+        let mut e: Vec<(String, String)> = env.iter().filter(|(k, _)| k != "FLOWS").cloned().collect();
+        e.push(("FLOWS_FILE".into(), file.into()));
+        e.push(("FLOWS".into(), "broken".into()));
+        e
+    };
+    for (binary, file, column) in [("relay", &relay_side, "nickname"), ("sink", &sink_side, "colour"), ("sink", &wrong_field, "event_type")] {
+        let env = with(file);
+        let (code, stderr) = tokio::task::spawn_blocking(move || {
+            let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            run_to_exit(binary, &["run"], &pairs)
+        })
+        .await?;
+        assert_eq!(code, Some(2), "{binary}: {stderr}");
+        assert!(stderr.contains("flow `broken`") && stderr.contains(column), "{binary} names flow and column: {stderr}");
+    }
+    Ok(())
+}
