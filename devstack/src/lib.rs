@@ -4,7 +4,8 @@
 //!
 //! Differences from Kafka that tests must respect: read_committed consumers
 //! still see aborted messages; each partition keeps only ~5 MiB / 100k
-//! batches; a fenced producer's sends are still accepted.
+//! batches; a fenced producer's sends are still accepted; offsets sent in a
+//! transaction (TxnOffsetCommit) are acknowledged but not stored.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString};
@@ -79,6 +80,31 @@ impl MockKafka {
         let name = CString::new(topic)?;
         unsafe { rdsys::rd_kafka_mock_topic_set_error(self.cluster, name.as_ptr(), err) };
         Ok(())
+    }
+
+    /// Starts recording every request the brokers receive (see
+    /// [`Self::request_counts`]).
+    pub fn start_request_tracking(&self) {
+        unsafe { rdsys::rd_kafka_mock_start_request_tracking(self.cluster) };
+    }
+
+    /// How many requests of each API key were received since tracking
+    /// started (e.g. 28 = TxnOffsetCommit, 8 = OffsetCommit).
+    pub fn request_counts(&self) -> std::collections::BTreeMap<i16, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        let mut n: usize = 0;
+        // SAFETY: the array and its n requests are ours until destroyed below.
+        unsafe {
+            let requests = rdsys::rd_kafka_mock_get_requests(self.cluster, &mut n);
+            if requests.is_null() {
+                return counts;
+            }
+            for i in 0..n {
+                *counts.entry(rdsys::rd_kafka_mock_request_api_key(*requests.add(i))).or_insert(0) += 1;
+            }
+            rdsys::rd_kafka_mock_request_destroy_array(requests, n);
+        }
+        counts
     }
 
     pub fn broker_down(&self, broker: i32) -> Result<()> {

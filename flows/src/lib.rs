@@ -11,6 +11,7 @@ pub mod migrations;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod time;
 
 pub use definition::{Flow, FlowCatalog, SourceTable, TargetTable};
 pub use settings::{Env, SettingError};

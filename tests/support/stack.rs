@@ -141,6 +141,8 @@ impl TestStack {
             ("SINK_FLUSH_INTERVAL_MS", "100"),
             ("RELAY_METRICS_ADDR", "127.0.0.1:0"),
             ("SINK_METRICS_ADDR", "127.0.0.1:0"),
+            ("STAGE_METRICS_ADDR", "127.0.0.1:0"),
+            ("STAGE_TRANSACTIONAL_ID_PREFIX", &format!("{}.stage", self.name)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -170,6 +172,20 @@ impl TestStack {
         let task = tokio::spawn({
             let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
             async move { sink::run(config, metrics, shutdown).await.map_err(anyhow::Error::from) }
+        });
+        Ok(Running { shutdown, task })
+    }
+
+    /// Starts the stage library in-process, exactly as `stage run` does.
+    pub fn spawn_stage(&self, metrics: &Metrics) -> anyhow::Result<Running> {
+        let config = stage::StageConfig::from_env(&Env::from_pairs(self.daemon_env()))?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+            async move {
+                stage::run(config, metrics, shutdown).await;
+                Ok(())
+            }
         });
         Ok(Running { shutdown, task })
     }

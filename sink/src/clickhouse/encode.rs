@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use bytes::{BufMut, BytesMut};
-use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use flows::time::parse_time;
 use serde_json::{Map, Value};
 
 use super::types::ChType;
@@ -269,37 +269,6 @@ fn epoch_ticks(value: &Value, precision: u32) -> Result<i64, String> {
     }
 }
 
-/// Best-effort date-time parsing: RFC 3339 / ISO 8601 (with `T` or a space,
-/// optional fraction and offset), `YYYY-MM-DD HH:MM[:SS]`, `YYYY-MM-DD`, or
-/// digits of Unix seconds. Returns (seconds, nanoseconds).
-pub fn parse_time(text: &str) -> Option<(i64, u32)> {
-    let s = text.trim();
-    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
-        return Some((dt.timestamp(), dt.timestamp_subsec_nanos()));
-    }
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
-        if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
-            return Some((dt.timestamp(), dt.timestamp_subsec_nanos()));
-        }
-    }
-    let naive = s.strip_suffix('Z').unwrap_or(s);
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%d.%m.%Y %H:%M:%S", "%Y/%m/%d %H:%M:%S"] {
-        if let Ok(dt) = NaiveDateTime::parse_from_str(naive, fmt) {
-            let utc = dt.and_utc();
-            return Some((utc.timestamp(), utc.timestamp_subsec_nanos()));
-        }
-    }
-    for fmt in ["%Y-%m-%d", "%d.%m.%Y", "%Y/%m/%d"] {
-        if let Ok(d) = NaiveDate::parse_from_str(naive, fmt) {
-            return Some((d.and_hms_opt(0, 0, 0)?.and_utc().timestamp(), 0));
-        }
-    }
-    if !s.is_empty() && s.len() <= 10 && s.chars().all(|c| c.is_ascii_digit()) {
-        return Some((s.parse().ok()?, 0));
-    }
-    None
-}
-
 /// LEB128, as RowBinary encodes string lengths.
 fn put_varint(out: &mut BytesMut, mut n: u64) {
     loop {
@@ -374,17 +343,6 @@ mod tests {
         assert_eq!(parse_decimal("1e2", 2), Some(10000));
         assert_eq!(parse_decimal("abc", 2), None);
         assert_eq!(parse_decimal(".", 2), None);
-    }
-
-    #[test]
-    fn times_best_effort() {
-        assert_eq!(parse_time("2024-01-02 03:04:05").map(|t| t.0), Some(1_704_164_645));
-        assert_eq!(parse_time("2024-01-02T03:04:05Z").map(|t| t.0), Some(1_704_164_645));
-        assert_eq!(parse_time("2024-01-02T05:04:05+02:00").map(|t| t.0), Some(1_704_164_645));
-        assert_eq!(parse_time("2024-01-02T03:04:05.250").map(|t| t.1), Some(250_000_000));
-        assert_eq!(parse_time("2024-01-02").map(|t| t.0), Some(1_704_153_600));
-        assert_eq!(parse_time("1704164645").map(|t| t.0), Some(1_704_164_645));
-        assert_eq!(parse_time("yesterday"), None);
     }
 
     #[test]

@@ -1,0 +1,38 @@
+//! Kafka → Kafka stages. The built-in one is the `etl` flow's normaliser
+//! (seed 004, replacing a Flink job). See `stage_loop` for the guarantee.
+
+pub mod config;
+pub mod normalise;
+pub mod stage_loop;
+
+use std::sync::Arc;
+
+use flows::metrics::Metrics;
+use tokio_util::sync::CancellationToken;
+
+pub use config::StageConfig;
+
+use crate::stage_loop::FlowStage;
+
+/// Runs every selected flow's stage until `shutdown`.
+pub async fn run(config: StageConfig, metrics: Metrics, shutdown: CancellationToken) {
+    let config = Arc::new(config);
+    if let Some(addr) = config.metrics_addr {
+        match flows::http::serve(addr, metrics.clone(), shutdown.clone()).await {
+            Ok(bound) => tracing::info!(addr = %bound, "serving /metrics and /healthz"),
+            Err(error) => tracing::error!(%addr, %error, "cannot serve metrics; running without"),
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for flow in &config.flows {
+        let Some(stage) = flow.stage.clone() else { continue };
+        let worker = FlowStage {
+            flow: flow.clone(),
+            stage,
+            config: Arc::clone(&config),
+            metrics: metrics.clone(),
+        };
+        tasks.spawn(worker.run(shutdown.clone()));
+    }
+    while tasks.join_next().await.is_some() {}
+}
