@@ -10,6 +10,7 @@ use flows::metrics::Metrics;
 use outbox_tests::daemon::run_to_exit;
 use outbox_tests::{TestStack, wait_until};
 
+
 const ARRIVAL: Duration = Duration::from_secs(30);
 
 fn repo_path(rel: &str) -> PathBuf {
@@ -73,6 +74,29 @@ async fn my_table_objects_and_their_journal() -> anyhow::Result<()> {
         .fetch_one()
         .await?;
     assert_eq!(fresh, 1, "created_at filled by the server default");
+
+    // The events watcher prints the journal, then each new entry.
+    let mut watcher = outbox_tests::Daemon::spawn(
+        "sink",
+        &["watch", "--interval-secs", "1", "--from-start"],
+        &stack.daemon_env(),
+        &format!("{}-watch", stack.name),
+    );
+    let log = watcher.log.clone();
+    let printed = |needle: String| {
+        let log = log.clone();
+        move || {
+            let log = log.clone();
+            let needle = needle.clone();
+            async move { Ok::<usize, anyhow::Error>(std::fs::read_to_string(&log)?.matches(&needle).count()) }
+        }
+    };
+    let count = printed("type=INSERTED".into());
+    wait_until("the watcher printing the 50 entries", ARRIVAL, || async { Ok(count().await? == 50) }).await;
+    pg.execute("INSERT INTO my_table (value) VALUES ('late arrival')", &[]).await?;
+    let late = printed("my_table_id=51 type=INSERTED value=\"late arrival\"".into());
+    wait_until("the watcher printing the new entry", ARRIVAL, || async { Ok(late().await? == 1) }).await;
+    assert!(watcher.is_running());
     stop(running).await
 }
 
@@ -250,4 +274,32 @@ async fn a_flow_contradicting_its_tables_is_refused_naming_flow_and_column() -> 
         assert!(stderr.contains("flow `broken`") && stderr.contains(column), "{binary} names flow and column: {stderr}");
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generator_feeds_a_flow_with_the_demo_mix() -> anyhow::Result<()> {
+    let (stack, _, running) = start("generator", "sales").await?;
+    let env = stack.daemon_env();
+    let (code, stderr) = tokio::task::spawn_blocking(move || {
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_to_exit("relay", &["generate", "--flow", "sales", "--rate", "1000", "--total", "1000"], &pairs)
+    })
+    .await?;
+    assert_eq!(code, Some(0), "{stderr}");
+    let pg = stack.pg().await?;
+    let sales: i64 = pg.query_one("SELECT count(*) FROM sales", &[]).await?.get(0);
+    let moves: i64 = pg.query_one("SELECT count(*) FROM warehouse", &[]).await?.get(0);
+    assert_eq!(sales + moves, 1000);
+    assert!((600..=800).contains(&sales), "about 70% sales: {sales}");
+    wait_until("generated rows in ClickHouse", ARRIVAL, || async {
+        Ok(stack.ch_count_final("sales").await? + stack.ch_count_final("stock_movements").await? == 1000)
+    })
+    .await;
+    let consistent: u8 = stack
+        .ch()
+        .query("SELECT countIf(toInt64(total * 100) = toInt64(price * 100) * quantity - toInt64(discount * 100)) = count() FROM sales FINAL")
+        .fetch_one()
+        .await?;
+    assert_eq!(consistent, 1, "total = price × quantity − discount");
+    stop(running).await
 }

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod flow_relay;
+pub mod generate;
 pub mod listener;
 pub mod migrate;
 pub mod pg;

@@ -24,6 +24,19 @@ enum Command {
     Migrate,
     /// Relay the selected flows until SIGTERM or SIGINT.
     Run,
+    /// Insert realistic rows into a flow's source tables at a steady rate
+    /// (the demos' emitters, through Postgres); prints the rate every second.
+    Generate {
+        /// The flow whose source tables get rows (e.g. sales, router).
+        #[arg(long)]
+        flow: String,
+        /// Rows per second.
+        #[arg(long, default_value_t = 10)]
+        rate: u64,
+        /// Stop after this many rows (default: run until SIGTERM/SIGINT).
+        #[arg(long)]
+        total: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +58,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Migrate => migrate(&env).await,
             Command::Run => run(&env).await,
+            Command::Generate { flow, rate, total } => generate(&env, &flow, rate, total).await,
         }
     })
 }
@@ -98,6 +112,37 @@ async fn run(env: &Env) -> ExitCode {
         }
         Err(e) => {
             eprintln!("relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn generate(env: &Env, flow: &str, rate: u64, total: Option<u64>) -> ExitCode {
+    let pg = match relay::config::postgres_config(env) {
+        Ok(c) => c,
+        Err(e) => return bad_setting(&e),
+    };
+    let catalog = match flows::FlowCatalog::load(env.get("FLOWS_FILE").map(std::path::Path::new)) {
+        Ok(c) => c,
+        Err(e) => return bad_setting(&SettingError::new("FLOWS_FILE", e.to_string())),
+    };
+    let target = match relay::generate::source_flow(&catalog, flow) {
+        Ok(f) => f,
+        Err(e) => return bad_setting(&SettingError::new("--flow", e)),
+    };
+    if rate == 0 {
+        return bad_setting(&SettingError::new("--rate", "must be greater than 0"));
+    }
+    let Ok(shutdown) = flows::shutdown::on_signals() else {
+        return ExitCode::FAILURE;
+    };
+    let Some(client) = relay::pg::connect(&pg.url, "generate", &shutdown).await else {
+        return ExitCode::SUCCESS;
+    };
+    match relay::generate::generate(&client, &target, rate, total, &shutdown).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay generate: {}", relay::error::pg_detail(&e));
             ExitCode::FAILURE
         }
     }

@@ -25,6 +25,16 @@ enum Command {
     Migrate,
     /// Load the selected flows until SIGTERM or SIGINT.
     Run,
+    /// The events watcher (seed 000): print new entries of the `events`
+    /// journal every few seconds, reading only ClickHouse.
+    Watch {
+        /// Seconds between polls.
+        #[arg(long, default_value_t = 3)]
+        interval_secs: u64,
+        /// Print the entries already there too.
+        #[arg(long)]
+        from_start: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +56,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Migrate => migrate(&env).await,
             Command::Run => run(&env).await,
+            Command::Watch { interval_secs, from_start } => watch(&env, interval_secs, from_start).await,
         }
     })
 }
@@ -96,6 +107,28 @@ async fn run(env: &Env) -> ExitCode {
         }
         Err(e) => {
             eprintln!("sink: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn watch(env: &Env, interval_secs: u64, from_start: bool) -> ExitCode {
+    let cfg = match sink::config::clickhouse_config(env) {
+        Ok(c) => c,
+        Err(e) => return bad_setting(&e),
+    };
+    if interval_secs == 0 {
+        return bad_setting(&SettingError::new("--interval-secs", "must be greater than 0"));
+    }
+    let Ok(shutdown) = flows::shutdown::on_signals() else {
+        return ExitCode::FAILURE;
+    };
+    let client = sink::clickhouse::client::client(&cfg, Some(&cfg.database));
+    let interval = std::time::Duration::from_secs(interval_secs);
+    match sink::watch::watch(&client, interval, from_start, &mut std::io::stdout(), &shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sink watch: {e}");
             ExitCode::FAILURE
         }
     }
