@@ -1,16 +1,16 @@
-# Multi-stage build of the relay and sink binaries; the runtime image holds
-# only the two binaries and CA certificates, and runs as a non-root user.
+# Multi-stage build of the relay, sink and stage binaries; the runtime image
+# holds only the binaries and CA certificates, and runs as a non-root user.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p relay -p sink --bins \
- && strip target/release/relay target/release/sink
+RUN cargo build --release --locked -p relay -p sink -p stage --bins \
+ && strip target/release/relay target/release/sink target/release/stage
 
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home outbox
-COPY --from=build /src/target/release/relay /src/target/release/sink /usr/local/bin/
+COPY --from=build /src/target/release/relay /src/target/release/sink /src/target/release/stage /usr/local/bin/
 USER 10001
 CMD ["relay", "--help"]

@@ -3,7 +3,9 @@
 # (Debian package, installed if missing), librdkafka's mock Kafka cluster, and
 # the relay and sink built from this checkout.
 #
-#   scripts/stack.sh up      install/start everything, migrate, run relay + sink
+#   scripts/stack.sh up      install/start everything, migrate, run relay + sink + stage
+#                            (all flows; GENERATE_RATE=N also runs the generator
+#                            for every flow at N rows/s each)
 #   scripts/stack.sh status  what runs, pending rows, rows in ClickHouse
 #   scripts/stack.sh down    stop relay, sink, mock Kafka and our ClickHouse
 #   scripts/stack.sh wipe    down, then drop the stack's databases and data
@@ -43,13 +45,25 @@ ENV
     source "$STACK_DIR/env"
     target/release/relay migrate
     target/release/sink migrate
-    for daemon in relay sink; do
+    DAEMONS="relay sink"
+    # The stage runs flows that have one (the built-in etl).
+    case ",${FLOWS:-etl}," in *,etl,*) DAEMONS="$DAEMONS stage" ;; esac
+    for daemon in relay sink stage; do
         stop_pidfile "$STACK_DIR/$daemon.pid"
+        case " $DAEMONS " in *" $daemon "*) ;; *) continue ;; esac
         nohup "target/release/$daemon" run >>"$STACK_DIR/logs/$daemon.log" 2>&1 &
         echo $! >"$STACK_DIR/$daemon.pid"
     done
+    for flow in user_logins my_table router sales; do
+        stop_pidfile "$STACK_DIR/generate-$flow.pid"
+        if [ -n "${GENERATE_RATE:-}" ]; then
+            nohup target/release/relay generate --flow "$flow" --rate "$GENERATE_RATE" \
+                >>"$STACK_DIR/logs/generate-$flow.log" 2>&1 &
+            echo $! >"$STACK_DIR/generate-$flow.pid"
+        fi
+    done
     sleep 1
-    for daemon in relay sink; do
+    for daemon in $DAEMONS; do
         kill -0 "$(cat "$STACK_DIR/$daemon.pid")" 2>/dev/null || die "$daemon exited; see $STACK_DIR/logs/$daemon.log"
     done
     cat <<MSG
@@ -58,13 +72,15 @@ The pipeline runs (logs in $STACK_DIR/logs). Try it:
 
   psql -h $PG_HOST -U postgres $DB -c "INSERT INTO user_logins (username, event_type, event_time) VALUES ('alice', 'login', now())"
   curl -s http://127.0.0.1:$CH_HTTP_PORT/ --data-binary "SELECT * FROM $DB.user_logins FINAL ORDER BY id"
+  (source .stack/env; target/release/relay generate --flow sales --rate 500)   # the demos' emitters
+  (source .stack/env; target/release/sink watch)                              # the events watcher
 
   scripts/stack.sh status | down | wipe
 MSG
 }
 
 status() {
-    for p in kafka relay sink; do
+    for p in kafka relay sink stage; do
         if [ -f "$STACK_DIR/$p.pid" ] && kill -0 "$(cat "$STACK_DIR/$p.pid")" 2>/dev/null; then
             echo "$p: running (pid $(cat "$STACK_DIR/$p.pid"))"
         else
@@ -72,13 +88,19 @@ status() {
         fi
     done
     clickhouse_up && echo "clickhouse: up on $CH_HTTP_PORT" || echo "clickhouse: down"
-    psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d "$DB" -Atc \
-        "SELECT 'user_logins pending: ' || count(*) FROM user_logins WHERE sent_to_kafka IS NOT TRUE" 2>/dev/null || true
-    printf 'user_logins in ClickHouse: '
-    curl -sf "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary "SELECT count() FROM $DB.user_logins FINAL" 2>/dev/null || echo "-"
+    for t in user_logins my_table user_clicks page_views orders sales warehouse; do
+        psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d "$DB" -Atc \
+            "SELECT 'postgres $t: ' || count(*) || ' rows, ' || count(*) FILTER (WHERE sent_to_kafka IS NOT TRUE) || ' pending' FROM $t" 2>/dev/null || true
+    done
+    for t in user_logins my_table events clicks_table views_table orders_table sales stock_movements events_processed; do
+        printf 'clickhouse %s: ' "$t"
+        curl -sf "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary "SELECT count() FROM $DB.$t FINAL" 2>/dev/null || echo "-"
+    done
 }
 
 down() {
+    for pidfile in "$STACK_DIR"/generate-*.pid; do [ -e "$pidfile" ] && stop_pidfile "$pidfile"; done
+    stop_pidfile "$STACK_DIR/stage.pid"
     stop_pidfile "$STACK_DIR/relay.pid"
     stop_pidfile "$STACK_DIR/sink.pid"
     stop_pidfile "$STACK_DIR/kafka.pid"
