@@ -58,16 +58,30 @@ async fn etl_stack(test: &str) -> anyhow::Result<TestStack> {
 async fn raw_events_become_one_clean_shape() -> anyhow::Result<()> {
     let stack = etl_stack("etl_shape").await?;
     let metrics = Metrics::default();
-    let running = vec![stack.spawn_relay(&metrics)?, stack.spawn_sink(&metrics)?, stack.spawn_stage(&metrics)?];
+    let running = vec![
+        stack.spawn_relay(&metrics)?,
+        stack.spawn_sink(&metrics)?,
+        stack.spawn_stage(&metrics)?,
+    ];
     insert_raw(&stack, 30, 20, 10).await?;
-    wait_until("60 normalised events", ARRIVAL, || async { Ok(stack.ch_count_final("events_processed").await? == 60) }).await;
+    wait_until("60 normalised events", ARRIVAL, || async {
+        Ok(stack.ch_count_final("events_processed").await? == 60)
+    })
+    .await;
 
     let kinds: Vec<(String, u64)> = stack
         .ch()
         .query("SELECT event_type, count() FROM events_processed FINAL GROUP BY event_type ORDER BY event_type")
         .fetch_all()
         .await?;
-    assert_eq!(kinds, vec![("CLICKS".into(), 30), ("ORDERS".into(), 10), ("PAGE_VIEWS".into(), 20)]);
+    assert_eq!(
+        kinds,
+        vec![
+            ("CLICKS".into(), 30),
+            ("ORDERS".into(), 10),
+            ("PAGE_VIEWS".into(), 20)
+        ]
+    );
     let click: (u32, String) = stack
         .ch()
         .query("SELECT toUInt32(event_timestamp), details FROM events_processed FINAL WHERE event_type = 'CLICKS' AND source_id = 3")
@@ -80,7 +94,10 @@ async fn raw_events_become_one_clean_shape() -> anyhow::Result<()> {
         .fetch_one()
         .await?;
     let pg = stack.pg().await?;
-    let order_id: String = pg.query_one("SELECT order_id::text FROM orders WHERE id = 2", &[]).await?.get(0);
+    let order_id: String = pg
+        .query_one("SELECT order_id::text FROM orders WHERE id = 2", &[])
+        .await?
+        .get(0);
     assert_eq!(order, format!("{order_id} | 3.0"));
     let users_match: u8 = stack
         .ch()
@@ -96,7 +113,11 @@ async fn raw_events_become_one_clean_shape() -> anyhow::Result<()> {
 
 /// Every (topic, partition) of `topics` → offset after its last data record,
 /// and the records themselves, read by a fresh read_committed consumer.
-fn read_all(brokers: &str, topics: &[String], group: &str) -> anyhow::Result<(BTreeMap<(String, i32), i64>, Vec<Vec<u8>>)> {
+fn read_all(
+    brokers: &str,
+    topics: &[String],
+    group: &str,
+) -> anyhow::Result<(BTreeMap<(String, i32), i64>, Vec<Vec<u8>>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -137,10 +158,18 @@ async fn kill_9_of_the_stage_loses_and_duplicates_nothing() -> anyhow::Result<()
     for round in 1..=4 {
         insert_raw(&stack, 200, 150, 50).await?;
         let target = 400 * round as u64 - 300;
-        wait_until("stage progress", ARRIVAL, || async { Ok(stack.ch_count_final("events_processed").await? >= target) }).await;
+        wait_until("stage progress", ARRIVAL, || async {
+            Ok(stack.ch_count_final("events_processed").await? >= target)
+        })
+        .await;
         insert_raw(&stack, 50, 50, 50).await?;
         stage.kill9();
-        stage = Daemon::spawn("stage", &["run"], &env, &format!("{}-stage-{round}", stack.name));
+        stage = Daemon::spawn(
+            "stage",
+            &["run"],
+            &env,
+            &format!("{}-stage-{round}", stack.name),
+        );
     }
     let total = raw_count(&stack).await?;
     wait_until("every raw event normalised once", ARRIVAL, || async {
@@ -158,23 +187,36 @@ async fn kill_9_of_the_stage_loses_and_duplicates_nothing() -> anyhow::Result<()
         let counts = mock.request_counts();
         let txn_offset_commits = counts.get(&28).copied().unwrap_or(0);
         let add_offsets = counts.get(&25).copied().unwrap_or(0);
-        assert!(txn_offset_commits >= 4 && add_offsets >= 4, "offsets go through the transaction: {counts:?}");
+        assert!(
+            txn_offset_commits >= 4 && add_offsets >= 4,
+            "offsets go through the transaction: {counts:?}"
+        );
         return Ok(());
     }
 
     // Real Kafka: after the crashes the stage group's committed offsets reach
     // the end of every input partition, and a read_committed reader of
     // processed_events sees each raw event's result exactly once.
-    let inputs: Vec<String> = ["user_clicks", "page_views", "orders"].iter().map(|t| stack.topic(t)).collect();
+    let inputs: Vec<String> = ["user_clicks", "page_views", "orders"]
+        .iter()
+        .map(|t| stack.topic(t))
+        .collect();
     let brokers = stack.kafka_brokers.clone();
     let (input_ends, _) = {
-        let (b, i, g) = (brokers.clone(), inputs.clone(), format!("{}.verify", stack.name));
+        let (b, i, g) = (
+            brokers.clone(),
+            inputs.clone(),
+            format!("{}.verify", stack.name),
+        );
         tokio::task::spawn_blocking(move || read_all(&b, &i, &g)).await??
     };
     let stage_group = stack.group("etl-normaliser");
     let partitions: Vec<(String, i32)> = input_ends.keys().cloned().collect();
     let committed = tokio::task::spawn_blocking(move || -> anyhow::Result<TopicPartitionList> {
-        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", &stage_group).create()?;
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &stage_group)
+            .create()?;
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in &partitions {
             tpl.add_partition(topic, *partition);
@@ -183,21 +225,45 @@ async fn kill_9_of_the_stage_loses_and_duplicates_nothing() -> anyhow::Result<()
     })
     .await??;
     for elem in committed.elements() {
-        let end = input_ends.get(&(elem.topic().to_owned(), elem.partition())).copied().unwrap_or(0);
+        let end = input_ends
+            .get(&(elem.topic().to_owned(), elem.partition()))
+            .copied()
+            .unwrap_or(0);
         match elem.offset() {
-            Offset::Offset(o) => assert!(o >= end, "{}[{}] committed {o} < end {end}", elem.topic(), elem.partition()),
-            other => panic!("{}[{}]: no committed offset ({other:?})", elem.topic(), elem.partition()),
+            Offset::Offset(o) => assert!(
+                o >= end,
+                "{}[{}] committed {o} < end {end}",
+                elem.topic(),
+                elem.partition()
+            ),
+            other => panic!(
+                "{}[{}]: no committed offset ({other:?})",
+                elem.topic(),
+                elem.partition()
+            ),
         }
     }
     let output = vec![stack.topic("processed_events")];
-    let (b, g) = (stack.kafka_brokers.clone(), format!("{}.verify-out", stack.name));
+    let (b, g) = (
+        stack.kafka_brokers.clone(),
+        format!("{}.verify-out", stack.name),
+    );
     let (_, records) = tokio::task::spawn_blocking(move || read_all(&b, &output, &g)).await??;
     let distinct: BTreeSet<(String, u64)> = records
         .iter()
         .filter_map(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-        .map(|v| (v["event_type"].as_str().unwrap_or_default().to_owned(), v["source_id"].as_u64().unwrap_or(0)))
+        .map(|v| {
+            (
+                v["event_type"].as_str().unwrap_or_default().to_owned(),
+                v["source_id"].as_u64().unwrap_or(0),
+            )
+        })
         .collect();
     assert_eq!(distinct.len() as u64, total, "every raw event normalised");
-    assert_eq!(records.len() as u64, total, "read_committed sees each result exactly once");
+    assert_eq!(
+        records.len() as u64,
+        total,
+        "read_committed sees each result exactly once"
+    );
     Ok(())
 }

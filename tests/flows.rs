@@ -10,11 +10,12 @@ use flows::metrics::Metrics;
 use outbox_tests::daemon::run_to_exit;
 use outbox_tests::{TestStack, wait_until};
 
-
 const ARRIVAL: Duration = Duration::from_secs(30);
 
 fn repo_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
 }
 
 async fn wait_rows(stack: &TestStack, table: &str, n: u64) {
@@ -24,7 +25,10 @@ async fn wait_rows(stack: &TestStack, table: &str, n: u64) {
     .await;
 }
 
-async fn start(test: &str, flows: &str) -> anyhow::Result<(TestStack, Metrics, Vec<outbox_tests::stack::Running>)> {
+async fn start(
+    test: &str,
+    flows: &str,
+) -> anyhow::Result<(TestStack, Metrics, Vec<outbox_tests::stack::Running>)> {
     let mut stack = TestStack::start(test).await?;
     stack.flows = flows.into();
     stack.migrate().await?;
@@ -53,13 +57,19 @@ async fn my_table_objects_and_their_journal() -> anyhow::Result<()> {
     wait_rows(&stack, "my_table", 50).await;
     wait_rows(&stack, "events", 50).await;
 
-    let objects: Vec<(u64, String)> = stack.ch().query("SELECT id, value FROM my_table FINAL ORDER BY id").fetch_all().await?;
+    let objects: Vec<(u64, String)> = stack
+        .ch()
+        .query("SELECT id, value FROM my_table FINAL ORDER BY id")
+        .fetch_all()
+        .await?;
     let expected: Vec<(u64, String)> = (1..=50).map(|i| (i, format!("value {i} ✓"))).collect();
     assert_eq!(objects, expected);
 
     let journal: Vec<(u64, u64, String, String)> = stack
         .ch()
-        .query("SELECT event_id, my_table_id, value, event_type FROM events FINAL ORDER BY event_id")
+        .query(
+            "SELECT event_id, my_table_id, value, event_type FROM events FINAL ORDER BY event_id",
+        )
         .fetch_all()
         .await?;
     assert_eq!(journal.len(), 50, "one journal entry per object");
@@ -88,14 +98,23 @@ async fn my_table_objects_and_their_journal() -> anyhow::Result<()> {
         move || {
             let log = log.clone();
             let needle = needle.clone();
-            async move { Ok::<usize, anyhow::Error>(std::fs::read_to_string(&log)?.matches(&needle).count()) }
+            async move {
+                Ok::<usize, anyhow::Error>(std::fs::read_to_string(&log)?.matches(&needle).count())
+            }
         }
     };
     let count = printed("type=INSERTED".into());
-    wait_until("the watcher printing the 50 entries", ARRIVAL, || async { Ok(count().await? == 50) }).await;
-    pg.execute("INSERT INTO my_table (value) VALUES ('late arrival')", &[]).await?;
+    wait_until("the watcher printing the 50 entries", ARRIVAL, || async {
+        Ok(count().await? == 50)
+    })
+    .await;
+    pg.execute("INSERT INTO my_table (value) VALUES ('late arrival')", &[])
+        .await?;
     let late = printed("my_table_id=51 type=INSERTED value=\"late arrival\"".into());
-    wait_until("the watcher printing the new entry", ARRIVAL, || async { Ok(late().await? == 1) }).await;
+    wait_until("the watcher printing the new entry", ARRIVAL, || async {
+        Ok(late().await? == 1)
+    })
+    .await;
     assert!(watcher.is_running());
     stop(running).await
 }
@@ -131,23 +150,44 @@ async fn router_routes_each_topic_to_its_typed_table() -> anyhow::Result<()> {
         .await?;
     assert_eq!(
         click,
-        (1_714_979_292, "6f1c2d4e-0000-4000-8000-000000000003".into(), "10.0.3.1".into(), "https://shop.example/p/3".into(), "btn-4".into())
+        (
+            1_714_979_292,
+            "6f1c2d4e-0000-4000-8000-000000000003".into(),
+            "10.0.3.1".into(),
+            "https://shop.example/p/3".into(),
+            "btn-4".into()
+        )
     );
-    let durations: Vec<u32> = stack.ch().query("SELECT duration_seconds FROM views_table FINAL ORDER BY id").fetch_all().await?;
+    let durations: Vec<u32> = stack
+        .ch()
+        .query("SELECT duration_seconds FROM views_table FINAL ORDER BY id")
+        .fetch_all()
+        .await?;
     assert_eq!(durations, (6..=20).collect::<Vec<u32>>());
     let order: (String, String, f64) = stack
         .ch()
         .query("SELECT order_id, toString(ip_address), amount FROM orders_table FINAL WHERE id = 7")
         .fetch_one()
         .await?;
-    assert_eq!(order, ("00000007-1111-4111-8111-111111111111".into(), "203.0.113.7".into(), 69.93));
+    assert_eq!(
+        order,
+        (
+            "00000007-1111-4111-8111-111111111111".into(),
+            "203.0.113.7".into(),
+            69.93
+        )
+    );
     let ip_type: String = stack
         .ch()
         .query("SELECT type FROM system.columns WHERE database = currentDatabase() AND table = 'clicks_table' AND name = 'ip_address'")
         .fetch_one()
         .await?;
     let version: String = stack.ch().query("SELECT version()").fetch_one().await?;
-    let expected_ip = if version.starts_with("18.") { "String" } else { "IPv4" };
+    let expected_ip = if version.starts_with("18.") {
+        "String"
+    } else {
+        "IPv4"
+    };
     assert_eq!(ip_type, expected_ip, "IPv4 where the server has the type");
     stop(running).await
 }
@@ -178,15 +218,33 @@ async fn sales_and_warehouse_with_decimal_money_and_best_effort_times() -> anyho
         .await?;
     let instant = 1_709_287_200; // 2024-03-01 10:00:00 UTC, whichever way it was written
     assert_eq!(sales[0], (instant, 101, 1999, 0, 3998, "Чайник".into(), 2));
-    assert_eq!(sales[1], (instant, 102, 99999, 10000, 89999, "Kettle \"pro\"".into(), 1));
-    assert_eq!((sales[2].0, sales[2].2, sales[2].3, sales[2].4), (instant, 10, 1, 29));
+    assert_eq!(
+        sales[1],
+        (
+            instant,
+            102,
+            99999,
+            10000,
+            89999,
+            "Kettle \"pro\"".into(),
+            1
+        )
+    );
+    assert_eq!(
+        (sales[2].0, sales[2].2, sales[2].3, sales[2].4),
+        (instant, 10, 1, 29)
+    );
     let price_type: String = stack
         .ch()
         .query("SELECT type FROM system.columns WHERE database = currentDatabase() AND table = 'sales' AND name = 'price'")
         .fetch_one()
         .await?;
     assert_eq!(price_type, "Decimal(9, 2)");
-    let filled: u8 = stack.ch().query("SELECT min(processing_time) > now() - 600 FROM sales FINAL").fetch_one().await?;
+    let filled: u8 = stack
+        .ch()
+        .query("SELECT min(processing_time) > now() - 600 FROM sales FINAL")
+        .fetch_one()
+        .await?;
     assert_eq!(filled, 1, "processing_time filled at insert");
 
     let moves: Vec<(String, i32, String)> = stack
@@ -194,7 +252,13 @@ async fn sales_and_warehouse_with_decimal_money_and_best_effort_times() -> anyho
         .query("SELECT warehouse, quantity, movement_type FROM stock_movements FINAL ORDER BY id")
         .fetch_all()
         .await?;
-    assert_eq!(moves, vec![("Москва".into(), 50, "supply".into()), ("Казань".into(), -5, "write_off".into())]);
+    assert_eq!(
+        moves,
+        vec![
+            ("Москва".into(), 50, "supply".into()),
+            ("Казань".into(), -5, "write_off".into())
+        ]
+    );
     let partition: String = stack
         .ch()
         .query("SELECT any(partition) FROM system.parts WHERE database = currentDatabase() AND table = 'stock_movements' AND active")
@@ -209,10 +273,13 @@ async fn a_sixth_flow_from_config_and_sql_alone() -> anyhow::Result<()> {
     let mut stack = TestStack::start("sixth").await?;
     stack.flows = "app_errors".into();
     let example = repo_path("examples/sixth-flow");
+    stack.overrides.push((
+        "FLOWS_FILE".into(),
+        example.join("flows.toml").display().to_string(),
+    ));
     stack
-        .overrides
-        .push(("FLOWS_FILE".into(), example.join("flows.toml").display().to_string()));
-    stack.migrate_with(Some(&example.join("migrations"))).await?;
+        .migrate_with(Some(&example.join("migrations")))
+        .await?;
     let metrics = Metrics::default();
     let running = vec![stack.spawn_relay(&metrics)?, stack.spawn_sink(&metrics)?];
     let pg = stack.pg().await?;
@@ -225,10 +292,20 @@ async fn a_sixth_flow_from_config_and_sql_alone() -> anyhow::Result<()> {
     wait_rows(&stack, "app_errors", 2).await;
     let rows: Vec<(u64, String, String, u32)> = stack
         .ch()
-        .query("SELECT id, service, message, toUInt32(occurred_at) FROM app_errors FINAL ORDER BY id")
+        .query(
+            "SELECT id, service, message, toUInt32(occurred_at) FROM app_errors FINAL ORDER BY id",
+        )
         .fetch_all()
         .await?;
-    assert_eq!(rows[0], (1, "billing".into(), "card declined: \"insufficient funds\"".into(), 1_704_067_200));
+    assert_eq!(
+        rows[0],
+        (
+            1,
+            "billing".into(),
+            "card declined: \"insufficient funds\"".into(),
+            1_704_067_200
+        )
+    );
     assert_eq!(rows[1].3, 1_704_067_200, "timestamptz keeps the instant");
     stop(running).await
 }
@@ -258,20 +335,29 @@ async fn a_flow_contradicting_its_tables_is_refused_naming_flow_and_column() -> 
     )?;
     let env = stack.daemon_env();
     let with = |file: &str| -> Vec<(String, String)> {
-        let mut e: Vec<(String, String)> = env.iter().filter(|(k, _)| k != "FLOWS").cloned().collect();
+        let mut e: Vec<(String, String)> =
+            env.iter().filter(|(k, _)| k != "FLOWS").cloned().collect();
         e.push(("FLOWS_FILE".into(), file.into()));
         e.push(("FLOWS".into(), "broken".into()));
         e
     };
-    for (binary, file, column) in [("relay", &relay_side, "nickname"), ("sink", &sink_side, "colour"), ("sink", &wrong_field, "event_type")] {
+    for (binary, file, column) in [
+        ("relay", &relay_side, "nickname"),
+        ("sink", &sink_side, "colour"),
+        ("sink", &wrong_field, "event_type"),
+    ] {
         let env = with(file);
         let (code, stderr) = tokio::task::spawn_blocking(move || {
-            let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let pairs: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             run_to_exit(binary, &["run"], &pairs)
         })
         .await?;
         assert_eq!(code, Some(2), "{binary}: {stderr}");
-        assert!(stderr.contains("flow `broken`") && stderr.contains(column), "{binary} names flow and column: {stderr}");
+        assert!(
+            stderr.contains("flow `broken`") && stderr.contains(column),
+            "{binary} names flow and column: {stderr}"
+        );
     }
     Ok(())
 }
@@ -282,17 +368,32 @@ async fn the_generator_feeds_a_flow_with_the_demo_mix() -> anyhow::Result<()> {
     let env = stack.daemon_env();
     let (code, stderr) = tokio::task::spawn_blocking(move || {
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        run_to_exit("relay", &["generate", "--flow", "sales", "--rate", "1000", "--total", "1000"], &pairs)
+        run_to_exit(
+            "relay",
+            &[
+                "generate", "--flow", "sales", "--rate", "1000", "--total", "1000",
+            ],
+            &pairs,
+        )
     })
     .await?;
     assert_eq!(code, Some(0), "{stderr}");
     let pg = stack.pg().await?;
-    let sales: i64 = pg.query_one("SELECT count(*) FROM sales", &[]).await?.get(0);
-    let moves: i64 = pg.query_one("SELECT count(*) FROM warehouse", &[]).await?.get(0);
+    let sales: i64 = pg
+        .query_one("SELECT count(*) FROM sales", &[])
+        .await?
+        .get(0);
+    let moves: i64 = pg
+        .query_one("SELECT count(*) FROM warehouse", &[])
+        .await?
+        .get(0);
     assert_eq!(sales + moves, 1000);
     assert!((600..=800).contains(&sales), "about 70% sales: {sales}");
     wait_until("generated rows in ClickHouse", ARRIVAL, || async {
-        Ok(stack.ch_count_final("sales").await? + stack.ch_count_final("stock_movements").await? == 1000)
+        Ok(
+            stack.ch_count_final("sales").await? + stack.ch_count_final("stock_movements").await?
+                == 1000,
+        )
     })
     .await;
     let consistent: u8 = stack

@@ -67,10 +67,13 @@ async fn assert_delivered_exactly(stack: &TestStack) {
     let expected = source_rows(stack).await.unwrap_or_else(|e| panic!("{e:#}"));
     let n = expected.len() as u64;
     wait_until("every source row in ClickHouse", ARRIVAL, || async {
-        Ok(stack.ch_count_final("user_logins").await? >= n && stack.pending("user_logins").await? == 0)
+        Ok(stack.ch_count_final("user_logins").await? >= n
+            && stack.pending("user_logins").await? == 0)
     })
     .await;
-    let stored = clickhouse_rows(stack).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let stored = clickhouse_rows(stack)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stored.len(), expected.len(), "deduplicated row count");
     assert_eq!(stored, expected, "row content");
     assert_eq!(stack.pending("user_logins").await.ok(), Some(0));
@@ -98,10 +101,29 @@ async fn values_arrive_identical() -> anyhow::Result<()> {
 
     let stored = clickhouse_rows(&stack).await?;
     assert_eq!(stored[0].username.as_deref(), Some("алиса"));
-    assert_eq!(stored[0].event_time, Some(1_709_251_199), "the same instant, as Unix seconds");
-    assert_eq!(stored[1].username.as_deref(), Some("o'brien \"quoted\" \\ back"));
-    assert_eq!(stored[3], ChLogin { id: 4, username: None, event_type: None, event_time: None });
-    assert_eq!(stored[4].event_time, Some(1_717_243_200), "sub-second part truncated, not rounded up");
+    assert_eq!(
+        stored[0].event_time,
+        Some(1_709_251_199),
+        "the same instant, as Unix seconds"
+    );
+    assert_eq!(
+        stored[1].username.as_deref(),
+        Some("o'brien \"quoted\" \\ back")
+    );
+    assert_eq!(
+        stored[3],
+        ChLogin {
+            id: 4,
+            username: None,
+            event_type: None,
+            event_time: None
+        }
+    );
+    assert_eq!(
+        stored[4].event_time,
+        Some(1_717_243_200),
+        "sub-second part truncated, not rounded up"
+    );
 
     relay.stop().await?;
     sink.stop().await?;
@@ -109,7 +131,8 @@ async fn values_arrive_identical() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_transaction_failure_flips_nothing_and_rows_arrive_after_recovery() -> anyhow::Result<()> {
+async fn kafka_transaction_failure_flips_nothing_and_rows_arrive_after_recovery()
+-> anyhow::Result<()> {
     let stack = TestStack::start("kafka_fail").await?;
     let Some(mock) = stack.mock.clone() else {
         eprintln!("skipped: fault injection needs the mock cluster (TEST_KAFKA_BROKERS is set)");
@@ -129,9 +152,20 @@ async fn kafka_transaction_failure_flips_nothing_and_rows_arrive_after_recovery(
     );
     insert_logins(&stack, 200, "during-failure").await?;
     let failed = || metrics.value("relay_batches_failed_total", &[("flow", "user_logins")]);
-    wait_until("two failed relay batches", ARRIVAL, || async { Ok(failed() >= 2) }).await;
-    assert_eq!(stack.pending("user_logins").await?, 200, "a failed Kafka transaction flips no flag");
-    assert_eq!(stack.ch_count_final("user_logins").await?, 1, "nothing of the failed batches loaded");
+    wait_until("two failed relay batches", ARRIVAL, || async {
+        Ok(failed() >= 2)
+    })
+    .await;
+    assert_eq!(
+        stack.pending("user_logins").await?,
+        200,
+        "a failed Kafka transaction flips no flag"
+    );
+    assert_eq!(
+        stack.ch_count_final("user_logins").await?,
+        1,
+        "nothing of the failed batches loaded"
+    );
 
     mock.clear_request_errors(RDKafkaApiKey::Produce);
     assert_delivered_exactly(&stack).await;
@@ -148,22 +182,33 @@ async fn clickhouse_outage_mid_stream_loses_nothing() -> anyhow::Result<()> {
     stack.migrate().await?;
     let upstream = stack.clickhouse_url.trim_start_matches("http://").parse()?;
     let proxy = Proxy::start(upstream).await?;
-    stack.overrides.push(("CLICKHOUSE_URL".into(), format!("http://{}", proxy.addr)));
+    stack
+        .overrides
+        .push(("CLICKHOUSE_URL".into(), format!("http://{}", proxy.addr)));
     let metrics = Metrics::default();
     let sink = stack.spawn_sink(&metrics)?;
     let relay = stack.spawn_relay(&metrics)?;
 
     insert_logins(&stack, 100, "before").await?;
-    wait_until("first rows loaded", ARRIVAL, || async { Ok(stack.ch_count_final("user_logins").await? > 0) }).await;
+    wait_until("first rows loaded", ARRIVAL, || async {
+        Ok(stack.ch_count_final("user_logins").await? > 0)
+    })
+    .await;
 
     proxy.cut();
     for i in 0..10 {
         insert_logins(&stack, 50, &format!("outage-{i}")).await?;
     }
     let failures = || metrics.value("sink_insert_failures_total", &[("flow", "user_logins")]);
-    wait_until("the sink to hit the outage", ARRIVAL, || async { Ok(failures() >= 2) }).await;
+    wait_until("the sink to hit the outage", ARRIVAL, || async {
+        Ok(failures() >= 2)
+    })
+    .await;
     let loaded_during_outage = stack.ch_count_final("user_logins").await?;
-    assert!(loaded_during_outage < 600, "the outage must have held rows back");
+    assert!(
+        loaded_during_outage < 600,
+        "the outage must have held rows back"
+    );
 
     proxy.restore();
     insert_logins(&stack, 100, "after").await?;
@@ -210,7 +255,13 @@ async fn kill_and_restart_of_either_daemon_duplicates_nothing() -> anyhow::Resul
     insert_logins(&stack, 200, "at-shutdown").await?;
     for daemon in [&mut relay, &mut sink] {
         let status = daemon.terminate(Duration::from_secs(10));
-        assert_eq!(status.and_then(|s| s.code()), Some(0), "{} exit status (log: {})", daemon.name, daemon.log.display());
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{} exit status (log: {})",
+            daemon.name,
+            daemon.log.display()
+        );
     }
     // Whatever was flagged before shutdown is in Kafka; a new pair finishes.
     let _relay = Daemon::spawn("relay", &["run"], &env, &label("relay", 9));
@@ -238,9 +289,11 @@ async fn standby_relay_takes_over_when_the_active_one_dies() -> anyhow::Result<(
     .await;
     first.kill9();
     insert_logins(&stack, 100, "second").await?;
-    wait_until("standby took over and published", Duration::from_secs(10), || async {
-        Ok(stack.pending("user_logins").await? == 0)
-    })
+    wait_until(
+        "standby took over and published",
+        Duration::from_secs(10),
+        || async { Ok(stack.pending("user_logins").await? == 0) },
+    )
     .await;
     assert_delivered_exactly(&stack).await;
     assert!(second.is_running());
@@ -253,16 +306,79 @@ fn bad_settings_exit_2_naming_the_setting_without_secrets() {
     let pg = "postgres://relay:hunter2@127.0.0.1:5432/x";
     let cases: &[(&str, &[(&str, &str)], &str)] = &[
         ("relay", &[("KAFKA_BROKERS", "h:1")], "DATABASE_URL"),
-        ("relay", &[("DATABASE_URL", "mysql://u:hunter2@h/db"), ("KAFKA_BROKERS", "h:1")], "DATABASE_URL"),
+        (
+            "relay",
+            &[
+                ("DATABASE_URL", "mysql://u:hunter2@h/db"),
+                ("KAFKA_BROKERS", "h:1"),
+            ],
+            "DATABASE_URL",
+        ),
         ("relay", &[("DATABASE_URL", pg)], "KAFKA_BROKERS"),
-        ("relay", &[("DATABASE_URL", pg), ("KAFKA_BROKERS", "h:1"), ("RELAY_BATCH_SIZE", "many")], "RELAY_BATCH_SIZE"),
-        ("relay", &[("DATABASE_URL", pg), ("KAFKA_BROKERS", "h:1"), ("RELAY_BATCH_SIZ", "5")], "RELAY_BATCH_SIZ"),
-        ("relay", &[("DATABASE_URL", pg), ("KAFKA_BROKERS", "h:1"), ("FLOWS", "nope")], "FLOWS"),
-        ("relay", &[("DATABASE_URL", pg), ("KAFKA_BROKERS", "h:1"), ("LOG_FORMAT", "xml")], "LOG_FORMAT"),
+        (
+            "relay",
+            &[
+                ("DATABASE_URL", pg),
+                ("KAFKA_BROKERS", "h:1"),
+                ("RELAY_BATCH_SIZE", "many"),
+            ],
+            "RELAY_BATCH_SIZE",
+        ),
+        (
+            "relay",
+            &[
+                ("DATABASE_URL", pg),
+                ("KAFKA_BROKERS", "h:1"),
+                ("RELAY_BATCH_SIZ", "5"),
+            ],
+            "RELAY_BATCH_SIZ",
+        ),
+        (
+            "relay",
+            &[
+                ("DATABASE_URL", pg),
+                ("KAFKA_BROKERS", "h:1"),
+                ("FLOWS", "nope"),
+            ],
+            "FLOWS",
+        ),
+        (
+            "relay",
+            &[
+                ("DATABASE_URL", pg),
+                ("KAFKA_BROKERS", "h:1"),
+                ("LOG_FORMAT", "xml"),
+            ],
+            "LOG_FORMAT",
+        ),
         ("sink", &[("KAFKA_BROKERS", "h:1")], "CLICKHOUSE_URL"),
-        ("sink", &[("CLICKHOUSE_URL", "ftp://u:hunter2@h"), ("KAFKA_BROKERS", "h:1")], "CLICKHOUSE_URL"),
-        ("sink", &[("CLICKHOUSE_URL", "http://h:8123"), ("CLICKHOUSE_PASSWORD", "hunter2"), ("KAFKA_BROKERS", "h:1"), ("SINK_FLUSH_INTERVAL_MS", "-1")], "SINK_FLUSH_INTERVAL_MS"),
-        ("sink", &[("CLICKHOUSE_URL", "http://h:8123"), ("KAFKA_BROKERS", "h:1"), ("CLICKHOUSE_DATABASE", "a;b")], "CLICKHOUSE_DATABASE"),
+        (
+            "sink",
+            &[
+                ("CLICKHOUSE_URL", "ftp://u:hunter2@h"),
+                ("KAFKA_BROKERS", "h:1"),
+            ],
+            "CLICKHOUSE_URL",
+        ),
+        (
+            "sink",
+            &[
+                ("CLICKHOUSE_URL", "http://h:8123"),
+                ("CLICKHOUSE_PASSWORD", "hunter2"),
+                ("KAFKA_BROKERS", "h:1"),
+                ("SINK_FLUSH_INTERVAL_MS", "-1"),
+            ],
+            "SINK_FLUSH_INTERVAL_MS",
+        ),
+        (
+            "sink",
+            &[
+                ("CLICKHOUSE_URL", "http://h:8123"),
+                ("KAFKA_BROKERS", "h:1"),
+                ("CLICKHOUSE_DATABASE", "a;b"),
+            ],
+            "CLICKHOUSE_DATABASE",
+        ),
     ];
     for (binary, env, setting) in cases {
         let (code, stderr) = run_to_exit(binary, &["run"], env);

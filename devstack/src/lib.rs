@@ -39,7 +39,8 @@ impl MockKafka {
             .create()
             .context("creating the librdkafka handle for the mock cluster")?;
         // SAFETY: the handle outlives the cluster (see Drop).
-        let cluster = unsafe { rdsys::rd_kafka_mock_cluster_new(handle.client().native_ptr(), brokers) };
+        let cluster =
+            unsafe { rdsys::rd_kafka_mock_cluster_new(handle.client().native_ptr(), brokers) };
         if cluster.is_null() {
             bail!("librdkafka could not start a mock cluster");
         }
@@ -48,7 +49,11 @@ impl MockKafka {
             .to_string_lossy()
             .into_owned();
         unsafe { rdsys::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0) };
-        Ok(Self { cluster, _handle: handle, bootstrap })
+        Ok(Self {
+            cluster,
+            _handle: handle,
+            bootstrap,
+        })
     }
 
     /// `host:port,host:port,…` for `bootstrap.servers`.
@@ -60,14 +65,21 @@ impl MockKafka {
     /// partitions; tests want to choose).
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
         let name = CString::new(topic)?;
-        let err = unsafe { rdsys::rd_kafka_mock_topic_create(self.cluster, name.as_ptr(), partitions, 1) };
+        let err = unsafe {
+            rdsys::rd_kafka_mock_topic_create(self.cluster, name.as_ptr(), partitions, 1)
+        };
         check(err, "create topic")
     }
 
     /// The next `errors.len()` requests of `api` fail with these errors.
     pub fn push_request_errors(&self, api: RDKafkaApiKey, errors: &[RDKafkaRespErr]) {
         unsafe {
-            rdsys::rd_kafka_mock_push_request_errors_array(self.cluster, api as i16, errors.len(), errors.as_ptr());
+            rdsys::rd_kafka_mock_push_request_errors_array(
+                self.cluster,
+                api as i16,
+                errors.len(),
+                errors.as_ptr(),
+            );
         }
     }
 
@@ -100,7 +112,9 @@ impl MockKafka {
                 return counts;
             }
             for i in 0..n {
-                *counts.entry(rdsys::rd_kafka_mock_request_api_key(*requests.add(i))).or_insert(0) += 1;
+                *counts
+                    .entry(rdsys::rd_kafka_mock_request_api_key(*requests.add(i)))
+                    .or_insert(0) += 1;
             }
             rdsys::rd_kafka_mock_request_destroy_array(requests, n);
         }
@@ -108,17 +122,26 @@ impl MockKafka {
     }
 
     pub fn broker_down(&self, broker: i32) -> Result<()> {
-        check(unsafe { rdsys::rd_kafka_mock_broker_set_down(self.cluster, broker) }, "broker down")
+        check(
+            unsafe { rdsys::rd_kafka_mock_broker_set_down(self.cluster, broker) },
+            "broker down",
+        )
     }
 
     pub fn broker_up(&self, broker: i32) -> Result<()> {
-        check(unsafe { rdsys::rd_kafka_mock_broker_set_up(self.cluster, broker) }, "broker up")
+        check(
+            unsafe { rdsys::rd_kafka_mock_broker_set_up(self.cluster, broker) },
+            "broker up",
+        )
     }
 
     /// Adds `delay` to every response of `broker` (a slow broker).
     pub fn broker_round_trip(&self, broker: i32, delay: Duration) -> Result<()> {
         let ms = i32::try_from(delay.as_millis()).unwrap_or(i32::MAX);
-        check(unsafe { rdsys::rd_kafka_mock_broker_set_rtt(self.cluster, broker, ms) }, "broker rtt")
+        check(
+            unsafe { rdsys::rd_kafka_mock_broker_set_rtt(self.cluster, broker, ms) },
+            "broker rtt",
+        )
     }
 }
 
@@ -139,7 +162,9 @@ impl Drop for MockKafka {
 
 /// Waits until `producer` can reach the cluster (metadata answered).
 pub fn wait_ready(bootstrap: &str, timeout: Duration) -> Result<()> {
-    let probe: BaseProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let probe: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
     probe
         .client()
         .fetch_metadata(None, timeout)

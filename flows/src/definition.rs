@@ -203,13 +203,22 @@ impl FlowCatalog {
             }
             for target in &flow.targets {
                 check_kafka_name(&target.topic).map_err(|e| invalid(format!("topic: {e}")))?;
-                if let Some(c) = target.constants.keys().find(|c| target.columns.contains_key(*c)) {
-                    return Err(invalid(format!("column {c} of table {} is both mapped and constant", target.table)));
+                if let Some(c) = target
+                    .constants
+                    .keys()
+                    .find(|c| target.columns.contains_key(*c))
+                {
+                    return Err(invalid(format!(
+                        "column {c} of table {} is both mapped and constant",
+                        target.table
+                    )));
                 }
             }
             if let Some(stage) = &flow.stage {
-                check_kafka_name(&stage.consumer_group).map_err(|e| invalid(format!("stage consumer_group: {e}")))?;
-                check_kafka_name(&stage.output).map_err(|e| invalid(format!("stage output: {e}")))?;
+                check_kafka_name(&stage.consumer_group)
+                    .map_err(|e| invalid(format!("stage consumer_group: {e}")))?;
+                check_kafka_name(&stage.output)
+                    .map_err(|e| invalid(format!("stage output: {e}")))?;
                 if stage.inputs.is_empty() {
                     return Err(invalid("stage has no inputs".into()));
                 }
@@ -300,14 +309,21 @@ columns = ["id"]
         assert!(err.is_some_and(|e| e.contains("not a valid identifier")));
 
         let unknown = "[[flows]]\nname = \"x\"\nconsumer_group = \"g\"\ncolour = 1\n";
-        let err = FlowCatalog::parse(unknown, "test").err().map(|e| e.to_string());
-        assert!(err.is_some_and(|e| e.contains("colour")), "unknown key must be named");
+        let err = FlowCatalog::parse(unknown, "test")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.is_some_and(|e| e.contains("colour")),
+            "unknown key must be named"
+        );
     }
 
     #[test]
     fn source_must_carry_id_and_key() {
         let no_id = "[[flows]]\nname = \"x\"\nconsumer_group = \"g\"\n[[flows.sources]]\ntable = \"t\"\ntopic = \"t\"\ncolumns = [\"a\"]\n";
-        let err = FlowCatalog::parse(no_id, "test").err().map(|e| e.to_string());
+        let err = FlowCatalog::parse(no_id, "test")
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("`id`")));
     }
 
@@ -319,7 +335,10 @@ columns = ["id"]
         let all = catalog.select(None).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(all[0].sources[0].topic, "t1.user_events");
         assert_eq!(all[0].consumer_group, "g1.user-logins-consumer");
-        let err = catalog.select(Some(&["nope".to_owned()])).err().map(|e| e.to_string());
+        let err = catalog
+            .select(Some(&["nope".to_owned()]))
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("unknown flow `nope`")));
     }
 
@@ -332,7 +351,10 @@ columns = ["id"]
         )
         .unwrap_or_else(|e| panic!("{e}"));
         catalog.merge(extra);
-        assert_eq!(catalog.names(), vec!["user_logins", "my_table", "router", "sales", "etl", "mine"]);
+        assert_eq!(
+            catalog.names(),
+            vec!["user_logins", "my_table", "router", "sales", "etl", "mine"]
+        );
         assert_eq!(catalog.flows()[0].consumer_group, "other");
     }
 }

@@ -13,7 +13,11 @@ use crate::metrics::Metrics;
 /// Binds `addr` and serves until `shutdown`. Returns the bound address (port
 /// 0 picks a free one). A failure to bind is returned, not fatal to the
 /// caller's pipeline.
-pub async fn serve(addr: SocketAddr, metrics: Metrics, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
@@ -28,7 +32,12 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics, shutdown: CancellationTok
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
-                let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
+                let n = match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    stream.read(&mut buf),
+                )
+                .await
+                {
                     Ok(Ok(n)) => n,
                     _ => return,
                 };
@@ -55,10 +64,9 @@ pub fn parse_addr(name: &str, value: &str) -> Result<Option<SocketAddr>, crate::
     if value == "off" {
         return Ok(None);
     }
-    value
-        .parse()
-        .map(Some)
-        .map_err(|_| crate::SettingError::new(name, "expected host:port (e.g. 127.0.0.1:9101) or `off`"))
+    value.parse().map(Some).map_err(|_| {
+        crate::SettingError::new(name, "expected host:port (e.g. 127.0.0.1:9101) or `off`")
+    })
 }
 
 #[cfg(test)]
@@ -70,14 +78,28 @@ mod tests {
         let metrics = Metrics::default();
         metrics.counter("x_total", "X.", &[]).add(2);
         let shutdown = CancellationToken::new();
-        let addr = serve("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")), metrics, shutdown.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        for (path, expect) in [("/metrics", "x_total 2"), ("/healthz", "ok"), ("/nope", "404")] {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
-            s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+            metrics,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        for (path, expect) in [
+            ("/metrics", "x_total 2"),
+            ("/healthz", "ok"),
+            ("/nope", "404"),
+        ] {
+            let mut s = tokio::net::TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap_or_else(|e| panic!("{e}"));
+            s.read_to_string(&mut out)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             assert!(out.contains(expect), "{path}: {out}");
         }
         shutdown.cancel();

@@ -6,12 +6,16 @@ use std::fmt;
 
 /// A table, column, topic-safe name: ASCII letters, digits and `_`, not
 /// starting with a digit, at most 63 bytes (Postgres' limit).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Ident(String);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("`{0}` is not a valid identifier (letters, digits and _, not starting with a digit, at most 63 bytes)")]
+#[error(
+    "`{0}` is not a valid identifier (letters, digits and _, not starting with a digit, at most 63 bytes)"
+)]
 pub struct InvalidIdent(pub String);
 
 impl Ident {
@@ -70,7 +74,11 @@ pub fn check_kafka_name(name: &str) -> Result<(), InvalidIdent> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok { Ok(()) } else { Err(InvalidIdent(name.to_owned())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidIdent(name.to_owned()))
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod definition;
+pub mod failpoint;
 pub mod http;
 pub mod ident;
 pub mod metrics;

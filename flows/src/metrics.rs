@@ -41,12 +41,24 @@ impl Series {
 }
 
 impl Metrics {
-    fn series(&self, kind: &'static str, name: &str, help: &'static str, labels: &[(&str, &str)]) -> Series {
-        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn series(
+        &self,
+        kind: &'static str,
+        name: &str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+    ) -> Series {
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         inner.help.entry(name.to_owned()).or_insert((kind, help));
         let key = (
             name.to_owned(),
-            labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         );
         Series(Arc::clone(inner.values.entry(key).or_default()))
     }
@@ -63,17 +75,29 @@ impl Metrics {
 
     /// The current value of a series, 0 if it was never registered.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> i64 {
-        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = (
             name.to_owned(),
-            labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         );
-        inner.values.get(&key).map_or(0, |v| v.load(Ordering::Relaxed))
+        inner
+            .values
+            .get(&key)
+            .map_or(0, |v| v.load(Ordering::Relaxed))
     }
 
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = String::new();
         let mut last = "";
         for ((name, labels), value) in &inner.values {
@@ -87,7 +111,11 @@ impl Metrics {
                 .iter()
                 .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
                 .collect();
-            let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", labels.join(","))
+            };
             let _ = writeln!(out, "{name}{labels} {}", value.load(Ordering::Relaxed));
         }
         out
@@ -108,7 +136,10 @@ mod tests {
         assert_eq!(m.value("rows_total", &[("flow", "a\"b")]), 4);
         assert_eq!(m.value("missing", &[]), 0);
         let text = m.render();
-        assert!(text.contains("# TYPE rows_total counter\nrows_total{flow=\"a\\\"b\"} 4\n"), "{text}");
+        assert!(
+            text.contains("# TYPE rows_total counter\nrows_total{flow=\"a\\\"b\"} 4\n"),
+            "{text}"
+        );
         assert!(text.contains("lag -2\n"));
     }
 }

@@ -21,6 +21,7 @@ const POSTGRES: &[(&str, &str)] = embed!(
     "0003_my_table",
     "0004_router",
     "0005_sales",
+    "0006_outbox_dead_rows",
 );
 const CLICKHOUSE: &[(&str, &str)] = embed!(
     "clickhouse",
@@ -33,7 +34,10 @@ const CLICKHOUSE: &[(&str, &str)] = embed!(
 
 fn owned(list: &[(&str, &str)]) -> Vec<Migration> {
     list.iter()
-        .map(|(name, sql)| Migration { name: (*name).to_owned(), sql: (*sql).to_owned() })
+        .map(|(name, sql)| Migration {
+            name: (*name).to_owned(),
+            sql: (*sql).to_owned(),
+        })
         .collect()
 }
 
@@ -62,15 +66,25 @@ pub fn from_dir(dir: &std::path::Path, kind: &str) -> std::io::Result<Vec<Migrat
     files
         .into_iter()
         .map(|path| {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            Ok(Migration { name: format!("user/{stem}"), sql: std::fs::read_to_string(&path)? })
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(Migration {
+                name: format!("user/{stem}"),
+                sql: std::fs::read_to_string(&path)?,
+            })
         })
         .collect()
 }
 
 /// Built-in migrations of `kind`, then those under MIGRATIONS_DIR if set.
 pub fn all(kind: &str, user_dir: Option<&std::path::Path>) -> std::io::Result<Vec<Migration>> {
-    let mut list = if kind == "postgres" { postgres() } else { clickhouse() };
+    let mut list = if kind == "postgres" {
+        postgres()
+    } else {
+        clickhouse()
+    };
     if let Some(dir) = user_dir {
         list.extend(from_dir(dir, kind)?);
     }
@@ -118,7 +132,11 @@ mod tests {
             sorted.sort();
             assert_eq!(names, sorted);
         }
-        let parts = statements("-- c\nCREATE TABLE a (x int);\n\nCREATE VIEW b AS\nSELECT 1;\n-- end\n");
-        assert_eq!(parts, vec!["CREATE TABLE a (x int)", "CREATE VIEW b AS\nSELECT 1"]);
+        let parts =
+            statements("-- c\nCREATE TABLE a (x int);\n\nCREATE VIEW b AS\nSELECT 1;\n-- end\n");
+        assert_eq!(
+            parts,
+            vec!["CREATE TABLE a (x int)", "CREATE VIEW b AS\nSELECT 1"]
+        );
     }
 }

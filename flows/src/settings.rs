@@ -34,9 +34,10 @@ pub struct Env {
 
 impl Env {
     pub fn from_process() -> Self {
-        Self::from_pairs(std::env::vars_os().filter_map(|(k, v)| {
-            Some((k.into_string().ok()?, v.into_string().ok()?))
-        }))
+        Self::from_pairs(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
     }
 
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
@@ -77,9 +78,9 @@ impl Env {
 
     /// A positive whole number, or `default` when unset.
     pub fn positive_or(&self, name: &str, default: u64) -> Result<u64, SettingError> {
-        let value: u64 = self.parse_or(name, default).map_err(|_| {
-            SettingError::new(name, "expected a positive whole number")
-        })?;
+        let value: u64 = self
+            .parse_or(name, default)
+            .map_err(|_| SettingError::new(name, "expected a positive whole number"))?;
         if value == 0 {
             return Err(SettingError::new(name, "must be greater than 0"));
         }
@@ -133,7 +134,10 @@ pub fn selected_flows(env: &Env) -> Result<Vec<Flow>, SettingError> {
 /// the URL (which may carry a password) in the error.
 pub fn check_url(name: &str, url: &str, schemes: &[&str]) -> Result<(), SettingError> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(SettingError::new(name, format!("expected a URL starting with {}://", schemes[0])));
+        return Err(SettingError::new(
+            name,
+            format!("expected a URL starting with {}://", schemes[0]),
+        ));
     };
     if !schemes.contains(&scheme) {
         return Err(SettingError::new(
@@ -181,7 +185,10 @@ mod tests {
         assert_eq!(env.positive_or("Z", 5), Ok(5));
         assert_eq!(env.positive_or("E", 5), Ok(5), "empty counts as unset");
         let err = env.positive_or("B", 5).err().map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some("invalid setting B: expected a positive whole number"));
+        assert_eq!(
+            err.as_deref(),
+            Some("invalid setting B: expected a positive whole number")
+        );
         assert!(env.positive_or("C", 5).is_err());
         assert!(env.required("MISSING").is_err());
     }
@@ -195,10 +202,14 @@ mod tests {
 
     #[test]
     fn urls_are_checked_without_echo_and_redacted() {
-        let err = check_url("DATABASE_URL", "mysql://u:secret@h/db", &["postgres", "postgresql"])
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = check_url(
+            "DATABASE_URL",
+            "mysql://u:secret@h/db",
+            &["postgres", "postgresql"],
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(err.contains("DATABASE_URL") && !err.contains("secret"));
         assert_eq!(
             redact_url("postgres://u:secret@h:5432/db?password=x"),

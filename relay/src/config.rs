@@ -89,13 +89,17 @@ impl RelayConfig {
         }
         let batch_size = env.positive_or("RELAY_BATCH_SIZE", 10_000)?;
         if batch_size > 100_000 {
-            return Err(SettingError::new("RELAY_BATCH_SIZE", "must be at most 100000"));
+            return Err(SettingError::new(
+                "RELAY_BATCH_SIZE",
+                "must be at most 100000",
+            ));
         }
         Ok(Self {
             postgres,
             kafka: KafkaConfig {
                 brokers,
-                transactional_id_prefix: env.string_or("RELAY_TRANSACTIONAL_ID_PREFIX", "outbox-relay"),
+                transactional_id_prefix: env
+                    .string_or("RELAY_TRANSACTIONAL_ID_PREFIX", "outbox-relay"),
                 acks,
                 linger_ms: env.parse_or("KAFKA_LINGER_MS", 5)?,
                 batch_size_bytes: env.positive_or("KAFKA_BATCH_SIZE", 1_000_000)?,
@@ -103,8 +107,12 @@ impl RelayConfig {
             },
             batch: BatchConfig {
                 batch_size: u32::try_from(batch_size).unwrap_or(100_000),
-                poll_interval: Duration::from_millis(env.positive_or("RELAY_POLL_INTERVAL_MS", 1_000)?),
-                standby_retry: Duration::from_millis(env.positive_or("RELAY_STANDBY_RETRY_MS", 1_000)?),
+                poll_interval: Duration::from_millis(
+                    env.positive_or("RELAY_POLL_INTERVAL_MS", 1_000)?,
+                ),
+                standby_retry: Duration::from_millis(
+                    env.positive_or("RELAY_STANDBY_RETRY_MS", 1_000)?,
+                ),
             },
             flows: selected_flows(env)?,
             metrics_addr: flows::http::parse_addr(

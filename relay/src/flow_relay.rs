@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
 use crate::error::{Recovery, RelayError, classify};
-use crate::publisher::{Publisher, SharedPublisher};
+use crate::publisher::{PublishError, Publisher, SharedPublisher};
 use crate::source::OutboxSource;
 
 pub struct FlowRelay {
@@ -41,7 +41,9 @@ impl FlowRelay {
         let flow = self.flow.name.to_string();
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
-            let Some(client) = crate::pg::connect(&self.config.postgres.url, &flow, &shutdown).await else {
+            let Some(client) =
+                crate::pg::connect(&self.config.postgres.url, &flow, &shutdown).await
+            else {
                 break;
             };
             match self.lead(&client, &mut backoff, &shutdown).await {
@@ -60,7 +62,12 @@ impl FlowRelay {
 
     /// Waits to become the flow's leader on `client`'s session, then relays
     /// until shutdown (Ok) or until the session is unusable (Err).
-    async fn lead(&self, client: &Client, backoff: &mut Backoff, shutdown: &CancellationToken) -> Result<(), RelayError> {
+    async fn lead(
+        &self,
+        client: &Client,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
         let flow = self.flow.name.to_string();
         let mut sources = Vec::new();
         for source in &self.flow.sources {
@@ -73,10 +80,20 @@ impl FlowRelay {
             Some(p) => p,
             None => return Ok(()),
         };
-        let failed = self.metrics.counter("relay_batches_failed_total", "Batches not published (nothing flagged; retried).", &[("flow", &flow)]);
-        let leader = self.metrics.gauge("relay_leader", "1 while this relay is the flow's active instance.", &[("flow", &flow)]);
+        let failed = self.metrics.counter(
+            "relay_batches_failed_total",
+            "Batches not published (nothing flagged; retried).",
+            &[("flow", &flow)],
+        );
+        let leader = self.metrics.gauge(
+            "relay_leader",
+            "1 while this relay is the flow's active instance.",
+            &[("flow", &flow)],
+        );
         leader.set(1);
-        let result = self.relay_until_error(client, &sources, &mut publisher, backoff, shutdown, &failed).await;
+        let result = self
+            .relay_until_error(client, &sources, &mut publisher, backoff, shutdown, &failed)
+            .await;
         leader.set(0);
         result
     }
@@ -98,15 +115,38 @@ impl FlowRelay {
             }
             let mut more = false;
             for source in sources {
-                match relay_batch(client, publisher, source, batch_size).await {
-                    Ok(sent) => {
-                        more |= sent == batch_size as usize;
+                match relay_batch(client, publisher, source, &flow, batch_size).await {
+                    Ok(BatchOutcome { sent, set_aside }) => {
+                        more |= sent == batch_size as usize || set_aside > 0;
+                        if set_aside > 0 {
+                            self.metrics
+                                .counter(
+                                    "relay_rows_set_aside_total",
+                                    "Rows Kafka refused for good, moved to outbox_dead_rows.",
+                                    &[("flow", &flow), ("table", &source.table)],
+                                )
+                                .add(set_aside as i64);
+                            // The aborted transaction may leave the producer
+                            // needing an epoch bump (see error::classify).
+                            *publisher = match self.new_publisher(backoff, shutdown).await {
+                                Some(p) => p,
+                                None => return Ok(()),
+                            };
+                        }
                         if sent > 0 {
                             self.metrics
-                                .counter("relay_rows_published_total", "Rows published to Kafka and flagged sent.", &[("flow", &flow), ("table", &source.table)])
+                                .counter(
+                                    "relay_rows_published_total",
+                                    "Rows published to Kafka and flagged sent.",
+                                    &[("flow", &flow), ("table", &source.table)],
+                                )
                                 .add(sent as i64);
                             self.metrics
-                                .counter("relay_batches_published_total", "Batches committed in Kafka and Postgres.", &[("flow", &flow)])
+                                .counter(
+                                    "relay_batches_published_total",
+                                    "Batches committed in Kafka and Postgres.",
+                                    &[("flow", &flow)],
+                                )
                                 .inc();
                         }
                         backoff.reset();
@@ -144,13 +184,20 @@ impl FlowRelay {
     /// Session-level advisory lock: held until this connection ends, so a
     /// killed leader's lock is released by Postgres and a standby takes over
     /// at its next attempt. Returns false on shutdown.
-    async fn acquire_leadership(&self, client: &Client, shutdown: &CancellationToken) -> Result<bool, RelayError> {
+    async fn acquire_leadership(
+        &self,
+        client: &Client,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, RelayError> {
         let flow = self.flow.name.to_string();
         let key = leader_key(&flow);
         let mut announced = false;
         loop {
             let won: bool = client
-                .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key])
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                    &[&key],
+                )
                 .await?
                 .get(0);
             if won {
@@ -168,7 +215,11 @@ impl FlowRelay {
         }
     }
 
-    async fn new_publisher(&self, backoff: &mut Backoff, shutdown: &CancellationToken) -> Option<SharedPublisher> {
+    async fn new_publisher(
+        &self,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Option<SharedPublisher> {
         let flow = self.flow.name.to_string();
         loop {
             let kafka = self.config.kafka.clone();
@@ -191,39 +242,77 @@ impl FlowRelay {
     }
 }
 
+/// What one batch did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Rows published and flagged sent.
+    pub sent: usize,
+    /// Rows Kafka refused for good, moved to `outbox_dead_rows` (and flagged,
+    /// so the flow moves on); `relay replay` puts them back.
+    pub set_aside: usize,
+}
+
 /// One batch: lock pending rows, publish them in a Kafka transaction, flag
-/// them, commit. Returns the number of rows sent.
+/// them, commit.
 pub async fn relay_batch(
     client: &Client,
     publisher: &SharedPublisher,
     source: &OutboxSource,
+    flow: &str,
     batch_size: u32,
-) -> Result<usize, RelayError> {
+) -> Result<BatchOutcome, RelayError> {
     // `transaction()` needs `&mut Client`; the worker owns its client, so
     // BEGIN/COMMIT are issued by hand on the shared reference.
     client.batch_execute("BEGIN").await?;
     let result = async {
-        let tx_rows = source.fetch_pending(client, batch_size).await?;
-        if tx_rows.is_empty() {
-            return Ok(0);
+        let rows = source.fetch_pending(client, batch_size).await?;
+        if rows.is_empty() {
+            return Ok((rows, Ok(())));
         }
         let publisher = Arc::clone(publisher);
         let topic = source.topic.clone();
         let table = source.table.clone();
-        let (tx_rows, published) = tokio::task::spawn_blocking(move || {
-            let published = publisher.publish_batch(&topic, &table, &tx_rows);
-            (tx_rows, published)
+        let (rows, published) = tokio::task::spawn_blocking(move || {
+            let published = publisher.publish_batch(&topic, &table, &rows);
+            (rows, published)
         })
         .await?;
-        published?;
-        source.mark_sent(client, &tx_rows.ids()).await?;
-        Ok::<usize, RelayError>(tx_rows.len())
+        if published.is_ok() {
+            flows::failpoint::hit("relay-after-kafka-commit");
+            source.mark_sent(client, &rows.ids()).await?;
+        }
+        Ok::<_, RelayError>((rows, published))
     }
     .await;
     match result {
-        Ok(n) => {
+        Ok((rows, Ok(()))) => {
             client.batch_execute("COMMIT").await?;
-            Ok(n)
+            Ok(BatchOutcome {
+                sent: rows.len(),
+                set_aside: 0,
+            })
+        }
+        Ok((rows, Err(PublishError::Rejected(rejected)))) => {
+            client.batch_execute("ROLLBACK").await?;
+            let dead: Vec<(i64, &str, &str)> = rejected
+                .iter()
+                .filter_map(|(id, error)| {
+                    let row = rows.messages.iter().find(|m| m.id == *id)?;
+                    Some((*id, row.payload.as_str(), error.as_str()))
+                })
+                .collect();
+            for (id, _, error) in &dead {
+                tracing::error!(flow, table = %source.table, id, error, "kafka refused the row for good; set aside in outbox_dead_rows");
+            }
+            source.set_aside(client, flow, &dead).await?;
+            Ok(BatchOutcome {
+                sent: 0,
+                set_aside: dead.len(),
+            })
+        }
+        Ok((_, Err(err))) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(err.into())
         }
         Err(err) => {
             // Best effort: if the session is broken Postgres rolls back anyway.

@@ -98,7 +98,9 @@ fn random_expr(data_type: &str) -> &'static str {
         "real" | "double precision" => "random() * 1000",
         "boolean" => "random() < 0.5",
         "uuid" => "gen_random_uuid()",
-        "inet" => "('10.' || floor(random() * 256)::int || '.' || floor(random() * 256)::int || '.1')::inet",
+        "inet" => {
+            "('10.' || floor(random() * 256)::int || '.' || floor(random() * 256)::int || '.1')::inet"
+        }
         "date" => "current_date",
         "timestamp without time zone" | "timestamp with time zone" => "now()",
         "json" | "jsonb" => "json_build_object('n', floor(random() * 100)::int)",
@@ -114,11 +116,20 @@ pub fn source_flow(catalog: &flows::FlowCatalog, name: &str) -> Result<Flow, Str
         .flows()
         .iter()
         .find(|f| f.name.as_str() == name)
-        .ok_or_else(|| format!("unknown flow `{name}` (known: {})", catalog.names().join(", ")))?;
+        .ok_or_else(|| {
+            format!(
+                "unknown flow `{name}` (known: {})",
+                catalog.names().join(", ")
+            )
+        })?;
     if !flow.sources.is_empty() {
         return Ok(flow.clone());
     }
-    let inputs = flow.stage.as_ref().map(|s| s.inputs.clone()).unwrap_or_default();
+    let inputs = flow
+        .stage
+        .as_ref()
+        .map(|s| s.inputs.clone())
+        .unwrap_or_default();
     catalog
         .flows()
         .iter()
@@ -128,7 +139,10 @@ pub fn source_flow(catalog: &flows::FlowCatalog, name: &str) -> Result<Flow, Str
 }
 
 /// The generators of `flow`'s source tables.
-pub async fn generators(client: &Client, flow: &Flow) -> Result<Vec<TableGenerator>, tokio_postgres::Error> {
+pub async fn generators(
+    client: &Client,
+    flow: &Flow,
+) -> Result<Vec<TableGenerator>, tokio_postgres::Error> {
     let mut out = Vec::new();
     for source in &flow.sources {
         let table = source.table.as_str();
@@ -141,7 +155,11 @@ pub async fn generators(client: &Client, flow: &Flow) -> Result<Vec<TableGenerat
             Some(sql) => sql.to_owned(),
             None => generic_sql(client, source).await?,
         };
-        out.push(TableGenerator { table: table.into(), weight, insert_sql });
+        out.push(TableGenerator {
+            table: table.into(),
+            weight,
+            insert_sql,
+        });
     }
     let total: f64 = out.iter().map(|g| g.weight).sum();
     for g in &mut out {
@@ -150,7 +168,10 @@ pub async fn generators(client: &Client, flow: &Flow) -> Result<Vec<TableGenerat
     Ok(out)
 }
 
-async fn generic_sql(client: &Client, source: &flows::SourceTable) -> Result<String, tokio_postgres::Error> {
+async fn generic_sql(
+    client: &Client,
+    source: &flows::SourceTable,
+) -> Result<String, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT column_name::text, data_type::text FROM information_schema.columns
@@ -255,7 +276,11 @@ mod tests {
 
     #[test]
     fn split_follows_the_weights() {
-        let g = |w: f64| TableGenerator { table: String::new(), weight: w, insert_sql: String::new() };
+        let g = |w: f64| TableGenerator {
+            table: String::new(),
+            weight: w,
+            insert_sql: String::new(),
+        };
         let counts = split(10_000, &[g(0.7), g(0.3)]);
         assert_eq!(counts.iter().sum::<i32>(), 10_000);
         assert!((6_700..=7_300).contains(&counts[0]), "{counts:?}");

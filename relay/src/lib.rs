@@ -3,6 +3,7 @@
 //! contract.
 
 pub mod config;
+pub mod dead_rows;
 pub mod error;
 pub mod flow_relay;
 pub mod generate;
@@ -27,7 +28,11 @@ use crate::listener::Wakers;
 /// Checks every selected flow against the database (refusing a flow whose
 /// definition contradicts its tables), then relays all of them until
 /// `shutdown`. Returns Err only for such a contradiction.
-pub async fn run(config: RelayConfig, metrics: Metrics, shutdown: CancellationToken) -> Result<(), RelayError> {
+pub async fn run(
+    config: RelayConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
     let config = Arc::new(config);
     if let Some(addr) = config.metrics_addr {
         match flows::http::serve(addr, metrics.clone(), shutdown.clone()).await {
@@ -57,7 +62,11 @@ pub async fn run(config: RelayConfig, metrics: Metrics, shutdown: CancellationTo
         };
         workers.spawn(relay.run(shutdown.clone()));
     }
-    let listener = tokio::spawn(listener::listen(config.postgres.url.clone(), wakers, shutdown.clone()));
+    let listener = tokio::spawn(listener::listen(
+        config.postgres.url.clone(),
+        wakers,
+        shutdown.clone(),
+    ));
     let mut outcome = Ok(());
     while let Some(joined) = workers.join_next().await {
         match joined {

@@ -23,7 +23,10 @@ pub struct Wakers {
 
 impl Wakers {
     pub fn register(&mut self, table: &str, notify: Arc<Notify>) {
-        self.by_table.entry(table.to_owned()).or_default().push(notify);
+        self.by_table
+            .entry(table.to_owned())
+            .or_default()
+            .push(notify);
     }
 
     fn wake(&self, table: &str) {
@@ -66,7 +69,11 @@ enum ListenError {
 }
 
 /// Returns Ok only on shutdown.
-async fn listen_once(url: &str, wakers: &Wakers, shutdown: &CancellationToken) -> Result<(), ListenError> {
+async fn listen_once(
+    url: &str,
+    wakers: &Wakers,
+    shutdown: &CancellationToken,
+) -> Result<(), ListenError> {
     let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Result<String, tokio_postgres::Error>>();
     let driver = tokio::spawn(async move {

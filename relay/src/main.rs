@@ -24,6 +24,15 @@ enum Command {
     Migrate,
     /// Relay the selected flows until SIGTERM or SIGINT.
     Run,
+    /// Put rows set aside in outbox_dead_rows back in their flow.
+    Replay {
+        /// The flow whose set-aside rows to replay.
+        #[arg(long)]
+        flow: String,
+        /// Only this source row id (default: all of the flow's).
+        #[arg(long)]
+        id: Option<i64>,
+    },
     /// Insert realistic rows into a flow's source tables at a steady rate
     /// (the demos' emitters, through Postgres); prints the rate every second.
     Generate {
@@ -59,6 +68,7 @@ fn main() -> ExitCode {
             Command::Migrate => migrate(&env).await,
             Command::Run => run(&env).await,
             Command::Generate { flow, rate, total } => generate(&env, &flow, rate, total).await,
+            Command::Replay { flow, id } => replay(&env, &flow, id).await,
         }
     })
 }
@@ -143,6 +153,44 @@ async fn generate(env: &Env, flow: &str, rate: u64, total: Option<u64>) -> ExitC
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("relay generate: {}", relay::error::pg_detail(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn replay(env: &Env, flow: &str, id: Option<i64>) -> ExitCode {
+    let pg = match relay::config::postgres_config(env) {
+        Ok(c) => c,
+        Err(e) => return bad_setting(&e),
+    };
+    let catalog = match flows::FlowCatalog::load(env.get("FLOWS_FILE").map(std::path::Path::new)) {
+        Ok(c) => c,
+        Err(e) => return bad_setting(&SettingError::new("FLOWS_FILE", e.to_string())),
+    };
+    let Some(flow) = catalog
+        .flows()
+        .iter()
+        .find(|f| f.name.as_str() == flow)
+        .cloned()
+    else {
+        return bad_setting(&SettingError::new(
+            "--flow",
+            format!("unknown flow `{flow}`"),
+        ));
+    };
+    let Ok(shutdown) = flows::shutdown::on_signals() else {
+        return ExitCode::FAILURE;
+    };
+    let Some(mut client) = relay::pg::connect(&pg.url, "replay", &shutdown).await else {
+        return ExitCode::SUCCESS;
+    };
+    match relay::dead_rows::replay(&mut client, &flow, id).await {
+        Ok(n) => {
+            println!("flow={} replayed={n}", flow.name);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relay replay: {}", relay::error::pg_detail(&e));
             ExitCode::FAILURE
         }
     }

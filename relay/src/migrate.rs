@@ -8,7 +8,10 @@ use tokio_postgres::Client;
 const MIGRATION_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
 
 /// Applies what is missing; returns the names applied now.
-pub async fn migrate(client: &mut Client, migrations: &[Migration]) -> Result<Vec<String>, tokio_postgres::Error> {
+pub async fn migrate(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<Vec<String>, tokio_postgres::Error> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS outbox_schema_migrations (
@@ -19,15 +22,22 @@ pub async fn migrate(client: &mut Client, migrations: &[Migration]) -> Result<Ve
     let mut applied_now = Vec::new();
     for migration in migrations {
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
         let done = tx
-            .query_opt("SELECT 1 FROM outbox_schema_migrations WHERE name = $1", &[&migration.name])
+            .query_opt(
+                "SELECT 1 FROM outbox_schema_migrations WHERE name = $1",
+                &[&migration.name],
+            )
             .await?
             .is_some();
         if !done {
             tx.batch_execute(&migration.sql).await?;
-            tx.execute("INSERT INTO outbox_schema_migrations (name) VALUES ($1)", &[&migration.name])
-                .await?;
+            tx.execute(
+                "INSERT INTO outbox_schema_migrations (name) VALUES ($1)",
+                &[&migration.name],
+            )
+            .await?;
             applied_now.push(migration.name.clone());
         }
         tx.commit().await?;

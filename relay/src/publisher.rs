@@ -50,6 +50,28 @@ pub enum PublishError {
     /// create a new one before retrying.
     #[error("kafka producer must be recreated: {0}")]
     Fatal(#[source] KafkaError),
+    /// Kafka refused these rows for good (e.g. too large); the transaction
+    /// was aborted. The caller sets them aside and retries the others.
+    #[error("kafka refused {} row(s) permanently", .0.len())]
+    Rejected(Vec<(i64, String)>),
+}
+
+/// Errors that no retry will cure for that one message.
+fn is_permanent_for_message(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessageSize
+        )
+    )
+}
+
+enum SendError {
+    /// This row can never be produced.
+    Rejected(i64, KafkaError),
+    Kafka(KafkaError),
 }
 
 pub struct Publisher {
@@ -64,12 +86,18 @@ impl Publisher {
         let producer: ThreadedProducer<DeliveryTracker> = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
             .set("client.id", format!("outbox-relay-{flow}"))
-            .set("transactional.id", format!("{}.{flow}", cfg.transactional_id_prefix))
+            .set(
+                "transactional.id",
+                format!("{}.{flow}", cfg.transactional_id_prefix),
+            )
             .set("enable.idempotence", "true")
             .set("acks", &cfg.acks)
             .set("linger.ms", cfg.linger_ms.to_string())
             .set("batch.size", cfg.batch_size_bytes.to_string())
-            .set("transaction.timeout.ms", cfg.transaction_timeout_ms.to_string())
+            .set(
+                "transaction.timeout.ms",
+                cfg.transaction_timeout_ms.to_string(),
+            )
             .set("message.timeout.ms", cfg.transaction_timeout_ms.to_string())
             .set("queue.buffering.max.messages", "200000")
             .create_with_context(DeliveryTracker::default())?;
@@ -82,30 +110,68 @@ impl Publisher {
 
     /// Publishes every message of `batch` to `topic` in one transaction.
     /// Blocking: run it on a blocking thread.
-    pub fn publish_batch(&self, topic: &str, table: &str, batch: &OutboxBatch) -> Result<(), PublishError> {
+    pub fn publish_batch(
+        &self,
+        topic: &str,
+        table: &str,
+        batch: &OutboxBatch,
+    ) -> Result<(), PublishError> {
         if let Ok(mut f) = self.producer.context().failures.lock() {
             f.clear();
         }
-        self.producer.begin_transaction().map_err(PublishError::Fatal)?;
-        match self.send_all(topic, table, batch) {
+        self.producer
+            .begin_transaction()
+            .map_err(PublishError::Fatal)?;
+        let outcome = match self.send_all(topic, table, batch) {
             Ok(()) => match self.producer.commit_transaction(COMMIT_TIMEOUT) {
-                Ok(()) => Ok(()),
-                Err(err) => Err(self.abort_after(err)),
+                Ok(()) => return Ok(()),
+                Err(err) => self.abort_after(err),
             },
-            Err(err) => Err(self.abort_after(err)),
+            Err(SendError::Rejected(id, err)) => {
+                let _ = self.abort_after(KafkaError::Canceled);
+                return Err(PublishError::Rejected(vec![(id, err.to_string())]));
+            }
+            Err(SendError::Kafka(err)) => self.abort_after(err),
+        };
+        let rejected: Vec<(i64, String)> = self
+            .producer
+            .context()
+            .failures
+            .lock()
+            .map(|f| {
+                f.iter()
+                    .filter(|(_, e)| is_permanent_for_message(e))
+                    .map(|(id, e)| (*id, e.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if rejected.is_empty() {
+            Err(outcome)
+        } else {
+            Err(PublishError::Rejected(rejected))
         }
     }
 
-    fn send_all(&self, topic: &str, table: &str, batch: &OutboxBatch) -> Result<(), KafkaError> {
+    fn send_all(&self, topic: &str, table: &str, batch: &OutboxBatch) -> Result<(), SendError> {
         for message in &batch.messages {
             let id = message.id.to_string();
             let headers = OwnedHeaders::new_with_capacity(3)
-                .insert(Header { key: "flow", value: Some(self.flow.as_bytes()) })
-                .insert(Header { key: "source_table", value: Some(table.as_bytes()) })
-                .insert(Header { key: "source_id", value: Some(id.as_bytes()) });
-            let mut record = BaseRecord::with_opaque_to(topic, usize::try_from(message.id).unwrap_or(0))
-                .payload(message.payload.as_bytes())
-                .headers(headers);
+                .insert(Header {
+                    key: "flow",
+                    value: Some(self.flow.as_bytes()),
+                })
+                .insert(Header {
+                    key: "source_table",
+                    value: Some(table.as_bytes()),
+                })
+                .insert(Header {
+                    key: "source_id",
+                    value: Some(id.as_bytes()),
+                });
+            let mut record =
+                BaseRecord::with_opaque_to(topic, usize::try_from(message.id).unwrap_or(0))
+                    .payload(message.payload.as_bytes())
+                    .headers(headers);
             if let Some(key) = &message.key {
                 record = record.key(key.as_bytes());
             }
@@ -117,7 +183,10 @@ impl Publisher {
                         record = back;
                         std::thread::sleep(Duration::from_millis(1));
                     }
-                    Err((err, _)) => return Err(err),
+                    Err((err, _)) if is_permanent_for_message(&err) => {
+                        return Err(SendError::Rejected(message.id, err));
+                    }
+                    Err((err, _)) => return Err(SendError::Kafka(err)),
                 }
             }
         }
@@ -141,16 +210,6 @@ impl Publisher {
                 PublishError::Fatal(err)
             }
         }
-    }
-
-    /// Row ids Kafka refused in the last batch, with the reasons.
-    pub fn delivery_failures(&self) -> Vec<(i64, String)> {
-        self.producer
-            .context()
-            .failures
-            .lock()
-            .map(|f| f.iter().map(|(id, e)| (*id, e.to_string())).collect())
-            .unwrap_or_default()
     }
 }
 

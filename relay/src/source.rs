@@ -74,7 +74,9 @@ fn json_expr(column: &str, data_type: &str, times: TimeFormat) -> String {
     if times == TimeFormat::Text {
         return match data_type {
             "timestamp without time zone" => format!("to_char({column}, 'YYYY-MM-DD HH24:MI:SS')"),
-            "timestamp with time zone" => format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"),
+            "timestamp with time zone" => {
+                format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
+            }
             "date" => format!("to_char({column}, 'YYYY-MM-DD')"),
             _ => column.to_owned(),
         };
@@ -93,7 +95,11 @@ fn json_expr(column: &str, data_type: &str, times: TimeFormat) -> String {
 
 impl OutboxSource {
     /// Checks `source` against the table in the database and prepares its SQL.
-    pub async fn inspect(client: &Client, flow: &str, source: &SourceTable) -> Result<Self, SourceError> {
+    pub async fn inspect(
+        client: &Client,
+        flow: &str,
+        source: &SourceTable,
+    ) -> Result<Self, SourceError> {
         let table = source.table.as_str();
         let rows = client
             .query(
@@ -103,27 +109,38 @@ impl OutboxSource {
             )
             .await?;
         if rows.is_empty() {
-            return Err(SourceError::MissingTable { flow: flow.into(), table: table.into() });
+            return Err(SourceError::MissingTable {
+                flow: flow.into(),
+                table: table.into(),
+            });
         }
         let columns: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        let type_of = |name: &str| columns.iter().find(|(c, _)| c == name).map(|(_, t)| t.as_str());
-        let expect = |column: &str, expected: &'static str, ok: &[&str]| -> Result<(), SourceError> {
-            match type_of(column) {
-                None => Err(SourceError::MissingColumn {
-                    flow: flow.into(),
-                    table: table.into(),
-                    column: column.into(),
-                }),
-                Some(found) if !ok.is_empty() && !ok.contains(&found) => Err(SourceError::WrongType {
-                    flow: flow.into(),
-                    table: table.into(),
-                    column: column.into(),
-                    expected,
-                    found: found.into(),
-                }),
-                Some(_) => Ok(()),
-            }
+        let type_of = |name: &str| {
+            columns
+                .iter()
+                .find(|(c, _)| c == name)
+                .map(|(_, t)| t.as_str())
         };
+        let expect =
+            |column: &str, expected: &'static str, ok: &[&str]| -> Result<(), SourceError> {
+                match type_of(column) {
+                    None => Err(SourceError::MissingColumn {
+                        flow: flow.into(),
+                        table: table.into(),
+                        column: column.into(),
+                    }),
+                    Some(found) if !ok.is_empty() && !ok.contains(&found) => {
+                        Err(SourceError::WrongType {
+                            flow: flow.into(),
+                            table: table.into(),
+                            column: column.into(),
+                            expected,
+                            found: found.into(),
+                        })
+                    }
+                    Some(_) => Ok(()),
+                }
+            };
         expect("id", "an integer", &["integer", "bigint", "smallint"])?;
         expect("sent_to_kafka", "boolean", &["boolean"])?;
         if source.columns.len() > 50 {
@@ -137,7 +154,11 @@ impl OutboxSource {
         for column in &source.columns {
             expect(column.as_str(), "", &[])?;
             let data_type = type_of(column.as_str()).unwrap_or_default();
-            fields.push(format!("'{}', {}", column.as_str(), json_expr(&column.pg(), data_type, source.times)));
+            fields.push(format!(
+                "'{}', {}",
+                column.as_str(),
+                json_expr(&column.pg(), data_type, source.times)
+            ));
         }
         let key = flows::ident::Ident::new(source.key_column())
             .map(|k| k.pg())
@@ -151,7 +172,8 @@ impl OutboxSource {
              WHERE src.sent_to_kafka IS NOT TRUE ORDER BY src.\"id\" LIMIT $1 FOR UPDATE SKIP LOCKED",
             fields.join(", ")
         );
-        let mark_sql = format!("UPDATE {t} SET sent_to_kafka = TRUE WHERE \"id\" = ANY($1::int8[])");
+        let mark_sql =
+            format!("UPDATE {t} SET sent_to_kafka = TRUE WHERE \"id\" = ANY($1::int8[])");
         Ok(Self {
             table: table.into(),
             topic: source.topic.clone(),
@@ -162,7 +184,11 @@ impl OutboxSource {
 
     /// Locks up to `limit` pending rows in id order (call inside a
     /// transaction); rows locked by another transaction are skipped.
-    pub async fn fetch_pending(&self, tx: &impl GenericClient, limit: u32) -> Result<OutboxBatch, tokio_postgres::Error> {
+    pub async fn fetch_pending(
+        &self,
+        tx: &impl GenericClient,
+        limit: u32,
+    ) -> Result<OutboxBatch, tokio_postgres::Error> {
         let rows = tx.query(&self.fetch_sql, &[&i64::from(limit)]).await?;
         let messages = rows
             .iter()
@@ -176,8 +202,47 @@ impl OutboxSource {
     }
 
     /// Flags exactly these rows sent. Called only after Kafka committed them.
-    pub async fn mark_sent(&self, tx: &impl GenericClient, ids: &[i64]) -> Result<u64, tokio_postgres::Error> {
+    pub async fn mark_sent(
+        &self,
+        tx: &impl GenericClient,
+        ids: &[i64],
+    ) -> Result<u64, tokio_postgres::Error> {
         tx.execute(&self.mark_sql, &[&ids]).await
+    }
+
+    /// Moves rows Kafka refused for good to `outbox_dead_rows` with their
+    /// payload and error, and flags them so the flow moves on. One
+    /// transaction.
+    pub async fn set_aside(
+        &self,
+        client: &Client,
+        flow: &str,
+        rows: &[(i64, &str, &str)],
+    ) -> Result<(), tokio_postgres::Error> {
+        client.batch_execute("BEGIN").await?;
+        let result = async {
+            for (id, payload, error) in rows {
+                client
+                    .execute(
+                        "INSERT INTO outbox_dead_rows (flow, source_table, source_id, payload, error) VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (source_table, source_id) DO UPDATE
+                         SET payload = EXCLUDED.payload, error = EXCLUDED.error, set_aside_at = now()",
+                        &[&flow, &self.table, id, payload, error],
+                    )
+                    .await?;
+            }
+            let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            client.execute(&self.mark_sql, &[&ids]).await?;
+            Ok::<(), tokio_postgres::Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => client.batch_execute("COMMIT").await,
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
     }
 
     /// Rows not yet sent (for status and tests).

@@ -32,10 +32,12 @@ pub struct PendingBatch {
     rows: usize,
     bytes: usize,
     oldest: Option<Instant>,
+    max_message_bytes: usize,
 }
 
 impl PendingBatch {
-    pub fn new(tables: usize) -> Self {
+    /// `max_message_bytes`: larger messages are dead-lettered unread.
+    pub fn new(tables: usize, max_message_bytes: usize) -> Self {
         Self {
             tables: (0..tables).map(|_| BytesMut::new()).collect(),
             rows_per_table: vec![0; tables],
@@ -44,13 +46,20 @@ impl PendingBatch {
             rows: 0,
             bytes: 0,
             oldest: None,
+            max_message_bytes,
         }
     }
 
     /// Decodes one message into every table fed by its topic (`targets` are
     /// indexes into `plans`), or into a dead letter when it does not fit any
     /// of them. Either way its offset becomes committable with this batch.
-    pub fn add_message(&mut self, plans: &[TablePlan], targets: &[usize], origin: Origin<'_>, payload: Option<&[u8]>) {
+    pub fn add_message(
+        &mut self,
+        plans: &[TablePlan],
+        targets: &[usize],
+        origin: Origin<'_>,
+        payload: Option<&[u8]>,
+    ) {
         self.oldest.get_or_insert_with(Instant::now);
         let key = (origin.topic.to_owned(), origin.partition);
         let next = origin.offset + 1;
@@ -73,8 +82,20 @@ impl PendingBatch {
         }
     }
 
-    fn encode(&mut self, plans: &[TablePlan], targets: &[usize], payload: Option<&[u8]>) -> Result<(), String> {
+    fn encode(
+        &mut self,
+        plans: &[TablePlan],
+        targets: &[usize],
+        payload: Option<&[u8]>,
+    ) -> Result<(), String> {
         let payload = payload.ok_or_else(|| "empty message (no payload)".to_owned())?;
+        if payload.len() > self.max_message_bytes {
+            return Err(format!(
+                "message of {} bytes exceeds SINK_MAX_MESSAGE_BYTES ({})",
+                payload.len(),
+                self.max_message_bytes
+            ));
+        }
         let message: Map<String, Value> = match serde_json::from_slice(payload) {
             Ok(Value::Object(map)) => map,
             Ok(_) => return Err("message is JSON but not an object".to_owned()),
@@ -82,12 +103,17 @@ impl PendingBatch {
         };
         let marks: Vec<usize> = targets.iter().map(|&t| self.tables[t].len()).collect();
         for &t in targets {
-            if let Err(EncodeError { column, reason }) = encode_row(&plans[t].columns, &message, &mut self.tables[t]) {
+            if let Err(EncodeError { column, reason }) =
+                encode_row(&plans[t].columns, &message, &mut self.tables[t])
+            {
                 // Keep all-or-nothing across the tables this message feeds.
                 for (&t, &mark) in targets.iter().zip(&marks) {
                     self.tables[t].truncate(mark);
                 }
-                return Err(format!("table {}: column {column}: {reason}", plans[t].table));
+                return Err(format!(
+                    "table {}: column {column}: {reason}",
+                    plans[t].table
+                ));
             }
         }
         for (&t, &mark) in targets.iter().zip(&marks) {
@@ -132,7 +158,12 @@ mod tests {
     use std::time::Duration;
 
     fn plans() -> Vec<TablePlan> {
-        let col = |c: &str, t: ChType| ColumnPlan { column: c.into(), field: c.into(), ty: t, constant: None };
+        let col = |c: &str, t: ChType| ColumnPlan {
+            column: c.into(),
+            field: c.into(),
+            ty: t,
+            constant: None,
+        };
         vec![
             TablePlan {
                 table: "a".into(),
@@ -150,13 +181,18 @@ mod tests {
     }
 
     fn origin(offset: i64) -> Origin<'static> {
-        Origin { topic: "t", partition: 0, offset, key: None }
+        Origin {
+            topic: "t",
+            partition: 0,
+            offset,
+            key: None,
+        }
     }
 
     #[test]
     fn good_rows_bad_rows_and_offsets() {
         let plans = plans();
-        let mut batch = PendingBatch::new(2);
+        let mut batch = PendingBatch::new(2, 1 << 20);
         batch.add_message(&plans, &[0, 1], origin(5), Some(br#"{"id": 1, "v": "x"}"#));
         // Fits table a but not b: nothing of it may stay in a.
         batch.add_message(&plans, &[0, 1], origin(6), Some(br#"{"id": 2}"#));
@@ -166,25 +202,56 @@ mod tests {
         assert_eq!(batch.rows_per_table, vec![1, 1]);
         assert_eq!(batch.tables[0].len(), 8);
         assert_eq!(batch.dead_letters.len(), 3);
-        assert!(batch.dead_letters[0].error.contains("column v: missing required field"));
+        assert!(
+            batch.dead_letters[0]
+                .error
+                .contains("column v: missing required field")
+        );
         assert!(batch.dead_letters[1].error.contains("malformed JSON"));
         assert_eq!(batch.offsets.get(&("t".to_owned(), 0)), Some(&9));
+
+        let mut small = PendingBatch::new(2, 10);
+        small.add_message(
+            &plans,
+            &[0],
+            origin(9),
+            Some(br#"{"id": 1, "padding": "xxxxxxxx"}"#),
+        );
+        assert!(
+            small.dead_letters[0]
+                .error
+                .contains("exceeds SINK_MAX_MESSAGE_BYTES")
+        );
     }
 
     #[test]
     fn flushes_on_rows_bytes_or_age() {
         let plans = plans();
-        let policy = FlushPolicy { max_rows: 2, max_bytes: 1 << 20, max_age: Duration::from_millis(50) };
-        let mut batch = PendingBatch::new(2);
+        let policy = FlushPolicy {
+            max_rows: 2,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_millis(50),
+        };
+        let mut batch = PendingBatch::new(2, 1 << 20);
         let now = Instant::now();
-        assert!(!batch.should_flush(&policy, now), "an empty batch never flushes");
+        assert!(
+            !batch.should_flush(&policy, now),
+            "an empty batch never flushes"
+        );
         batch.add_message(&plans, &[0], origin(0), Some(br#"{"id": 1}"#));
         assert!(!batch.should_flush(&policy, Instant::now()));
-        assert!(batch.should_flush(&policy, Instant::now() + Duration::from_millis(60)), "age");
+        assert!(
+            batch.should_flush(&policy, Instant::now() + Duration::from_millis(60)),
+            "age"
+        );
         batch.add_message(&plans, &[0], origin(1), Some(br#"{"id": 2}"#));
         assert!(batch.should_flush(&policy, Instant::now()), "rows");
-        let bytes = FlushPolicy { max_rows: 100, max_bytes: 8, max_age: Duration::from_secs(60) };
-        let mut small = PendingBatch::new(2);
+        let bytes = FlushPolicy {
+            max_rows: 100,
+            max_bytes: 8,
+            max_age: Duration::from_secs(60),
+        };
+        let mut small = PendingBatch::new(2, 1 << 20);
         small.add_message(&plans, &[0], origin(0), Some(br#"{"id": 1}"#));
         assert!(small.should_flush(&bytes, Instant::now()), "bytes");
     }

@@ -22,6 +22,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "SINK_BATCH_BYTES",
     "SINK_FLUSH_INTERVAL_MS",
     "SINK_DLQ_SUFFIX",
+    "SINK_MAX_MESSAGE_BYTES",
     "SINK_METRICS_ADDR",
     "FLOWS",
     "FLOWS_FILE",
@@ -49,6 +50,8 @@ pub struct SinkConfig {
     pub clickhouse: ClickHouseConfig,
     pub kafka: KafkaConfig,
     pub flush: FlushPolicy,
+    /// Larger messages go to the dead-letter topic unread.
+    pub max_message_bytes: usize,
     pub flows: Vec<Flow>,
     /// Where `/metrics` and `/healthz` are served; `None` = off.
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -90,6 +93,10 @@ impl SinkConfig {
                 max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
                 max_age: Duration::from_millis(env.positive_or("SINK_FLUSH_INTERVAL_MS", 100)?),
             },
+            max_message_bytes: usize::try_from(
+                env.positive_or("SINK_MAX_MESSAGE_BYTES", 1024 * 1024)?,
+            )
+            .unwrap_or(usize::MAX),
             flows: flows::settings::selected_flows(env)?,
             metrics_addr: flows::http::parse_addr(
                 "SINK_METRICS_ADDR",
@@ -120,7 +127,8 @@ mod tests {
         let err = SinkConfig::from_env(&Env::from_pairs(bad)).err();
         assert_eq!(err.map(|e| e.name), Some("SINK_FLUSH_INTERVAL".into()));
 
-        let err = SinkConfig::from_env(&Env::from_pairs([("CLICKHOUSE_URL", "localhost:8123")])).err();
+        let err =
+            SinkConfig::from_env(&Env::from_pairs([("CLICKHOUSE_URL", "localhost:8123")])).err();
         assert_eq!(err.map(|e| e.name), Some("CLICKHOUSE_URL".into()));
     }
 }

@@ -33,7 +33,10 @@ impl DeadLetterQueue {
             .set("client.id", "outbox-sink-dlq")
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                DELIVERY_TIMEOUT.as_millis().to_string(),
+            )
             .create()?;
         Ok(Self {
             producer,
@@ -52,23 +55,32 @@ impl DeadLetterQueue {
             let partition = letter.partition.to_string();
             let offset = letter.offset.to_string();
             let headers = OwnedHeaders::new_with_capacity(4)
-                .insert(Header { key: "error", value: Some(letter.error.as_bytes()) })
-                .insert(Header { key: "source_topic", value: Some(letter.topic.as_bytes()) })
-                .insert(Header { key: "source_partition", value: Some(partition.as_bytes()) })
-                .insert(Header { key: "source_offset", value: Some(offset.as_bytes()) });
+                .insert(Header {
+                    key: "error",
+                    value: Some(letter.error.as_bytes()),
+                })
+                .insert(Header {
+                    key: "source_topic",
+                    value: Some(letter.topic.as_bytes()),
+                })
+                .insert(Header {
+                    key: "source_partition",
+                    value: Some(partition.as_bytes()),
+                })
+                .insert(Header {
+                    key: "source_offset",
+                    value: Some(offset.as_bytes()),
+                });
             let topic = self.topic_for(&letter.topic);
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&topic).headers(headers);
             if let Some(key) = &letter.key {
                 record = record.key(key.as_slice());
             }
             if let Some(payload) = &letter.payload {
                 record = record.payload(payload.as_slice());
             }
-            deliveries.push(
-                self.producer
-                    .send_result(record)
-                    .map_err(|(e, _)| e)?,
-            );
+            deliveries.push(self.producer.send_result(record).map_err(|(e, _)| e)?);
         }
         for delivery in deliveries {
             match delivery.await {

@@ -69,7 +69,10 @@ pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, KafkaError
 impl FlowSink {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), SinkError> {
         let flow = self.flow.name.to_string();
-        let consumer = Arc::new(consumer(&self.config.kafka.brokers, &self.flow.consumer_group)?);
+        let consumer = Arc::new(consumer(
+            &self.config.kafka.brokers,
+            &self.flow.consumer_group,
+        )?);
         let dlq = DeadLetterQueue::new(&self.config.kafka.brokers, &self.config.kafka.dlq_suffix)?;
         let mut topics: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, plan) in self.plans.iter().enumerate() {
@@ -80,7 +83,7 @@ impl FlowSink {
         tracing::info!(flow, group = %self.flow.consumer_group, topics = ?names, "sink consuming");
 
         let policy = self.config.flush.clone();
-        let mut batch = PendingBatch::new(self.plans.len());
+        let mut batch = PendingBatch::new(self.plans.len(), self.config.max_message_bytes);
         loop {
             let deadline = batch.deadline(&policy);
             tokio::select! {
@@ -102,7 +105,10 @@ impl FlowSink {
                 () = sleep_until(deadline) => {}
             }
             if batch.should_flush(&policy, Instant::now()) {
-                let full = std::mem::replace(&mut batch, PendingBatch::new(self.plans.len()));
+                let full = std::mem::replace(
+                    &mut batch,
+                    PendingBatch::new(self.plans.len(), self.config.max_message_bytes),
+                );
                 if !self.flush(full, &consumer, &dlq, &shutdown).await {
                     break;
                 }
@@ -127,7 +133,13 @@ impl FlowSink {
     /// Inserts, dead-letters, commits — retrying with capped backoff while
     /// ClickHouse or Kafka fail. Returns false if `stop` fired first (then the
     /// batch is abandoned uncommitted and will be re-read).
-    async fn flush(&self, mut batch: PendingBatch, consumer: &Arc<StreamConsumer>, dlq: &DeadLetterQueue, stop: &CancellationToken) -> bool {
+    async fn flush(
+        &self,
+        mut batch: PendingBatch,
+        consumer: &Arc<StreamConsumer>,
+        dlq: &DeadLetterQueue,
+        stop: &CancellationToken,
+    ) -> bool {
         let flow = self.flow.name.as_str();
         let started = Instant::now();
         let mut backoff = Backoff::default();
@@ -140,12 +152,22 @@ impl FlowSink {
                 match self.writer.insert(plan, rows.clone()).await {
                     Ok(()) => {
                         self.metrics
-                            .counter("sink_rows_inserted_total", "Rows accepted by ClickHouse.", &[("flow", flow), ("table", &plan.table)])
+                            .counter(
+                                "sink_rows_inserted_total",
+                                "Rows accepted by ClickHouse.",
+                                &[("flow", flow), ("table", &plan.table)],
+                            )
                             .add(batch.rows_per_table[i] as i64);
                         break;
                     }
                     Err(error) => {
-                        self.metrics.counter("sink_insert_failures_total", "ClickHouse inserts that failed and were retried.", &[("flow", flow)]).inc();
+                        self.metrics
+                            .counter(
+                                "sink_insert_failures_total",
+                                "ClickHouse inserts that failed and were retried.",
+                                &[("flow", flow)],
+                            )
+                            .inc();
                         let delay = backoff.next_delay();
                         tracing::warn!(flow, table = %plan.table, %error, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed; retrying, offsets not committed");
                         if !sleep_or_stop(delay, stop).await {
@@ -158,7 +180,11 @@ impl FlowSink {
         if !batch.dead_letters.is_empty() {
             for letter in &batch.dead_letters {
                 self.metrics
-                    .counter("sink_dead_letters_total", "Messages sent to the dead-letter topic.", &[("flow", flow), ("topic", &letter.topic)])
+                    .counter(
+                        "sink_dead_letters_total",
+                        "Messages sent to the dead-letter topic.",
+                        &[("flow", flow), ("topic", &letter.topic)],
+                    )
                     .inc();
                 tracing::warn!(flow, topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "message dead-lettered");
             }
@@ -170,22 +196,41 @@ impl FlowSink {
                 }
             }
         }
+        flows::failpoint::hit("sink-after-insert");
         let mut offsets = TopicPartitionList::new();
         for ((topic, partition), next) in &batch.offsets {
-            if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+            if let Err(error) =
+                offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))
+            {
                 tracing::warn!(flow, %error, "cannot record offset");
             }
         }
         let committer = Arc::clone(consumer);
-        match tokio::task::spawn_blocking(move || committer.commit(&offsets, CommitMode::Sync)).await {
+        match tokio::task::spawn_blocking(move || committer.commit(&offsets, CommitMode::Sync))
+            .await
+        {
             Ok(Ok(())) => {}
             // The rows are stored; an uncommitted offset only means they are
             // read again (e.g. after a rebalance) and absorbed by the table.
-            Ok(Err(error)) => tracing::warn!(flow, %error, "offset commit failed; rows will be re-read and deduplicated"),
+            Ok(Err(error)) => {
+                tracing::warn!(flow, %error, "offset commit failed; rows will be re-read and deduplicated")
+            }
             Err(error) => tracing::warn!(flow, %error, "offset commit task failed"),
         }
-        self.metrics.counter("sink_flushes_total", "Batches stored and committed.", &[("flow", flow)]).inc();
-        tracing::debug!(flow, rows = batch.rows(), dead_letters = batch.dead_letters.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch flushed");
+        self.metrics
+            .counter(
+                "sink_flushes_total",
+                "Batches stored and committed.",
+                &[("flow", flow)],
+            )
+            .inc();
+        tracing::debug!(
+            flow,
+            rows = batch.rows(),
+            dead_letters = batch.dead_letters.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch flushed"
+        );
         true
     }
 }

@@ -33,7 +33,11 @@ pub enum RunError {
 
 /// Waits for ClickHouse (retrying with backoff), checks every selected flow
 /// against its tables, then runs one consumer per flow until `shutdown`.
-pub async fn run(config: SinkConfig, metrics: flows::metrics::Metrics, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: SinkConfig,
+    metrics: flows::metrics::Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let config = Arc::new(config);
     if let Some(addr) = config.metrics_addr {
         match flows::http::serve(addr, metrics.clone(), shutdown.clone()).await {
@@ -48,7 +52,16 @@ pub async fn run(config: SinkConfig, metrics: flows::metrics::Metrics, shutdown:
         let mut plans = Vec::new();
         for target in &flow.targets {
             let fields = known_fields(flow, &target.topic);
-            let Some(plan) = plan_with_retry(&writer, &config, flow.name.as_str(), target, fields.as_deref(), &shutdown).await? else {
+            let Some(plan) = plan_with_retry(
+                &writer,
+                &config,
+                flow.name.as_str(),
+                target,
+                fields.as_deref(),
+                &shutdown,
+            )
+            .await?
+            else {
                 return Ok(());
             };
             plans.push(plan);
@@ -98,7 +111,15 @@ async fn plan_with_retry(
 ) -> Result<Option<crate::clickhouse::schema::TablePlan>, RunError> {
     let mut backoff = Backoff::default();
     loop {
-        match plan_table(writer.client(), &config.clickhouse.database, flow, target, fields).await {
+        match plan_table(
+            writer.client(),
+            &config.clickhouse.database,
+            flow,
+            target,
+            fields,
+        )
+        .await
+        {
             Ok(plan) => return Ok(Some(plan)),
             Err(SchemaError::ClickHouse(error)) => {
                 let delay = backoff.next_delay();

@@ -56,7 +56,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Migrate => migrate(&env).await,
             Command::Run => run(&env).await,
-            Command::Watch { interval_secs, from_start } => watch(&env, interval_secs, from_start).await,
+            Command::Watch {
+                interval_secs,
+                from_start,
+            } => watch(&env, interval_secs, from_start).await,
         }
     })
 }
@@ -118,14 +121,25 @@ async fn watch(env: &Env, interval_secs: u64, from_start: bool) -> ExitCode {
         Err(e) => return bad_setting(&e),
     };
     if interval_secs == 0 {
-        return bad_setting(&SettingError::new("--interval-secs", "must be greater than 0"));
+        return bad_setting(&SettingError::new(
+            "--interval-secs",
+            "must be greater than 0",
+        ));
     }
     let Ok(shutdown) = flows::shutdown::on_signals() else {
         return ExitCode::FAILURE;
     };
     let client = sink::clickhouse::client::client(&cfg, Some(&cfg.database));
     let interval = std::time::Duration::from_secs(interval_secs);
-    match sink::watch::watch(&client, interval, from_start, &mut std::io::stdout(), &shutdown).await {
+    match sink::watch::watch(
+        &client,
+        interval,
+        from_start,
+        &mut std::io::stdout(),
+        &shutdown,
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sink watch: {e}");

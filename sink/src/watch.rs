@@ -18,7 +18,10 @@ struct JournalEntry {
 }
 
 /// Entries after `after` (event ids grow with the objects' ids), deduplicated.
-async fn entries_after(client: &Client, after: u64) -> Result<Vec<JournalEntry>, clickhouse::error::Error> {
+async fn entries_after(
+    client: &Client,
+    after: u64,
+) -> Result<Vec<JournalEntry>, clickhouse::error::Error> {
     client
         .query(
             "SELECT event_id, my_table_id, value, event_type, toUInt32(created_at) AS created_at \
@@ -41,7 +44,10 @@ pub async fn watch(
     let mut last: u64 = if from_start {
         0
     } else {
-        client.query("SELECT max(event_id) FROM events").fetch_one().await?
+        client
+            .query("SELECT max(event_id) FROM events")
+            .fetch_one()
+            .await?
     };
     loop {
         match entries_after(client, last).await {

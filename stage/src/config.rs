@@ -39,15 +39,22 @@ impl StageConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
         env.reject_unknown(&["STAGE_", "KAFKA_"], KNOWN_VARS)?;
         flows::telemetry::log_format(env)?;
-        let flows: Vec<Flow> = selected_flows(env)?.into_iter().filter(|f| f.stage.is_some()).collect();
+        let flows: Vec<Flow> = selected_flows(env)?
+            .into_iter()
+            .filter(|f| f.stage.is_some())
+            .collect();
         if flows.is_empty() {
-            return Err(SettingError::new("FLOWS", "selects no flow with a stage (the built-in one is `etl`)"));
+            return Err(SettingError::new(
+                "FLOWS",
+                "selects no flow with a stage (the built-in one is `etl`)",
+            ));
         }
         Ok(Self {
             brokers: env.required("KAFKA_BROKERS")?,
             topic_prefix: env.string_or("KAFKA_TOPIC_PREFIX", ""),
             transactional_id_prefix: env.string_or("STAGE_TRANSACTIONAL_ID_PREFIX", "outbox-stage"),
-            batch_size: usize::try_from(env.positive_or("STAGE_BATCH_SIZE", 10_000)?).unwrap_or(10_000),
+            batch_size: usize::try_from(env.positive_or("STAGE_BATCH_SIZE", 10_000)?)
+                .unwrap_or(10_000),
             flush_interval: Duration::from_millis(env.positive_or("STAGE_FLUSH_INTERVAL_MS", 100)?),
             flows,
             metrics_addr: flows::http::parse_addr(

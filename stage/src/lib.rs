@@ -25,7 +25,9 @@ pub async fn run(config: StageConfig, metrics: Metrics, shutdown: CancellationTo
     }
     let mut tasks = tokio::task::JoinSet::new();
     for flow in &config.flows {
-        let Some(stage) = flow.stage.clone() else { continue };
+        let Some(stage) = flow.stage.clone() else {
+            continue;
+        };
         let worker = FlowStage {
             flow: flow.clone(),
             stage,

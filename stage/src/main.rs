@@ -26,7 +26,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let Cli { command: Command::Run } = Cli::parse();
+    let Cli {
+        command: Command::Run,
+    } = Cli::parse();
     let env = Env::from_process();
     let config = match StageConfig::from_env(&env) {
         Ok(c) => c,
@@ -35,7 +37,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    flows::telemetry::init(flows::telemetry::log_format(&env).unwrap_or(flows::telemetry::LogFormat::Text));
+    flows::telemetry::init(
+        flows::telemetry::log_format(&env).unwrap_or(flows::telemetry::LogFormat::Text),
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -36,7 +36,8 @@ pub fn normalise(topic: &str, payload: Option<&[u8]>) -> Result<Normalised, Stri
         _ => None,
     }
     .ok_or("field timestamp: missing or not a date-time")?;
-    let event_timestamp = flows::time::format_utc(seconds).ok_or("field timestamp: out of range")?;
+    let event_timestamp =
+        flows::time::format_utc(seconds).ok_or("field timestamp: out of range")?;
     let user_id = match raw.get("user_id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => return Err("field user_id: missing or not a string".into()),
@@ -99,9 +100,17 @@ mod tests {
 
     #[test]
     fn bad_input_says_why() {
-        assert!(normalise("orders", Some(b"not json")).is_err_and(|e| e.contains("malformed JSON")));
-        assert!(normalise("orders", Some(br#"{"id": 1, "user_id": "u"}"#)).is_err_and(|e| e.contains("timestamp")));
-        assert!(normalise("orders", Some(br#"{"id": 1, "timestamp": "2024-01-01"}"#)).is_err_and(|e| e.contains("user_id")));
+        assert!(
+            normalise("orders", Some(b"not json")).is_err_and(|e| e.contains("malformed JSON"))
+        );
+        assert!(
+            normalise("orders", Some(br#"{"id": 1, "user_id": "u"}"#))
+                .is_err_and(|e| e.contains("timestamp"))
+        );
+        assert!(
+            normalise("orders", Some(br#"{"id": 1, "timestamp": "2024-01-01"}"#))
+                .is_err_and(|e| e.contains("user_id"))
+        );
         assert!(normalise("orders", None).is_err());
     }
 }

@@ -65,7 +65,11 @@ impl FlowStage {
                 Ok(()) => break,
                 Err(error) => {
                     self.metrics
-                        .counter("stage_transactions_failed_total", "Stage transactions aborted (inputs re-read).", &[("flow", &flow)])
+                        .counter(
+                            "stage_transactions_failed_total",
+                            "Stage transactions aborted (inputs re-read).",
+                            &[("flow", &flow)],
+                        )
                         .inc();
                     let delay = backoff.next_delay();
                     tracing::warn!(flow, %error, retry_in_ms = delay.as_millis() as u64, "stage batch aborted; resuming from the last committed offsets");
@@ -81,7 +85,11 @@ impl FlowStage {
 
     /// A consumer and a transactional producer, used until an error (then
     /// both are dropped: the new consumer restarts from committed offsets).
-    async fn session(&self, backoff: &mut Backoff, shutdown: &CancellationToken) -> Result<(), StageError> {
+    async fn session(
+        &self,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StageError> {
         let flow = self.flow.name.to_string();
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.config.brokers)
@@ -100,7 +108,10 @@ impl FlowStage {
             ClientConfig::new()
                 .set("bootstrap.servers", &self.config.brokers)
                 .set("client.id", format!("outbox-stage-{flow}"))
-                .set("transactional.id", format!("{}.{flow}", self.config.transactional_id_prefix))
+                .set(
+                    "transactional.id",
+                    format!("{}.{flow}", self.config.transactional_id_prefix),
+                )
                 .set("enable.idempotence", "true")
                 .set("acks", "all")
                 .set("linger.ms", "5")
@@ -121,14 +132,20 @@ impl FlowStage {
                 None => return Ok(()),
             };
             let count = records.len();
-            let group = consumer.group_metadata().ok_or(StageError::NoGroupMetadata)?;
+            let group = consumer
+                .group_metadata()
+                .ok_or(StageError::NoGroupMetadata)?;
             let txn = Arc::clone(&producer);
             tokio::task::spawn_blocking(move || commit_batch(&txn, &records, &offsets, &group))
                 .await
                 .map_err(|_| StageError::Task)??;
             backoff.reset();
             self.metrics
-                .counter("stage_records_total", "Input records transformed and committed.", &[("flow", &flow)])
+                .counter(
+                    "stage_records_total",
+                    "Input records transformed and committed.",
+                    &[("flow", &flow)],
+                )
                 .add(count as i64);
         }
     }
@@ -179,7 +196,9 @@ impl FlowStage {
 
     fn transform(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> OutRecord {
         let topic = message.topic();
-        let name = topic.strip_prefix(self.config.topic_prefix.as_str()).unwrap_or(topic);
+        let name = topic
+            .strip_prefix(self.config.topic_prefix.as_str())
+            .unwrap_or(topic);
         let result = match self.stage.transform {
             Transform::Normalise => normalise(name, message.payload()),
         };
@@ -192,7 +211,11 @@ impl FlowStage {
             },
             Err(error) => {
                 self.metrics
-                    .counter("stage_dead_letters_total", "Input records sent to the dead-letter topic.", &[("flow", self.flow.name.as_str()), ("topic", topic)])
+                    .counter(
+                        "stage_dead_letters_total",
+                        "Input records sent to the dead-letter topic.",
+                        &[("flow", self.flow.name.as_str()), ("topic", topic)],
+                    )
                     .inc();
                 tracing::warn!(flow = %self.flow.name, topic, partition = message.partition(), offset = message.offset(), %error, "record dead-lettered");
                 OutRecord {
@@ -223,7 +246,10 @@ fn commit_batch(
         for r in records {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for (k, v) in &r.headers {
-                headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
             }
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&r.topic).headers(headers);
             if let Some(k) = &r.key {
@@ -244,6 +270,7 @@ fn commit_batch(
             }
         }
         producer.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT)?;
+        flows::failpoint::hit("stage-before-commit");
         producer.commit_transaction(TXN_TIMEOUT)
     })();
     if result.is_err() {

@@ -27,7 +27,9 @@ impl Proxy {
                 }
                 let mut state = state.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
                     let mut client = client;
                     tokio::select! {
                         _ = copy_bidirectional(&mut client, &mut server) => {}

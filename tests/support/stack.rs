@@ -52,14 +52,19 @@ async fn endpoints() -> anyhow::Result<Endpoints> {
     Ok(Endpoints {
         admin_url: std::env::var("TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
-        clickhouse_url: std::env::var("TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
-        kafka_brokers: std::env::var("TEST_KAFKA_BROKERS").ok().filter(|s| !s.is_empty()),
+        clickhouse_url: std::env::var("TEST_CLICKHOUSE_URL")
+            .unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
+        kafka_brokers: std::env::var("TEST_KAFKA_BROKERS")
+            .ok()
+            .filter(|s| !s.is_empty()),
     })
 }
 
 /// `postgres://…/<anything>` → the same server, database `db`.
 fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let server = match base.rfind('/') {
         Some(i) if i > base.find("//").map_or(0, |j| j + 1) => &base[..i],
         _ => base,
@@ -81,7 +86,9 @@ impl TestStack {
             .await
             .context("connecting to the test Postgres (TEST_DATABASE_URL)")?;
         tokio::spawn(conn);
-        admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await?;
         let (mock, kafka_brokers) = match ep.kafka_brokers {
             Some(b) => (None, b),
             None => {
@@ -142,7 +149,10 @@ impl TestStack {
             ("RELAY_METRICS_ADDR", "127.0.0.1:0"),
             ("SINK_METRICS_ADDR", "127.0.0.1:0"),
             ("STAGE_METRICS_ADDR", "127.0.0.1:0"),
-            ("STAGE_TRANSACTIONAL_ID_PREFIX", &format!("{}.stage", self.name)),
+            (
+                "STAGE_TRANSACTIONAL_ID_PREFIX",
+                &format!("{}.stage", self.name),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -160,7 +170,11 @@ impl TestStack {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-            async move { relay::run(config, metrics, shutdown).await.map_err(anyhow::Error::from) }
+            async move {
+                relay::run(config, metrics, shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
         });
         Ok(Running { shutdown, task })
     }
@@ -171,7 +185,11 @@ impl TestStack {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-            async move { sink::run(config, metrics, shutdown).await.map_err(anyhow::Error::from) }
+            async move {
+                sink::run(config, metrics, shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
         });
         Ok(Running { shutdown, task })
     }
@@ -210,18 +228,29 @@ impl TestStack {
 
     /// Rows of `table` that queries see: deduplicated with FINAL.
     pub async fn ch_count_final(&self, table: &str) -> anyhow::Result<u64> {
-        Ok(self.ch().query(&format!("SELECT count() FROM `{table}` FINAL")).fetch_one().await?)
+        Ok(self
+            .ch()
+            .query(&format!("SELECT count() FROM `{table}` FINAL"))
+            .fetch_one()
+            .await?)
     }
 
     /// Rows physically stored, duplicates included (before merges).
     pub async fn ch_count_raw(&self, table: &str) -> anyhow::Result<u64> {
-        Ok(self.ch().query(&format!("SELECT count() FROM `{table}`")).fetch_one().await?)
+        Ok(self
+            .ch()
+            .query(&format!("SELECT count() FROM `{table}`"))
+            .fetch_one()
+            .await?)
     }
 
     pub async fn pending(&self, table: &str) -> anyhow::Result<i64> {
         let pg = self.pg().await?;
         Ok(pg
-            .query_one(&format!("SELECT count(*) FROM \"{table}\" WHERE sent_to_kafka IS NOT TRUE"), &[])
+            .query_one(
+                &format!("SELECT count(*) FROM \"{table}\" WHERE sent_to_kafka IS NOT TRUE"),
+                &[],
+            )
             .await?
             .get(0))
     }
@@ -249,8 +278,17 @@ mod tests {
 
     #[test]
     fn swaps_the_database() {
-        assert_eq!(with_database("postgres://u@h:5432/postgres", "t1"), "postgres://u@h:5432/t1");
-        assert_eq!(with_database("postgres://u@h:5432", "t1"), "postgres://u@h:5432/t1");
-        assert_eq!(with_database("postgres://u@h/x?sslmode=disable", "t1"), "postgres://u@h/t1?sslmode=disable");
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "t1"),
+            "postgres://u@h:5432/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5432", "t1"),
+            "postgres://u@h:5432/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/x?sslmode=disable", "t1"),
+            "postgres://u@h/t1?sslmode=disable"
+        );
     }
 }

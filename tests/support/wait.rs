@@ -25,7 +25,9 @@ where
                 Err(e) => last = format!("error: {e:#}"),
             }
             if Instant::now() >= deadline {
-                panic!("timed out after {timeout:?} waiting for {what} (at {caller}); last: {last}");
+                panic!(
+                    "timed out after {timeout:?} waiting for {what} (at {caller}); last: {last}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

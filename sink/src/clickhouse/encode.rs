@@ -29,12 +29,19 @@ pub struct ColumnPlan {
 }
 
 /// Appends one row to `out`. On error `out` is left as it was.
-pub fn encode_row(columns: &[ColumnPlan], message: &Map<String, Value>, out: &mut BytesMut) -> Result<(), EncodeError> {
+pub fn encode_row(
+    columns: &[ColumnPlan],
+    message: &Map<String, Value>,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let start = out.len();
     for plan in columns {
         let (value, missing) = match &plan.constant {
             Some(constant) => (constant, false),
-            None => (message.get(&plan.field).unwrap_or(&Value::Null), !message.contains_key(&plan.field)),
+            None => (
+                message.get(&plan.field).unwrap_or(&Value::Null),
+                !message.contains_key(&plan.field),
+            ),
         };
         if let Err(reason) = encode_value(&plan.ty, value, missing, out) {
             out.truncate(start);
@@ -47,7 +54,12 @@ pub fn encode_row(columns: &[ColumnPlan], message: &Map<String, Value>, out: &mu
     Ok(())
 }
 
-fn encode_value(ty: &ChType, value: &Value, missing: bool, out: &mut BytesMut) -> Result<(), String> {
+fn encode_value(
+    ty: &ChType,
+    value: &Value,
+    missing: bool,
+    out: &mut BytesMut,
+) -> Result<(), String> {
     if let ChType::Nullable(inner) = ty {
         if value.is_null() {
             out.put_u8(1);
@@ -57,7 +69,12 @@ fn encode_value(ty: &ChType, value: &Value, missing: bool, out: &mut BytesMut) -
         return encode_value(inner, value, missing, out);
     }
     if value.is_null() {
-        return Err(if missing { "missing required field" } else { "null in a non-Nullable column" }.to_owned());
+        return Err(if missing {
+            "missing required field"
+        } else {
+            "null in a non-Nullable column"
+        }
+        .to_owned());
     }
     match ty {
         ChType::UInt8 => out.put_u8(unsigned(value, u64::from(u8::MAX))? as u8),
@@ -65,8 +82,12 @@ fn encode_value(ty: &ChType, value: &Value, missing: bool, out: &mut BytesMut) -
         ChType::UInt32 => out.put_u32_le(unsigned(value, u64::from(u32::MAX))? as u32),
         ChType::UInt64 => out.put_u64_le(unsigned(value, u64::MAX)?),
         ChType::Int8 => out.put_i8(signed(value, i64::from(i8::MIN), i64::from(i8::MAX))? as i8),
-        ChType::Int16 => out.put_i16_le(signed(value, i64::from(i16::MIN), i64::from(i16::MAX))? as i16),
-        ChType::Int32 => out.put_i32_le(signed(value, i64::from(i32::MIN), i64::from(i32::MAX))? as i32),
+        ChType::Int16 => {
+            out.put_i16_le(signed(value, i64::from(i16::MIN), i64::from(i16::MAX))? as i16)
+        }
+        ChType::Int32 => {
+            out.put_i32_le(signed(value, i64::from(i32::MIN), i64::from(i32::MAX))? as i32)
+        }
         ChType::Int64 => out.put_i64_le(signed(value, i64::MIN, i64::MAX)?),
         ChType::Float32 => out.put_f32_le(float(value)? as f32),
         ChType::Float64 => out.put_f64_le(float(value)?),
@@ -91,7 +112,9 @@ fn encode_value(ty: &ChType, value: &Value, missing: bool, out: &mut BytesMut) -
             out.put_slice(bytes);
         }
         ChType::FixedString(n) => {
-            let Value::String(s) = value else { return Err(expected("a string", value)) };
+            let Value::String(s) = value else {
+                return Err(expected("a string", value));
+            };
             if s.len() > *n {
                 return Err(format!("{} bytes do not fit FixedString({n})", s.len()));
             }
@@ -105,7 +128,9 @@ fn encode_value(ty: &ChType, value: &Value, missing: bool, out: &mut BytesMut) -
         }
         ChType::DateTime => {
             let secs = epoch_seconds(value)?;
-            out.put_u32_le(u32::try_from(secs).map_err(|_| "time out of DateTime range".to_owned())?);
+            out.put_u32_le(
+                u32::try_from(secs).map_err(|_| "time out of DateTime range".to_owned())?,
+            );
         }
         ChType::DateTime64(precision) => {
             let ticks = epoch_ticks(value, *precision)?;
@@ -114,18 +139,29 @@ fn encode_value(ty: &ChType, value: &Value, missing: bool, out: &mut BytesMut) -
         ChType::Decimal { bytes, scale } => {
             let scaled = decimal(value, *scale)?;
             match bytes {
-                4 => out.put_i32_le(i32::try_from(scaled).map_err(|_| "decimal out of range".to_owned())?),
-                8 => out.put_i64_le(i64::try_from(scaled).map_err(|_| "decimal out of range".to_owned())?),
+                4 => out.put_i32_le(
+                    i32::try_from(scaled).map_err(|_| "decimal out of range".to_owned())?,
+                ),
+                8 => out.put_i64_le(
+                    i64::try_from(scaled).map_err(|_| "decimal out of range".to_owned())?,
+                ),
                 _ => out.put_i128_le(scaled),
             }
         }
         ChType::IPv4 => {
-            let Value::String(s) = value else { return Err(expected("an IPv4 address", value)) };
-            let ip: Ipv4Addr = s.trim().parse().map_err(|_| format!("`{}` is not an IPv4 address", clip(s)))?;
+            let Value::String(s) = value else {
+                return Err(expected("an IPv4 address", value));
+            };
+            let ip: Ipv4Addr = s
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{}` is not an IPv4 address", clip(s)))?;
             out.put_u32_le(u32::from(ip));
         }
         ChType::Uuid => {
-            let Value::String(s) = value else { return Err(expected("a UUID", value)) };
+            let Value::String(s) = value else {
+                return Err(expected("a UUID", value));
+            };
             let hex: String = s.chars().filter(|c| *c != '-').collect();
             let n = u128::from_str_radix(&hex, 16)
                 .ok()
@@ -230,9 +266,13 @@ fn parse_decimal(text: &str, scale: u32) -> Option<i128> {
         kept.push('0');
     }
     let round_up = frac_part.chars().nth(scale).is_some_and(|c| c >= '5');
-    let mut n: i128 = format!("{}{}", if int_part.is_empty() { "0" } else { int_part }, kept)
-        .parse()
-        .ok()?;
+    let mut n: i128 = format!(
+        "{}{}",
+        if int_part.is_empty() { "0" } else { int_part },
+        kept
+    )
+    .parse()
+    .ok()?;
     if round_up {
         n = n.checked_add(1)?;
     }
@@ -245,7 +285,11 @@ pub fn epoch_seconds(value: &Value) -> Result<i64, String> {
     match value {
         Value::Number(n) => n
             .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f.floor() as i64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f.floor() as i64)
+            })
             .ok_or_else(|| "time out of range".to_owned()),
         Value::String(s) => parse_time(s)
             .map(|(secs, _)| secs)
@@ -262,7 +306,8 @@ fn epoch_ticks(value: &Value, precision: u32) -> Result<i64, String> {
             Ok((f * per_second as f64).round() as i64)
         }
         Value::String(s) => {
-            let (secs, nanos) = parse_time(s).ok_or_else(|| format!("`{}` is not a date-time", clip(s)))?;
+            let (secs, nanos) =
+                parse_time(s).ok_or_else(|| format!("`{}` is not a date-time", clip(s)))?;
             Ok(secs * per_second + i64::from(nanos) / (1_000_000_000 / per_second))
         }
         other => Err(expected("a Unix time or a date-time string", other)),
@@ -298,7 +343,9 @@ mod tests {
 
     fn encode(columns: &[ColumnPlan], v: Value) -> Result<Vec<u8>, EncodeError> {
         let mut out = BytesMut::new();
-        let Value::Object(map) = v else { panic!("object expected") };
+        let Value::Object(map) = v else {
+            panic!("object expected")
+        };
         encode_row(columns, &map, &mut out).map(|()| out.to_vec())
     }
 
@@ -309,15 +356,19 @@ mod tests {
             plan("username", "Nullable(String)"),
             plan("event_time", "Nullable(DateTime)"),
         ];
-        let bytes = encode(&cols, json!({"id": 7, "username": "é\"", "event_time": 1700000000.5}))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let bytes = encode(
+            &cols,
+            json!({"id": 7, "username": "é\"", "event_time": 1700000000.5}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let mut expected = vec![7, 0, 0, 0, 0, 0, 0, 0, 0, 3];
         expected.extend_from_slice("é\"".as_bytes());
         expected.push(0);
         expected.extend_from_slice(&1_700_000_000u32.to_le_bytes());
         assert_eq!(bytes, expected);
 
-        let nulls = encode(&cols, json!({"id": 1, "username": null})).unwrap_or_else(|e| panic!("{e}"));
+        let nulls =
+            encode(&cols, json!({"id": 1, "username": null})).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(nulls, vec![1, 0, 0, 0, 0, 0, 0, 0, 1, 1]);
     }
 
@@ -347,7 +398,11 @@ mod tests {
 
     #[test]
     fn ipv4_uuid_and_datetime64() {
-        let cols = [plan("ip", "IPv4"), plan("u", "UUID"), plan("t", "DateTime64(3)")];
+        let cols = [
+            plan("ip", "IPv4"),
+            plan("u", "UUID"),
+            plan("t", "DateTime64(3)"),
+        ];
         let bytes = encode(
             &cols,
             json!({"ip": "1.2.3.4", "u": "00000000-0000-0001-0000-000000000002", "t": "2024-01-02 03:04:05.250"}),

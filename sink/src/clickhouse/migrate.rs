@@ -21,9 +21,12 @@ pub async fn migrate(
     migrations: &[Migration],
 ) -> Result<Vec<String>, clickhouse::error::Error> {
     let caps = server_caps(root).await?;
-    root.query(&format!("CREATE DATABASE IF NOT EXISTS `{}`", database.replace('`', "")))
-        .execute()
-        .await?;
+    root.query(&format!(
+        "CREATE DATABASE IF NOT EXISTS `{}`",
+        database.replace('`', "")
+    ))
+    .execute()
+    .await?;
     client
         .query(
             "CREATE TABLE IF NOT EXISTS outbox_schema_migrations \

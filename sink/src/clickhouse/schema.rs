@@ -13,7 +13,11 @@ pub enum SchemaError {
     #[error("flow `{flow}`: ClickHouse table {table} does not exist (run `sink migrate`)")]
     MissingTable { flow: String, table: String },
     #[error("flow `{flow}`: ClickHouse table {table} has no column {column}")]
-    MissingColumn { flow: String, table: String, column: String },
+    MissingColumn {
+        flow: String,
+        table: String,
+        column: String,
+    },
     #[error("flow `{flow}`: column {table}.{column}: {reason}")]
     BadColumn {
         flow: String,
@@ -21,7 +25,9 @@ pub enum SchemaError {
         column: String,
         reason: String,
     },
-    #[error("flow `{flow}`: ClickHouse column {table}.{column} needs message field `{field}`, which the flow's source does not carry")]
+    #[error(
+        "flow `{flow}`: ClickHouse column {table}.{column} needs message field `{field}`, which the flow's source does not carry"
+    )]
     MissingField {
         flow: String,
         table: String,
@@ -53,14 +59,19 @@ pub async fn plan_table(
     fields: Option<&[String]>,
 ) -> Result<TablePlan, SchemaError> {
     let rows: Vec<(String, String, String)> = client
-        .query("SELECT name, type, default_kind FROM system.columns WHERE database = ? AND table = ?")
+        .query(
+            "SELECT name, type, default_kind FROM system.columns WHERE database = ? AND table = ?",
+        )
         .bind(database)
         .bind(target.table.as_str())
         .fetch_all()
         .await?;
     let table = target.table.to_string();
     if rows.is_empty() {
-        return Err(SchemaError::MissingTable { flow: flow.into(), table });
+        return Err(SchemaError::MissingTable {
+            flow: flow.into(),
+            table,
+        });
     }
     for mapped in target.columns.keys().chain(target.constants.keys()) {
         if !rows.iter().any(|(name, _, _)| name == mapped.as_str()) {
@@ -73,7 +84,11 @@ pub async fn plan_table(
     }
     let mut columns = Vec::new();
     for (name, type_name, default_kind) in rows {
-        let mapped = target.columns.iter().find(|(c, _)| c.as_str() == name).map(|(_, f)| f.clone());
+        let mapped = target
+            .columns
+            .iter()
+            .find(|(c, _)| c.as_str() == name)
+            .map(|(_, f)| f.clone());
         let constant = target
             .constants
             .iter()
@@ -104,9 +119,17 @@ pub async fn plan_table(
             column: name.clone(),
             reason: e.to_string(),
         })?;
-        columns.push(ColumnPlan { column: name, field, ty, constant });
+        columns.push(ColumnPlan {
+            column: name,
+            field,
+            ty,
+            constant,
+        });
     }
-    let names: Vec<String> = columns.iter().map(|c| format!("`{}`", c.column.replace('`', "\\`"))).collect();
+    let names: Vec<String> = columns
+        .iter()
+        .map(|c| format!("`{}`", c.column.replace('`', "\\`")))
+        .collect();
     let insert_sql = format!(
         "INSERT INTO {} ({}) FORMAT RowBinary",
         target.table.ch(),

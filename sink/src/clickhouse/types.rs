@@ -23,7 +23,10 @@ pub enum ChType {
     /// Ticks of 10^-precision seconds.
     DateTime64(u32),
     /// `bytes` is 4, 8 or 16 (Decimal32/64/128).
-    Decimal { bytes: u8, scale: u32 },
+    Decimal {
+        bytes: u8,
+        scale: u32,
+    },
     IPv4,
     Uuid,
     Nullable(Box<ChType>),
@@ -45,7 +48,11 @@ impl ChType {
             return Self::parse(inner);
         }
         if let Some(args) = unwrap_call(name, "FixedString") {
-            return args.trim().parse().map(Self::FixedString).map_err(|_| unsupported());
+            return args
+                .trim()
+                .parse()
+                .map(Self::FixedString)
+                .map_err(|_| unsupported());
         }
         if let Some(args) = unwrap_call(name, "DateTime64") {
             let precision = args.split(',').next().unwrap_or("").trim();
@@ -67,8 +74,14 @@ impl ChType {
         }
         if let Some(args) = unwrap_call(name, "Decimal") {
             let mut parts = args.split(',').map(str::trim);
-            let precision: u32 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(unsupported)?;
-            let scale: u32 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(unsupported)?;
+            let precision: u32 = parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(unsupported)?;
+            let scale: u32 = parts
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(unsupported)?;
             let bytes = match precision {
                 1..=9 => 4,
                 10..=18 => 8,
@@ -105,7 +118,9 @@ impl ChType {
 
 /// `Name(args)` → `args`.
 fn unwrap_call<'a>(name: &'a str, func: &str) -> Option<&'a str> {
-    name.strip_prefix(func)?.strip_prefix('(')?.strip_suffix(')')
+    name.strip_prefix(func)?
+        .strip_prefix('(')?
+        .strip_suffix(')')
 }
 
 impl fmt::Display for ChType {
@@ -114,7 +129,9 @@ impl fmt::Display for ChType {
             Self::Nullable(inner) => write!(f, "Nullable({inner})"),
             Self::FixedString(n) => write!(f, "FixedString({n})"),
             Self::DateTime64(p) => write!(f, "DateTime64({p})"),
-            Self::Decimal { bytes, scale } => write!(f, "Decimal{}({scale})", u32::from(*bytes) * 8),
+            Self::Decimal { bytes, scale } => {
+                write!(f, "Decimal{}({scale})", u32::from(*bytes) * 8)
+            }
             other => write!(f, "{other:?}"),
         }
     }
@@ -133,10 +150,22 @@ mod tests {
         );
         assert_eq!(ChType::parse("LowCardinality(String)"), Ok(ChType::String));
         assert_eq!(ChType::parse("DateTime('UTC')"), Ok(ChType::DateTime));
-        assert_eq!(ChType::parse("DateTime64(3, 'UTC')"), Ok(ChType::DateTime64(3)));
-        assert_eq!(ChType::parse("Decimal(9, 2)"), Ok(ChType::Decimal { bytes: 4, scale: 2 }));
-        assert_eq!(ChType::parse("Decimal32(2)"), Ok(ChType::Decimal { bytes: 4, scale: 2 }));
-        assert_eq!(ChType::parse("Decimal(18, 4)"), Ok(ChType::Decimal { bytes: 8, scale: 4 }));
+        assert_eq!(
+            ChType::parse("DateTime64(3, 'UTC')"),
+            Ok(ChType::DateTime64(3))
+        );
+        assert_eq!(
+            ChType::parse("Decimal(9, 2)"),
+            Ok(ChType::Decimal { bytes: 4, scale: 2 })
+        );
+        assert_eq!(
+            ChType::parse("Decimal32(2)"),
+            Ok(ChType::Decimal { bytes: 4, scale: 2 })
+        );
+        assert_eq!(
+            ChType::parse("Decimal(18, 4)"),
+            Ok(ChType::Decimal { bytes: 8, scale: 4 })
+        );
         assert!(ChType::parse("Array(String)").is_err());
         assert!(ChType::parse("Map(String, String)").is_err());
     }

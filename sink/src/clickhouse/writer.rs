@@ -27,7 +27,11 @@ impl ClickHouseWriter {
     }
 
     /// Inserts `rows` (RowBinary for `plan`'s columns) as one block.
-    pub async fn insert(&self, plan: &TablePlan, rows: Bytes) -> Result<(), clickhouse::error::Error> {
+    pub async fn insert(
+        &self,
+        plan: &TablePlan,
+        rows: Bytes,
+    ) -> Result<(), clickhouse::error::Error> {
         let mut insert = self.client.insert_formatted_with(plan.insert_sql.clone());
         insert.send(rows).await?;
         insert.end().await

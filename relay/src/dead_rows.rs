@@ -1,0 +1,40 @@
+//! `relay replay`: puts rows set aside in `outbox_dead_rows` back in their
+//! flow (after the operator fixed the row or raised Kafka's limit).
+
+use flows::Flow;
+use tokio_postgres::Client;
+
+/// Deletes the flow's set-aside rows (only `source_id` if given), flags their
+/// source rows pending again and wakes the relay. Returns how many rows.
+pub async fn replay(
+    client: &mut Client,
+    flow: &Flow,
+    source_id: Option<i64>,
+) -> Result<u64, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let mut total = 0;
+    for source in &flow.sources {
+        let sql = format!(
+            "WITH d AS (DELETE FROM outbox_dead_rows WHERE flow = $1 AND source_table = $2 \
+             AND ($3::int8 IS NULL OR source_id = $3) RETURNING source_id) \
+             UPDATE {} SET sent_to_kafka = FALSE WHERE \"id\" IN (SELECT source_id FROM d)",
+            source.table.pg()
+        );
+        let n = tx
+            .execute(
+                &sql,
+                &[&flow.name.as_str(), &source.table.as_str(), &source_id],
+            )
+            .await?;
+        if n > 0 {
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&crate::listener::CHANNEL, &source.table.as_str()],
+            )
+            .await?;
+        }
+        total += n;
+    }
+    tx.commit().await?;
+    Ok(total)
+}
