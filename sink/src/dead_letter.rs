@@ -26,6 +26,12 @@ pub struct DeadLetterQueue {
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Dead letters carry at most this much of the original payload, so that a
+/// letter fits Kafka's default 1 MB message limit; a cut letter has a
+/// `payload_truncated` header with the original size (the whole message
+/// stays in the source topic at `source_partition`/`source_offset`).
+pub const MAX_LETTER_PAYLOAD: usize = 900 * 1024;
+
 impl DeadLetterQueue {
     pub fn new(brokers: &str, suffix: &str) -> Result<Self, KafkaError> {
         let producer = ClientConfig::new()
@@ -54,7 +60,8 @@ impl DeadLetterQueue {
         for letter in letters {
             let partition = letter.partition.to_string();
             let offset = letter.offset.to_string();
-            let headers = OwnedHeaders::new_with_capacity(4)
+            let original = letter.payload.as_ref().map_or(0, Vec::len).to_string();
+            let mut headers = OwnedHeaders::new_with_capacity(5)
                 .insert(Header {
                     key: "error",
                     value: Some(letter.error.as_bytes()),
@@ -71,6 +78,12 @@ impl DeadLetterQueue {
                     key: "source_offset",
                     value: Some(offset.as_bytes()),
                 });
+            if letter.payload.as_ref().is_some_and(|p| p.len() > MAX_LETTER_PAYLOAD) {
+                headers = headers.insert(Header {
+                    key: "payload_truncated",
+                    value: Some(original.as_bytes()),
+                });
+            }
             let topic = self.topic_for(&letter.topic);
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&topic).headers(headers);
@@ -78,7 +91,7 @@ impl DeadLetterQueue {
                 record = record.key(key.as_slice());
             }
             if let Some(payload) = &letter.payload {
-                record = record.payload(payload.as_slice());
+                record = record.payload(&payload[..payload.len().min(MAX_LETTER_PAYLOAD)]);
             }
             deliveries.push(self.producer.send_result(record).map_err(|(e, _)| e)?);
         }

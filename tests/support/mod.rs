@@ -15,6 +15,7 @@
 
 pub mod containers;
 pub mod daemon;
+pub mod faults;
 pub mod proxy;
 pub mod stack;
 pub mod wait;

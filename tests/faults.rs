@@ -1,0 +1,447 @@
+//! The fault suite: under a steady load on two flows (`user_logins`, and
+//! `sales` with its two tables), inject each fault, then check that every
+//! source row is flagged, the deduplicated ClickHouse view holds exactly the
+//! source rows, and nothing stays pending. Each fault writes a results row
+//! (`scripts/faults.sh` renders README's table). `FAULT_ROUNDS=long` runs the
+//! long loop; CI runs the short one. Tests run one at a time (they restart
+//! Postgres and load the machine).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use flows::metrics::Metrics;
+use outbox_tests::faults::{Load, long_mode, peak_rss_mib, rounds, verify};
+use outbox_tests::proxy::Proxy;
+use outbox_tests::{Daemon, TestStack, wait_until};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Message};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const LOAD_ROWS_PER_SEC: u64 = 600;
+
+async fn stack(test: &str) -> anyhow::Result<TestStack> {
+    let mut stack = TestStack::start(test).await?;
+    stack.flows = "user_logins,sales".into();
+    stack.migrate().await?;
+    Ok(stack)
+}
+
+fn label(stack: &TestStack, what: &str, i: u32) -> String {
+    format!("{}-{what}-{i}", stack.name)
+}
+
+/// Keeps a daemon running: respawns it whenever it exits (a failpoint abort)
+/// and counts the restarts.
+async fn supervise_for(daemon: &mut Daemon, spawn: &dyn Fn(u32) -> Daemon, period: Duration, restarts: &mut u32) {
+    let end = Instant::now() + period;
+    while Instant::now() < end {
+        if !daemon.is_running() {
+            *restarts += 1;
+            *daemon = spawn(*restarts + 1000);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_kill_9_at_random_moments_and_between_the_commits() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("f_relay_kill").await?;
+    let metrics = Metrics::default();
+    let sink = stack.spawn_sink(&metrics)?;
+    let mut env = stack.daemon_env();
+    env.push(("OUTBOX_FAILPOINTS".into(), "relay-after-kafka-commit=0.05".into()));
+    let spawn = |i: u32| Daemon::spawn("relay", &["run"], &env, &label(&stack, "relay", i));
+    let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
+    let mut relay = spawn(0);
+    let (mut kills, mut aborts) = (0u32, 0u32);
+    for round in 0..rounds(4, 20) {
+        let wait = Duration::from_millis(300 + u64::from(rand::random::<u16>() % 900));
+        supervise_for(&mut relay, &spawn, wait, &mut aborts).await;
+        relay.kill9();
+        kills += 1;
+        relay = spawn(round + 1);
+    }
+    load.stop().await;
+    let recovering = Instant::now();
+    let report = verify(&stack, "relay kill -9 (random moments + failpoint between Kafka and Postgres commits)", kills + aborts, recovering, &format!("{kills} kills, {aborts} failpoint aborts")).await;
+    assert!(report.rows_sent > 0);
+    sink.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_kill_9_at_random_moments_and_between_insert_and_commit() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("f_sink_kill").await?;
+    let metrics = Metrics::default();
+    let relay = stack.spawn_relay(&metrics)?;
+    let mut env = stack.daemon_env();
+    env.push(("OUTBOX_FAILPOINTS".into(), "sink-after-insert=0.05".into()));
+    let spawn = |i: u32| Daemon::spawn("sink", &["run"], &env, &label(&stack, "sink", i));
+    let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
+    let mut sink = spawn(0);
+    let (mut kills, mut aborts) = (0u32, 0u32);
+    for round in 0..rounds(3, 15) {
+        let wait = Duration::from_millis(500 + u64::from(rand::random::<u16>() % 1500));
+        supervise_for(&mut sink, &spawn, wait, &mut aborts).await;
+        sink.kill9();
+        kills += 1;
+        sink = spawn(round + 1);
+    }
+    load.stop().await;
+    let recovering = Instant::now();
+    verify(&stack, "sink kill -9 (random moments + failpoint between insert and offset commit)", kills + aborts, recovering, &format!("{kills} kills, {aborts} failpoint aborts; a killed member's partitions wait for session.timeout.ms (10 s)")).await;
+    relay.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_stopped_then_back_with_bounded_sink_memory() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut stack = stack("f_ch_outage").await?;
+    let proxy = Proxy::start(stack.clickhouse_url.trim_start_matches("http://").parse()?).await?;
+    stack.overrides.push(("CLICKHOUSE_URL".into(), format!("http://{}", proxy.addr)));
+    let metrics = Metrics::default();
+    let relay = stack.spawn_relay(&metrics)?;
+    let mut sink = Daemon::spawn("sink", &["run"], &stack.daemon_env(), &label(&stack, "sink", 0));
+    let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outage = Duration::from_secs(if long_mode() { 30 } else { 6 });
+    proxy.cut();
+    let before = peak_rss_mib(sink.pid()).unwrap_or(0);
+    tokio::time::sleep(outage).await;
+    let during = peak_rss_mib(sink.pid()).unwrap_or(0);
+    proxy.restore();
+    let recovering = Instant::now();
+    load.stop().await;
+    assert!(sink.is_running(), "the sink waits out the outage");
+    assert!(during < 300, "sink peak RSS {during} MiB during the outage");
+    verify(&stack, &format!("ClickHouse unreachable {} s, then back", outage.as_secs()), 1, recovering, &format!("sink peak RSS {before} MiB before, {during} MiB after the outage; resumed by itself")).await;
+    relay.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("f_kafka").await?;
+    let Some(mock) = stack.mock.clone() else {
+        eprintln!("skipped: Kafka fault injection needs the mock cluster");
+        return Ok(());
+    };
+    let metrics = Metrics::default();
+    let running = vec![stack.spawn_relay(&metrics)?, stack.spawn_sink(&metrics)?];
+    let hold = Duration::from_secs(if long_mode() { 10 } else { 3 });
+    type Inject = Box<dyn Fn(&devstack::MockKafka)>;
+    let faults: Vec<(&str, Inject, Inject, &str)> = vec![
+        (
+            "Kafka broker down, then up",
+            Box::new(|m| { let _ = m.broker_down(1); }),
+            Box::new(|m| { let _ = m.broker_up(1); }),
+            "broker 1 of 3 (leader of some partitions) down",
+        ),
+        (
+            "Kafka produce errors (retriable)",
+            Box::new(|m| m.push_request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 30])),
+            Box::new(|m| m.clear_request_errors(RDKafkaApiKey::Produce)),
+            "librdkafka retries inside the transaction",
+        ),
+        (
+            "Kafka transaction errors that require an abort",
+            Box::new(|m| m.push_request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 5])),
+            Box::new(|m| m.clear_request_errors(RDKafkaApiKey::Produce)),
+            "aborted, rolled back, retried with a new producer",
+        ),
+        (
+            "Kafka fenced producer",
+            Box::new(|m| m.push_request_errors(RDKafkaApiKey::EndTxn, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED; 2])),
+            Box::new(|m| m.clear_request_errors(RDKafkaApiKey::EndTxn)),
+            "fatal error: producer recreated (the mock injects the error; it does not fence for real)",
+        ),
+        (
+            "Kafka slow broker (500 ms per request)",
+            Box::new(|m| { for b in 1..=3 { let _ = m.broker_round_trip(b, Duration::from_millis(500)); } }),
+            Box::new(|m| { for b in 1..=3 { let _ = m.broker_round_trip(b, Duration::ZERO); } }),
+            "all three brokers slow",
+        ),
+    ];
+    for (name, inject, clear, note) in &faults {
+        let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let failed_before = metrics.value("relay_batches_failed_total", &[("flow", "user_logins")]);
+        inject(&mock);
+        tokio::time::sleep(hold).await;
+        clear(&mock);
+        let recovering = Instant::now();
+        load.stop().await;
+        let failed = metrics.value("relay_batches_failed_total", &[("flow", "user_logins")]) - failed_before;
+        verify(&stack, name, 1, recovering, &format!("{note}; {failed} relay batches retried")).await;
+    }
+    for r in running {
+        r.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connection_terminated_and_server_restarted() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("f_postgres").await?;
+    let metrics = Metrics::default();
+    let running = vec![stack.spawn_relay(&metrics)?, stack.spawn_sink(&metrics)?];
+    let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
+    let terminations = rounds(3, 10);
+    let admin = stack.pg().await?;
+    for _ in 0..terminations {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await?;
+    }
+    let recovering = Instant::now();
+    load.stop().await;
+    verify(&stack, "Postgres: relay connections terminated mid-batch", terminations, recovering, "pg_terminate_backend on every session of the database").await;
+
+    let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restarts = rounds(1, 3);
+    for _ in 0..restarts {
+        let version = std::fs::read_dir("/etc/postgresql")?.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).max().unwrap_or_default();
+        let status = std::process::Command::new("pg_ctlcluster")
+            .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+            .status()?;
+        assert!(status.success(), "pg_ctlcluster restart");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let recovering = Instant::now();
+    load.stop().await;
+    verify(&stack, "Postgres server restarted", restarts, recovering, "pg_ctlcluster restart under load").await;
+    for r in running {
+        r.stop().await?;
+    }
+    Ok(())
+}
+
+/// For every key, the ids in topic order with repeats (re-publications)
+/// dropped must increase.
+fn per_key_order_holds(brokers: &str, topic: &str, group: &str) -> anyhow::Result<(usize, usize)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut seen: BTreeMap<Vec<u8>, (i64, std::collections::BTreeSet<i64>)> = BTreeMap::new();
+    let (mut messages, mut idle) = (0usize, Instant::now());
+    while idle.elapsed() < Duration::from_secs(3) {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
+        idle = Instant::now();
+        messages += 1;
+        let id: i64 = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "source_id").and_then(|h| h.value))
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(-1);
+        let entry = seen.entry(m.key().unwrap_or_default().to_vec()).or_insert((i64::MIN, Default::default()));
+        if entry.1.insert(id) {
+            anyhow::ensure!(id > entry.0, "key {:?}: id {id} after {}", String::from_utf8_lossy(m.key().unwrap_or_default()), entry.0);
+            entry.0 = id;
+        }
+    }
+    Ok((messages, seen.len()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_the_standby_takes_over_and_per_key_order_holds() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("f_failover").await?;
+    let metrics = Metrics::default();
+    let sink = stack.spawn_sink(&metrics)?;
+    let env = stack.daemon_env();
+    let spawn = |i: u32| Daemon::spawn("relay", &["run"], &env, &label(&stack, "relay", i));
+    let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
+    let mut relays = vec![spawn(0), spawn(1)];
+    let mut takeovers = Vec::new();
+    for round in 0..rounds(2, 8) {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // The active one is the one whose log says so last.
+        let active = relays
+            .iter()
+            .position(|d| std::fs::read_to_string(&d.log).is_ok_and(|l| l.contains("active relay for this flow")))
+            .unwrap_or(0);
+        let mut dead = relays.remove(active);
+        dead.kill9();
+        let killed = Instant::now();
+        let standby = relays[0].log.clone();
+        wait_until("the standby taking over", Duration::from_secs(15), || async {
+            Ok(std::fs::read_to_string(&standby)?.matches("active relay for this flow").count() >= 2)
+        })
+        .await;
+        takeovers.push(killed.elapsed().as_millis());
+        relays.push(spawn(round + 2));
+    }
+    load.stop().await;
+    let recovering = Instant::now();
+    let topic = stack.topic("user_events");
+    let (b, g) = (stack.kafka_brokers.clone(), format!("{}.order", stack.name));
+    let report = verify(&stack, "Two relays, the active one killed", takeovers.len() as u32, recovering, &format!("standby took over in {takeovers:?} ms")).await;
+    let (messages, keys) = tokio::task::spawn_blocking(move || per_key_order_holds(&b, &topic, &g)).await??;
+    assert!(messages as u64 >= report.rows_sent / 3 && keys > 1, "{messages} messages, {keys} keys checked");
+    sink.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sinks_in_one_group_split_partitions_and_rebalance_mid_batch() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("f_two_sinks").await?;
+    let relay = stack.spawn_relay(&Metrics::default())?;
+    let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
+    let (m1, m2, m3) = (Metrics::default(), Metrics::default(), Metrics::default());
+    let first = stack.spawn_sink(&m1)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = stack.spawn_sink(&m2)?; // rebalance while the first has a batch open
+    let inserted = |m: &Metrics| m.value("sink_rows_inserted_total", &[("flow", "user_logins"), ("table", "user_logins")]);
+    wait_until("both sinks loading their share", Duration::from_secs(30), || async {
+        let before = (inserted(&m1), inserted(&m2));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Ok(inserted(&m1) > before.0 && inserted(&m2) > before.1)
+    })
+    .await;
+    first.stop().await?; // second rebalance: the survivor takes every partition
+    let third = stack.spawn_sink(&m3)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    load.stop().await;
+    let recovering = Instant::now();
+    verify(&stack, "Two sinks in one group, rebalances mid-batch", 3, recovering, &format!("rows loaded per sink: {}, {}, {}", inserted(&m1), inserted(&m2), inserted(&m3))).await;
+    second.stop().await?;
+    third.stop().await?;
+    relay.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("f_poison").await?;
+    let metrics = Metrics::default();
+    let running = vec![stack.spawn_relay(&metrics)?, stack.spawn_sink(&metrics)?];
+    let load = Load::start(&stack, 300);
+    let topic = stack.topic("user_events");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .set("message.max.bytes", "10000000")
+        .create()?;
+    let oversized = format!("{{\"id\": 99999999, \"username\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let bad: [&[u8]; 4] = [
+        b"{\"id\": 1, \"username\": ",         // malformed JSON
+        br#"{"id": "abc", "username": "u"}"#,    // wrong type
+        br#"{"username": "no id"}"#,             // missing required field
+        oversized.as_bytes(),                    // larger than SINK_MAX_MESSAGE_BYTES
+    ];
+    for payload in &bad {
+        producer
+            .send(BaseRecord::<(), [u8]>::to(&topic).payload(payload))
+            .map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(10))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.stop().await;
+    let recovering = Instant::now();
+    verify(&stack, "Poison messages in the topic", bad.len() as u32, recovering, "malformed JSON, wrong type, missing field, 2 MiB: all in user_events.dlq").await;
+    assert_eq!(metrics.value("sink_dead_letters_total", &[("flow", "user_logins"), ("topic", &topic)]), 4);
+
+    let (b, dlq, g) = (stack.kafka_brokers.clone(), format!("{topic}.dlq"), format!("{}.dlq", stack.name));
+    let letters = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("group.id", &g)
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        consumer.subscribe(&[&dlq])?;
+        let mut out = Vec::new();
+        let start = Instant::now();
+        while out.len() < 4 && start.elapsed() < Duration::from_secs(20) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let headers = m
+                    .headers()
+                    .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                    .unwrap_or_default();
+                out.push(headers);
+            }
+        }
+        Ok(out)
+    })
+    .await??;
+    assert_eq!(letters.len(), 4, "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter.get("source_topic"), Some(&topic), "{letter:?}");
+        assert!(letter.contains_key("source_partition") && letter.contains_key("source_offset"), "{letter:?}");
+    }
+    let errors: Vec<&str> = letters.iter().filter_map(|l| l.get("error").map(String::as_str)).collect();
+    for expected in ["malformed JSON", "column id: expected an unsigned integer", "column id: missing required field", "exceeds SINK_MAX_MESSAGE_BYTES"] {
+        assert!(errors.iter().any(|e| e.contains(expected)), "no letter says {expected:?}: {errors:?}");
+    }
+    let oversized = letters.iter().find(|l| l.get("error").is_some_and(|e| e.contains("SINK_MAX_MESSAGE_BYTES")));
+    assert!(oversized.is_some_and(|l| l.contains_key("payload_truncated")), "{oversized:?}");
+    for r in running {
+        r.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_kafka_refuses_is_set_aside_and_can_be_replayed() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("f_dead_row").await?;
+    let metrics = Metrics::default();
+    let running = vec![stack.spawn_relay(&metrics)?, stack.spawn_sink(&metrics)?];
+    let pg = stack.pg().await?;
+    pg.batch_execute(
+        "INSERT INTO user_logins (username, event_type, event_time) VALUES ('before', 'login', now());
+         INSERT INTO user_logins (username, event_type, event_time) VALUES (repeat('x', 2 * 1024 * 1024), 'login', now());
+         INSERT INTO user_logins (username, event_type, event_time) VALUES ('after', 'login', now());",
+    )
+    .await?;
+    wait_until("the flow moving past the refused row", Duration::from_secs(30), || async {
+        Ok(stack.pending("user_logins").await? == 0 && stack.ch_count_final("user_logins").await? == 2)
+    })
+    .await;
+    let (id, error): (i64, String) = {
+        let row = pg.query_one("SELECT source_id, error FROM outbox_dead_rows WHERE flow = 'user_logins'", &[]).await?;
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(id, 2);
+    assert!(error.to_lowercase().contains("too large"), "{error}");
+    assert_eq!(metrics.value("relay_rows_set_aside_total", &[("flow", "user_logins"), ("table", "user_logins")]), 1);
+
+    // The operator fixes the row and replays it.
+    pg.execute("UPDATE user_logins SET username = 'fixed' WHERE id = 2", &[]).await?;
+    let env = stack.daemon_env();
+    let (code, stderr) = tokio::task::spawn_blocking(move || {
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        outbox_tests::daemon::run_to_exit("relay", &["replay", "--flow", "user_logins"], &pairs)
+    })
+    .await?;
+    assert_eq!(code, Some(0), "{stderr}");
+    wait_until("the replayed row in ClickHouse", Duration::from_secs(30), || async {
+        Ok(stack.ch_count_final("user_logins").await? == 3)
+    })
+    .await;
+    let name: Option<String> = stack.ch().query("SELECT username FROM user_logins FINAL WHERE id = 2").fetch_one().await?;
+    assert_eq!(name.as_deref(), Some("fixed"));
+    let left: i64 = pg.query_one("SELECT count(*) FROM outbox_dead_rows", &[]).await?.get(0);
+    assert_eq!(left, 0);
+    for r in running {
+        r.stop().await?;
+    }
+    Ok(())
+}
