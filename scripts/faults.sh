@@ -14,7 +14,7 @@ export FAULT_ROUNDS=${FAULT_ROUNDS:-long}
 export FAULT_RESULTS=$ROOT/target/fault-results-$FAULT_ROUNDS.jsonl
 rm -f "$FAULT_RESULTS"
 cargo build --workspace --bins --quiet
-cargo test -p outbox-tests --test faults -- --test-threads=1 >&2
+cargo test -p outbox-tests --test faults --test etl -- --test-threads=1 >&2
 python3 - "$FAULT_RESULTS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]

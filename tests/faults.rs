@@ -65,6 +65,11 @@ async fn relay_kill_9_at_random_moments_and_between_the_commits() -> anyhow::Res
         kills += 1;
         relay = spawn(round + 1);
     }
+    // The last instance runs without crash points, so that it can finish.
+    relay.kill9();
+    kills += 1;
+    let clean_env = stack.daemon_env();
+    let _last = Daemon::spawn("relay", &["run"], &clean_env, &label(&stack, "relay", 999));
     load.stop().await;
     let recovering = Instant::now();
     let report = verify(&stack, "relay kill -9 (random moments + failpoint between Kafka and Postgres commits)", kills + aborts, recovering, &format!("{kills} kills, {aborts} failpoint aborts")).await;
@@ -92,6 +97,11 @@ async fn sink_kill_9_at_random_moments_and_between_insert_and_commit() -> anyhow
         kills += 1;
         sink = spawn(round + 1);
     }
+    // The last instance runs without crash points, so that it can finish.
+    sink.kill9();
+    kills += 1;
+    let clean_env = stack.daemon_env();
+    let _last = Daemon::spawn("sink", &["run"], &clean_env, &label(&stack, "sink", 999));
     load.stop().await;
     let recovering = Instant::now();
     verify(&stack, "sink kill -9 (random moments + failpoint between insert and offset commit)", kills + aborts, recovering, &format!("{kills} kills, {aborts} failpoint aborts; a killed member's partitions wait for session.timeout.ms (10 s)")).await;

@@ -159,7 +159,7 @@ pub async fn verify(stack: &TestStack, fault: &str, injected: u32, recovering_si
 }
 
 /// Appends the report to `target/fault-results.jsonl` (or FAULT_RESULTS).
-fn record(report: &FaultReport) {
+pub fn record(report: &FaultReport) {
     let path = std::env::var("FAULT_RESULTS").unwrap_or_else(|_| {
         let exe = std::env::current_exe().unwrap_or_default();
         exe.ancestors()
