@@ -187,7 +187,11 @@ async fn kill_9_of_the_stage_loses_and_duplicates_nothing() -> anyhow::Result<()
         .query("SELECT count(), uniqExact(event_type, source_id) FROM events_processed")
         .fetch_one()
         .await?;
-    assert_eq!((stored, distinct), (total, total), "exactly the raw events, once each");
+    assert_eq!(
+        (stored, distinct),
+        (total, total),
+        "exactly the raw events, once each"
+    );
     outbox_tests::faults::record(&outbox_tests::faults::FaultReport {
         fault: "etl stage kill -9 (consume-transform-produce)".into(),
         injected: 4,

@@ -35,7 +35,12 @@ fn label(stack: &TestStack, what: &str, i: u32) -> String {
 
 /// Keeps a daemon running: respawns it whenever it exits (a failpoint abort)
 /// and counts the restarts.
-async fn supervise_for(daemon: &mut Daemon, spawn: &dyn Fn(u32) -> Daemon, period: Duration, restarts: &mut u32) {
+async fn supervise_for(
+    daemon: &mut Daemon,
+    spawn: &dyn Fn(u32) -> Daemon,
+    period: Duration,
+    restarts: &mut u32,
+) {
     let end = Instant::now() + period;
     while Instant::now() < end {
         if !daemon.is_running() {
@@ -53,7 +58,10 @@ async fn relay_kill_9_at_random_moments_and_between_the_commits() -> anyhow::Res
     let metrics = Metrics::default();
     let sink = stack.spawn_sink(&metrics)?;
     let mut env = stack.daemon_env();
-    env.push(("OUTBOX_FAILPOINTS".into(), "relay-after-kafka-commit=0.05".into()));
+    env.push((
+        "OUTBOX_FAILPOINTS".into(),
+        "relay-after-kafka-commit=0.05".into(),
+    ));
     let spawn = |i: u32| Daemon::spawn("relay", &["run"], &env, &label(&stack, "relay", i));
     let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
     let mut relay = spawn(0);
@@ -72,7 +80,14 @@ async fn relay_kill_9_at_random_moments_and_between_the_commits() -> anyhow::Res
     let _last = Daemon::spawn("relay", &["run"], &clean_env, &label(&stack, "relay", 999));
     load.stop().await;
     let recovering = Instant::now();
-    let report = verify(&stack, "relay kill -9 (random moments + failpoint between Kafka and Postgres commits)", kills + aborts, recovering, &format!("{kills} kills, {aborts} failpoint aborts")).await;
+    let report = verify(
+        &stack,
+        "relay kill -9 (random moments + failpoint between Kafka and Postgres commits)",
+        kills + aborts,
+        recovering,
+        &format!("{kills} kills, {aborts} failpoint aborts"),
+    )
+    .await;
     assert!(report.rows_sent > 0);
     sink.stop().await?;
     Ok(())
@@ -114,10 +129,17 @@ async fn clickhouse_stopped_then_back_with_bounded_sink_memory() -> anyhow::Resu
     let _serial = SERIAL.lock().await;
     let mut stack = stack("f_ch_outage").await?;
     let proxy = Proxy::start(stack.clickhouse_url.trim_start_matches("http://").parse()?).await?;
-    stack.overrides.push(("CLICKHOUSE_URL".into(), format!("http://{}", proxy.addr)));
+    stack
+        .overrides
+        .push(("CLICKHOUSE_URL".into(), format!("http://{}", proxy.addr)));
     let metrics = Metrics::default();
     let relay = stack.spawn_relay(&metrics)?;
-    let mut sink = Daemon::spawn("sink", &["run"], &stack.daemon_env(), &label(&stack, "sink", 0));
+    let mut sink = Daemon::spawn(
+        "sink",
+        &["run"],
+        &stack.daemon_env(),
+        &label(&stack, "sink", 0),
+    );
     let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let outage = Duration::from_secs(if long_mode() { 30 } else { 6 });
@@ -130,13 +152,23 @@ async fn clickhouse_stopped_then_back_with_bounded_sink_memory() -> anyhow::Resu
     load.stop().await;
     assert!(sink.is_running(), "the sink waits out the outage");
     assert!(during < 300, "sink peak RSS {during} MiB during the outage");
-    verify(&stack, &format!("ClickHouse unreachable {} s, then back", outage.as_secs()), 1, recovering, &format!("sink peak RSS {before} MiB before, {during} MiB after the outage; resumed by itself")).await;
+    verify(
+        &stack,
+        &format!("ClickHouse unreachable {} s, then back", outage.as_secs()),
+        1,
+        recovering,
+        &format!(
+            "sink peak RSS {before} MiB before, {during} MiB after the outage; resumed by itself"
+        ),
+    )
+    .await;
     relay.stop().await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker() -> anyhow::Result<()> {
+async fn kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker() -> anyhow::Result<()>
+{
     let _serial = SERIAL.lock().await;
     let stack = stack("f_kafka").await?;
     let Some(mock) = stack.mock.clone() else {
@@ -150,32 +182,59 @@ async fn kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker() ->
     let faults: Vec<(&str, Inject, Inject, &str)> = vec![
         (
             "Kafka broker down, then up",
-            Box::new(|m| { let _ = m.broker_down(1); }),
-            Box::new(|m| { let _ = m.broker_up(1); }),
+            Box::new(|m| {
+                let _ = m.broker_down(1);
+            }),
+            Box::new(|m| {
+                let _ = m.broker_up(1);
+            }),
             "broker 1 of 3 (leader of some partitions) down",
         ),
         (
             "Kafka produce errors (retriable)",
-            Box::new(|m| m.push_request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 30])),
+            Box::new(|m| {
+                m.push_request_errors(
+                    RDKafkaApiKey::Produce,
+                    &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 30],
+                )
+            }),
             Box::new(|m| m.clear_request_errors(RDKafkaApiKey::Produce)),
             "librdkafka retries inside the transaction",
         ),
         (
             "Kafka transaction errors that require an abort",
-            Box::new(|m| m.push_request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 5])),
+            Box::new(|m| {
+                m.push_request_errors(
+                    RDKafkaApiKey::Produce,
+                    &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 5],
+                )
+            }),
             Box::new(|m| m.clear_request_errors(RDKafkaApiKey::Produce)),
             "aborted, rolled back, retried with a new producer",
         ),
         (
             "Kafka fenced producer",
-            Box::new(|m| m.push_request_errors(RDKafkaApiKey::EndTxn, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED; 2])),
+            Box::new(|m| {
+                m.push_request_errors(
+                    RDKafkaApiKey::EndTxn,
+                    &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED; 2],
+                )
+            }),
             Box::new(|m| m.clear_request_errors(RDKafkaApiKey::EndTxn)),
             "fatal error: producer recreated (the mock injects the error; it does not fence for real)",
         ),
         (
             "Kafka slow broker (500 ms per request)",
-            Box::new(|m| { for b in 1..=3 { let _ = m.broker_round_trip(b, Duration::from_millis(500)); } }),
-            Box::new(|m| { for b in 1..=3 { let _ = m.broker_round_trip(b, Duration::ZERO); } }),
+            Box::new(|m| {
+                for b in 1..=3 {
+                    let _ = m.broker_round_trip(b, Duration::from_millis(500));
+                }
+            }),
+            Box::new(|m| {
+                for b in 1..=3 {
+                    let _ = m.broker_round_trip(b, Duration::ZERO);
+                }
+            }),
             "all three brokers slow",
         ),
     ];
@@ -188,8 +247,16 @@ async fn kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker() ->
         clear(&mock);
         let recovering = Instant::now();
         load.stop().await;
-        let failed = metrics.value("relay_batches_failed_total", &[("flow", "user_logins")]) - failed_before;
-        verify(&stack, name, 1, recovering, &format!("{note}; {failed} relay batches retried")).await;
+        let failed =
+            metrics.value("relay_batches_failed_total", &[("flow", "user_logins")]) - failed_before;
+        verify(
+            &stack,
+            name,
+            1,
+            recovering,
+            &format!("{note}; {failed} relay batches retried"),
+        )
+        .await;
     }
     for r in running {
         r.stop().await?;
@@ -217,13 +284,24 @@ async fn postgres_connection_terminated_and_server_restarted() -> anyhow::Result
     }
     let recovering = Instant::now();
     load.stop().await;
-    verify(&stack, "Postgres: relay connections terminated mid-batch", terminations, recovering, "pg_terminate_backend on every session of the database").await;
+    verify(
+        &stack,
+        "Postgres: relay connections terminated mid-batch",
+        terminations,
+        recovering,
+        "pg_terminate_backend on every session of the database",
+    )
+    .await;
 
     let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let restarts = rounds(1, 3);
     for _ in 0..restarts {
-        let version = std::fs::read_dir("/etc/postgresql")?.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).max().unwrap_or_default();
+        let version = std::fs::read_dir("/etc/postgresql")?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .max()
+            .unwrap_or_default();
         let status = std::process::Command::new("pg_ctlcluster")
             .args(["--skip-systemctl-redirect", &version, "main", "restart"])
             .status()?;
@@ -232,7 +310,14 @@ async fn postgres_connection_terminated_and_server_restarted() -> anyhow::Result
     }
     let recovering = Instant::now();
     load.stop().await;
-    verify(&stack, "Postgres server restarted", restarts, recovering, "pg_ctlcluster restart under load").await;
+    verify(
+        &stack,
+        "Postgres server restarted",
+        restarts,
+        recovering,
+        "pg_ctlcluster restart under load",
+    )
+    .await;
     for r in running {
         r.stop().await?;
     }
@@ -252,17 +337,30 @@ fn per_key_order_holds(brokers: &str, topic: &str, group: &str) -> anyhow::Resul
     let mut seen: BTreeMap<Vec<u8>, (i64, std::collections::BTreeSet<i64>)> = BTreeMap::new();
     let (mut messages, mut idle) = (0usize, Instant::now());
     while idle.elapsed() < Duration::from_secs(3) {
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         idle = Instant::now();
         messages += 1;
         let id: i64 = m
             .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "source_id").and_then(|h| h.value))
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "source_id")
+                    .and_then(|h| h.value)
+            })
             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
             .unwrap_or(-1);
-        let entry = seen.entry(m.key().unwrap_or_default().to_vec()).or_insert((i64::MIN, Default::default()));
+        let entry = seen
+            .entry(m.key().unwrap_or_default().to_vec())
+            .or_insert((i64::MIN, Default::default()));
         if entry.1.insert(id) {
-            anyhow::ensure!(id > entry.0, "key {:?}: id {id} after {}", String::from_utf8_lossy(m.key().unwrap_or_default()), entry.0);
+            anyhow::ensure!(
+                id > entry.0,
+                "key {:?}: id {id} after {}",
+                String::from_utf8_lossy(m.key().unwrap_or_default()),
+                entry.0
+            );
             entry.0 = id;
         }
     }
@@ -285,15 +383,25 @@ async fn two_relays_the_standby_takes_over_and_per_key_order_holds() -> anyhow::
         // The active one is the one whose log says so last.
         let active = relays
             .iter()
-            .position(|d| std::fs::read_to_string(&d.log).is_ok_and(|l| l.contains("active relay for this flow")))
+            .position(|d| {
+                std::fs::read_to_string(&d.log)
+                    .is_ok_and(|l| l.contains("active relay for this flow"))
+            })
             .unwrap_or(0);
         let mut dead = relays.remove(active);
         dead.kill9();
         let killed = Instant::now();
         let standby = relays[0].log.clone();
-        wait_until("the standby taking over", Duration::from_secs(15), || async {
-            Ok(std::fs::read_to_string(&standby)?.matches("active relay for this flow").count() >= 2)
-        })
+        wait_until(
+            "the standby taking over",
+            Duration::from_secs(15),
+            || async {
+                Ok(std::fs::read_to_string(&standby)?
+                    .matches("active relay for this flow")
+                    .count()
+                    >= 2)
+            },
+        )
         .await;
         takeovers.push(killed.elapsed().as_millis());
         relays.push(spawn(round + 2));
@@ -302,9 +410,20 @@ async fn two_relays_the_standby_takes_over_and_per_key_order_holds() -> anyhow::
     let recovering = Instant::now();
     let topic = stack.topic("user_events");
     let (b, g) = (stack.kafka_brokers.clone(), format!("{}.order", stack.name));
-    let report = verify(&stack, "Two relays, the active one killed", takeovers.len() as u32, recovering, &format!("standby took over in {takeovers:?} ms")).await;
-    let (messages, keys) = tokio::task::spawn_blocking(move || per_key_order_holds(&b, &topic, &g)).await??;
-    assert!(messages as u64 >= report.rows_sent / 3 && keys > 1, "{messages} messages, {keys} keys checked");
+    let report = verify(
+        &stack,
+        "Two relays, the active one killed",
+        takeovers.len() as u32,
+        recovering,
+        &format!("standby took over in {takeovers:?} ms"),
+    )
+    .await;
+    let (messages, keys) =
+        tokio::task::spawn_blocking(move || per_key_order_holds(&b, &topic, &g)).await??;
+    assert!(
+        messages as u64 >= report.rows_sent / 3 && keys > 1,
+        "{messages} messages, {keys} keys checked"
+    );
     sink.stop().await?;
     Ok(())
 }
@@ -319,19 +438,40 @@ async fn two_sinks_in_one_group_split_partitions_and_rebalance_mid_batch() -> an
     let first = stack.spawn_sink(&m1)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let second = stack.spawn_sink(&m2)?; // rebalance while the first has a batch open
-    let inserted = |m: &Metrics| m.value("sink_rows_inserted_total", &[("flow", "user_logins"), ("table", "user_logins")]);
-    wait_until("both sinks loading their share", Duration::from_secs(30), || async {
-        let before = (inserted(&m1), inserted(&m2));
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        Ok(inserted(&m1) > before.0 && inserted(&m2) > before.1)
-    })
+    let inserted = |m: &Metrics| {
+        m.value(
+            "sink_rows_inserted_total",
+            &[("flow", "user_logins"), ("table", "user_logins")],
+        )
+    };
+    wait_until(
+        "both sinks loading their share",
+        Duration::from_secs(30),
+        || async {
+            let before = (inserted(&m1), inserted(&m2));
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(inserted(&m1) > before.0 && inserted(&m2) > before.1)
+        },
+    )
     .await;
     first.stop().await?; // second rebalance: the survivor takes every partition
     let third = stack.spawn_sink(&m3)?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     load.stop().await;
     let recovering = Instant::now();
-    verify(&stack, "Two sinks in one group, rebalances mid-batch", 3, recovering, &format!("rows loaded per sink: {}, {}, {}", inserted(&m1), inserted(&m2), inserted(&m3))).await;
+    verify(
+        &stack,
+        "Two sinks in one group, rebalances mid-batch",
+        3,
+        recovering,
+        &format!(
+            "rows loaded per sink: {}, {}, {}",
+            inserted(&m1),
+            inserted(&m2),
+            inserted(&m3)
+        ),
+    )
+    .await;
     second.stop().await?;
     third.stop().await?;
     relay.stop().await?;
@@ -339,7 +479,8 @@ async fn two_sinks_in_one_group_split_partitions_and_rebalance_mid_batch() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() -> anyhow::Result<()> {
+async fn poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() -> anyhow::Result<()>
+{
     let _serial = SERIAL.lock().await;
     let stack = stack("f_poison").await?;
     let metrics = Metrics::default();
@@ -350,12 +491,15 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() ->
         .set("bootstrap.servers", &stack.kafka_brokers)
         .set("message.max.bytes", "10000000")
         .create()?;
-    let oversized = format!("{{\"id\": 99999999, \"username\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let oversized = format!(
+        "{{\"id\": 99999999, \"username\": \"{}\"}}",
+        "x".repeat(2 * 1024 * 1024)
+    );
     let bad: [&[u8]; 4] = [
-        b"{\"id\": 1, \"username\": ",         // malformed JSON
-        br#"{"id": "abc", "username": "u"}"#,    // wrong type
-        br#"{"username": "no id"}"#,             // missing required field
-        oversized.as_bytes(),                    // larger than SINK_MAX_MESSAGE_BYTES
+        b"{\"id\": 1, \"username\": ",        // malformed JSON
+        br#"{"id": "abc", "username": "u"}"#, // wrong type
+        br#"{"username": "no id"}"#,          // missing required field
+        oversized.as_bytes(),                 // larger than SINK_MAX_MESSAGE_BYTES
     ];
     for payload in &bad {
         producer
@@ -366,42 +510,90 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() ->
     tokio::time::sleep(Duration::from_secs(2)).await;
     load.stop().await;
     let recovering = Instant::now();
-    verify(&stack, "Poison messages in the topic", bad.len() as u32, recovering, "malformed JSON, wrong type, missing field, 2 MiB: all in user_events.dlq").await;
-    assert_eq!(metrics.value("sink_dead_letters_total", &[("flow", "user_logins"), ("topic", &topic)]), 4);
+    verify(
+        &stack,
+        "Poison messages in the topic",
+        bad.len() as u32,
+        recovering,
+        "malformed JSON, wrong type, missing field, 2 MiB: all in user_events.dlq",
+    )
+    .await;
+    assert_eq!(
+        metrics.value(
+            "sink_dead_letters_total",
+            &[("flow", "user_logins"), ("topic", &topic)]
+        ),
+        4
+    );
 
-    let (b, dlq, g) = (stack.kafka_brokers.clone(), format!("{topic}.dlq"), format!("{}.dlq", stack.name));
-    let letters = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<BTreeMap<String, String>>> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &b)
-            .set("group.id", &g)
-            .set("auto.offset.reset", "earliest")
-            .create()?;
-        consumer.subscribe(&[&dlq])?;
-        let mut out = Vec::new();
-        let start = Instant::now();
-        while out.len() < 4 && start.elapsed() < Duration::from_secs(20) {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                let headers = m
-                    .headers()
-                    .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
-                    .unwrap_or_default();
-                out.push(headers);
+    let (b, dlq, g) = (
+        stack.kafka_brokers.clone(),
+        format!("{topic}.dlq"),
+        format!("{}.dlq", stack.name),
+    );
+    let letters =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &b)
+                .set("group.id", &g)
+                .set("auto.offset.reset", "earliest")
+                .create()?;
+            consumer.subscribe(&[&dlq])?;
+            let mut out = Vec::new();
+            let start = Instant::now();
+            while out.len() < 4 && start.elapsed() < Duration::from_secs(20) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(headers);
+                }
             }
-        }
-        Ok(out)
-    })
-    .await??;
+            Ok(out)
+        })
+        .await??;
     assert_eq!(letters.len(), 4, "{letters:?}");
     for letter in &letters {
         assert_eq!(letter.get("source_topic"), Some(&topic), "{letter:?}");
-        assert!(letter.contains_key("source_partition") && letter.contains_key("source_offset"), "{letter:?}");
+        assert!(
+            letter.contains_key("source_partition") && letter.contains_key("source_offset"),
+            "{letter:?}"
+        );
     }
-    let errors: Vec<&str> = letters.iter().filter_map(|l| l.get("error").map(String::as_str)).collect();
-    for expected in ["malformed JSON", "column id: expected an unsigned integer", "column id: missing required field", "exceeds SINK_MAX_MESSAGE_BYTES"] {
-        assert!(errors.iter().any(|e| e.contains(expected)), "no letter says {expected:?}: {errors:?}");
+    let errors: Vec<&str> = letters
+        .iter()
+        .filter_map(|l| l.get("error").map(String::as_str))
+        .collect();
+    for expected in [
+        "malformed JSON",
+        "column id: expected an unsigned integer",
+        "column id: missing required field",
+        "exceeds SINK_MAX_MESSAGE_BYTES",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "no letter says {expected:?}: {errors:?}"
+        );
     }
-    let oversized = letters.iter().find(|l| l.get("error").is_some_and(|e| e.contains("SINK_MAX_MESSAGE_BYTES")));
-    assert!(oversized.is_some_and(|l| l.contains_key("payload_truncated")), "{oversized:?}");
+    let oversized = letters.iter().find(|l| {
+        l.get("error")
+            .is_some_and(|e| e.contains("SINK_MAX_MESSAGE_BYTES"))
+    });
+    assert!(
+        oversized.is_some_and(|l| l.contains_key("payload_truncated")),
+        "{oversized:?}"
+    );
     for r in running {
         r.stop().await?;
     }
@@ -421,20 +613,40 @@ async fn a_row_kafka_refuses_is_set_aside_and_can_be_replayed() -> anyhow::Resul
          INSERT INTO user_logins (username, event_type, event_time) VALUES ('after', 'login', now());",
     )
     .await?;
-    wait_until("the flow moving past the refused row", Duration::from_secs(30), || async {
-        Ok(stack.pending("user_logins").await? == 0 && stack.ch_count_final("user_logins").await? == 2)
-    })
+    wait_until(
+        "the flow moving past the refused row",
+        Duration::from_secs(30),
+        || async {
+            Ok(stack.pending("user_logins").await? == 0
+                && stack.ch_count_final("user_logins").await? == 2)
+        },
+    )
     .await;
     let (id, error): (i64, String) = {
-        let row = pg.query_one("SELECT source_id, error FROM outbox_dead_rows WHERE flow = 'user_logins'", &[]).await?;
+        let row = pg
+            .query_one(
+                "SELECT source_id, error FROM outbox_dead_rows WHERE flow = 'user_logins'",
+                &[],
+            )
+            .await?;
         (row.get(0), row.get(1))
     };
     assert_eq!(id, 2);
     assert!(error.to_lowercase().contains("too large"), "{error}");
-    assert_eq!(metrics.value("relay_rows_set_aside_total", &[("flow", "user_logins"), ("table", "user_logins")]), 1);
+    assert_eq!(
+        metrics.value(
+            "relay_rows_set_aside_total",
+            &[("flow", "user_logins"), ("table", "user_logins")]
+        ),
+        1
+    );
 
     // The operator fixes the row and replays it.
-    pg.execute("UPDATE user_logins SET username = 'fixed' WHERE id = 2", &[]).await?;
+    pg.execute(
+        "UPDATE user_logins SET username = 'fixed' WHERE id = 2",
+        &[],
+    )
+    .await?;
     let env = stack.daemon_env();
     let (code, stderr) = tokio::task::spawn_blocking(move || {
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -442,13 +654,22 @@ async fn a_row_kafka_refuses_is_set_aside_and_can_be_replayed() -> anyhow::Resul
     })
     .await?;
     assert_eq!(code, Some(0), "{stderr}");
-    wait_until("the replayed row in ClickHouse", Duration::from_secs(30), || async {
-        Ok(stack.ch_count_final("user_logins").await? == 3)
-    })
+    wait_until(
+        "the replayed row in ClickHouse",
+        Duration::from_secs(30),
+        || async { Ok(stack.ch_count_final("user_logins").await? == 3) },
+    )
     .await;
-    let name: Option<String> = stack.ch().query("SELECT username FROM user_logins FINAL WHERE id = 2").fetch_one().await?;
+    let name: Option<String> = stack
+        .ch()
+        .query("SELECT username FROM user_logins FINAL WHERE id = 2")
+        .fetch_one()
+        .await?;
     assert_eq!(name.as_deref(), Some("fixed"));
-    let left: i64 = pg.query_one("SELECT count(*) FROM outbox_dead_rows", &[]).await?.get(0);
+    let left: i64 = pg
+        .query_one("SELECT count(*) FROM outbox_dead_rows", &[])
+        .await?
+        .get(0);
     assert_eq!(left, 0);
     for r in running {
         r.stop().await?;

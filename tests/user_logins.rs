@@ -380,18 +380,70 @@ fn bad_settings_exit_2_naming_the_setting_without_secrets() {
             "CLICKHOUSE_DATABASE",
         ),
     ];
-    let broken_toml = std::env::temp_dir().join(format!("broken-flows-{}.toml", std::process::id()));
-    let _ = std::fs::write(&broken_toml, "[[flows]]\nname = \"x\"\nconsumer_group = \"g\"\ncolour = \"red\"\n");
+    let broken_toml =
+        std::env::temp_dir().join(format!("broken-flows-{}.toml", std::process::id()));
+    let _ = std::fs::write(
+        &broken_toml,
+        "[[flows]]\nname = \"x\"\nconsumer_group = \"g\"\ncolour = \"red\"\n",
+    );
     let broken = broken_toml.display().to_string();
     let more: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
-        ("relay", vec![("DATABASE_URL", pg), ("KAFKA_BROKERS", "h:1"), ("FLOWS_FILE", "/nonexistent/flows.toml")], "FLOWS_FILE"),
-        ("sink", vec![("CLICKHOUSE_URL", "http://h:8123"), ("KAFKA_BROKERS", "h:1"), ("FLOWS_FILE", &broken)], "colour"),
-        ("sink", vec![("CLICKHOUSE_URL", "http://h:8123"), ("KAFKA_BROKERS", "h:1"), ("SINK_METRICS_ADDR", "everywhere")], "SINK_METRICS_ADDR"),
-        ("sink", vec![("CLICKHOUSE_URL", "http://h:8123"), ("KAFKA_BROKERS", "h:1"), ("SINK_MAX_MESSAGE_BYTES", "0")], "SINK_MAX_MESSAGE_BYTES"),
-        ("relay", vec![("DATABASE_URL", pg), ("KAFKA_BROKERS", "h:1"), ("KAFKA_ACKS", "1")], "KAFKA_ACKS"),
-        ("stage", vec![("KAFKA_BROKERS", "h:1"), ("FLOWS", "user_logins")], "FLOWS"),
+        (
+            "relay",
+            vec![
+                ("DATABASE_URL", pg),
+                ("KAFKA_BROKERS", "h:1"),
+                ("FLOWS_FILE", "/nonexistent/flows.toml"),
+            ],
+            "FLOWS_FILE",
+        ),
+        (
+            "sink",
+            vec![
+                ("CLICKHOUSE_URL", "http://h:8123"),
+                ("KAFKA_BROKERS", "h:1"),
+                ("FLOWS_FILE", &broken),
+            ],
+            "colour",
+        ),
+        (
+            "sink",
+            vec![
+                ("CLICKHOUSE_URL", "http://h:8123"),
+                ("KAFKA_BROKERS", "h:1"),
+                ("SINK_METRICS_ADDR", "everywhere"),
+            ],
+            "SINK_METRICS_ADDR",
+        ),
+        (
+            "sink",
+            vec![
+                ("CLICKHOUSE_URL", "http://h:8123"),
+                ("KAFKA_BROKERS", "h:1"),
+                ("SINK_MAX_MESSAGE_BYTES", "0"),
+            ],
+            "SINK_MAX_MESSAGE_BYTES",
+        ),
+        (
+            "relay",
+            vec![
+                ("DATABASE_URL", pg),
+                ("KAFKA_BROKERS", "h:1"),
+                ("KAFKA_ACKS", "1"),
+            ],
+            "KAFKA_ACKS",
+        ),
+        (
+            "stage",
+            vec![("KAFKA_BROKERS", "h:1"), ("FLOWS", "user_logins")],
+            "FLOWS",
+        ),
         ("stage", vec![("FLOWS", "etl")], "KAFKA_BROKERS"),
-        ("stage", vec![("KAFKA_BROKERS", "h:1"), ("STAGE_BATCH_SIZE", "x")], "STAGE_BATCH_SIZE"),
+        (
+            "stage",
+            vec![("KAFKA_BROKERS", "h:1"), ("STAGE_BATCH_SIZE", "x")],
+            "STAGE_BATCH_SIZE",
+        ),
     ];
     let all: Vec<(&str, &[(&str, &str)], &str)> = cases
         .iter()

@@ -59,6 +59,20 @@ pub async fn serve(
     Ok(bound)
 }
 
+/// Serves on `addr` if configured, logging where; a failure to bind is
+/// logged and the daemon runs on without the endpoint.
+pub async fn serve_if_configured(
+    addr: Option<SocketAddr>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) {
+    let Some(addr) = addr else { return };
+    match serve(addr, metrics.clone(), shutdown.clone()).await {
+        Ok(bound) => tracing::info!(addr = %bound, "serving /metrics and /healthz"),
+        Err(error) => tracing::error!(%addr, %error, "cannot serve metrics; running without"),
+    }
+}
+
 /// Parses a `host:port` setting; `off` disables the endpoint (`None`).
 pub fn parse_addr(name: &str, value: &str) -> Result<Option<SocketAddr>, crate::SettingError> {
     if value == "off" {

@@ -3,10 +3,12 @@
 //! read from the environment, telemetry set-up, shutdown and backoff.
 
 pub mod backoff;
+pub mod cli;
 pub mod definition;
 pub mod failpoint;
 pub mod http;
 pub mod ident;
+pub mod kafka;
 pub mod metrics;
 pub mod migrations;
 pub mod settings;

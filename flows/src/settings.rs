@@ -110,16 +110,19 @@ impl Env {
     }
 }
 
+/// The built-in flows plus those of FLOWS_FILE.
+pub fn catalog(env: &Env) -> Result<FlowCatalog, SettingError> {
+    let file = env.get("FLOWS_FILE").map(PathBuf::from);
+    FlowCatalog::load(file.as_deref()).map_err(|e| SettingError::new("FLOWS_FILE", e.to_string()))
+}
+
 /// The flows selected by FLOWS (default all), from the built-in catalogue
 /// plus FLOWS_FILE, with KAFKA_TOPIC_PREFIX and KAFKA_GROUP_PREFIX applied.
 pub fn selected_flows(env: &Env) -> Result<Vec<Flow>, SettingError> {
-    let file = env.get("FLOWS_FILE").map(PathBuf::from);
-    let catalog = FlowCatalog::load(file.as_deref())
-        .map_err(|e| SettingError::new("FLOWS_FILE", e.to_string()))?
-        .with_prefixes(
-            &env.string_or("KAFKA_TOPIC_PREFIX", ""),
-            &env.string_or("KAFKA_GROUP_PREFIX", ""),
-        );
+    let catalog = catalog(env)?.with_prefixes(
+        &env.string_or("KAFKA_TOPIC_PREFIX", ""),
+        &env.string_or("KAFKA_GROUP_PREFIX", ""),
+    );
     let selection = env.list("FLOWS");
     let flows = catalog
         .select(selection.as_deref())

@@ -34,12 +34,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let config = Arc::new(config);
-    if let Some(addr) = config.metrics_addr {
-        match flows::http::serve(addr, metrics.clone(), shutdown.clone()).await {
-            Ok(bound) => tracing::info!(addr = %bound, "serving /metrics and /healthz"),
-            Err(error) => tracing::error!(%addr, %error, "cannot serve metrics; running without"),
-        }
-    }
+    flows::http::serve_if_configured(config.metrics_addr, &metrics, &shutdown).await;
     if let Some(client) = pg::connect(&config.postgres.url, "startup check", &shutdown).await {
         for flow in &config.flows {
             for source in &flow.sources {

@@ -1,11 +1,14 @@
-//! `relay` — thin binary: parse the command line, read settings, set up
-//! logging, hand over to the library.
+//! `relay` — thin binary: parse the command line, read settings, hand over
+//! to the library.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use flows::cli::{bad_setting, failure, run_main, signals};
 use flows::{Env, SettingError};
 use relay::{RelayConfig, RelayError};
+
+const NAME: &str = "relay";
 
 /// Outbox relay: publishes pending Postgres rows to Kafka in transactions.
 ///
@@ -50,153 +53,98 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let env = Env::from_process();
-    let format = match flows::telemetry::log_format(&env) {
-        Ok(f) => f,
-        Err(e) => return bad_setting(&e),
-    };
-    flows::telemetry::init(format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("relay: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        match cli.command {
+    run_main(NAME, |env| async move {
+        let outcome = match cli.command {
             Command::Migrate => migrate(&env).await,
             Command::Run => run(&env).await,
-            Command::Generate { flow, rate, total } => generate(&env, &flow, rate, total).await,
             Command::Replay { flow, id } => replay(&env, &flow, id).await,
-        }
+            Command::Generate { flow, rate, total } => generate(&env, &flow, rate, total).await,
+        };
+        outcome.unwrap_or_else(|code| code)
     })
 }
 
-async fn migrate(env: &Env) -> ExitCode {
-    let pg = match relay::config::postgres_config(env) {
-        Ok(c) => c,
-        Err(e) => return bad_setting(&e),
-    };
-    let Ok(shutdown) = flows::shutdown::on_signals() else {
-        return ExitCode::FAILURE;
-    };
-    let Some(mut client) = relay::pg::connect(&pg.url, "migrate", &shutdown).await else {
-        return ExitCode::SUCCESS;
-    };
-    let user_dir = env.get("MIGRATIONS_DIR").map(std::path::PathBuf::from);
-    let migrations = match flows::migrations::all("postgres", user_dir.as_deref()) {
-        Ok(m) => m,
-        Err(e) => return bad_setting(&SettingError::new("MIGRATIONS_DIR", e.to_string())),
-    };
-    match relay::migrate::migrate(&mut client, &migrations).await {
-        Ok(applied) => {
-            tracing::info!(applied = ?applied, "postgres migrations up to date");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("relay migrate: {e}");
-            ExitCode::FAILURE
-        }
+fn setting<T>(result: Result<T, SettingError>) -> Result<T, ExitCode> {
+    result.map_err(|e| bad_setting(NAME, &e))
+}
+
+/// A session on DATABASE_URL (retried while Postgres is unreachable), or the
+/// exit code: 0 if SIGTERM came first.
+async fn connect(
+    env: &Env,
+    purpose: &str,
+) -> Result<(tokio_postgres::Client, tokio_util::sync::CancellationToken), ExitCode> {
+    let pg = setting(relay::config::postgres_config(env))?;
+    let shutdown = signals(NAME)?;
+    match relay::pg::connect(&pg.url, purpose, &shutdown).await {
+        Some(client) => Ok((client, shutdown)),
+        None => Err(ExitCode::SUCCESS),
     }
 }
 
-async fn run(env: &Env) -> ExitCode {
-    let config = match RelayConfig::from_env(env) {
-        Ok(c) => c,
-        Err(e) => return bad_setting(&e),
-    };
-    let shutdown = match flows::shutdown::on_signals() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("relay: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
+    let user_dir = env.get("MIGRATIONS_DIR").map(std::path::PathBuf::from);
+    let migrations = flows::migrations::all("postgres", user_dir.as_deref())
+        .map_err(|e| bad_setting(NAME, &SettingError::new("MIGRATIONS_DIR", e.to_string())))?;
+    let (mut client, _) = connect(env, "migrate").await?;
+    let applied = relay::migrate::migrate(&mut client, &migrations)
+        .await
+        .map_err(|e| failure("relay migrate", &relay::error::pg_detail(&e)))?;
+    tracing::info!(applied = ?applied, "postgres migrations up to date");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
+    let config = setting(RelayConfig::from_env(env))?;
+    let shutdown = signals(NAME)?;
     tracing::info!(flows = ?config.flows.iter().map(|f| f.name.to_string()).collect::<Vec<_>>(), "relay starting");
     match relay::run(config, flows::metrics::Metrics::default(), shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(RelayError::Source(e)) => {
-            eprintln!("relay: {e}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("relay: {e}");
-            ExitCode::FAILURE
-        }
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // A flow contradicting its tables is a configuration error.
+        Err(RelayError::Source(e)) => Err(bad_setting(
+            NAME,
+            &SettingError::new("FLOWS", e.to_string()),
+        )),
+        Err(e) => Err(failure(NAME, &e)),
     }
 }
 
-async fn generate(env: &Env, flow: &str, rate: u64, total: Option<u64>) -> ExitCode {
-    let pg = match relay::config::postgres_config(env) {
-        Ok(c) => c,
-        Err(e) => return bad_setting(&e),
-    };
-    let catalog = match flows::FlowCatalog::load(env.get("FLOWS_FILE").map(std::path::Path::new)) {
-        Ok(c) => c,
-        Err(e) => return bad_setting(&SettingError::new("FLOWS_FILE", e.to_string())),
-    };
-    let target = match relay::generate::source_flow(&catalog, flow) {
-        Ok(f) => f,
-        Err(e) => return bad_setting(&SettingError::new("--flow", e)),
-    };
+async fn generate(
+    env: &Env,
+    flow: &str,
+    rate: u64,
+    total: Option<u64>,
+) -> Result<ExitCode, ExitCode> {
+    let catalog = setting(flows::settings::catalog(env))?;
+    let target = setting(
+        relay::generate::source_flow(&catalog, flow).map_err(|e| SettingError::new("--flow", e)),
+    )?;
     if rate == 0 {
-        return bad_setting(&SettingError::new("--rate", "must be greater than 0"));
-    }
-    let Ok(shutdown) = flows::shutdown::on_signals() else {
-        return ExitCode::FAILURE;
-    };
-    let Some(client) = relay::pg::connect(&pg.url, "generate", &shutdown).await else {
-        return ExitCode::SUCCESS;
-    };
-    match relay::generate::generate(&client, &target, rate, total, &shutdown).await {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("relay generate: {}", relay::error::pg_detail(&e));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn replay(env: &Env, flow: &str, id: Option<i64>) -> ExitCode {
-    let pg = match relay::config::postgres_config(env) {
-        Ok(c) => c,
-        Err(e) => return bad_setting(&e),
-    };
-    let catalog = match flows::FlowCatalog::load(env.get("FLOWS_FILE").map(std::path::Path::new)) {
-        Ok(c) => c,
-        Err(e) => return bad_setting(&SettingError::new("FLOWS_FILE", e.to_string())),
-    };
-    let Some(flow) = catalog
-        .flows()
-        .iter()
-        .find(|f| f.name.as_str() == flow)
-        .cloned()
-    else {
-        return bad_setting(&SettingError::new(
-            "--flow",
-            format!("unknown flow `{flow}`"),
+        return Err(bad_setting(
+            NAME,
+            &SettingError::new("--rate", "must be greater than 0"),
         ));
-    };
-    let Ok(shutdown) = flows::shutdown::on_signals() else {
-        return ExitCode::FAILURE;
-    };
-    let Some(mut client) = relay::pg::connect(&pg.url, "replay", &shutdown).await else {
-        return ExitCode::SUCCESS;
-    };
-    match relay::dead_rows::replay(&mut client, &flow, id).await {
-        Ok(n) => {
-            println!("flow={} replayed={n}", flow.name);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("relay replay: {}", relay::error::pg_detail(&e));
-            ExitCode::FAILURE
-        }
     }
+    let (client, shutdown) = connect(env, "generate").await?;
+    relay::generate::generate(&client, &target, rate, total, &shutdown)
+        .await
+        .map_err(|e| failure("relay generate", &relay::error::pg_detail(&e)))?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn bad_setting(e: &SettingError) -> ExitCode {
-    eprintln!("relay: {e}");
-    ExitCode::from(2)
+async fn replay(env: &Env, flow: &str, id: Option<i64>) -> Result<ExitCode, ExitCode> {
+    let catalog = setting(flows::settings::catalog(env))?;
+    let flow = setting(
+        catalog
+            .select(Some(&[flow.to_owned()]))
+            .map_err(|e| SettingError::new("--flow", e.to_string())),
+    )?;
+    let (mut client, _) = connect(env, "replay").await?;
+    for flow in &flow {
+        let n = relay::dead_rows::replay(&mut client, flow, id)
+            .await
+            .map_err(|e| failure("relay replay", &relay::error::pg_detail(&e)))?;
+        println!("flow={} replayed={n}", flow.name);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -78,7 +78,11 @@ impl DeadLetterQueue {
                     key: "source_offset",
                     value: Some(offset.as_bytes()),
                 });
-            if letter.payload.as_ref().is_some_and(|p| p.len() > MAX_LETTER_PAYLOAD) {
+            if letter
+                .payload
+                .as_ref()
+                .is_some_and(|p| p.len() > MAX_LETTER_PAYLOAD)
+            {
                 headers = headers.insert(Header {
                     key: "payload_truncated",
                     value: Some(original.as_bytes()),

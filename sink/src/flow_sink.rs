@@ -41,29 +41,15 @@ pub enum SinkError {
     Kafka(#[from] KafkaError),
 }
 
-/// Consumer settings: read_committed (aborted relay transactions are never
-/// loaded), offsets committed by hand after ClickHouse accepted the rows, a
-/// bounded prefetch queue so memory stays bounded at any backlog.
+/// The flow's consumer (settings: `flows::kafka::consumer_settings`).
 pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("client.id", format!("outbox-sink-{group}"))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        // Subscribing creates a missing topic (where the cluster allows it),
-        // and topics created later are noticed within seconds, not minutes.
-        .set("allow.auto.create.topics", "true")
-        .set("topic.metadata.refresh.interval.ms", "10000")
-        // A killed sink's partitions move to the others (or to its restarted
-        // self) after this long; Kafka's 45 s default stalls a restart.
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "2000")
-        .set("queued.max.messages.kbytes", "32768")
-        .set("fetch.max.bytes", "16777216")
-        .create()
+    let mut config = ClientConfig::new();
+    for (key, value) in
+        flows::kafka::consumer_settings(brokers, group, &format!("outbox-sink-{group}"))
+    {
+        config.set(key, value);
+    }
+    config.create()
 }
 
 impl FlowSink {

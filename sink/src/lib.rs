@@ -39,12 +39,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
-    if let Some(addr) = config.metrics_addr {
-        match flows::http::serve(addr, metrics.clone(), shutdown.clone()).await {
-            Ok(bound) => tracing::info!(addr = %bound, "serving /metrics and /healthz"),
-            Err(error) => tracing::error!(%addr, %error, "cannot serve metrics; running without"),
-        }
-    }
+    flows::http::serve_if_configured(config.metrics_addr, &metrics, &shutdown).await;
     let ch = client::client(&config.clickhouse, Some(&config.clickhouse.database));
     let writer = Arc::new(ClickHouseWriter::new(ch));
     let mut sinks = Vec::new();

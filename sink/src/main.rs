@@ -1,11 +1,14 @@
-//! `sink` — thin binary: parse the command line, read settings, set up
-//! logging, hand over to the library.
+//! `sink` — thin binary: parse the command line, read settings, hand over to
+//! the library.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use flows::cli::{bad_setting, failure, run_main, signals};
 use flows::{Env, SettingError};
 use sink::{RunError, SinkConfig};
+
+const NAME: &str = "sink";
 
 /// Outbox sink: loads Kafka topics into ClickHouse in batches.
 ///
@@ -39,99 +42,65 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let env = Env::from_process();
-    let format = match flows::telemetry::log_format(&env) {
-        Ok(f) => f,
-        Err(e) => return bad_setting(&e),
-    };
-    flows::telemetry::init(format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sink: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        match cli.command {
+    run_main(NAME, |env| async move {
+        let outcome = match cli.command {
             Command::Migrate => migrate(&env).await,
             Command::Run => run(&env).await,
             Command::Watch {
                 interval_secs,
                 from_start,
             } => watch(&env, interval_secs, from_start).await,
-        }
+        };
+        outcome.unwrap_or_else(|code| code)
     })
 }
 
-async fn migrate(env: &Env) -> ExitCode {
-    let cfg = match sink::config::clickhouse_config(env) {
-        Ok(c) => c,
-        Err(e) => return bad_setting(&e),
-    };
-    let Ok(shutdown) = flows::shutdown::on_signals() else {
-        return ExitCode::FAILURE;
-    };
-    let user_dir = env.get("MIGRATIONS_DIR").map(std::path::PathBuf::from);
-    let migrations = match flows::migrations::all("clickhouse", user_dir.as_deref()) {
-        Ok(m) => m,
-        Err(e) => return bad_setting(&SettingError::new("MIGRATIONS_DIR", e.to_string())),
-    };
-    match sink::migrate_with_retry(&cfg, &migrations, &shutdown).await {
-        Ok(applied) => {
-            tracing::info!(applied = ?applied, "clickhouse migrations up to date");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("sink migrate: {e}");
-            ExitCode::FAILURE
-        }
-    }
+fn setting<T>(result: Result<T, SettingError>) -> Result<T, ExitCode> {
+    result.map_err(|e| bad_setting(NAME, &e))
 }
 
-async fn run(env: &Env) -> ExitCode {
-    let config = match SinkConfig::from_env(env) {
-        Ok(c) => c,
-        Err(e) => return bad_setting(&e),
-    };
-    let shutdown = match flows::shutdown::on_signals() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("sink: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
+    let cfg = setting(sink::config::clickhouse_config(env))?;
+    let user_dir = env.get("MIGRATIONS_DIR").map(std::path::PathBuf::from);
+    let migrations = setting(
+        flows::migrations::all("clickhouse", user_dir.as_deref())
+            .map_err(|e| SettingError::new("MIGRATIONS_DIR", e.to_string())),
+    )?;
+    let shutdown = signals(NAME)?;
+    let applied = sink::migrate_with_retry(&cfg, &migrations, &shutdown)
+        .await
+        .map_err(|e| failure("sink migrate", &e))?;
+    tracing::info!(applied = ?applied, "clickhouse migrations up to date");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
+    let config = setting(SinkConfig::from_env(env))?;
+    let shutdown = signals(NAME)?;
     tracing::info!(flows = ?config.flows.iter().map(|f| f.name.to_string()).collect::<Vec<_>>(), "sink starting");
     match sink::run(config, flows::metrics::Metrics::default(), shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(RunError::Schema(e)) => {
-            eprintln!("sink: {e}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("sink: {e}");
-            ExitCode::FAILURE
-        }
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // A flow contradicting its tables is a configuration error.
+        Err(RunError::Schema(e)) => Err(bad_setting(
+            NAME,
+            &SettingError::new("FLOWS", e.to_string()),
+        )),
+        Err(e) => Err(failure(NAME, &e)),
     }
 }
 
-async fn watch(env: &Env, interval_secs: u64, from_start: bool) -> ExitCode {
-    let cfg = match sink::config::clickhouse_config(env) {
-        Ok(c) => c,
-        Err(e) => return bad_setting(&e),
-    };
+async fn watch(env: &Env, interval_secs: u64, from_start: bool) -> Result<ExitCode, ExitCode> {
+    let cfg = setting(sink::config::clickhouse_config(env))?;
     if interval_secs == 0 {
-        return bad_setting(&SettingError::new(
-            "--interval-secs",
-            "must be greater than 0",
+        return Err(bad_setting(
+            NAME,
+            &SettingError::new("--interval-secs", "must be greater than 0"),
         ));
     }
-    let Ok(shutdown) = flows::shutdown::on_signals() else {
-        return ExitCode::FAILURE;
-    };
+    let shutdown = signals(NAME)?;
     let client = sink::clickhouse::client::client(&cfg, Some(&cfg.database));
     let interval = std::time::Duration::from_secs(interval_secs);
-    match sink::watch::watch(
+    sink::watch::watch(
         &client,
         interval,
         from_start,
@@ -139,16 +108,6 @@ async fn watch(env: &Env, interval_secs: u64, from_start: bool) -> ExitCode {
         &shutdown,
     )
     .await
-    {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sink watch: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn bad_setting(e: &SettingError) -> ExitCode {
-    eprintln!("sink: {e}");
-    ExitCode::from(2)
+    .map_err(|e| failure("sink watch", &e))?;
+    Ok(ExitCode::SUCCESS)
 }

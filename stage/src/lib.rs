@@ -17,12 +17,7 @@ use crate::stage_loop::FlowStage;
 /// Runs every selected flow's stage until `shutdown`.
 pub async fn run(config: StageConfig, metrics: Metrics, shutdown: CancellationToken) {
     let config = Arc::new(config);
-    if let Some(addr) = config.metrics_addr {
-        match flows::http::serve(addr, metrics.clone(), shutdown.clone()).await {
-            Ok(bound) => tracing::info!(addr = %bound, "serving /metrics and /healthz"),
-            Err(error) => tracing::error!(%addr, %error, "cannot serve metrics; running without"),
-        }
-    }
+    flows::http::serve_if_configured(config.metrics_addr, &metrics, &shutdown).await;
     let mut tasks = tokio::task::JoinSet::new();
     for flow in &config.flows {
         let Some(stage) = flow.stage.clone() else {

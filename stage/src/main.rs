@@ -3,8 +3,10 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use flows::Env;
+use flows::cli::{bad_setting, run_main, signals};
 use stage::StageConfig;
+
+const NAME: &str = "stage";
 
 /// Exactly-once Kafka → Kafka stage: consumes a flow's input topics,
 /// transforms, produces its output topic, committing consumer offsets in the
@@ -29,31 +31,14 @@ fn main() -> ExitCode {
     let Cli {
         command: Command::Run,
     } = Cli::parse();
-    let env = Env::from_process();
-    let config = match StageConfig::from_env(&env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("stage: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    flows::telemetry::init(
-        flows::telemetry::log_format(&env).unwrap_or(flows::telemetry::LogFormat::Text),
-    );
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("stage: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let shutdown = match flows::shutdown::on_signals() {
+    run_main(NAME, |env| async move {
+        let config = match StageConfig::from_env(&env) {
+            Ok(c) => c,
+            Err(e) => return bad_setting(NAME, &e),
+        };
+        let shutdown = match signals(NAME) {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("stage: cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(code) => return code,
         };
         stage::run(config, flows::metrics::Metrics::default(), shutdown).await;
         ExitCode::SUCCESS

@@ -91,19 +91,15 @@ impl FlowStage {
         shutdown: &CancellationToken,
     ) -> Result<(), StageError> {
         let flow = self.flow.name.to_string();
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.config.brokers)
-            .set("group.id", &self.stage.consumer_group)
-            .set("client.id", format!("outbox-stage-{flow}"))
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("allow.auto.create.topics", "true")
-            .set("topic.metadata.refresh.interval.ms", "10000")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "2000")
-            .set("queued.max.messages.kbytes", "32768")
-            .create()?;
+        let mut consumer_config = ClientConfig::new();
+        for (key, value) in flows::kafka::consumer_settings(
+            &self.config.brokers,
+            &self.stage.consumer_group,
+            &format!("outbox-stage-{flow}"),
+        ) {
+            consumer_config.set(key, value);
+        }
+        let consumer: StreamConsumer = consumer_config.create()?;
         let producer: Arc<BaseProducer> = Arc::new(
             ClientConfig::new()
                 .set("bootstrap.servers", &self.config.brokers)

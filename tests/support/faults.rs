@@ -49,7 +49,9 @@ impl Load {
                         () = stop.cancelled() => return,
                     }
                     if client.is_none() {
-                        if let Ok((c, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                        if let Ok((c, conn)) =
+                            tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                        {
                             tokio::spawn(conn);
                             client = Some(c);
                         } else {
@@ -76,7 +78,11 @@ impl Load {
                 }
             }
         });
-        Self { stop, task, inserted }
+        Self {
+            stop,
+            task,
+            inserted,
+        }
     }
 
     pub async fn stop(self) -> u64 {
@@ -99,20 +105,39 @@ pub struct FaultReport {
     pub note: String,
 }
 
-const PAIRS: [(&str, &str); 3] = [("user_logins", "user_logins"), ("sales", "sales"), ("warehouse", "stock_movements")];
+const PAIRS: [(&str, &str); 3] = [
+    ("user_logins", "user_logins"),
+    ("sales", "sales"),
+    ("warehouse", "stock_movements"),
+];
 
 /// Waits until every source row is flagged and every table caught up, then
 /// measures the guarantee. `recovering_since` is when the last fault ended.
-pub async fn verify(stack: &TestStack, fault: &str, injected: u32, recovering_since: Instant, note: &str) -> FaultReport {
-    wait_until(&format!("{fault}: everything delivered"), Duration::from_secs(90), || async {
-        for (pg, ch) in PAIRS {
-            let sent: i64 = stack.pg().await?.query_one(&format!("SELECT count(*) FROM {pg}"), &[]).await?.get(0);
-            if stack.pending(pg).await? != 0 || stack.ch_count_final(ch).await? < sent as u64 {
-                return Ok(false);
+pub async fn verify(
+    stack: &TestStack,
+    fault: &str,
+    injected: u32,
+    recovering_since: Instant,
+    note: &str,
+) -> FaultReport {
+    wait_until(
+        &format!("{fault}: everything delivered"),
+        Duration::from_secs(90),
+        || async {
+            for (pg, ch) in PAIRS {
+                let sent: i64 = stack
+                    .pg()
+                    .await?
+                    .query_one(&format!("SELECT count(*) FROM {pg}"), &[])
+                    .await?
+                    .get(0);
+                if stack.pending(pg).await? != 0 || stack.ch_count_final(ch).await? < sent as u64 {
+                    return Ok(false);
+                }
             }
-        }
-        Ok(true)
-    })
+            Ok(true)
+        },
+    )
     .await;
     let recovery_ms = recovering_since.elapsed().as_millis() as u64;
     let mut report = FaultReport {
@@ -149,12 +174,16 @@ pub async fn verify(stack: &TestStack, fault: &str, injected: u32, recovering_si
             .unwrap_or_else(|e| panic!("{e:#}"));
         report.rows_sent += source.len() as u64;
         report.rows_lost += source.difference(&distinct).count() as u64;
-        report.doubled_in_view += (stored.len() - distinct.len()) as u64 + distinct.difference(&source).count() as u64;
+        report.doubled_in_view +=
+            (stored.len() - distinct.len()) as u64 + distinct.difference(&source).count() as u64;
         report.raw_duplicates += raw.0 - raw.1;
     }
     record(&report);
     assert_eq!(report.rows_lost, 0, "{fault}: rows lost: {report:?}");
-    assert_eq!(report.doubled_in_view, 0, "{fault}: rows doubled in the deduplicated view: {report:?}");
+    assert_eq!(
+        report.doubled_in_view, 0,
+        "{fault}: rows doubled in the deduplicated view: {report:?}"
+    );
     report
 }
 
@@ -167,8 +196,15 @@ pub fn record(report: &FaultReport) {
             .map(|t| t.join("fault-results.jsonl").display().to_string())
             .unwrap_or_else(|| "fault-results.jsonl".into())
     });
-    eprintln!("fault result: {}", serde_json::to_string(report).unwrap_or_default());
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    eprintln!(
+        "fault result: {}",
+        serde_json::to_string(report).unwrap_or_default()
+    );
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         let _ = writeln!(f, "{}", serde_json::to_string(report).unwrap_or_default());
     }
 }
