@@ -1,0 +1,94 @@
+//! `bench` — the benchmark on the local stack: the relay against its own SQL
+//! ceiling, the sink loading a preloaded topic, end-to-end latency, memory.
+//! `--smoke` runs it small (CI keeps it working); the full run is documented
+//! in BENCHMARKS.md. Results: a Markdown table on stdout and JSON.
+
+mod scenarios;
+mod setup;
+
+use clap::Parser;
+
+/// Benchmark of relay and sink on this machine's stack.
+#[derive(Parser)]
+#[command(name = "bench")]
+struct Cli {
+    /// A few seconds' run that exercises every measurement.
+    #[arg(long)]
+    smoke: bool,
+    /// Backlog size for the throughput runs (default 1,000,000; smoke 20,000).
+    #[arg(long)]
+    rows: Option<u64>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: std::path::PathBuf,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rows = cli
+        .rows
+        .unwrap_or(if cli.smoke { 20_000 } else { 1_000_000 });
+    let latency_secs = if cli.smoke { 3 } else { 30 };
+    let admin = std::env::var("BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let clickhouse =
+        std::env::var("BENCH_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+    // The mock keeps ~5 MiB per partition: enough partitions for the backlog,
+    // with room for keys hashing unevenly (checked before the sink run).
+    let partitions = ((rows * 160 * 3 / (4 * 1024 * 1024)) as i32 + 8).max(8);
+    let bench = setup::Bench::start("outbox_bench", &admin, &clickhouse, partitions).await?;
+
+    let mut figures = Vec::new();
+    eprintln!("backlog of {rows} rows");
+    scenarios::backlog(&bench, rows).await?;
+    eprintln!("ceiling");
+    figures.push(scenarios::ceiling(&bench, rows, 10_000).await?);
+    eprintln!("relay");
+    figures.extend(
+        scenarios::relay_throughput(&bench, rows, "relay: backlog drained into Kafka").await?,
+    );
+    eprintln!("sink");
+    figures.extend(scenarios::sink_throughput(&bench, rows, "sink.").await?);
+    eprintln!("latency");
+    figures.extend(scenarios::latency(&bench, 1000, latency_secs).await?);
+
+    let machine = format!(
+        "{} cores, {} GiB; PostgreSQL, ClickHouse {} and librdkafka's mock Kafka on the same machine",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m
+                .lines()
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok())
+            .map_or(0, |kib| kib / 1024 / 1024),
+        bench
+            .ch()
+            .query("SELECT version()")
+            .fetch_one::<String>()
+            .await
+            .unwrap_or_default()
+    );
+    println!("Machine: {machine}\n");
+    println!("| measure | value | unit | notes |\n|---|---|---|---|");
+    for f in &figures {
+        println!(
+            "| {} | {:.1} | {} | {} |",
+            f.measure, f.value, f.unit, f.note
+        );
+    }
+    if let Some(dir) = cli.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &cli.json,
+        serde_json::to_string_pretty(
+            &serde_json::json!({"machine": machine, "rows": rows, "figures": figures}),
+        )?,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,304 @@
+//! The measurements. Each returns figures; none asserts a target (targets
+//! are read off the table, not enforced by a timed test).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::setup::{Bench, Daemon, time_until};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub measure: String,
+    pub value: f64,
+    pub unit: &'static str,
+    pub note: String,
+}
+
+fn figure(measure: &str, value: f64, unit: &'static str, note: impl Into<String>) -> Figure {
+    Figure {
+        measure: measure.into(),
+        value,
+        unit,
+        note: note.into(),
+    }
+}
+
+/// `n` pending user_logins rows (plain SQL, as users insert), vacuumed.
+pub async fn backlog(bench: &Bench, n: u64) -> anyhow::Result<()> {
+    let pg = bench.pg().await?;
+    pg.execute(
+        "INSERT INTO user_logins (username, event_type, event_time)
+         SELECT 'user' || (g % 1000), (ARRAY['login','registration','purchase'])[1 + g % 3], now() - make_interval(secs => g % 86400)
+         FROM generate_series(1, $1::int) g",
+        &[&(n as i32)],
+    )
+    .await?;
+    pg.batch_execute("VACUUM ANALYZE user_logins").await?;
+    Ok(())
+}
+
+/// Every row pending again (and vacuumed, so each run starts alike).
+pub async fn reset_pending(bench: &Bench) -> anyhow::Result<()> {
+    let pg = bench.pg().await?;
+    pg.batch_execute("UPDATE user_logins SET sent_to_kafka = FALSE")
+        .await?;
+    pg.batch_execute("VACUUM ANALYZE user_logins").await?;
+    Ok(())
+}
+
+async fn pending(bench: &Bench) -> anyhow::Result<i64> {
+    let pg = bench.pg().await?;
+    Ok(pg
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE sent_to_kafka IS NOT TRUE",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// 1. The relay's own SQL loop — lock a batch of pending rows (building their
+/// JSON, as the relay does), flag them, commit — with no Kafka at all.
+pub async fn ceiling(bench: &Bench, n: u64, batch: u32) -> anyhow::Result<Figure> {
+    reset_pending(bench).await?;
+    let pg = bench.pg().await?;
+    let flow = flows::FlowCatalog::builtin()?
+        .select(Some(&["user_logins".to_owned()]))?
+        .remove(0);
+    let source = relay::source::OutboxSource::inspect(&pg, "user_logins", &flow.sources[0]).await?;
+    let start = Instant::now();
+    let mut done = 0u64;
+    loop {
+        pg.batch_execute("BEGIN").await?;
+        let rows = source.fetch_pending(&pg, batch).await?;
+        if rows.is_empty() {
+            pg.batch_execute("COMMIT").await?;
+            break;
+        }
+        source.mark_sent(&pg, &rows.ids()).await?;
+        pg.batch_execute("COMMIT").await?;
+        done += rows.len() as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(done == n, "ceiling flagged {done} of {n}");
+    Ok(figure(
+        "ceiling: relay SQL loop without Kafka",
+        done as f64 / secs,
+        "rows/s",
+        format!("{n} rows, batch {batch}, {secs:.1} s"),
+    ))
+}
+
+/// 2. The relay draining a backlog into Kafka (committed), and its peak RSS.
+pub async fn relay_throughput(bench: &Bench, n: u64, measure: &str) -> anyhow::Result<Vec<Figure>> {
+    reset_pending(bench).await?;
+    let relay = Daemon::spawn("relay", &bench.env("relay."))?;
+    let took = time_until(
+        Duration::from_secs(900),
+        Duration::from_millis(50),
+        || async { Ok(pending(bench).await? == 0) },
+    )
+    .await?;
+    let rss = relay.peak_rss_mib();
+    relay.stop();
+    let secs = took.as_secs_f64();
+    Ok(vec![
+        figure(
+            measure,
+            n as f64 / secs,
+            "rows/s",
+            format!("{n} rows drained and committed in {secs:.1} s (process start included)"),
+        ),
+        figure(&format!("{measure}: relay peak RSS"), rss, "MiB", ""),
+    ])
+}
+
+/// 3. The sink loading the topic the relay filled (a new consumer group, so
+/// from the start), and its peak RSS.
+pub async fn sink_throughput(
+    bench: &Bench,
+    n: u64,
+    group_prefix: &str,
+) -> anyhow::Result<Vec<Figure>> {
+    let held = topic_messages(
+        bench.mock.bootstrap_servers(),
+        "user_events",
+        bench.partitions,
+    )?;
+    anyhow::ensure!(
+        held >= n as i64,
+        "the mock cluster kept only {held} of {n} messages (it drops data past ~5 MiB per partition): use more partitions"
+    );
+    let ch = bench.ch();
+    ch.query("TRUNCATE TABLE user_logins").execute().await?;
+    let sink = Daemon::spawn("sink", &bench.env(group_prefix))?;
+    let took = time_until(
+        Duration::from_secs(900),
+        Duration::from_millis(50),
+        || async {
+            let c: u64 = ch
+                .query("SELECT count() FROM user_logins")
+                .fetch_one()
+                .await?;
+            Ok(c >= n)
+        },
+    )
+    .await?;
+    let rss = sink.peak_rss_mib();
+    sink.stop();
+    let secs = took.as_secs_f64();
+    Ok(vec![
+        figure(
+            "sink: topic preloaded into ClickHouse",
+            n as f64 / secs,
+            "rows/s",
+            format!(
+                "{n} messages in {} partitions, {secs:.1} s (process start and group join included)",
+                bench.partitions
+            ),
+        ),
+        figure("sink: peak RSS", rss, "MiB", ""),
+    ])
+}
+
+/// Messages a topic holds now (sum of high − low watermarks).
+fn topic_messages(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let mut total = 0;
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        total += high - low;
+    }
+    Ok(total)
+}
+
+/// 4. End-to-end latency at a steady `rate` rows/s for `secs`: from the
+/// inserting transaction's commit to the row being visible in ClickHouse.
+pub async fn latency(bench: &Bench, rate: u64, secs: u64) -> anyhow::Result<Vec<Figure>> {
+    let mut env = bench.env("latency.");
+    env.push(("KAFKA_TOPIC_PREFIX".into(), "latency.".into()));
+    bench.mock.create_topic("latency.user_events", 4)?;
+    let relay = Daemon::spawn("relay", &env)?;
+    let sink = Daemon::spawn("sink", &env)?;
+    let ch = bench.ch();
+    let start_id: u64 = ch
+        .query("SELECT max(id) FROM user_logins")
+        .fetch_one()
+        .await?;
+    // Warm up: one row through, so group joins and producer set-up are not measured.
+    let pg = bench.pg().await?;
+    pg.execute("INSERT INTO user_logins (username, event_type, event_time) VALUES ('warm-up', 'login', now())", &[]).await?;
+    time_until(
+        Duration::from_secs(60),
+        Duration::from_millis(5),
+        || async {
+            let m: u64 = ch
+                .query("SELECT max(id) FROM user_logins")
+                .fetch_one()
+                .await?;
+            Ok(m > start_id)
+        },
+    )
+    .await?;
+
+    let commits: Arc<std::sync::Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let inserter = tokio::spawn({
+        let commits = Arc::clone(&commits);
+        let url = bench.database_url.clone();
+        async move {
+            let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            let per_tick = (rate / 100).max(1) as i32;
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let end = Instant::now() + Duration::from_secs(secs);
+            while Instant::now() < end {
+                tick.tick().await;
+                let row = pg
+                    .query_one(
+                        "WITH ins AS (INSERT INTO user_logins (username, event_type, event_time)
+                           SELECT 'lat', 'login', now() FROM generate_series(1, $1::int) RETURNING id)
+                         SELECT max(id)::int8 FROM ins",
+                        &[&per_tick],
+                    )
+                    .await?;
+                let committed = Instant::now();
+                let last: i64 = row.get(0);
+                if let Ok(mut c) = commits.lock() {
+                    c.push((last as u64, committed));
+                }
+            }
+            anyhow::Ok(())
+        }
+    });
+    let mut latencies = Vec::new();
+    let mut next = 0usize;
+    let poll_end = Instant::now() + Duration::from_secs(secs + 30);
+    loop {
+        let visible: u64 = ch
+            .query("SELECT max(id) FROM user_logins")
+            .fetch_one()
+            .await?;
+        let now = Instant::now();
+        let pending: Vec<(u64, Instant)> = commits
+            .lock()
+            .map(|c| c[next..].to_vec())
+            .unwrap_or_default();
+        for (last, committed) in &pending {
+            if *last <= visible {
+                latencies.push(now.duration_since(*committed).as_secs_f64() * 1000.0);
+                next += 1;
+            } else {
+                break;
+            }
+        }
+        if inserter.is_finished() && commits.lock().map(|c| next >= c.len()).unwrap_or(true)
+            || now > poll_end
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    inserter.await??;
+    let (relay_rss, sink_rss) = (relay.peak_rss_mib(), sink.peak_rss_mib());
+    relay.stop();
+    sink.stop();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let note = format!(
+        "{} batches of {} rows every 10 ms for {secs} s; ClickHouse polled every 2 ms",
+        latencies.len(),
+        (rate / 100).max(1)
+    );
+    Ok(vec![
+        figure(
+            &format!("end-to-end latency p50 at {rate} rows/s"),
+            pct(0.50),
+            "ms",
+            note.clone(),
+        ),
+        figure(
+            &format!("end-to-end latency p95 at {rate} rows/s"),
+            pct(0.95),
+            "ms",
+            "",
+        ),
+        figure(
+            &format!("end-to-end latency p99 at {rate} rows/s"),
+            pct(0.99),
+            "ms",
+            "",
+        ),
+        figure("latency run: relay peak RSS", relay_rss, "MiB", ""),
+        figure("latency run: sink peak RSS", sink_rss, "MiB", ""),
+    ])
+}
