@@ -9,6 +9,16 @@ use std::sync::{Arc, Mutex};
 
 type Key = (String, Vec<(String, String)>);
 
+fn key(name: &str, labels: &[(&str, &str)]) -> Key {
+    (
+        name.to_owned(),
+        labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
+}
+
 #[derive(Default)]
 struct Inner {
     help: BTreeMap<String, (&'static str, &'static str)>,
@@ -53,14 +63,9 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         inner.help.entry(name.to_owned()).or_insert((kind, help));
-        let key = (
-            name.to_owned(),
-            labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
-        Series(Arc::clone(inner.values.entry(key).or_default()))
+        Series(Arc::clone(
+            inner.values.entry(key(name, labels)).or_default(),
+        ))
     }
 
     /// A monotonically increasing count (name should end in `_total`).
@@ -79,16 +84,9 @@ impl Metrics {
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = (
-            name.to_owned(),
-            labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
         inner
             .values
-            .get(&key)
+            .get(&key(name, labels))
             .map_or(0, |v| v.load(Ordering::Relaxed))
     }
 

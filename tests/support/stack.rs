@@ -167,45 +167,26 @@ impl TestStack {
     /// Starts the relay library in-process, exactly as `relay run` does.
     pub fn spawn_relay(&self, metrics: &Metrics) -> anyhow::Result<Running> {
         let config = relay::RelayConfig::from_env(&Env::from_pairs(self.daemon_env()))?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn({
-            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-            async move {
-                relay::run(config, metrics, shutdown)
-                    .await
-                    .map_err(anyhow::Error::from)
-            }
-        });
-        Ok(Running { shutdown, task })
+        Ok(Running::spawn(metrics, |m, s| async move {
+            Ok(relay::run(config, m, s).await?)
+        }))
     }
 
     /// Starts the sink library in-process, exactly as `sink run` does.
     pub fn spawn_sink(&self, metrics: &Metrics) -> anyhow::Result<Running> {
         let config = sink::SinkConfig::from_env(&Env::from_pairs(self.daemon_env()))?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn({
-            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-            async move {
-                sink::run(config, metrics, shutdown)
-                    .await
-                    .map_err(anyhow::Error::from)
-            }
-        });
-        Ok(Running { shutdown, task })
+        Ok(Running::spawn(metrics, |m, s| async move {
+            Ok(sink::run(config, m, s).await?)
+        }))
     }
 
     /// Starts the stage library in-process, exactly as `stage run` does.
     pub fn spawn_stage(&self, metrics: &Metrics) -> anyhow::Result<Running> {
         let config = stage::StageConfig::from_env(&Env::from_pairs(self.daemon_env()))?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn({
-            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-            async move {
-                stage::run(config, metrics, shutdown).await;
-                Ok(())
-            }
-        });
-        Ok(Running { shutdown, task })
+        Ok(Running::spawn(metrics, |m, s| async move {
+            stage::run(config, m, s).await;
+            Ok(())
+        }))
     }
 
     pub async fn pg(&self) -> anyhow::Result<Client> {
@@ -263,6 +244,17 @@ pub struct Running {
 }
 
 impl Running {
+    /// Runs `daemon(metrics, shutdown)` as a task.
+    fn spawn<F, Fut>(metrics: &Metrics, daemon: F) -> Self
+    where
+        F: FnOnce(Metrics, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(daemon(metrics.clone(), shutdown.clone()));
+        Self { shutdown, task }
+    }
+
     /// Cancels it like SIGTERM and waits for a clean stop.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
