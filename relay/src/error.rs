@@ -42,9 +42,9 @@ pub enum Recovery {
 
 pub fn classify(err: &RelayError) -> Recovery {
     match err {
-        RelayError::Postgres(e) if e.is_closed() => Recovery::Reconnect,
-        // A statement error (e.g. the connection was terminated mid-query,
-        // or a serialization failure) leaves the session in doubt.
+        // A closed connection, or a statement error (the connection was
+        // terminated mid-query, a serialization failure), leaves the session
+        // and its advisory lock in doubt.
         RelayError::Postgres(_) => Recovery::Reconnect,
         // Even a cleanly aborted transaction gets a new producer: librdkafka
         // may need an epoch bump after it (the next transaction then fails

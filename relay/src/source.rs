@@ -244,13 +244,4 @@ impl OutboxSource {
             }
         }
     }
-
-    /// Rows not yet sent (for status and tests).
-    pub async fn pending_count(&self, client: &Client) -> Result<i64, tokio_postgres::Error> {
-        let sql = format!(
-            "SELECT count(*) FROM \"{}\" WHERE sent_to_kafka IS NOT TRUE",
-            self.table
-        );
-        Ok(client.query_one(&sql, &[]).await?.get(0))
-    }
 }

@@ -110,10 +110,6 @@ impl ChType {
             _ => return Err(unsupported()),
         })
     }
-
-    pub fn is_nullable(&self) -> bool {
-        matches!(self, Self::Nullable(_))
-    }
 }
 
 /// `Name(args)` → `args`.
