@@ -48,7 +48,8 @@ clickhouse_up() { curl -sf "http://127.0.0.1:$CH_HTTP_PORT/ping" >/dev/null 2>&1
 
 # Starts a user-writable ClickHouse under $STACK_DIR/clickhouse unless one
 # already answers on $CH_HTTP_PORT (the Debian package's service does not
-# start by itself here).
+# start by itself here). kafka.auto_offset_reset=smallest lets the
+# benchmark's Kafka-engine peer read a preloaded topic in a new group.
 ensure_clickhouse() {
     if clickhouse_up; then return 0; fi
     command -v curl >/dev/null || apt_install curl
@@ -58,7 +59,8 @@ ensure_clickhouse() {
     log "starting ClickHouse on 127.0.0.1:$CH_HTTP_PORT (data in $dir)"
     nohup clickhouse-server --config-file=/etc/clickhouse-server/config.xml -- \
         --path="$dir/data/" --http_port="$CH_HTTP_PORT" --tcp_port="$CH_TCP_PORT" \
-        --listen_host=127.0.0.1 --logger.log="$dir/log/server.log" \
+        --listen_host=127.0.0.1 --kafka.auto_offset_reset=smallest \
+        --logger.log="$dir/log/server.log" \
         --logger.errorlog="$dir/log/error.log" >"$dir/log/stdout.log" 2>&1 &
     echo $! >"$dir/pid"
     for _ in $(seq 1 120); do

@@ -3,6 +3,7 @@
 //! `--smoke` runs it small (CI keeps it working); the full run is documented
 //! in BENCHMARKS.md. Results: a Markdown table on stdout and JSON.
 
+mod peers;
 mod scenarios;
 mod setup;
 
@@ -18,6 +19,10 @@ struct Cli {
     /// Backlog size for the throughput runs (default 1,000,000; smoke 20,000).
     #[arg(long)]
     rows: Option<u64>,
+    /// Run only these measurements (comma-separated: ceiling, relay, sink,
+    /// peers, growth, latency). The sink loads what the relay run published.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: std::path::PathBuf,
@@ -36,22 +41,47 @@ async fn main() -> anyhow::Result<()> {
         std::env::var("BENCH_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
     // The mock keeps ~5 MiB per partition: enough partitions for the backlog,
     // with room for keys hashing unevenly (checked before the sink run).
-    let partitions = ((rows * 160 * 3 / (4 * 1024 * 1024)) as i32 + 8).max(8);
-    let bench = setup::Bench::start("outbox_bench", &admin, &clickhouse, partitions).await?;
+    let partitions = match std::env::var("BENCH_PARTITIONS") {
+        Ok(p) => p.parse()?,
+        Err(_) => ((rows * 160 * 3 / (4 * 1024 * 1024)) as i32 + 8).max(8),
+    };
+    let bench = setup::Bench::start("outbox_bench", &admin, &clickhouse, partitions, rows).await?;
 
+    let run = |name: &str| {
+        let wanted = cli.only.is_empty() || cli.only.iter().any(|o| o == name);
+        if wanted {
+            eprintln!("{name}");
+        }
+        wanted
+    };
     let mut figures = Vec::new();
     eprintln!("backlog of {rows} rows");
     scenarios::backlog(&bench, rows).await?;
-    eprintln!("ceiling");
-    figures.push(scenarios::ceiling(&bench, rows, 10_000).await?);
-    eprintln!("relay");
-    figures.extend(
-        scenarios::relay_throughput(&bench, rows, "relay: backlog drained into Kafka").await?,
-    );
-    eprintln!("sink");
-    figures.extend(scenarios::sink_throughput(&bench, rows, "sink.").await?);
-    eprintln!("latency");
-    figures.extend(scenarios::latency(&bench, 1000, latency_secs).await?);
+    if run("ceiling") {
+        figures.push(scenarios::ceiling(&bench, rows, 10_000).await?);
+    }
+    if run("relay") {
+        figures.extend(
+            scenarios::relay_throughput(&bench, rows, "relay: backlog drained into Kafka").await?,
+        );
+    }
+    if run("sink") {
+        figures.extend(scenarios::sink_throughput(&bench, rows, "sink.").await?);
+    }
+    if run("peers") {
+        let budget = std::time::Duration::from_secs(if cli.smoke { 2 } else { 10 });
+        figures.push(peers::row_by_row_sink(&bench, budget).await?);
+        let engine_budget = std::time::Duration::from_secs(if cli.smoke { 10 } else { 60 });
+        figures.push(peers::kafka_engine_sink(&bench, rows, engine_budget).await?);
+        figures.push(peers::row_by_row_relay(&bench, budget).await?);
+    }
+    if run("growth") {
+        let sent = if cli.smoke { 10 * rows } else { 10_000_000 };
+        figures.extend(scenarios::growth(&bench, rows, sent).await?);
+    }
+    if run("latency") {
+        figures.extend(scenarios::latency(&bench, 1000, latency_secs).await?);
+    }
 
     let machine = format!(
         "{} cores, {} GiB; PostgreSQL, ClickHouse {} and librdkafka's mock Kafka on the same machine",

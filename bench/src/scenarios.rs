@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::setup::{Bench, Daemon, time_until};
+use crate::setup::{Bench, CpuMeter, Daemon, free_addr, histogram_means, scrape, time_until};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Figure {
@@ -16,7 +16,7 @@ pub struct Figure {
     pub note: String,
 }
 
-fn figure(measure: &str, value: f64, unit: &'static str, note: impl Into<String>) -> Figure {
+pub fn figure(measure: &str, value: f64, unit: &'static str, note: impl Into<String>) -> Figure {
     Figure {
         measure: measure.into(),
         value,
@@ -39,20 +39,25 @@ pub async fn backlog(bench: &Bench, n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every row pending again (and vacuumed, so each run starts alike).
+/// The backlog's rows (ids 1..=n of the fresh table) pending again, and
+/// vacuumed, so each run starts alike; rows added later stay as they are.
 pub async fn reset_pending(bench: &Bench) -> anyhow::Result<()> {
     let pg = bench.pg().await?;
-    pg.batch_execute("UPDATE user_logins SET sent_to_kafka = FALSE")
-        .await?;
+    pg.execute(
+        "UPDATE user_logins SET sent_to_kafka = FALSE WHERE id <= $1",
+        &[&(bench.backlog as i32)],
+    )
+    .await?;
     pg.batch_execute("VACUUM ANALYZE user_logins").await?;
     Ok(())
 }
 
-async fn pending(bench: &Bench) -> anyhow::Result<i64> {
-    let pg = bench.pg().await?;
+/// Whether any row is pending: one probe of the pending-id index on a held
+/// connection, so watching costs the measured run next to nothing.
+async fn any_pending(pg: &tokio_postgres::Client) -> anyhow::Result<bool> {
     Ok(pg
         .query_one(
-            "SELECT count(*) FROM user_logins WHERE sent_to_kafka IS NOT TRUE",
+            "SELECT EXISTS (SELECT 1 FROM user_logins WHERE sent_to_kafka IS NOT TRUE)",
             &[],
         )
         .await?
@@ -77,7 +82,7 @@ pub async fn ceiling(bench: &Bench, n: u64, batch: u32) -> anyhow::Result<Figure
             pg.batch_execute("COMMIT").await?;
             break;
         }
-        source.mark_sent(&pg, &rows.ids()).await?;
+        source.mark_sent(&pg, &rows).await?;
         pg.batch_execute("COMMIT").await?;
         done += rows.len() as u64;
     }
@@ -94,17 +99,24 @@ pub async fn ceiling(bench: &Bench, n: u64, batch: u32) -> anyhow::Result<Figure
 /// 2. The relay draining a backlog into Kafka (committed), and its peak RSS.
 pub async fn relay_throughput(bench: &Bench, n: u64, measure: &str) -> anyhow::Result<Vec<Figure>> {
     reset_pending(bench).await?;
-    let relay = Daemon::spawn("relay", &bench.env("relay."))?;
+    let pg = bench.pg().await?;
+    let metrics_addr = free_addr()?;
+    let mut env = bench.env("relay.");
+    env.push(("RELAY_METRICS_ADDR".into(), metrics_addr.clone()));
+    let relay = Daemon::spawn("relay", &env)?;
+    let cpu = CpuMeter::start(relay.pid(), "postgres");
     let took = time_until(
         Duration::from_secs(900),
-        Duration::from_millis(50),
-        || async { Ok(pending(bench).await? == 0) },
+        Duration::from_millis(20),
+        || async { Ok(!any_pending(&pg).await?) },
     )
     .await?;
     let rss = relay.peak_rss_mib();
+    let used = cpu.used();
+    let scraped = scrape(&metrics_addr).unwrap_or_default();
     relay.stop();
     let secs = took.as_secs_f64();
-    Ok(vec![
+    let mut figures = vec![
         figure(
             measure,
             n as f64 / secs,
@@ -112,7 +124,46 @@ pub async fn relay_throughput(bench: &Bench, n: u64, measure: &str) -> anyhow::R
             format!("{n} rows drained and committed in {secs:.1} s (process start included)"),
         ),
         figure(&format!("{measure}: relay peak RSS"), rss, "MiB", ""),
-    ])
+    ];
+    figures.extend(cpu_figures(measure, n, &used, ["relay", "postgres"]));
+    // Where a batch's time goes (the relay's own histograms). Phases overlap:
+    // Kafka works on one batch while Postgres flags the one before and locks
+    // the next.
+    figures.extend(phase_figures(measure, &scraped, "relay_batch_phase_seconds"));
+    Ok(figures)
+}
+
+/// Mean time per batch of each phase of a daemon's phase histogram.
+fn phase_figures(measure: &str, scraped: &str, histogram: &str) -> Vec<Figure> {
+    histogram_means(scraped, histogram, "phase")
+        .into_iter()
+        .filter(|(_, _, count)| *count > 0.0)
+        .map(|(phase, sum, count)| {
+            figure(
+                &format!("{measure}: mean {phase} per batch"),
+                sum / count * 1000.0,
+                "ms",
+                format!("{count} batches"),
+            )
+        })
+        .collect()
+}
+
+/// 7. Growth: `sent` more rows already flagged sent (after the backlog's
+/// ids), then the relay drains the same backlog again.
+pub async fn growth(bench: &Bench, n: u64, sent: u64) -> anyhow::Result<Vec<Figure>> {
+    let pg = bench.pg().await?;
+    let start = Instant::now();
+    pg.execute(
+        "INSERT INTO user_logins (username, event_type, event_time, sent_to_kafka)
+         SELECT 'old' || (g % 1000), 'login', now() - make_interval(secs => g % 86400), TRUE
+         FROM generate_series(1, $1::int) g",
+        &[&(sent as i32)],
+    )
+    .await?;
+    eprintln!("  {sent} sent rows added in {:.0} s", start.elapsed().as_secs_f64());
+    let measure = format!("relay with {sent} rows already sent");
+    relay_throughput(bench, n, &measure).await
 }
 
 /// 3. The sink loading the topic the relay filled (a new consumer group, so
@@ -133,34 +184,89 @@ pub async fn sink_throughput(
     );
     let ch = bench.ch();
     ch.query("TRUNCATE TABLE user_logins").execute().await?;
-    let sink = Daemon::spawn("sink", &bench.env(group_prefix))?;
-    let took = time_until(
-        Duration::from_secs(900),
-        Duration::from_millis(50),
-        || async {
-            let c: u64 = ch
-                .query("SELECT count() FROM user_logins")
-                .fetch_one()
-                .await?;
-            Ok(c >= n)
-        },
-    )
+    let metrics_addr = free_addr()?;
+    let mut env = bench.env(group_prefix);
+    env.push(("SINK_METRICS_ADDR".into(), metrics_addr.clone()));
+    let sink = Daemon::spawn("sink", &env)?;
+    let cpu = CpuMeter::start(sink.pid(), "clickhouse-serv");
+    let count = || async {
+        let c: u64 = ch
+            .query("SELECT count() FROM user_logins")
+            .fetch_one()
+            .await?;
+        anyhow::Ok(c)
+    };
+    let started = Instant::now();
+    // The first flushed batch: process start and group join are behind us.
+    let to_first = time_until(Duration::from_secs(120), Duration::from_millis(5), || async {
+        Ok(count().await? > 0)
+    })
     .await?;
+    let first = count().await?;
+    time_until(Duration::from_secs(900), Duration::from_millis(20), || async {
+        Ok(count().await? >= n)
+    })
+    .await?;
+    let took = started.elapsed();
+    let steady = (took - to_first).as_secs_f64();
     let rss = sink.peak_rss_mib();
+    let used = cpu.used();
+    let scraped = scrape(&metrics_addr).unwrap_or_default();
     sink.stop();
     let secs = took.as_secs_f64();
-    Ok(vec![
+    let mut figures = cpu_figures("sink", n, &used, ["sink", "clickhouse"]);
+    figures.splice(0..0, [
         figure(
             "sink: topic preloaded into ClickHouse",
-            n as f64 / secs,
+            (n - first) as f64 / steady,
             "rows/s",
             format!(
-                "{n} messages in {} partitions, {secs:.1} s (process start and group join included)",
+                "{n} messages in {} partitions; rate from the first batch stored to the last",
                 bench.partitions
             ),
         ),
+        figure(
+            "sink: topic preloaded into ClickHouse, process start included",
+            n as f64 / secs,
+            "rows/s",
+            format!(
+                "{secs:.1} s in all, of which {:.1} s from process start (group join included) to the first batch stored",
+                to_first.as_secs_f64()
+            ),
+        ),
         figure("sink: peak RSS", rss, "MiB", ""),
-    ])
+    ]);
+    figures.extend(phase_figures("sink", &scraped, "sink_batch_phase_seconds"));
+    Ok(figures)
+}
+
+/// Where the CPU went, per 100,000 rows, and the rate the machine's cores
+/// would allow if that were the only limit.
+fn cpu_figures(measure: &str, rows: u64, used: &[f64; 3], names: [&str; 2]) -> Vec<Figure> {
+    let per = |s: f64| s / rows as f64 * 100_000.0;
+    let total: f64 = used.iter().sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    vec![
+        figure(
+            &format!("{measure}: CPU per 100k rows"),
+            per(total),
+            "s",
+            format!(
+                "{} {:.2} s, {} {:.2} s, mock Kafka (bench process) {:.2} s",
+                names[0],
+                per(used[0]),
+                names[1],
+                per(used[1]),
+                per(used[2])
+            ),
+        ),
+        figure(
+            &format!("{measure}: CPU-bound limit on {cores} cores"),
+            rows as f64 / total * cores,
+            "rows/s",
+            "rows per CPU-second of all parties × cores",
+        ),
+    ]
 }
 
 /// Messages a topic holds now (sum of high − low watermarks).

@@ -14,6 +14,8 @@ pub struct Bench {
     pub clickhouse_url: String,
     pub mock: MockKafka,
     pub partitions: i32,
+    /// Rows of the backlog (ids 1..=backlog).
+    pub backlog: u64,
 }
 
 impl Bench {
@@ -25,6 +27,7 @@ impl Bench {
         admin_url: &str,
         clickhouse_url: &str,
         partitions: i32,
+        backlog: u64,
     ) -> anyhow::Result<Self> {
         let (admin, conn) = tokio_postgres::connect(admin_url, NoTls)
             .await
@@ -52,6 +55,7 @@ impl Bench {
             clickhouse_url: clickhouse_url.into(),
             mock,
             partitions,
+            backlog,
         };
         let (mut pg, conn) = tokio_postgres::connect(&bench.database_url, NoTls).await?;
         tokio::spawn(conn);
@@ -123,15 +127,25 @@ impl Daemon {
             "{} not built (cargo build --release --bins)",
             path.display()
         );
+        // Tuning experiments: the benchmark's own RELAY_*/SINK_* settings
+        // reach the daemons (its defaults otherwise).
+        let tuning = std::env::vars().filter(|(k, _)| {
+            (k.starts_with("RELAY_") || k.starts_with("SINK_")) && !k.ends_with("_METRICS_ADDR")
+        });
         let child = Command::new(path)
             .arg("run")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(tuning)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()?;
         Ok(Self { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Peak resident memory so far, MiB (VmHWM).
@@ -180,5 +194,121 @@ where
         }
         anyhow::ensure!(start.elapsed() < timeout, "timed out after {timeout:?}");
         tokio::time::sleep(every).await;
+    }
+}
+
+/// A free local port for a daemon's metrics endpoint.
+pub fn free_addr() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// The Prometheus text a daemon serves at `addr`/metrics.
+pub fn scrape(addr: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default())
+}
+
+/// Sum and count of every series of histogram `name` whose labels contain
+/// `label="…"`, keyed by that label's value.
+pub fn histogram_means(text: &str, name: &str, label: &str) -> Vec<(String, f64, f64)> {
+    let value_of = |line: &str| -> Option<(String, f64)> {
+        let (series, value) = line.rsplit_once(' ')?;
+        let start = series.find(&format!("{label}=\""))? + label.len() + 2;
+        let end = start + series[start..].find('"')?;
+        Some((series[start..end].to_owned(), value.parse().ok()?))
+    };
+    let mut out: Vec<(String, f64, f64)> = Vec::new();
+    for line in text.lines() {
+        let (is_sum, rest) = if let Some(r) = line.strip_prefix(&format!("{name}_sum")) {
+            (true, r)
+        } else if let Some(r) = line.strip_prefix(&format!("{name}_count")) {
+            (false, r)
+        } else {
+            continue;
+        };
+        let Some((key, value)) = value_of(rest) else { continue };
+        let i = match out.iter().position(|(k, _, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                out.push((key, 0.0, 0.0));
+                out.len() - 1
+            }
+        };
+        if is_sum {
+            out[i].1 += value;
+        } else {
+            out[i].2 += value;
+        }
+    }
+    out
+}
+
+/// CPU time (user + system) a process has used so far, seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses.
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            Some(rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?)
+        })
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// CPU time of every live process whose command name is `comm`, seconds.
+pub fn cpu_seconds_of(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end() == comm)
+        })
+        .map(cpu_seconds)
+        .sum()
+}
+
+/// CPU seconds used by the parties of a run: one daemon, a server
+/// (postgres or clickhouse-server's processes) and this process (which hosts
+/// the mock Kafka cluster).
+pub struct CpuMeter {
+    daemon: u32,
+    server: &'static str,
+    start: [f64; 3],
+}
+
+impl CpuMeter {
+    pub fn start(daemon: u32, server: &'static str) -> Self {
+        Self {
+            daemon,
+            server,
+            start: Self::read(daemon, server),
+        }
+    }
+
+    fn read(daemon: u32, server: &str) -> [f64; 3] {
+        [
+            cpu_seconds(daemon),
+            cpu_seconds_of(server),
+            cpu_seconds(std::process::id()),
+        ]
+    }
+
+    /// [daemon, server, mock Kafka and benchmark] seconds since `start`.
+    pub fn used(&self) -> [f64; 3] {
+        let now = Self::read(self.daemon, self.server);
+        [0, 1, 2].map(|i| now[i] - self.start[i])
     }
 }

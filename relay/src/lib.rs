@@ -10,8 +10,11 @@ pub mod generate;
 pub mod listener;
 pub mod migrate;
 pub mod pg;
+pub mod pipeline;
 pub mod publisher;
+pub mod row_json;
 pub mod source;
+pub mod stats;
 
 use std::sync::Arc;
 

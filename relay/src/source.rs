@@ -1,10 +1,11 @@
-//! A Postgres outbox table: pending rows are locked in id order, turned into
-//! JSON by Postgres itself (one `json_build_object` per row, so the relay only
-//! forwards bytes), and flagged sent once Kafka committed them.
+//! A Postgres outbox table: pending rows are locked in id order, fetched as
+//! text columns and written as JSON by the relay (`row_json`), and flagged
+//! sent once Kafka committed them.
 
 use flows::SourceTable;
-use flows::definition::TimeFormat;
 use tokio_postgres::{Client, GenericClient};
+
+use crate::row_json::{self, Field};
 
 /// One pending row, ready to publish.
 #[derive(Clone, Debug)]
@@ -39,6 +40,9 @@ pub struct OutboxSource {
     pub topic: String,
     fetch_sql: String,
     mark_sql: String,
+    /// The message's fields, in the order `fetch_sql` selects them after
+    /// the id and the key.
+    fields: Vec<Field>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,30 +71,6 @@ pub enum SourceError {
     },
     #[error("postgres: {}", crate::error::pg_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
-}
-
-/// How a column travels in the JSON message.
-fn json_expr(column: &str, data_type: &str, times: TimeFormat) -> String {
-    if times == TimeFormat::Text {
-        return match data_type {
-            "timestamp without time zone" => format!("to_char({column}, 'YYYY-MM-DD HH24:MI:SS')"),
-            "timestamp with time zone" => {
-                format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
-            }
-            "date" => format!("to_char({column}, 'YYYY-MM-DD')"),
-            _ => column.to_owned(),
-        };
-    }
-    match data_type {
-        // seed 003: times travel as Unix seconds (fractional when the value has
-        // sub-second precision); `timestamp` without zone is taken as UTC.
-        "timestamp without time zone" => {
-            format!("extract(epoch from {column} AT TIME ZONE 'UTC')::float8")
-        }
-        "timestamp with time zone" => format!("extract(epoch from {column})::float8"),
-        "date" => format!("extract(epoch from {column}::timestamp AT TIME ZONE 'UTC')::float8"),
-        _ => column.to_owned(),
-    }
 }
 
 impl OutboxSource {
@@ -151,14 +131,13 @@ impl OutboxSource {
             });
         }
         let mut fields = Vec::with_capacity(source.columns.len());
+        let mut exprs = Vec::with_capacity(source.columns.len());
         for column in &source.columns {
             expect(column.as_str(), "", &[])?;
             let data_type = type_of(column.as_str()).unwrap_or_default();
-            fields.push(format!(
-                "'{}', {}",
-                column.as_str(),
-                json_expr(&column.pg(), data_type, source.times)
-            ));
+            let (expr, kind) = row_json::select(&format!("src.{}", column.pg()), data_type, source.times);
+            exprs.push(expr);
+            fields.push(Field::new(column.as_str(), kind));
         }
         let key = flows::ident::Ident::new(source.key_column())
             .map(|k| k.pg())
@@ -167,10 +146,9 @@ impl OutboxSource {
         // The partial index on pending ids (migrations) keeps this an index
         // scan however many rows were already sent.
         let fetch_sql = format!(
-            "SELECT src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, \
-             json_build_object({})::text AS outbox_payload FROM {t} AS src \
+            "SELECT src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, {} FROM {t} AS src \
              WHERE src.sent_to_kafka IS NOT TRUE ORDER BY src.\"id\" LIMIT $1 FOR UPDATE SKIP LOCKED",
-            fields.join(", ")
+            exprs.join(", ")
         );
         let mark_sql =
             format!("UPDATE {t} SET sent_to_kafka = TRUE WHERE \"id\" = ANY($1::int8[])");
@@ -179,6 +157,7 @@ impl OutboxSource {
             topic: source.topic.clone(),
             fetch_sql,
             mark_sql,
+            fields,
         })
     }
 
@@ -190,24 +169,28 @@ impl OutboxSource {
         limit: u32,
     ) -> Result<OutboxBatch, tokio_postgres::Error> {
         let rows = tx.query(&self.fetch_sql, &[&i64::from(limit)]).await?;
-        let messages = rows
-            .iter()
-            .map(|r| OutboxMessage {
-                id: r.get(0),
-                key: r.get(1),
-                payload: r.get(2),
-            })
-            .collect();
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut payload = String::with_capacity(64 * self.fields.len());
+            let values = (2..row.len()).map(|i| row.get::<_, Option<&str>>(i));
+            row_json::write_object(&mut payload, &self.fields, values);
+            messages.push(OutboxMessage {
+                id: row.get(0),
+                key: row.get(1),
+                payload,
+            });
+        }
         Ok(OutboxBatch { messages })
     }
 
-    /// Flags exactly these rows sent. Called only after Kafka committed them.
+    /// Flags exactly the rows of `batch` sent, in the transaction that
+    /// locked them. Called only after Kafka committed them.
     pub async fn mark_sent(
         &self,
         tx: &impl GenericClient,
-        ids: &[i64],
+        batch: &OutboxBatch,
     ) -> Result<u64, tokio_postgres::Error> {
-        tx.execute(&self.mark_sql, &[&ids]).await
+        tx.execute(&self.mark_sql, &[&batch.ids()]).await
     }
 
     /// Moves rows Kafka refused for good to `outbox_dead_rows` with their

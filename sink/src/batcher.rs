@@ -144,6 +144,11 @@ impl PendingBatch {
             || self.deadline(policy).is_some_and(|d| now >= d)
     }
 
+    /// How long since the first message of this batch arrived.
+    pub fn age(&self, now: Instant) -> std::time::Duration {
+        self.oldest.map_or_else(Default::default, |t| now.saturating_duration_since(t))
+    }
+
     /// When the age limit forces a flush, if anything is buffered.
     pub fn deadline(&self, policy: &FlushPolicy) -> Option<Instant> {
         self.oldest.map(|t| t + policy.max_age)

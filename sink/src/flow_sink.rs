@@ -9,6 +9,8 @@
 //! ReplacingMergeTree targets keyed by source id (see `clickhouse::writer`).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +28,7 @@ use crate::clickhouse::ClickHouseWriter;
 use crate::clickhouse::schema::TablePlan;
 use crate::config::SinkConfig;
 use crate::dead_letter::DeadLetterQueue;
+use crate::stats::SinkStats;
 
 pub struct FlowSink {
     pub flow: Flow,
@@ -69,12 +72,25 @@ impl FlowSink {
         tracing::info!(flow, group = %self.flow.consumer_group, topics = ?names, "sink consuming");
 
         let policy = self.config.flush.clone();
+        let stats = SinkStats::new(&self.metrics, &flow);
         let mut batch = PendingBatch::new(self.plans.len(), self.config.max_message_bytes);
+        // One batch may be storing while the next fills: flushes run one at
+        // a time and in order, so offsets are still committed in order, and
+        // a flush that gave up (shutdown) stops everything after it.
+        let mut storing: Option<Pin<Box<dyn Future<Output = bool> + Send + '_>>> = None;
+        let mut clean = true;
         loop {
             let deadline = batch.deadline(&policy);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                stored = async { storing.as_mut().expect("guarded").await }, if storing.is_some() => {
+                    storing = None;
+                    if !stored {
+                        clean = false;
+                        break;
+                    }
+                }
                 received = consumer.recv() => match received {
                     Ok(message) => {
                         let origin = Origin {
@@ -91,17 +107,26 @@ impl FlowSink {
                 () = sleep_until(deadline) => {}
             }
             if batch.should_flush(&policy, Instant::now()) {
+                if let Some(previous) = storing.take()
+                    && !previous.await
+                {
+                    clean = false;
+                    break;
+                }
                 let full = std::mem::replace(
                     &mut batch,
                     PendingBatch::new(self.plans.len(), self.config.max_message_bytes),
                 );
-                if !self.flush(full, &consumer, &dlq, &shutdown).await {
-                    break;
-                }
+                storing = Some(Box::pin(self.flush(full, &consumer, &dlq, &shutdown, &stats)));
             }
         }
-        // Shutdown: store what was taken in, commit it, then stop.
-        if !batch.is_empty() {
+        // Shutdown: finish the batch being stored, then store and commit
+        // what was taken in since — unless an earlier batch was abandoned
+        // (committing later offsets would skip its rows).
+        if let Some(previous) = storing.take() {
+            clean &= previous.await;
+        }
+        if clean && !batch.is_empty() {
             let finishing = CancellationToken::new();
             let stop_retrying = finishing.clone();
             // Give a ClickHouse outage a bounded grace period at shutdown.
@@ -109,7 +134,7 @@ impl FlowSink {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 stop_retrying.cancel();
             });
-            self.flush(batch, &consumer, &dlq, &finishing).await;
+            self.flush(batch, &consumer, &dlq, &finishing, &stats).await;
             grace.abort();
         }
         tracing::info!(flow, "sink stopped");
@@ -125,9 +150,11 @@ impl FlowSink {
         consumer: &Arc<StreamConsumer>,
         dlq: &DeadLetterQueue,
         stop: &CancellationToken,
+        stats: &SinkStats,
     ) -> bool {
         let flow = self.flow.name.as_str();
         let started = Instant::now();
+        stats.fill.observe_duration(batch.age(started));
         let mut backoff = Backoff::default();
         for (i, plan) in self.plans.iter().enumerate() {
             if batch.rows_per_table[i] == 0 {
@@ -147,13 +174,7 @@ impl FlowSink {
                         break;
                     }
                     Err(error) => {
-                        self.metrics
-                            .counter(
-                                "sink_insert_failures_total",
-                                "ClickHouse inserts that failed and were retried.",
-                                &[("flow", flow)],
-                            )
-                            .inc();
+                        stats.insert_failures.inc();
                         let delay = backoff.next_delay();
                         tracing::warn!(flow, table = %plan.table, %error, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed; retrying, offsets not committed");
                         if !sleep_or_stop(delay, stop).await {
@@ -183,6 +204,8 @@ impl FlowSink {
             }
         }
         flows::failpoint::hit("sink-after-insert");
+        let inserted = Instant::now();
+        stats.insert.observe_duration(inserted - started);
         let mut offsets = TopicPartitionList::new();
         for ((topic, partition), next) in &batch.offsets {
             if let Err(error) =
@@ -203,13 +226,9 @@ impl FlowSink {
             }
             Err(error) => tracing::warn!(flow, %error, "offset commit task failed"),
         }
-        self.metrics
-            .counter(
-                "sink_flushes_total",
-                "Batches stored and committed.",
-                &[("flow", flow)],
-            )
-            .inc();
+        stats.commit.observe_duration(inserted.elapsed());
+        stats.flushes.inc();
+        stats.batch_rows.observe(batch.rows() as f64);
         tracing::debug!(
             flow,
             rows = batch.rows(),

@@ -7,6 +7,7 @@ pub mod clickhouse;
 pub mod config;
 pub mod dead_letter;
 pub mod flow_sink;
+pub mod stats;
 pub mod watch;
 
 use std::sync::Arc;

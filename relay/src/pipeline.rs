@@ -1,0 +1,283 @@
+//! Draining one source table: batches flow through a pipeline of lanes so
+//! Postgres and Kafka work at the same time.
+//!
+//! Each lane is a Postgres connection holding at most one open transaction.
+//! While batch k (locked on one lane) is in its Kafka transaction, the lane
+//! of batch k−1 flags and commits it and the next lane locks batch k+1
+//! (`SKIP LOCKED` passes over the rows locked by the others); with three
+//! lanes those two run at once. Then the lanes rotate.
+//!
+//! Order and delivery (the contract of `flow_relay`) still hold:
+//! - a batch is published only after the previous batch's Kafka transaction
+//!   committed, so Kafka receives rows in id order;
+//! - a batch is flagged only after its own Kafka transaction committed;
+//! - if anything fails, every batch not yet committed in Postgres is rolled
+//!   back, including one already in Kafka. It is published again later, after
+//!   the batches before it (a repeat, which the sinks' keyed tables absorb),
+//!   never before them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::RelayError;
+use crate::publisher::{PublishError, PublishTimings, SharedPublisher};
+use crate::source::{OutboxBatch, OutboxSource};
+use crate::stats::{FlowStats, TableStats};
+
+/// Batches one call drains at most before other tables of the flow get a
+/// turn (and shutdown is checked).
+const MAX_BATCHES_PER_TURN: usize = 32;
+
+/// What one call did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Rows published and flagged sent.
+    pub sent: usize,
+    /// Rows Kafka refused for good, moved to `outbox_dead_rows`; the producer
+    /// must be recreated before the next batch.
+    pub set_aside: usize,
+    /// More rows may be pending (the last batch was full, or cut short).
+    pub more: bool,
+}
+
+/// The connections a leader relays on (two or more), and where it reports.
+pub struct Lanes<'a> {
+    pub lanes: &'a [Client],
+    pub publisher: &'a SharedPublisher,
+    pub flow: &'a str,
+    pub batch_size: u32,
+    pub stats: &'a FlowStats,
+}
+
+/// A batch locked in an open transaction on a lane.
+struct Locked {
+    lane: usize,
+    batch: OutboxBatch,
+}
+
+/// A batch whose Kafka transaction committed, awaiting its flag and commit.
+struct Published {
+    lane: usize,
+    batch: OutboxBatch,
+    kafka: PublishTimings,
+}
+
+impl Lanes<'_> {
+    /// Drains up to [`MAX_BATCHES_PER_TURN`] batches of `source`.
+    pub async fn drain(
+        &self,
+        source: &OutboxSource,
+        table: &TableStats,
+        shutdown: &CancellationToken,
+    ) -> Result<Drained, RelayError> {
+        let mut drained = Drained::default();
+        let mut current = match self.lock_batch(0, source).await {
+            Ok(Some(locked)) => locked,
+            Ok(None) => return Ok(drained),
+            Err(err) => {
+                self.rollback(0).await;
+                return Err(err);
+            }
+        };
+        let mut previous: Option<Published> = None;
+        let mut turn = 1;
+        loop {
+            let full = current.batch.len() == self.batch_size as usize;
+            let prefetch = full && turn < MAX_BATCHES_PER_TURN && !shutdown.is_cancelled();
+            let this = current.lane;
+            let other = (this + 1) % self.lanes.len();
+            let ((batch, published), behind) = tokio::join!(
+                self.publish(source, current.batch),
+                self.finish_then_lock(previous.take(), prefetch.then_some(other), source, table),
+            );
+            let next = match behind {
+                Ok((committed, next)) => {
+                    drained.sent += committed;
+                    next
+                }
+                Err(err) => {
+                    // The batch just published (if it was) is not flagged:
+                    // it goes again, after the one that failed here.
+                    self.rollback(this).await;
+                    self.rollback(other).await;
+                    return Err(err);
+                }
+            };
+            let kafka = match published {
+                Ok(kafka) => kafka,
+                Err(err) => {
+                    self.rollback(this).await;
+                    if next.is_some() {
+                        self.rollback(other).await;
+                    }
+                    let PublishError::Rejected(rejected) = err else {
+                        return Err(err.into());
+                    };
+                    drained.set_aside = self.set_aside(this, source, &batch, &rejected).await?;
+                    table.set_aside.add(drained.set_aside as i64);
+                    drained.more = true;
+                    return Ok(drained);
+                }
+            };
+            flows::failpoint::hit("relay-after-kafka-commit");
+            previous = Some(Published {
+                lane: this,
+                batch,
+                kafka,
+            });
+            match next {
+                Some(locked) => current = locked,
+                None => {
+                    drained.more = full;
+                    break;
+                }
+            }
+            turn += 1;
+        }
+        if let Some(last) = previous {
+            match self.finish(last, source, table).await {
+                Ok(rows) => drained.sent += rows,
+                Err((lane, err)) => {
+                    self.rollback(lane).await;
+                    return Err(err);
+                }
+            }
+        }
+        Ok(drained)
+    }
+
+    /// BEGIN on `lane` and lock the next pending rows; `None` (transaction
+    /// closed) when there are none.
+    async fn lock_batch(
+        &self,
+        lane: usize,
+        source: &OutboxSource,
+    ) -> Result<Option<Locked>, RelayError> {
+        let client = &self.lanes[lane];
+        let start = Instant::now();
+        client.batch_execute("BEGIN").await?;
+        let batch = source.fetch_pending(client, self.batch_size).await?;
+        if batch.is_empty() {
+            client.batch_execute("COMMIT").await?;
+            return Ok(None);
+        }
+        self.stats.fetched(start.elapsed());
+        Ok(Some(Locked { lane, batch }))
+    }
+
+    /// Publishes on a blocking thread; hands the batch back either way.
+    async fn publish(
+        &self,
+        source: &OutboxSource,
+        batch: OutboxBatch,
+    ) -> (OutboxBatch, Result<PublishTimings, PublishError>) {
+        let publisher = Arc::clone(self.publisher);
+        let topic = source.topic.clone();
+        let table = source.table.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let published = publisher.publish_batch(&topic, &table, &batch);
+            (batch, published)
+        });
+        match task.await {
+            Ok(done) => done,
+            Err(join) => {
+                // The batch moved into the panicked task; nothing is flagged.
+                tracing::error!(flow = self.flow, error = %join, "publishing task panicked");
+                let lost = rdkafka::error::KafkaError::Canceled;
+                (OutboxBatch::default(), Err(PublishError::Fatal(lost)))
+            }
+        }
+    }
+
+    /// Flags and commits `previous` (if any), then locks the next batch on
+    /// `lane` (if asked). Returns the rows committed and the locked batch.
+    async fn finish_then_lock(
+        &self,
+        previous: Option<Published>,
+        lane: Option<usize>,
+        source: &OutboxSource,
+        table: &TableStats,
+    ) -> Result<(usize, Option<Locked>), RelayError> {
+        let previous_lane = previous.as_ref().map(|p| p.lane);
+        let finish = async {
+            match previous {
+                Some(done) => self.finish(done, source, table).await.map_err(|(_, err)| err),
+                None => Ok(0),
+            }
+        };
+        let lock = async {
+            match lane {
+                Some(lane) => self.lock_batch(lane, source).await,
+                None => Ok(None),
+            }
+        };
+        let same_lane = matches!((&previous_lane, lane), (Some(p), Some(l)) if *p == l);
+        if same_lane {
+            let committed = finish.await?;
+            Ok((committed, lock.await?))
+        } else {
+            let (committed, next) = tokio::join!(finish, lock);
+            if next.is_err() || committed.is_err() {
+                // Keep both lanes clean for the caller's rollbacks.
+                if let Ok(Some(locked)) = &next {
+                    self.rollback(locked.lane).await;
+                }
+            }
+            Ok((committed?, next?))
+        }
+    }
+
+    /// Flags a published batch sent and commits its lane's transaction.
+    async fn finish(
+        &self,
+        done: Published,
+        source: &OutboxSource,
+        table: &TableStats,
+    ) -> Result<usize, (usize, RelayError)> {
+        let client = &self.lanes[done.lane];
+        let start = Instant::now();
+        let marked = async {
+            source.mark_sent(client, &done.batch).await?;
+            let mark = start.elapsed();
+            client.batch_execute("COMMIT").await?;
+            Ok::<Duration, tokio_postgres::Error>(mark)
+        }
+        .await;
+        let mark = marked.map_err(|err| (done.lane, RelayError::from(err)))?;
+        let rows = done.batch.len();
+        self.stats
+            .published(rows, done.kafka, mark, start.elapsed() - mark);
+        table.published.add(rows as i64);
+        Ok(rows)
+    }
+
+    /// Best effort: a broken session rolls back by itself.
+    async fn rollback(&self, lane: usize) {
+        let _ = self.lanes[lane].batch_execute("ROLLBACK").await;
+    }
+
+    /// Moves the rows Kafka refused for good to `outbox_dead_rows`.
+    async fn set_aside(
+        &self,
+        lane: usize,
+        source: &OutboxSource,
+        batch: &OutboxBatch,
+        rejected: &[(i64, String)],
+    ) -> Result<usize, RelayError> {
+        let dead: Vec<(i64, &str, &str)> = rejected
+            .iter()
+            .filter_map(|(id, error)| {
+                let row = batch.messages.iter().find(|m| m.id == *id)?;
+                Some((*id, row.payload.as_str(), error.as_str()))
+            })
+            .collect();
+        for (id, _, error) in &dead {
+            tracing::error!(flow = self.flow, table = %source.table, id, error, "kafka refused the row for good; set aside in outbox_dead_rows");
+        }
+        source.set_aside(&self.lanes[lane], self.flow, &dead).await?;
+        Ok(dead.len())
+    }
+}

@@ -1,0 +1,101 @@
+//! The relay's metrics, registered once per flow (and table) so the hot loop
+//! only touches atomics.
+
+use std::time::Duration;
+
+use flows::metrics::{Histogram, Metrics, ROWS, SECONDS, Series};
+
+use crate::publisher::PublishTimings;
+
+/// Per flow.
+pub struct FlowStats {
+    pub failed: Series,
+    pub leader: Series,
+    pub batches: Series,
+    pub batch_rows: Histogram,
+    fetch: Histogram,
+    send: Histogram,
+    kafka_commit: Histogram,
+    mark: Histogram,
+    pg_commit: Histogram,
+}
+
+/// Per source table of a flow.
+pub struct TableStats {
+    pub published: Series,
+    pub set_aside: Series,
+}
+
+const PHASE_HELP: &str = "Time per batch in each phase: fetch (lock rows and build JSON), send (hand to the producer), kafka_commit, mark (flag sent), pg_commit.";
+
+impl FlowStats {
+    pub fn new(metrics: &Metrics, flow: &str) -> Self {
+        let phase = |name: &str| {
+            metrics.histogram(
+                "relay_batch_phase_seconds",
+                PHASE_HELP,
+                SECONDS,
+                &[("flow", flow), ("phase", name)],
+            )
+        };
+        Self {
+            failed: metrics.counter(
+                "relay_batches_failed_total",
+                "Batches not published (nothing flagged; retried).",
+                &[("flow", flow)],
+            ),
+            leader: metrics.gauge(
+                "relay_leader",
+                "1 while this relay is the flow's active instance.",
+                &[("flow", flow)],
+            ),
+            batches: metrics.counter(
+                "relay_batches_published_total",
+                "Batches committed in Kafka and Postgres.",
+                &[("flow", flow)],
+            ),
+            batch_rows: metrics.histogram(
+                "relay_batch_rows",
+                "Rows per published batch.",
+                ROWS,
+                &[("flow", flow)],
+            ),
+            fetch: phase("fetch"),
+            send: phase("send"),
+            kafka_commit: phase("kafka_commit"),
+            mark: phase("mark"),
+            pg_commit: phase("pg_commit"),
+        }
+    }
+
+    pub fn fetched(&self, took: Duration) {
+        self.fetch.observe_duration(took);
+    }
+
+    pub fn published(&self, rows: usize, kafka: PublishTimings, mark: Duration, commit: Duration) {
+        self.batches.inc();
+        self.batch_rows.observe(rows as f64);
+        self.send.observe_duration(kafka.send);
+        self.kafka_commit.observe_duration(kafka.commit);
+        self.mark.observe_duration(mark);
+        self.pg_commit.observe_duration(commit);
+    }
+}
+
+impl TableStats {
+    pub fn new(metrics: &Metrics, flow: &str, table: &str) -> Self {
+        let labels = [("flow", flow), ("table", table)];
+        Self {
+            published: metrics.counter(
+                "relay_rows_published_total",
+                "Rows published to Kafka and flagged sent.",
+                &labels,
+            ),
+            set_aside: metrics.counter(
+                "relay_rows_set_aside_total",
+                "Rows Kafka refused for good, moved to outbox_dead_rows.",
+                &labels,
+            ),
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The sink's per-flow metrics, registered once so the loop only touches
+//! atomics.
+
+use flows::metrics::{Histogram, Metrics, ROWS, SECONDS, Series};
+
+pub struct SinkStats {
+    pub flushes: Series,
+    pub insert_failures: Series,
+    pub batch_rows: Histogram,
+    /// From a batch's first message to its flush decision.
+    pub fill: Histogram,
+    pub insert: Histogram,
+    pub commit: Histogram,
+}
+
+const PHASE_HELP: &str = "Time per batch in each phase: fill (first message to flush), insert (ClickHouse, all tables, retries included), commit (Kafka offsets).";
+
+impl SinkStats {
+    pub fn new(metrics: &Metrics, flow: &str) -> Self {
+        let phase = |name: &str| {
+            metrics.histogram(
+                "sink_batch_phase_seconds",
+                PHASE_HELP,
+                SECONDS,
+                &[("flow", flow), ("phase", name)],
+            )
+        };
+        Self {
+            flushes: metrics.counter(
+                "sink_flushes_total",
+                "Batches stored and committed.",
+                &[("flow", flow)],
+            ),
+            insert_failures: metrics.counter(
+                "sink_insert_failures_total",
+                "ClickHouse inserts that failed and were retried.",
+                &[("flow", flow)],
+            ),
+            batch_rows: metrics.histogram(
+                "sink_batch_rows",
+                "Rows per flushed batch.",
+                ROWS,
+                &[("flow", flow)],
+            ),
+            fill: phase("fill"),
+            insert: phase("insert"),
+            commit: phase("commit"),
+        }
+    }
+}
