@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::scenarios::{Figure, figure};
 use crate::setup::Bench;
@@ -21,9 +21,10 @@ use crate::setup::Bench;
 pub async fn row_by_row_relay(bench: &Bench, budget: Duration) -> anyhow::Result<Figure> {
     crate::scenarios::reset_pending(bench).await?;
     let pg = bench.pg().await?;
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bench.mock.bootstrap_servers())
         .set("acks", "all")
+        .set("linger.ms", "0")
         .create()?;
     bench.mock.create_topic("peer.user_events", bench.partitions)?;
     let rows = pg
@@ -48,12 +49,17 @@ pub async fn row_by_row_relay(bench: &Bench, budget: Duration) -> anyhow::Result
         })
         .to_string();
         let key = id.to_string();
+        // Sent and acknowledged before the row is flagged (as the script's
+        // send-then-flush does).
         producer
-            .send(BaseRecord::to("peer.user_events").key(&key).payload(&payload))
+            .send(
+                FutureRecord::to("peer.user_events").key(&key).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
             .map_err(|(e, _)| e)?;
-        producer.flush(Duration::from_secs(10))?;
         pg.execute(
-            "UPDATE user_logins SET sent_to_kafka = TRUE WHERE id = $1",
+            "UPDATE user_logins SET sent_to_kafka = TRUE WHERE id = $1::int8",
             &[&id],
         )
         .await?;
@@ -69,7 +75,7 @@ pub async fn row_by_row_relay(bench: &Bench, budget: Duration) -> anyhow::Result
 }
 
 /// The seed 003 consumer for up to `budget`: one INSERT per message, read
-/// from the topic the relay filled.
+/// from the topic the seed 003 producer filled (run that first).
 pub async fn row_by_row_sink(bench: &Bench, budget: Duration) -> anyhow::Result<Figure> {
     let ch = bench.ch();
     ch.query("CREATE TABLE IF NOT EXISTS peer_user_logins AS user_logins")
@@ -81,7 +87,7 @@ pub async fn row_by_row_sink(bench: &Bench, budget: Duration) -> anyhow::Result<
         .set("group.id", "peer.user-logins-consumer")
         .set("auto.offset.reset", "earliest")
         .create()?;
-    consumer.subscribe(&["user_events"])?;
+    consumer.subscribe(&["peer.user_events"])?;
     let start = Instant::now();
     let mut inserted = 0u64;
     while start.elapsed() < budget {
