@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     if run("sink") {
+        figures.push(scenarios::consume_ceiling(&bench, rows).await?);
         figures.extend(scenarios::sink_throughput(&bench, rows, "sink.").await?);
     }
     if run("peers") {

@@ -269,6 +269,41 @@ fn cpu_figures(measure: &str, rows: u64, used: &[f64; 3], names: [&str; 2]) -> V
     ]
 }
 
+/// The sink's ceiling here: the sink's own consumer settings reading the
+/// preloaded topic with no processing at all (no decoding, no ClickHouse),
+/// from the first message to the last — what the Kafka side can deliver.
+pub async fn consume_ceiling(bench: &Bench, n: u64) -> anyhow::Result<Figure> {
+    let brokers = bench.mock.bootstrap_servers().to_owned();
+    let (secs, seen) = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, u64)> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let mut config = rdkafka::ClientConfig::new();
+        for (k, v) in flows::kafka::consumer_settings(&brokers, "bench.consume-ceiling", "bench") {
+            config.set(k, v);
+        }
+        let consumer: BaseConsumer = config.create()?;
+        consumer.subscribe(&["user_events"])?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut seen = 0u64;
+        let mut first: Option<Instant> = None;
+        while seen < n && Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                message?;
+                first.get_or_insert_with(Instant::now);
+                seen += 1;
+            }
+        }
+        let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+        Ok((secs, seen))
+    })
+    .await??;
+    Ok(figure(
+        "sink ceiling: the topic consumed with the sink's settings, no processing",
+        seen as f64 / secs,
+        "rows/s",
+        format!("{seen} messages, first to last, {secs:.1} s"),
+    ))
+}
+
 /// Messages a topic holds now (sum of high − low watermarks).
 fn topic_messages(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};

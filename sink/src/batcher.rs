@@ -27,8 +27,8 @@ pub struct PendingBatch {
     pub tables: Vec<BytesMut>,
     pub rows_per_table: Vec<usize>,
     pub dead_letters: Vec<DeadLetter>,
-    /// (topic, partition) → next offset to commit.
-    pub offsets: BTreeMap<(String, i32), i64>,
+    /// topic → partition → next offset to commit.
+    offsets: BTreeMap<String, BTreeMap<i32, i64>>,
     rows: usize,
     bytes: usize,
     oldest: Option<Instant>,
@@ -60,15 +60,17 @@ impl PendingBatch {
         origin: Origin<'_>,
         payload: Option<&[u8]>,
     ) {
-        self.oldest.get_or_insert_with(Instant::now);
-        let key = (origin.topic.to_owned(), origin.partition);
-        let next = origin.offset + 1;
-        match self.offsets.get_mut(&key) {
-            Some(o) => *o = (*o).max(next),
-            None => {
-                self.offsets.insert(key, next);
-            }
+        if self.oldest.is_none() {
+            self.oldest = Some(Instant::now());
         }
+        let next = origin.offset + 1;
+        // Looked up by &str: no allocation per message.
+        let partitions = match self.offsets.get_mut(origin.topic) {
+            Some(p) => p,
+            None => self.offsets.entry(origin.topic.to_owned()).or_default(),
+        };
+        let o = partitions.entry(origin.partition).or_insert(next);
+        *o = (*o).max(next);
         if let Err(reason) = self.encode(plans, targets, payload) {
             self.bytes += payload.map_or(0, <[u8]>::len);
             self.dead_letters.push(DeadLetter {
@@ -128,6 +130,13 @@ impl PendingBatch {
         self.offsets.is_empty()
     }
 
+    /// (topic, partition, next offset to commit) of everything taken in.
+    pub fn offsets(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.offsets
+            .iter()
+            .flat_map(|(t, parts)| parts.iter().map(move |(p, o)| (t.as_str(), *p, *o)))
+    }
+
     /// Messages taken in (rows plus dead letters).
     pub fn messages(&self) -> usize {
         self.rows + self.dead_letters.len()
@@ -139,9 +148,12 @@ impl PendingBatch {
 
     /// The flush decision: rows, bytes or age, whichever limit comes first.
     pub fn should_flush(&self, policy: &FlushPolicy, now: Instant) -> bool {
-        self.messages() >= policy.max_rows
-            || self.bytes >= policy.max_bytes
-            || self.deadline(policy).is_some_and(|d| now >= d)
+        self.is_full(policy) || self.deadline(policy).is_some_and(|d| now >= d)
+    }
+
+    /// The row or byte limit is reached (no clock read).
+    pub fn is_full(&self, policy: &FlushPolicy) -> bool {
+        self.messages() >= policy.max_rows || self.bytes >= policy.max_bytes
     }
 
     /// How long since the first message of this batch arrived.
@@ -213,7 +225,7 @@ mod tests {
                 .contains("column v: missing required field")
         );
         assert!(batch.dead_letters[1].error.contains("malformed JSON"));
-        assert_eq!(batch.offsets.get(&("t".to_owned(), 0)), Some(&9));
+        assert_eq!(batch.offsets().collect::<Vec<_>>(), vec![("t", 0, 9)]);
 
         let mut small = PendingBatch::new(2, 10);
         small.add_message(

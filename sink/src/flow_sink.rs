@@ -18,7 +18,9 @@ use bytes::BytesMut;
 use flows::Flow;
 use flows::backoff::Backoff;
 use flows::metrics::Metrics;
+use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +31,9 @@ use crate::clickhouse::schema::TablePlan;
 use crate::config::SinkConfig;
 use crate::dead_letter::DeadLetterQueue;
 use crate::stats::SinkStats;
+
+/// Messages taken from librdkafka's queue in one go when they are ready.
+const READY_BURST: usize = 1024;
 
 pub struct FlowSink {
     pub flow: Flow,
@@ -91,19 +96,33 @@ impl FlowSink {
                         break;
                     }
                 }
-                received = consumer.recv() => match received {
-                    Ok(message) => {
-                        let origin = Origin {
-                            topic: message.topic(),
-                            partition: message.partition(),
-                            offset: message.offset(),
-                            key: message.key(),
-                        };
-                        let targets = topics.get(message.topic()).map_or(&[][..], Vec::as_slice);
-                        batch.add_message(&self.plans, targets, origin, message.payload());
+                received = consumer.recv() => {
+                    let take = |batch: &mut PendingBatch, received: Result<BorrowedMessage<'_>, KafkaError>| match received {
+                        Ok(message) => {
+                            let origin = Origin {
+                                topic: message.topic(),
+                                partition: message.partition(),
+                                offset: message.offset(),
+                                key: message.key(),
+                            };
+                            let targets = topics.get(message.topic()).map_or(&[][..], Vec::as_slice);
+                            batch.add_message(&self.plans, targets, origin, message.payload());
+                        }
+                        Err(error) => tracing::warn!(flow, %error, "kafka consumer error"),
+                    };
+                    take(&mut batch, received);
+                    // Take what is already queued without a round through
+                    // select!, timers and the clock per message.
+                    for _ in 0..READY_BURST {
+                        if batch.is_full(&policy) {
+                            break;
+                        }
+                        match consumer.recv().now_or_never() {
+                            Some(received) => take(&mut batch, received),
+                            None => break,
+                        }
                     }
-                    Err(error) => tracing::warn!(flow, %error, "kafka consumer error"),
-                },
+                }
                 () = sleep_until(deadline) => {}
             }
             if batch.should_flush(&policy, Instant::now()) {
@@ -207,9 +226,9 @@ impl FlowSink {
         let inserted = Instant::now();
         stats.insert.observe_duration(inserted - started);
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), next) in &batch.offsets {
+        for (topic, partition, next) in batch.offsets() {
             if let Err(error) =
-                offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                offsets.add_partition_offset(topic, partition, Offset::Offset(next))
             {
                 tracing::warn!(flow, %error, "cannot record offset");
             }
