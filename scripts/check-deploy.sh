@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Validates the deployment files without a Docker engine: docker-compose.yml
-# with `docker-compose config` (Debian's docker-compose 1.29; the compose
-# plugin is not packaged here).
+# Validates the deployment files without a Docker engine or a systemd boot:
+# - docker-compose.yml with `docker-compose config` (Debian's docker-compose
+#   1.29; the compose plugin is not packaged here);
+# - the systemd units with `systemd-analyze verify`, pointed at this
+#   checkout's binaries (it checks that ExecStart is executable) and the
+#   example environment files. verify exits 0 on unknown keys or bad values
+#   and only prints them, so any line it prints about our units fails.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -9,3 +13,19 @@ command -v docker-compose >/dev/null || apt_install docker-compose
 docker-compose -f docker-compose.yml config -q
 docker-compose -f docker-compose.yml --profile generator config -q
 log "docker-compose.yml is valid"
+
+command -v systemd-analyze >/dev/null || apt_install systemd
+profile=${CHECK_PROFILE:-debug}
+[ -x "target/$profile/relay" ] || cargo build --bins --quiet $([ "$profile" = release ] && echo --release)
+units=$(mktemp -d)
+trap 'rm -rf "$units"' EXIT
+for unit in deploy/systemd/*.service; do
+    sed -e "s#/usr/local/bin/#$ROOT/target/$profile/#g" \
+        -e "s#EnvironmentFile=/etc/outbox-relay/\(.*\)\.env#EnvironmentFile=$ROOT/deploy/systemd/\1.env.example#" \
+        "$unit" >"$units/$(basename "$unit")"
+done
+report=$(systemd-analyze verify "$units"/*.service 2>&1 || echo "systemd-analyze verify failed")
+if printf '%s\n' "$report" | grep -E "outbox-|failed" ; then
+    die "systemd units have problems (above)"
+fi
+log "systemd units are valid ($(ls deploy/systemd/*.service | wc -l) units)"

@@ -1,4 +1,6 @@
-//! The daemons' HTTP endpoint: `/metrics` (Prometheus text) and `/healthz`.
+//! The daemons' HTTP endpoint: `/metrics` (Prometheus text), `/healthz`
+//! (the process answers) and `/readyz` (every flow connected and moving,
+//! see `health`; 503 otherwise).
 //! Deliberately tiny — a request line, a response, close — so it adds no
 //! framework to two small daemons.
 
@@ -8,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
 use crate::metrics::Metrics;
 
 /// Binds `addr` and serves until `shutdown`. Returns the bound address (port
@@ -16,6 +19,7 @@ use crate::metrics::Metrics;
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
+    health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
@@ -30,6 +34,7 @@ pub async fn serve(
                 () = shutdown.cancelled() => return,
             };
             let metrics = metrics.clone();
+            let health = health.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
                 let n = match tokio::time::timeout(
@@ -46,6 +51,10 @@ pub async fn serve(
                 let (status, content_type, body) = match path {
                     "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
                     "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
+                    "/readyz" => match health.check() {
+                        (true, report) => ("200 OK", "text/plain", report),
+                        (false, report) => ("503 Service Unavailable", "text/plain", report),
+                    },
                     _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
                 };
                 let response = format!(
@@ -64,11 +73,12 @@ pub async fn serve(
 pub async fn serve_if_configured(
     addr: Option<SocketAddr>,
     metrics: &Metrics,
+    health: &Health,
     shutdown: &CancellationToken,
 ) {
     let Some(addr) = addr else { return };
-    match serve(addr, metrics.clone(), shutdown.clone()).await {
-        Ok(bound) => tracing::info!(addr = %bound, "serving /metrics and /healthz"),
+    match serve(addr, metrics.clone(), health.clone(), shutdown.clone()).await {
+        Ok(bound) => tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz"),
         Err(error) => tracing::error!(%addr, %error, "cannot serve metrics; running without"),
     }
 }
@@ -92,13 +102,35 @@ mod tests {
         let metrics = Metrics::default();
         metrics.counter("x_total", "X.", &[]).add(2);
         let shutdown = CancellationToken::new();
+        let health = Health::new(std::time::Duration::from_secs(60));
+        health.flow("ok_flow").observe(0, 0);
         let addr = serve(
             "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
             metrics,
+            health.clone(),
             shutdown.clone(),
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+        let get = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut out = String::new();
+            s.read_to_string(&mut out)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            out
+        };
+        let ready = get("/readyz").await;
+        assert!(ready.starts_with("HTTP/1.1 200") && ready.contains("flow=ok_flow ready"), "{ready}");
+        health.flow("dead_flow").unreachable();
+        let not_ready = get("/readyz").await;
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        assert!(not_ready.contains("flow=dead_flow not ready"), "{not_ready}");
         for (path, expect) in [
             ("/metrics", "x_total 2"),
             ("/healthz", "ok"),

@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod cli;
 pub mod definition;
 pub mod failpoint;
+pub mod health;
 pub mod http;
 pub mod ident;
 pub mod kafka;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod migrations;
 pub mod settings;
 pub mod shutdown;
+pub mod systemd;
 pub mod telemetry;
 pub mod time;
 

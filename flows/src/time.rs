@@ -46,6 +46,13 @@ pub fn parse_time(text: &str) -> Option<(i64, u32)> {
     None
 }
 
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// `YYYY-MM-DD HH:MM:SS` (UTC) for Unix seconds.
 pub fn format_utc(seconds: i64) -> Option<String> {
     DateTime::from_timestamp(seconds, 0).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())

@@ -23,6 +23,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "RELAY_STANDBY_RETRY_MS",
     "RELAY_TRANSACTIONAL_ID_PREFIX",
     "RELAY_METRICS_ADDR",
+    "RELAY_STALL_AFTER_MS",
     "FLOWS",
     "FLOWS_FILE",
     "LOG_FORMAT",
@@ -62,8 +63,11 @@ pub struct RelayConfig {
     pub kafka: KafkaConfig,
     pub batch: BatchConfig,
     pub flows: Vec<Flow>,
-    /// Where `/metrics` and `/healthz` are served; `None` = off.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` = off.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// A flow with pending rows and nothing moving for this long is not
+    /// ready (`/readyz`).
+    pub stall_after: Duration,
 }
 
 /// Settings the `migrate` command needs: only the database.
@@ -119,6 +123,7 @@ impl RelayConfig {
                 "RELAY_METRICS_ADDR",
                 &env.string_or("RELAY_METRICS_ADDR", "127.0.0.1:9101"),
             )?,
+            stall_after: Duration::from_millis(env.positive_or("RELAY_STALL_AFTER_MS", 60_000)?),
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod listener;
 pub mod migrate;
 pub mod pg;
 pub mod pipeline;
+pub mod probe;
 pub mod publisher;
 pub mod row_json;
 pub mod source;
@@ -37,7 +38,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let config = Arc::new(config);
-    flows::http::serve_if_configured(config.metrics_addr, &metrics, &shutdown).await;
+    let health = flows::health::Health::new(config.stall_after);
+    flows::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
     if let Some(client) = pg::connect(&config.postgres.url, "startup check", &shutdown).await {
         for flow in &config.flows {
             for source in &flow.sources {
@@ -45,6 +47,15 @@ pub async fn run(
             }
         }
     }
+    let probe = tokio::spawn(probe::run(
+        config.flows.clone(),
+        config.postgres.url.clone(),
+        metrics.clone(),
+        health,
+        probe_interval(config.stall_after),
+        shutdown.clone(),
+    ));
+    flows::systemd::ready(&shutdown);
     let mut wakers = Wakers::default();
     let mut workers = tokio::task::JoinSet::new();
     for flow in config.flows.iter().filter(|f| !f.sources.is_empty()) {
@@ -82,5 +93,12 @@ pub async fn run(
         }
     }
     let _ = listener.await;
+    let _ = probe.await;
     outcome
+}
+
+/// Probes often enough to see a stall within a quarter of its threshold,
+/// at most every 5 s.
+pub fn probe_interval(stall_after: std::time::Duration) -> std::time::Duration {
+    (stall_after / 4).min(std::time::Duration::from_secs(5))
 }

@@ -10,6 +10,7 @@ use crate::publisher::PublishTimings;
 /// Per flow.
 pub struct FlowStats {
     pub failed: Series,
+    last_publish: Series,
     pub leader: Series,
     pub batches: Series,
     pub batch_rows: Histogram,
@@ -42,6 +43,11 @@ impl FlowStats {
             failed: metrics.counter(
                 "relay_batches_failed_total",
                 "Batches not published (nothing flagged; retried).",
+                &[("flow", flow)],
+            ),
+            last_publish: metrics.gauge(
+                "relay_last_publish_timestamp_seconds",
+                "Unix time of the last batch committed in Kafka and Postgres.",
                 &[("flow", flow)],
             ),
             leader: metrics.gauge(
@@ -79,6 +85,7 @@ impl FlowStats {
         self.kafka_commit.observe_duration(kafka.commit);
         self.mark.observe_duration(mark);
         self.pg_commit.observe_duration(commit);
+        self.last_publish.set(flows::time::unix_now());
     }
 }
 

@@ -24,6 +24,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "SINK_DLQ_SUFFIX",
     "SINK_MAX_MESSAGE_BYTES",
     "SINK_METRICS_ADDR",
+    "SINK_STALL_AFTER_MS",
     "FLOWS",
     "FLOWS_FILE",
     "LOG_FORMAT",
@@ -55,6 +56,9 @@ pub struct SinkConfig {
     pub flows: Vec<Flow>,
     /// Where `/metrics` and `/healthz` are served; `None` = off.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// A flow with consumer lag and nothing stored for this long is not
+    /// ready (`/readyz`).
+    pub stall_after: std::time::Duration,
 }
 
 /// Settings the `migrate` command needs: only ClickHouse.
@@ -102,6 +106,9 @@ impl SinkConfig {
                 "SINK_METRICS_ADDR",
                 &env.string_or("SINK_METRICS_ADDR", "127.0.0.1:9102"),
             )?,
+            stall_after: std::time::Duration::from_millis(
+                env.positive_or("SINK_STALL_AFTER_MS", 60_000)?,
+            ),
         })
     }
 }

@@ -37,6 +37,7 @@ const READY_BURST: usize = 1024;
 
 pub struct FlowSink {
     pub flow: Flow,
+    pub health: flows::health::FlowHealth,
     pub config: Arc<SinkConfig>,
     pub plans: Vec<TablePlan>,
     pub writer: Arc<ClickHouseWriter>,
@@ -76,6 +77,14 @@ impl FlowSink {
         consumer.subscribe(&names)?;
         tracing::info!(flow, group = %self.flow.consumer_group, topics = ?names, "sink consuming");
 
+        let lag_probe = tokio::spawn(crate::lag::run(
+            Arc::clone(&consumer),
+            flow.clone(),
+            self.metrics.clone(),
+            self.health.clone(),
+            (self.config.stall_after / 4).min(std::time::Duration::from_secs(5)),
+            shutdown.clone(),
+        ));
         let policy = self.config.flush.clone();
         let stats = SinkStats::new(&self.metrics, &flow);
         let mut batch = PendingBatch::new(self.plans.len(), self.config.max_message_bytes);
@@ -156,6 +165,7 @@ impl FlowSink {
             self.flush(batch, &consumer, &dlq, &finishing, &stats).await;
             grace.abort();
         }
+        lag_probe.abort();
         tracing::info!(flow, "sink stopped");
         Ok(())
     }
@@ -225,6 +235,7 @@ impl FlowSink {
         flows::failpoint::hit("sink-after-insert");
         let inserted = Instant::now();
         stats.insert.observe_duration(inserted - started);
+        stats.last_insert.set(flows::time::unix_now());
         let mut offsets = TopicPartitionList::new();
         for (topic, partition, next) in batch.offsets() {
             if let Err(error) =

@@ -7,6 +7,7 @@ pub mod clickhouse;
 pub mod config;
 pub mod dead_letter;
 pub mod flow_sink;
+pub mod lag;
 pub mod stats;
 pub mod watch;
 
@@ -40,7 +41,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
-    flows::http::serve_if_configured(config.metrics_addr, &metrics, &shutdown).await;
+    let health = flows::health::Health::new(config.stall_after);
+    flows::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
     let ch = client::client(&config.clickhouse, Some(&config.clickhouse.database));
     let writer = Arc::new(ClickHouseWriter::new(ch));
     let mut sinks = Vec::new();
@@ -63,6 +65,7 @@ pub async fn run(
             plans.push(plan);
         }
         sinks.push(FlowSink {
+            health: health.flow(flow.name.as_str()),
             flow: flow.clone(),
             config: Arc::clone(&config),
             plans,
@@ -70,6 +73,7 @@ pub async fn run(
             metrics: metrics.clone(),
         });
     }
+    flows::systemd::ready(&shutdown);
     let mut tasks = tokio::task::JoinSet::new();
     for sink in sinks {
         tasks.spawn(sink.run(shutdown.clone()));

@@ -5,6 +5,7 @@ use flows::metrics::{Histogram, Metrics, ROWS, SECONDS, Series};
 
 pub struct SinkStats {
     pub flushes: Series,
+    pub last_insert: Series,
     pub insert_failures: Series,
     pub batch_rows: Histogram,
     /// From a batch's first message to its flush decision.
@@ -29,6 +30,11 @@ impl SinkStats {
             flushes: metrics.counter(
                 "sink_flushes_total",
                 "Batches stored and committed.",
+                &[("flow", flow)],
+            ),
+            last_insert: metrics.gauge(
+                "sink_last_insert_timestamp_seconds",
+                "Unix time of the last batch ClickHouse accepted.",
                 &[("flow", flow)],
             ),
             insert_failures: metrics.counter(

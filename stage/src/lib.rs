@@ -17,7 +17,11 @@ use crate::stage_loop::FlowStage;
 /// Runs every selected flow's stage until `shutdown`.
 pub async fn run(config: StageConfig, metrics: Metrics, shutdown: CancellationToken) {
     let config = Arc::new(config);
-    flows::http::serve_if_configured(config.metrics_addr, &metrics, &shutdown).await;
+    // The stage reports no per-flow readiness yet: /readyz is ready once
+    // it runs.
+    let health = flows::health::Health::new(std::time::Duration::from_secs(60));
+    flows::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
+    flows::systemd::ready(&shutdown);
     let mut tasks = tokio::task::JoinSet::new();
     for flow in &config.flows {
         let Some(stage) = flow.stage.clone() else {

@@ -1,0 +1,140 @@
+//! Running the daemons for years: systemd's notify protocol (readiness,
+//! watchdog, stopping) and `/readyz`, which must not call a stalled pipeline
+//! ready.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use flows::metrics::Metrics;
+use outbox_tests::{Daemon, TestStack, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A free local port for a daemon's HTTP endpoint.
+fn free_addr() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// (status code, body) of `GET path`.
+async fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_flow_is_not_ready_until_its_rows_move() -> anyhow::Result<()> {
+    let mut stack = TestStack::start("readyz").await?;
+    let addr = free_addr()?;
+    stack.overrides.extend([
+        ("RELAY_METRICS_ADDR".to_owned(), addr.clone()),
+        ("RELAY_STALL_AFTER_MS".to_owned(), "2000".to_owned()),
+    ]);
+    stack.migrate().await?;
+    // Pending rows that a user's open transaction holds: the relay skips
+    // locked rows, so nothing can move while it lasts.
+    let pg = stack.pg().await?;
+    pg.batch_execute(
+        "INSERT INTO user_logins (username, event_type, event_time)
+         SELECT 'held' || g, 'login', now() FROM generate_series(1, 5) g",
+    )
+    .await?;
+    let holder = stack.pg().await?;
+    holder
+        .batch_execute("BEGIN; SELECT id FROM user_logins FOR UPDATE")
+        .await?;
+
+    let metrics = Metrics::default();
+    let relay = stack.spawn_relay(&metrics)?;
+    wait_until("/readyz to report the stall", Duration::from_secs(30), || async {
+        let (status, body) = get(&addr, "/readyz").await?;
+        Ok(status == 503 && body.contains("flow=user_logins not ready: stalled, backlog 5"))
+    })
+    .await;
+    assert_eq!(
+        metrics.value("relay_backlog_rows", &[("flow", "user_logins"), ("table", "user_logins")]),
+        5
+    );
+    let (live, _) = get(&addr, "/healthz").await?;
+    assert_eq!(live, 200, "a stalled daemon is still alive");
+
+    // The transaction ends: rows move, the flow is ready again.
+    holder.batch_execute("ROLLBACK").await?;
+    wait_until("rows sent and /readyz ready", Duration::from_secs(30), || async {
+        let (status, body) = get(&addr, "/readyz").await?;
+        Ok(stack.pending("user_logins").await? == 0
+            && status == 200
+            && body.contains("flow=user_logins ready"))
+    })
+    .await;
+    relay.stop().await?;
+    Ok(())
+}
+
+/// Receives one datagram within `timeout`.
+fn receive(socket: &UnixDatagram, timeout: Duration) -> anyhow::Result<String> {
+    socket.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_relay_reports_ready_feeds_the_watchdog_and_says_stopping()
+-> anyhow::Result<()> {
+    let stack = TestStack::start("notify").await?;
+    stack.migrate().await?;
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path)?;
+    let mut env = stack.daemon_env();
+    env.push(("RELAY_METRICS_ADDR".into(), "off".into()));
+    env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+    env.push(("WATCHDOG_USEC".into(), "400000".into()));
+    let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
+
+    let socket = std::sync::Arc::new(socket);
+    let s = std::sync::Arc::clone(&socket);
+    let first = tokio::task::spawn_blocking(move || receive(&s, Duration::from_secs(30))).await??;
+    assert_eq!(first, "READY=1");
+    // Pings at half of WATCHDOG_USEC: two within a second.
+    let s = std::sync::Arc::clone(&socket);
+    let started = Instant::now();
+    let pings = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+        Ok(vec![receive(&s, Duration::from_secs(2))?, receive(&s, Duration::from_secs(2))?])
+    })
+    .await??;
+    assert_eq!(pings, ["WATCHDOG=1", "WATCHDOG=1"]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    let status = relay.terminate(Duration::from_secs(15));
+    assert!(status.is_some_and(|s| s.success()), "relay exited {status:?}");
+    let s = std::sync::Arc::clone(&socket);
+    let last = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        // Skip pings that raced with the signal.
+        loop {
+            let m = receive(&s, Duration::from_secs(2))?;
+            if m != "WATCHDOG=1" {
+                return Ok(m);
+            }
+        }
+    })
+    .await??;
+    assert_eq!(last, "STOPPING=1");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
