@@ -6,6 +6,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use flows::metrics::Metrics;
+use outbox_tests::daemon::run_for_output;
 use outbox_tests::{Daemon, TestStack, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -71,6 +72,16 @@ async fn a_stalled_flow_is_not_ready_until_its_rows_move() -> anyhow::Result<()>
     let (live, _) = get(&addr, "/healthz").await?;
     assert_eq!(live, 200, "a stalled daemon is still alive");
 
+    // `relay status` sees the same: this relay active, 5 rows pending.
+    let env = stack.daemon_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (code, out, err) = run_for_output("relay", &["status"], &env);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("daemon={addr} reachable")), "{out}");
+    assert!(out.contains("flow=user_logins active_relay=pid "), "{out}");
+    assert!(out.contains("flow=user_logins table=user_logins pending=5 oldest_pending_id=1"), "{out}");
+    assert!(out.contains("flow=user_logins last_publish=never"), "{out}");
+
     // The transaction ends: rows move, the flow is ready again.
     holder.batch_execute("ROLLBACK").await?;
     wait_until("rows sent and /readyz ready", Duration::from_secs(30), || async {
@@ -80,6 +91,9 @@ async fn a_stalled_flow_is_not_ready_until_its_rows_move() -> anyhow::Result<()>
             && body.contains("flow=user_logins ready"))
     })
     .await;
+    let (_, out, _) = run_for_output("relay", &["status"], &env);
+    assert!(out.contains("pending=0 oldest_pending_id=none"), "{out}");
+    assert!(out.contains(" UTC") && !out.contains("last_publish=never"), "{out}");
     relay.stop().await?;
     Ok(())
 }

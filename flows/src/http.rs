@@ -83,6 +83,38 @@ pub async fn serve_if_configured(
     }
 }
 
+/// The `/metrics` text a running daemon serves at `addr`, if it answers
+/// within two seconds (for the status commands).
+pub async fn fetch_metrics(addr: SocketAddr) -> Option<String> {
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: status\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The value of series `name` with exactly `labels` in Prometheus text.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let series = if wanted.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{}}}", wanted.join(","))
+    };
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Parses a `host:port` setting; `off` disables the endpoint (`None`).
 pub fn parse_addr(name: &str, value: &str) -> Result<Option<SocketAddr>, crate::SettingError> {
     if value == "off" {
@@ -148,6 +180,9 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
             assert!(out.contains(expect), "{path}: {out}");
         }
+        let text = fetch_metrics(addr).await.unwrap_or_default();
+        assert_eq!(metric_value(&text, "x_total", &[]), Some(2.0));
+        assert_eq!(metric_value(&text, "x_tot", &[]), None);
         shutdown.cancel();
         assert_eq!(parse_addr("A", "off"), Ok(None));
         assert!(parse_addr("A", "nonsense").is_err());

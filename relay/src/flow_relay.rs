@@ -39,7 +39,7 @@ const LANES: usize = 2;
 
 /// The advisory-lock key of a flow's lane: a relay leads a flow only while
 /// it holds every lane's key, so one active relay per flow per database.
-fn leader_key(flow: &str, lane: usize) -> String {
+pub fn leader_key(flow: &str, lane: usize) -> String {
     match lane {
         0 => format!("outbox-relay/{flow}"),
         n => format!("outbox-relay/{flow}/lane-{}", n + 1),

@@ -15,6 +15,7 @@ pub mod probe;
 pub mod publisher;
 pub mod row_json;
 pub mod source;
+pub mod status;
 pub mod stats;
 
 use std::sync::Arc;

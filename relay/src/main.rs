@@ -27,6 +27,10 @@ enum Command {
     Migrate,
     /// Relay the selected flows until SIGTERM or SIGINT.
     Run,
+    /// Per flow: the active relay, pending rows and the oldest pending id
+    /// per table, and (from the local daemon's RELAY_METRICS_ADDR, if it
+    /// answers) the oldest pending row's age and the last publish.
+    Status,
     /// Put rows set aside in outbox_dead_rows back in their flow.
     Replay {
         /// The flow whose set-aside rows to replay.
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         let outcome = match cli.command {
             Command::Migrate => migrate(&env).await,
             Command::Run => run(&env).await,
+            Command::Status => status(&env).await,
             Command::Replay { flow, id } => replay(&env, &flow, id).await,
             Command::Generate { flow, rate, total } => generate(&env, &flow, rate, total).await,
         };
@@ -107,6 +112,20 @@ async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
         )),
         Err(e) => Err(failure(NAME, &e)),
     }
+}
+
+async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
+    let flows = setting(flows::settings::selected_flows(env))?;
+    let daemon = setting(flows::http::parse_addr(
+        "RELAY_METRICS_ADDR",
+        &env.string_or("RELAY_METRICS_ADDR", "127.0.0.1:9101"),
+    ))?;
+    let (client, _) = connect(env, "status").await?;
+    let report = relay::status::report(&client, &flows, daemon)
+        .await
+        .map_err(|e| failure("relay status", &relay::error::pg_detail(&e)))?;
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn generate(

@@ -119,6 +119,17 @@ impl Drop for Daemon {
 /// Runs `name args…` to completion with exactly `env`; returns the exit code
 /// and stderr.
 pub fn run_to_exit(name: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let (code, _, stderr) = run_for_output(name, args, env);
+    (code, stderr)
+}
+
+/// Runs `name args…` to completion with exactly `env`; returns the exit
+/// code, stdout and stderr.
+pub fn run_for_output(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
     let out = Command::new(binary(name))
         .args(args)
         .env_clear()
@@ -129,6 +140,7 @@ pub fn run_to_exit(name: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i
         .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
     (
         out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }

@@ -1,0 +1,91 @@
+//! `relay status`: per flow, which relay is active (from Postgres' own view
+//! of the advisory locks), pending rows and the oldest pending id per source
+//! table; and, when the local daemon's endpoint answers, the age of the
+//! oldest pending row and the time of the last publish.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use flows::Flow;
+use flows::http::metric_value;
+use tokio_postgres::Client;
+
+use crate::probe;
+
+/// The report, one `key=value` line per fact.
+pub async fn report(
+    client: &Client,
+    flows: &[Flow],
+    daemon: Option<SocketAddr>,
+) -> Result<String, tokio_postgres::Error> {
+    let metrics = match daemon {
+        Some(addr) => flows::http::fetch_metrics(addr).await,
+        None => None,
+    };
+    let mut out = String::new();
+    match (daemon, &metrics) {
+        (Some(addr), Some(_)) => {
+            let _ = writeln!(out, "daemon={addr} reachable");
+        }
+        (Some(addr), None) => {
+            let _ = writeln!(out, "daemon={addr} not reachable (age and last publish unknown)");
+        }
+        (None, _) => {}
+    }
+    for flow in flows.iter().filter(|f| !f.sources.is_empty()) {
+        let name = flow.name.as_str();
+        let _ = writeln!(out, "flow={name} active_relay={}", active_relay(client, name).await?);
+        for source in &flow.sources {
+            let table = source.table.as_str();
+            let pending = probe::pending(client, table).await?;
+            let rows = if pending.rows >= probe::BACKLOG_COUNT_CAP {
+                format!("{}+", pending.rows)
+            } else {
+                pending.rows.to_string()
+            };
+            let oldest = pending
+                .oldest_id
+                .map_or_else(|| "none".to_owned(), |id| id.to_string());
+            let mut line = format!("flow={name} table={table} pending={rows} oldest_pending_id={oldest}");
+            if let Some(text) = &metrics {
+                let labels = [("flow", name), ("table", table)];
+                if let Some(age) = metric_value(text, "relay_oldest_pending_age_seconds", &labels) {
+                    let _ = write!(line, " oldest_pending_age_s={age}");
+                }
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        if let Some(text) = &metrics {
+            let last = metric_value(text, "relay_last_publish_timestamp_seconds", &[("flow", name)])
+                .filter(|t| *t > 0.0)
+                .and_then(|t| flows::time::format_utc(t as i64))
+                .map_or_else(|| "never (since the daemon started)".to_owned(), |t| format!("{t} UTC"));
+            let _ = writeln!(out, "flow={name} last_publish={last}");
+        }
+    }
+    Ok(out)
+}
+
+/// "pid N from ADDR since TIME", or "none", from the flow's first-lane lock.
+async fn active_relay(client: &Client, flow: &str) -> Result<String, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT a.pid, coalesce(host(a.client_addr), 'local'), \
+                    to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND ((l.classid::int8 << 32) | l.objid::int8) = hashtextextended($1, 0) \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&crate::flow_relay::leader_key(flow, 0)],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => format!(
+            "pid {} from {} since {} UTC",
+            r.get::<_, i32>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2)
+        ),
+        None => "none".to_owned(),
+    })
+}
