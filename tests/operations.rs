@@ -152,3 +152,49 @@ async fn under_systemd_the_relay_reports_ready_feeds_the_watchdog_and_says_stopp
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_status_reports_offsets_lag_rows_and_last_insert() -> anyhow::Result<()> {
+    let mut stack = TestStack::start("sinkstatus").await?;
+    let addr = free_addr()?;
+    stack
+        .overrides
+        .push(("SINK_METRICS_ADDR".to_owned(), addr.clone()));
+    stack.migrate().await?;
+    let metrics = Metrics::default();
+    let relay = stack.spawn_relay(&metrics)?;
+    let sink = stack.spawn_sink(&metrics)?;
+    let pg = stack.pg().await?;
+    pg.batch_execute(
+        "INSERT INTO user_logins (username, event_type, event_time)
+         SELECT 'u' || g, 'login', now() FROM generate_series(1, 40) g",
+    )
+    .await?;
+    wait_until("40 rows in ClickHouse", Duration::from_secs(30), || async {
+        Ok(stack.ch_count_final("user_logins").await? == 40)
+    })
+    .await;
+    let env = stack.daemon_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // Offsets are committed right after the insert: wait for lag 0.
+    let mut out = String::new();
+    wait_until("sink status to show no lag", Duration::from_secs(30), || {
+        let (code, o, err) = run_for_output("sink", &["status"], &env);
+        out = o;
+        let done = code == Some(0) && out.contains("topic=") && out.contains(" lag=0\n");
+        async move {
+            anyhow::ensure!(code == Some(0), "sink status failed: {err}");
+            Ok(done)
+        }
+    })
+    .await;
+    let topic = stack.topic("user_events");
+    let group = stack.group("user-logins-consumer");
+    assert!(out.contains(&format!("daemon={addr} reachable")), "{out}");
+    assert!(out.contains(&format!("flow=user_logins group={group} topic={topic} lag=0")), "{out}");
+    assert!(out.contains("flow=user_logins table=user_logins rows=40"), "{out}");
+    assert!(out.contains("last_insert=") && !out.contains("last_insert=never"), "{out}");
+    relay.stop().await?;
+    sink.stop().await?;
+    Ok(())
+}

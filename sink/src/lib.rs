@@ -9,6 +9,7 @@ pub mod dead_letter;
 pub mod flow_sink;
 pub mod lag;
 pub mod stats;
+pub mod status;
 pub mod watch;
 
 use std::sync::Arc;

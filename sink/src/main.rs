@@ -28,6 +28,10 @@ enum Command {
     Migrate,
     /// Load the selected flows until SIGTERM or SIGINT.
     Run,
+    /// Per flow: the consumer group's committed offset, end and lag per
+    /// partition (asked of Kafka), rows per ClickHouse table, and (from the
+    /// local daemon's SINK_METRICS_ADDR, if it answers) the last insert.
+    Status,
     /// The events watcher (seed 000): print new entries of the `events`
     /// journal every few seconds, reading only ClickHouse.
     Watch {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         let outcome = match cli.command {
             Command::Migrate => migrate(&env).await,
             Command::Run => run(&env).await,
+            Command::Status => status(&env).await,
             Command::Watch {
                 interval_secs,
                 from_start,
@@ -87,6 +92,17 @@ async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
         )),
         Err(e) => Err(failure(NAME, &e)),
     }
+}
+
+async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
+    let config = setting(SinkConfig::from_env(env))?;
+    let ch = &config.clickhouse;
+    let client = sink::clickhouse::client::client(ch, Some(&ch.database));
+    let report = sink::status::report(&config.kafka.brokers, &client, &config.flows, config.metrics_addr)
+        .await
+        .map_err(|e| failure("sink status", &format!("{e:#}")))?;
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn watch(env: &Env, interval_secs: u64, from_start: bool) -> Result<ExitCode, ExitCode> {

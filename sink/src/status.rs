@@ -1,0 +1,105 @@
+//! `sink status`: per flow, the consumer group's committed offset, the end
+//! of each partition and the lag (asked of Kafka, so it works with no sink
+//! running), the rows in each ClickHouse table, and — when the local
+//! daemon's endpoint answers — the time of the last insert.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use flows::Flow;
+use flows::http::metric_value;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// (partition, committed offset if any, end offset) of `topic` for `group`.
+/// Blocking.
+pub fn group_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+) -> Result<Vec<(i32, Option<i64>, i64)>, rdkafka::error::KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)?;
+    let mut partitions = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            partitions.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer.committed_offsets(partitions, KAFKA_TIMEOUT)?;
+    let mut out = Vec::new();
+    for e in committed.elements() {
+        let (_, high) = consumer.fetch_watermarks(topic, e.partition(), KAFKA_TIMEOUT)?;
+        let offset = match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        };
+        out.push((e.partition(), offset, high));
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The report, one `key=value` line per fact.
+pub async fn report(
+    brokers: &str,
+    ch: &clickhouse::Client,
+    flows: &[Flow],
+    daemon: Option<SocketAddr>,
+) -> anyhow::Result<String> {
+    let metrics = match daemon {
+        Some(addr) => flows::http::fetch_metrics(addr).await,
+        None => None,
+    };
+    let mut out = String::new();
+    match (daemon, &metrics) {
+        (Some(addr), Some(_)) => writeln!(out, "daemon={addr} reachable")?,
+        (Some(addr), None) => writeln!(out, "daemon={addr} not reachable (last insert unknown)")?,
+        (None, _) => {}
+    }
+    for flow in flows.iter().filter(|f| !f.targets.is_empty()) {
+        let name = flow.name.as_str();
+        let group = flow.consumer_group.clone();
+        let mut topics: Vec<&str> = flow.targets.iter().map(|t| t.topic.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        for topic in topics {
+            let (brokers, group_c, topic_c) = (brokers.to_owned(), group.clone(), topic.to_owned());
+            let offsets = tokio::task::spawn_blocking(move || group_offsets(&brokers, &group_c, &topic_c)).await??;
+            let mut total = 0;
+            for (partition, committed, end) in offsets {
+                let lag = end - committed.unwrap_or(0).min(end);
+                total += lag;
+                let committed = committed.map_or_else(|| "none".to_owned(), |c| c.to_string());
+                writeln!(
+                    out,
+                    "flow={name} group={group} topic={topic} partition={partition} committed={committed} end={end} lag={lag}"
+                )?;
+            }
+            writeln!(out, "flow={name} group={group} topic={topic} lag={total}")?;
+        }
+        for target in &flow.targets {
+            let table = target.table.as_str();
+            let rows: u64 = ch
+                .query(&format!("SELECT count() FROM {}", target.table.ch()))
+                .fetch_one()
+                .await?;
+            writeln!(out, "flow={name} table={table} rows={rows} (before merges; FINAL or `sink reconcile` count distinct)")?;
+        }
+        if let Some(text) = &metrics {
+            let last = metric_value(text, "sink_last_insert_timestamp_seconds", &[("flow", name)])
+                .filter(|t| *t > 0.0)
+                .and_then(|t| flows::time::format_utc(t as i64))
+                .map_or_else(|| "never (since the daemon started)".to_owned(), |t| format!("{t} UTC"));
+            writeln!(out, "flow={name} last_insert={last}")?;
+        }
+    }
+    Ok(out)
+}
