@@ -154,7 +154,7 @@ async fn under_systemd_the_relay_reports_ready_feeds_the_watchdog_and_says_stopp
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sink_status_reports_offsets_lag_rows_and_last_insert() -> anyhow::Result<()> {
+async fn sink_status_and_reconcile_report_what_is_stored() -> anyhow::Result<()> {
     let mut stack = TestStack::start("sinkstatus").await?;
     let addr = free_addr()?;
     stack
@@ -194,7 +194,38 @@ async fn sink_status_reports_offsets_lag_rows_and_last_insert() -> anyhow::Resul
     assert!(out.contains(&format!("flow=user_logins group={group} topic={topic} lag=0")), "{out}");
     assert!(out.contains("flow=user_logins table=user_logins rows=40"), "{out}");
     assert!(out.contains("last_insert=") && !out.contains("last_insert=never"), "{out}");
+
+    // Reconcile: the same 40 rows on both sides…
+    let (code, out, err) = run_for_output("sink", &["reconcile"], &env);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("flow=user_logins source=user_logins target=user_logins sent=40 stored_distinct=40 missing=0 unexpected=0"),
+        "{out}"
+    );
+    // …then a row flagged sent that never travelled, and a stored row no
+    // source row explains: both reported, with their ids, exit 1.
     relay.stop().await?;
     sink.stop().await?;
+    let ghost: i64 = pg
+        .query_one(
+            "INSERT INTO user_logins (username, event_type, event_time, sent_to_kafka)
+             VALUES ('ghost', 'login', now(), TRUE) RETURNING id::int8",
+            &[],
+        )
+        .await?
+        .get(0);
+    stack
+        .ch()
+        .query("INSERT INTO user_logins (id, username) VALUES (1000000, 'stray')")
+        .execute()
+        .await?;
+    let (code, out, _) = run_for_output("sink", &["reconcile"], &env);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "sent=41 stored_distinct=41 missing=1 unexpected=1 missing_sample={ghost} unexpected_sample=1000000"
+        )),
+        "{out}"
+    );
     Ok(())
 }

@@ -32,6 +32,10 @@ enum Command {
     /// partition (asked of Kafka), rows per ClickHouse table, and (from the
     /// local daemon's SINK_METRICS_ADDR, if it answers) the last insert.
     Status,
+    /// Per flow: the rows flagged sent in Postgres (DATABASE_URL) against
+    /// the distinct source ids in ClickHouse, with sample ids of any
+    /// difference. Exit 0 when they match, 1 when they differ.
+    Reconcile,
     /// The events watcher (seed 000): print new entries of the `events`
     /// journal every few seconds, reading only ClickHouse.
     Watch {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
             Command::Migrate => migrate(&env).await,
             Command::Run => run(&env).await,
             Command::Status => status(&env).await,
+            Command::Reconcile => reconcile(&env).await,
             Command::Watch {
                 interval_secs,
                 from_start,
@@ -103,6 +108,46 @@ async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
         .map_err(|e| failure("sink status", &format!("{e:#}")))?;
     print!("{report}");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn reconcile(env: &Env) -> Result<ExitCode, ExitCode> {
+    let config = setting(SinkConfig::from_env(env))?;
+    let url = setting(env.required("DATABASE_URL"))?;
+    setting(flows::settings::check_url("DATABASE_URL", &url, &["postgres", "postgresql"]))?;
+    let shutdown = signals(NAME)?;
+    let ch = &config.clickhouse;
+    let client = sink::clickhouse::client::client(ch, Some(&ch.database));
+    let mut backoff = flows::backoff::Backoff::default();
+    let pg = loop {
+        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            Ok((pg, conn)) => {
+                tokio::spawn(conn);
+                break pg;
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(url = %flows::settings::redact_url(&url), %error, "postgres unreachable");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+                }
+            }
+        }
+    };
+    let mut consistent = true;
+    for (flow, source, target, column) in sink::reconcile::pairs(&config.flows) {
+        let c = sink::reconcile::compare(&pg, &client, &flow, &source, &target, &column)
+            .await
+            .map_err(|e| failure("sink reconcile", &format!("{e:#}")))?;
+        consistent &= c.consistent();
+        println!("{}", c.line());
+    }
+    if consistent {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("sink reconcile: differences found");
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 async fn watch(env: &Env, interval_secs: u64, from_start: bool) -> Result<ExitCode, ExitCode> {
