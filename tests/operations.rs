@@ -60,13 +60,20 @@ async fn a_stalled_flow_is_not_ready_until_its_rows_move() -> anyhow::Result<()>
 
     let metrics = Metrics::default();
     let relay = stack.spawn_relay(&metrics)?;
-    wait_until("/readyz to report the stall", Duration::from_secs(30), || async {
-        let (status, body) = get(&addr, "/readyz").await?;
-        Ok(status == 503 && body.contains("flow=user_logins not ready: stalled, backlog 5"))
-    })
+    wait_until(
+        "/readyz to report the stall",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = get(&addr, "/readyz").await?;
+            Ok(status == 503 && body.contains("flow=user_logins not ready: stalled, backlog 5"))
+        },
+    )
     .await;
     assert_eq!(
-        metrics.value("relay_backlog_rows", &[("flow", "user_logins"), ("table", "user_logins")]),
+        metrics.value(
+            "relay_backlog_rows",
+            &[("flow", "user_logins"), ("table", "user_logins")]
+        ),
         5
     );
     let (live, _) = get(&addr, "/healthz").await?;
@@ -79,21 +86,31 @@ async fn a_stalled_flow_is_not_ready_until_its_rows_move() -> anyhow::Result<()>
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains(&format!("daemon={addr} reachable")), "{out}");
     assert!(out.contains("flow=user_logins active_relay=pid "), "{out}");
-    assert!(out.contains("flow=user_logins table=user_logins pending=5 oldest_pending_id=1"), "{out}");
+    assert!(
+        out.contains("flow=user_logins table=user_logins pending=5 oldest_pending_id=1"),
+        "{out}"
+    );
     assert!(out.contains("flow=user_logins last_publish=never"), "{out}");
 
     // The transaction ends: rows move, the flow is ready again.
     holder.batch_execute("ROLLBACK").await?;
-    wait_until("rows sent and /readyz ready", Duration::from_secs(30), || async {
-        let (status, body) = get(&addr, "/readyz").await?;
-        Ok(stack.pending("user_logins").await? == 0
-            && status == 200
-            && body.contains("flow=user_logins ready"))
-    })
+    wait_until(
+        "rows sent and /readyz ready",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = get(&addr, "/readyz").await?;
+            Ok(stack.pending("user_logins").await? == 0
+                && status == 200
+                && body.contains("flow=user_logins ready"))
+        },
+    )
     .await;
     let (_, out, _) = run_for_output("relay", &["status"], &env);
     assert!(out.contains("pending=0 oldest_pending_id=none"), "{out}");
-    assert!(out.contains(" UTC") && !out.contains("last_publish=never"), "{out}");
+    assert!(
+        out.contains(" UTC") && !out.contains("last_publish=never"),
+        "{out}"
+    );
     relay.stop().await?;
     Ok(())
 }
@@ -129,14 +146,20 @@ async fn under_systemd_the_relay_reports_ready_feeds_the_watchdog_and_says_stopp
     let s = std::sync::Arc::clone(&socket);
     let started = Instant::now();
     let pings = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        Ok(vec![receive(&s, Duration::from_secs(2))?, receive(&s, Duration::from_secs(2))?])
+        Ok(vec![
+            receive(&s, Duration::from_secs(2))?,
+            receive(&s, Duration::from_secs(2))?,
+        ])
     })
     .await??;
     assert_eq!(pings, ["WATCHDOG=1", "WATCHDOG=1"]);
     assert!(started.elapsed() < Duration::from_secs(2));
 
     let status = relay.terminate(Duration::from_secs(15));
-    assert!(status.is_some_and(|s| s.success()), "relay exited {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "relay exited {status:?}"
+    );
     let s = std::sync::Arc::clone(&socket);
     let last = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
         // Skip pings that raced with the signal.
@@ -178,22 +201,37 @@ async fn sink_status_and_reconcile_report_what_is_stored() -> anyhow::Result<()>
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     // Offsets are committed right after the insert: wait for lag 0.
     let mut out = String::new();
-    wait_until("sink status to show no lag", Duration::from_secs(30), || {
-        let (code, o, err) = run_for_output("sink", &["status"], &env);
-        out = o;
-        let done = code == Some(0) && out.contains("topic=") && out.contains(" lag=0\n");
-        async move {
-            anyhow::ensure!(code == Some(0), "sink status failed: {err}");
-            Ok(done)
-        }
-    })
+    wait_until(
+        "sink status to show no lag",
+        Duration::from_secs(30),
+        || {
+            let (code, o, err) = run_for_output("sink", &["status"], &env);
+            out = o;
+            let done = code == Some(0) && out.contains("topic=") && out.contains(" lag=0\n");
+            async move {
+                anyhow::ensure!(code == Some(0), "sink status failed: {err}");
+                Ok(done)
+            }
+        },
+    )
     .await;
     let topic = stack.topic("user_events");
     let group = stack.group("user-logins-consumer");
     assert!(out.contains(&format!("daemon={addr} reachable")), "{out}");
-    assert!(out.contains(&format!("flow=user_logins group={group} topic={topic} lag=0")), "{out}");
-    assert!(out.contains("flow=user_logins table=user_logins rows=40"), "{out}");
-    assert!(out.contains("last_insert=") && !out.contains("last_insert=never"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "flow=user_logins group={group} topic={topic} lag=0"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("flow=user_logins table=user_logins rows=40"),
+        "{out}"
+    );
+    assert!(
+        out.contains("last_insert=") && !out.contains("last_insert=never"),
+        "{out}"
+    );
 
     // Reconcile: the same 40 rows on both sides…
     let (code, out, err) = run_for_output("sink", &["reconcile"], &env);

@@ -26,7 +26,9 @@ pub async fn row_by_row_relay(bench: &Bench, budget: Duration) -> anyhow::Result
         .set("acks", "all")
         .set("linger.ms", "0")
         .create()?;
-    bench.mock.create_topic("peer.user_events", bench.partitions)?;
+    bench
+        .mock
+        .create_topic("peer.user_events", bench.partitions)?;
     let rows = pg
         .query(
             "SELECT id::int8, username, event_type, date_part('epoch', event_time AT TIME ZONE 'UTC')
@@ -53,7 +55,9 @@ pub async fn row_by_row_relay(bench: &Bench, budget: Duration) -> anyhow::Result
         // send-then-flush does).
         producer
             .send(
-                FutureRecord::to("peer.user_events").key(&key).payload(&payload),
+                FutureRecord::to("peer.user_events")
+                    .key(&key)
+                    .payload(&payload),
                 Duration::from_secs(10),
             )
             .await
@@ -70,7 +74,10 @@ pub async fn row_by_row_relay(bench: &Bench, budget: Duration) -> anyhow::Result
         "peer, seed 003 producer: row by row into Kafka",
         sent as f64 / secs,
         "rows/s",
-        format!("{sent} rows in {secs:.1} s (stopped after {} s)", budget.as_secs()),
+        format!(
+            "{sent} rows in {secs:.1} s (stopped after {} s)",
+            budget.as_secs()
+        ),
     ))
 }
 
@@ -81,7 +88,9 @@ pub async fn row_by_row_sink(bench: &Bench, budget: Duration) -> anyhow::Result<
     ch.query("CREATE TABLE IF NOT EXISTS peer_user_logins AS user_logins")
         .execute()
         .await?;
-    ch.query("TRUNCATE TABLE peer_user_logins").execute().await?;
+    ch.query("TRUNCATE TABLE peer_user_logins")
+        .execute()
+        .await?;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bench.mock.bootstrap_servers())
         .set("group.id", "peer.user-logins-consumer")
@@ -165,8 +174,12 @@ pub async fn kafka_engine_sink(bench: &Bench, n: u64, budget: Duration) -> anyho
     }
     let secs = start.elapsed().as_secs_f64();
     // Stop the engine's consumer before the next scenario.
-    ch.query("DROP TABLE IF EXISTS peer_engine_view").execute().await?;
-    ch.query("DROP TABLE IF EXISTS peer_engine_queue").execute().await?;
+    ch.query("DROP TABLE IF EXISTS peer_engine_view")
+        .execute()
+        .await?;
+    ch.query("DROP TABLE IF EXISTS peer_engine_queue")
+        .execute()
+        .await?;
     let note = if stored >= n {
         format!("{n} rows in {secs:.1} s from attaching the view (flushes every 7.5 s by default)")
     } else {

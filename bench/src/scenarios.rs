@@ -129,7 +129,11 @@ pub async fn relay_throughput(bench: &Bench, n: u64, measure: &str) -> anyhow::R
     // Where a batch's time goes (the relay's own histograms). Phases overlap:
     // Kafka works on one batch while Postgres flags the one before and locks
     // the next.
-    figures.extend(phase_figures(measure, &scraped, "relay_batch_phase_seconds"));
+    figures.extend(phase_figures(
+        measure,
+        &scraped,
+        "relay_batch_phase_seconds",
+    ));
     Ok(figures)
 }
 
@@ -161,7 +165,10 @@ pub async fn growth(bench: &Bench, n: u64, sent: u64) -> anyhow::Result<Vec<Figu
         &[&(sent as i32)],
     )
     .await?;
-    eprintln!("  {sent} sent rows added in {:.0} s", start.elapsed().as_secs_f64());
+    eprintln!(
+        "  {sent} sent rows added in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
     let measure = format!("relay with {sent} rows already sent");
     relay_throughput(bench, n, &measure).await
 }
@@ -198,14 +205,18 @@ pub async fn sink_throughput(
     };
     let started = Instant::now();
     // The first flushed batch: process start and group join are behind us.
-    let to_first = time_until(Duration::from_secs(120), Duration::from_millis(5), || async {
-        Ok(count().await? > 0)
-    })
+    let to_first = time_until(
+        Duration::from_secs(120),
+        Duration::from_millis(5),
+        || async { Ok(count().await? > 0) },
+    )
     .await?;
     let first = count().await?;
-    time_until(Duration::from_secs(900), Duration::from_millis(20), || async {
-        Ok(count().await? >= n)
-    })
+    time_until(
+        Duration::from_secs(900),
+        Duration::from_millis(20),
+        || async { Ok(count().await? >= n) },
+    )
     .await?;
     let took = started.elapsed();
     let steady = (took - to_first).as_secs_f64();

@@ -235,7 +235,9 @@ pub fn histogram_means(text: &str, name: &str, label: &str) -> Vec<(String, f64,
         } else {
             continue;
         };
-        let Some((key, value)) = value_of(rest) else { continue };
+        let Some((key, value)) = value_of(rest) else {
+            continue;
+        };
         let i = match out.iter().position(|(k, _, _)| *k == key) {
             Some(i) => i,
             None => {
@@ -273,8 +275,7 @@ pub fn cpu_seconds_of(comm: &str) -> f64 {
     dir.filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim_end() == comm)
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
         })
         .map(cpu_seconds)
         .sum()

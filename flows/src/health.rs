@@ -138,7 +138,10 @@ mod tests {
         flow.observe_at(120, 7, t0 + Duration::from_secs(20));
         let (ready, report) = health.check_at(t0 + Duration::from_secs(31));
         assert!(!ready);
-        assert!(report.contains("flow=f not ready: stalled, backlog 120"), "{report}");
+        assert!(
+            report.contains("flow=f not ready: stalled, backlog 120"),
+            "{report}"
+        );
         // Rows move again: ready.
         flow.observe_at(90, 8, t0 + Duration::from_secs(32));
         assert!(health.check_at(t0 + Duration::from_secs(33)).0);
@@ -165,6 +168,9 @@ mod tests {
         let (ready, report) = health.check_at(t0);
         assert!(!ready);
         assert!(report.contains("flow=a ready"), "{report}");
-        assert!(report.contains("flow=b not ready: cannot reach"), "{report}");
+        assert!(
+            report.contains("flow=b not ready: cannot reach"),
+            "{report}"
+        );
     }
 }

@@ -158,11 +158,17 @@ mod tests {
             out
         };
         let ready = get("/readyz").await;
-        assert!(ready.starts_with("HTTP/1.1 200") && ready.contains("flow=ok_flow ready"), "{ready}");
+        assert!(
+            ready.starts_with("HTTP/1.1 200") && ready.contains("flow=ok_flow ready"),
+            "{ready}"
+        );
         health.flow("dead_flow").unreachable();
         let not_ready = get("/readyz").await;
         assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
-        assert!(not_ready.contains("flow=dead_flow not ready"), "{not_ready}");
+        assert!(
+            not_ready.contains("flow=dead_flow not ready"),
+            "{not_ready}"
+        );
         for (path, expect) in [
             ("/metrics", "x_total 2"),
             ("/healthz", "ok"),

@@ -264,10 +264,22 @@ mod tests {
         assert_eq!(h.sum(), 5.0 + 5000.0 + 5e7);
         let text = m.render();
         assert!(text.contains("# TYPE batch_rows histogram\n"), "{text}");
-        assert!(text.contains("batch_rows_bucket{flow=\"f\",le=\"1\"} 0\n"), "{text}");
-        assert!(text.contains("batch_rows_bucket{flow=\"f\",le=\"10\"} 1\n"), "{text}");
-        assert!(text.contains("batch_rows_bucket{flow=\"f\",le=\"10000\"} 2\n"), "{text}");
-        assert!(text.contains("batch_rows_bucket{flow=\"f\",le=\"+Inf\"} 3\n"), "{text}");
+        assert!(
+            text.contains("batch_rows_bucket{flow=\"f\",le=\"1\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("batch_rows_bucket{flow=\"f\",le=\"10\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("batch_rows_bucket{flow=\"f\",le=\"10000\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("batch_rows_bucket{flow=\"f\",le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
         assert!(text.contains("batch_rows_count{flow=\"f\"} 3\n"), "{text}");
     }
 }

@@ -99,10 +99,13 @@ mod tests {
     fn reports_to_an_abstract_socket() {
         use std::os::linux::net::SocketAddrExt;
         let name = format!("outbox-notify-test-{}", std::process::id());
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .expect("addr");
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("addr");
         let listener = UnixDatagram::bind_addr(&addr).expect("bind");
-        assert!(notify_to(std::ffi::OsStr::new(&format!("@{name}")), "WATCHDOG=1"));
+        assert!(notify_to(
+            std::ffi::OsStr::new(&format!("@{name}")),
+            "WATCHDOG=1"
+        ));
         let mut buf = [0u8; 64];
         let n = listener.recv(&mut buf).expect("recv");
         assert_eq!(&buf[..n], b"WATCHDOG=1");
@@ -110,6 +113,9 @@ mod tests {
 
     #[test]
     fn a_missing_socket_is_not_fatal() {
-        assert!(!notify_to(std::ffi::OsStr::new("/nonexistent/notify.sock"), "READY=1"));
+        assert!(!notify_to(
+            std::ffi::OsStr::new("/nonexistent/notify.sock"),
+            "READY=1"
+        ));
     }
 }

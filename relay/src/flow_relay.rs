@@ -97,7 +97,10 @@ impl FlowRelay {
                     None => return Ok(()),
                 }
             }
-            if !self.acquire_lock(&lanes[lane], &leader_key(&flow, lane), shutdown).await? {
+            if !self
+                .acquire_lock(&lanes[lane], &leader_key(&flow, lane), shutdown)
+                .await?
+            {
                 return Ok(());
             }
         }

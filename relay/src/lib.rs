@@ -15,8 +15,8 @@ pub mod probe;
 pub mod publisher;
 pub mod row_json;
 pub mod source;
-pub mod status;
 pub mod stats;
+pub mod status;
 
 use std::sync::Arc;
 

@@ -204,7 +204,10 @@ impl Lanes<'_> {
         let previous_lane = previous.as_ref().map(|p| p.lane);
         let finish = async {
             match previous {
-                Some(done) => self.finish(done, source, table).await.map_err(|(_, err)| err),
+                Some(done) => self
+                    .finish(done, source, table)
+                    .await
+                    .map_err(|(_, err)| err),
                 None => Ok(0),
             }
         };
@@ -277,7 +280,9 @@ impl Lanes<'_> {
         for (id, _, error) in &dead {
             tracing::error!(flow = self.flow, table = %source.table, id, error, "kafka refused the row for good; set aside in outbox_dead_rows");
         }
-        source.set_aside(&self.lanes[lane], self.flow, &dead).await?;
+        source
+            .set_aside(&self.lanes[lane], self.flow, &dead)
+            .await?;
         Ok(dead.len())
     }
 }

@@ -65,9 +65,7 @@ pub fn select(column: &str, data_type: &str, times: TimeFormat) -> (String, Kind
             format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"),
             Kind::Text,
         ),
-        ("date", TimeFormat::Text) => {
-            text(format!("to_char({column}, 'YYYY-MM-DD')"), Kind::Text)
-        }
+        ("date", TimeFormat::Text) => text(format!("to_char({column}, 'YYYY-MM-DD')"), Kind::Text),
         _ => (format!("to_json({column})::text"), Kind::Raw),
     }
 }
@@ -187,7 +185,10 @@ mod tests {
             &[("a", Kind::Number), ("b", Kind::Number), ("c", Kind::Bool)],
             &[Some("Infinity"), Some("-Infinity"), Some("f")],
         );
-        assert_eq!(v, serde_json::json!({"a": "Infinity", "b": "-Infinity", "c": false}));
+        assert_eq!(
+            v,
+            serde_json::json!({"a": "Infinity", "b": "-Infinity", "c": false})
+        );
     }
 
     #[test]

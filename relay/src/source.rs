@@ -135,7 +135,8 @@ impl OutboxSource {
         for column in &source.columns {
             expect(column.as_str(), "", &[])?;
             let data_type = type_of(column.as_str()).unwrap_or_default();
-            let (expr, kind) = row_json::select(&format!("src.{}", column.pg()), data_type, source.times);
+            let (expr, kind) =
+                row_json::select(&format!("src.{}", column.pg()), data_type, source.times);
             exprs.push(expr);
             fields.push(Field::new(column.as_str(), kind));
         }

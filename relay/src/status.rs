@@ -28,13 +28,20 @@ pub async fn report(
             let _ = writeln!(out, "daemon={addr} reachable");
         }
         (Some(addr), None) => {
-            let _ = writeln!(out, "daemon={addr} not reachable (age and last publish unknown)");
+            let _ = writeln!(
+                out,
+                "daemon={addr} not reachable (age and last publish unknown)"
+            );
         }
         (None, _) => {}
     }
     for flow in flows.iter().filter(|f| !f.sources.is_empty()) {
         let name = flow.name.as_str();
-        let _ = writeln!(out, "flow={name} active_relay={}", active_relay(client, name).await?);
+        let _ = writeln!(
+            out,
+            "flow={name} active_relay={}",
+            active_relay(client, name).await?
+        );
         for source in &flow.sources {
             let table = source.table.as_str();
             let pending = probe::pending(client, table).await?;
@@ -46,7 +53,8 @@ pub async fn report(
             let oldest = pending
                 .oldest_id
                 .map_or_else(|| "none".to_owned(), |id| id.to_string());
-            let mut line = format!("flow={name} table={table} pending={rows} oldest_pending_id={oldest}");
+            let mut line =
+                format!("flow={name} table={table} pending={rows} oldest_pending_id={oldest}");
             if let Some(text) = &metrics {
                 let labels = [("flow", name), ("table", table)];
                 if let Some(age) = metric_value(text, "relay_oldest_pending_age_seconds", &labels) {
@@ -56,10 +64,17 @@ pub async fn report(
             let _ = writeln!(out, "{line}");
         }
         if let Some(text) = &metrics {
-            let last = metric_value(text, "relay_last_publish_timestamp_seconds", &[("flow", name)])
-                .filter(|t| *t > 0.0)
-                .and_then(|t| flows::time::format_utc(t as i64))
-                .map_or_else(|| "never (since the daemon started)".to_owned(), |t| format!("{t} UTC"));
+            let last = metric_value(
+                text,
+                "relay_last_publish_timestamp_seconds",
+                &[("flow", name)],
+            )
+            .filter(|t| *t > 0.0)
+            .and_then(|t| flows::time::format_utc(t as i64))
+            .map_or_else(
+                || "never (since the daemon started)".to_owned(),
+                |t| format!("{t} UTC"),
+            );
             let _ = writeln!(out, "flow={name} last_publish={last}");
         }
     }

@@ -158,7 +158,8 @@ impl PendingBatch {
 
     /// How long since the first message of this batch arrived.
     pub fn age(&self, now: Instant) -> std::time::Duration {
-        self.oldest.map_or_else(Default::default, |t| now.saturating_duration_since(t))
+        self.oldest
+            .map_or_else(Default::default, |t| now.saturating_duration_since(t))
     }
 
     /// When the age limit forces a flush, if anything is buffered.

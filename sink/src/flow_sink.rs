@@ -20,8 +20,8 @@ use flows::backoff::Backoff;
 use flows::metrics::Metrics;
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::BorrowedMessage;
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -145,7 +145,9 @@ impl FlowSink {
                     &mut batch,
                     PendingBatch::new(self.plans.len(), self.config.max_message_bytes),
                 );
-                storing = Some(Box::pin(self.flush(full, &consumer, &dlq, &shutdown, &stats)));
+                storing = Some(Box::pin(
+                    self.flush(full, &consumer, &dlq, &shutdown, &stats),
+                ));
             }
         }
         // Shutdown: finish the batch being stored, then store and commit
@@ -238,8 +240,7 @@ impl FlowSink {
         stats.last_insert.set(flows::time::unix_now());
         let mut offsets = TopicPartitionList::new();
         for (topic, partition, next) in batch.offsets() {
-            if let Err(error) =
-                offsets.add_partition_offset(topic, partition, Offset::Offset(next))
+            if let Err(error) = offsets.add_partition_offset(topic, partition, Offset::Offset(next))
             {
                 tracing::warn!(flow, %error, "cannot record offset");
             }

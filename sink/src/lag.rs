@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// (topic, partition, lag) of every assigned partition. Blocking.
-pub fn partition_lag(consumer: &StreamConsumer) -> Result<Vec<(String, i32, i64)>, rdkafka::error::KafkaError> {
+pub fn partition_lag(
+    consumer: &StreamConsumer,
+) -> Result<Vec<(String, i32, i64)>, rdkafka::error::KafkaError> {
     let committed = consumer.committed(KAFKA_TIMEOUT)?;
     let mut lags = Vec::new();
     for e in committed.elements() {

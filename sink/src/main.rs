@@ -103,9 +103,14 @@ async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(SinkConfig::from_env(env))?;
     let ch = &config.clickhouse;
     let client = sink::clickhouse::client::client(ch, Some(&ch.database));
-    let report = sink::status::report(&config.kafka.brokers, &client, &config.flows, config.metrics_addr)
-        .await
-        .map_err(|e| failure("sink status", &format!("{e:#}")))?;
+    let report = sink::status::report(
+        &config.kafka.brokers,
+        &client,
+        &config.flows,
+        config.metrics_addr,
+    )
+    .await
+    .map_err(|e| failure("sink status", &format!("{e:#}")))?;
     print!("{report}");
     Ok(ExitCode::SUCCESS)
 }
@@ -113,7 +118,11 @@ async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
 async fn reconcile(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(SinkConfig::from_env(env))?;
     let url = setting(env.required("DATABASE_URL"))?;
-    setting(flows::settings::check_url("DATABASE_URL", &url, &["postgres", "postgresql"]))?;
+    setting(flows::settings::check_url(
+        "DATABASE_URL",
+        &url,
+        &["postgres", "postgresql"],
+    ))?;
     let shutdown = signals(NAME)?;
     let ch = &config.clickhouse;
     let client = sink::clickhouse::client::client(ch, Some(&ch.database));

@@ -40,7 +40,13 @@ impl Comparison {
     pub fn line(&self) -> String {
         let mut line = format!(
             "flow={} source={} target={} sent={} stored_distinct={} missing={} unexpected={}",
-            self.flow, self.source, self.target, self.sent, self.stored, self.missing, self.unexpected
+            self.flow,
+            self.source,
+            self.target,
+            self.sent,
+            self.stored,
+            self.missing,
+            self.unexpected
         );
         let join = |ids: &[i64]| ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
         if !self.missing_sample.is_empty() {
@@ -205,7 +211,10 @@ mod tests {
         assert_eq!((c.missing, c.unexpected), (2, 2));
         assert_eq!(c.missing_sample, vec![1, 5]);
         assert_eq!(c.unexpected_sample, vec![4, 9]);
-        assert!(c.line().contains("missing=2 unexpected=2 missing_sample=1,5 unexpected_sample=4,9"));
+        assert!(
+            c.line()
+                .contains("missing=2 unexpected=2 missing_sample=1,5 unexpected_sample=4,9")
+        );
     }
 
     #[test]

@@ -72,7 +72,9 @@ pub async fn report(
         topics.dedup();
         for topic in topics {
             let (brokers, group_c, topic_c) = (brokers.to_owned(), group.clone(), topic.to_owned());
-            let offsets = tokio::task::spawn_blocking(move || group_offsets(&brokers, &group_c, &topic_c)).await??;
+            let offsets =
+                tokio::task::spawn_blocking(move || group_offsets(&brokers, &group_c, &topic_c))
+                    .await??;
             let mut total = 0;
             for (partition, committed, end) in offsets {
                 let lag = end - committed.unwrap_or(0).min(end);
@@ -91,13 +93,23 @@ pub async fn report(
                 .query(&format!("SELECT count() FROM {}", target.table.ch()))
                 .fetch_one()
                 .await?;
-            writeln!(out, "flow={name} table={table} rows={rows} (before merges; FINAL or `sink reconcile` count distinct)")?;
+            writeln!(
+                out,
+                "flow={name} table={table} rows={rows} (before merges; FINAL or `sink reconcile` count distinct)"
+            )?;
         }
         if let Some(text) = &metrics {
-            let last = metric_value(text, "sink_last_insert_timestamp_seconds", &[("flow", name)])
-                .filter(|t| *t > 0.0)
-                .and_then(|t| flows::time::format_utc(t as i64))
-                .map_or_else(|| "never (since the daemon started)".to_owned(), |t| format!("{t} UTC"));
+            let last = metric_value(
+                text,
+                "sink_last_insert_timestamp_seconds",
+                &[("flow", name)],
+            )
+            .filter(|t| *t > 0.0)
+            .and_then(|t| flows::time::format_utc(t as i64))
+            .map_or_else(
+                || "never (since the daemon started)".to_owned(),
+                |t| format!("{t} UTC"),
+            );
             writeln!(out, "flow={name} last_insert={last}")?;
         }
     }
