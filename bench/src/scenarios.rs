@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::setup::{Bench, CpuMeter, Daemon, free_addr, histogram_means, scrape, time_until};
+use crate::setup::{Bench, CpuMeter, Daemon, free_addr, histogram_means, time_until};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Figure {
@@ -113,7 +113,9 @@ pub async fn relay_throughput(bench: &Bench, n: u64, measure: &str) -> anyhow::R
     .await?;
     let rss = relay.peak_rss_mib();
     let used = cpu.used();
-    let scraped = scrape(&metrics_addr).unwrap_or_default();
+    let scraped = flows::http::fetch_metrics(metrics_addr.parse()?)
+        .await
+        .unwrap_or_default();
     relay.stop();
     let secs = took.as_secs_f64();
     let mut figures = vec![
@@ -222,7 +224,9 @@ pub async fn sink_throughput(
     let steady = (took - to_first).as_secs_f64();
     let rss = sink.peak_rss_mib();
     let used = cpu.used();
-    let scraped = scrape(&metrics_addr).unwrap_or_default();
+    let scraped = flows::http::fetch_metrics(metrics_addr.parse()?)
+        .await
+        .unwrap_or_default();
     sink.stop();
     let secs = took.as_secs_f64();
     let mut figures = cpu_figures("sink", n, &used, ["sink", "clickhouse"]);

@@ -203,20 +203,6 @@ pub fn free_addr() -> anyhow::Result<String> {
     Ok(listener.local_addr()?.to_string())
 }
 
-/// The Prometheus text a daemon serves at `addr`/metrics.
-pub fn scrape(addr: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default())
-}
-
 /// Sum and count of every series of histogram `name` whose labels contain
 /// `label="…"`, keyed by that label's value.
 pub fn histogram_means(text: &str, name: &str, label: &str) -> Vec<(String, f64, f64)> {

@@ -12,6 +12,12 @@ use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How often a probe looks: often enough to see a stall within a quarter of
+/// its threshold, at most every 5 s.
+pub fn probe_interval(stall_after: Duration) -> Duration {
+    (stall_after / 4).min(Duration::from_secs(5))
+}
+
 /// The readiness of one daemon's flows. Cheap to clone.
 #[derive(Clone)]
 pub struct Health {

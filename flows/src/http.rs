@@ -103,6 +103,52 @@ pub async fn fetch_metrics(addr: SocketAddr) -> Option<String> {
         .flatten()
 }
 
+/// What the status commands read of a running daemon: its `/metrics` text
+/// if it answers, and the report's first line saying whether it did.
+pub struct DaemonView {
+    /// `daemon=ADDR reachable` or `… not reachable (… unknown)`; none when
+    /// the endpoint is off.
+    pub header: Option<String>,
+    pub metrics: Option<String>,
+}
+
+impl DaemonView {
+    /// Asks `daemon` (if configured); `unknown` names what the report lacks
+    /// when it does not answer.
+    pub async fn fetch(daemon: Option<SocketAddr>, unknown: &str) -> Self {
+        let Some(addr) = daemon else {
+            return Self {
+                header: None,
+                metrics: None,
+            };
+        };
+        let metrics = fetch_metrics(addr).await;
+        let header = match metrics {
+            Some(_) => format!("daemon={addr} reachable"),
+            None => format!("daemon={addr} not reachable ({unknown} unknown)"),
+        };
+        Self {
+            header: Some(header),
+            metrics,
+        }
+    }
+
+    /// A Unix-time gauge as `YYYY-MM-DD HH:MM:SS UTC` ("never …" while 0);
+    /// none when the daemon did not answer.
+    pub fn time(&self, name: &str, labels: &[(&str, &str)]) -> Option<String> {
+        let text = self.metrics.as_deref()?;
+        Some(
+            metric_value(text, name, labels)
+                .filter(|t| *t > 0.0)
+                .and_then(|t| crate::time::format_utc(t as i64))
+                .map_or_else(
+                    || "never (since the daemon started)".to_owned(),
+                    |t| format!("{t} UTC"),
+                ),
+        )
+    }
+}
+
 /// The value of series `name` with exactly `labels` in Prometheus text.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
@@ -174,16 +220,7 @@ mod tests {
             ("/healthz", "ok"),
             ("/nope", "404"),
         ] {
-            let mut s = tokio::net::TcpStream::connect(addr)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let mut out = String::new();
-            s.read_to_string(&mut out)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+            let out = get(path).await;
             assert!(out.contains(expect), "{path}: {out}");
         }
         let text = fetch_metrics(addr).await.unwrap_or_default();

@@ -12,6 +12,7 @@ pub mod ident;
 pub mod kafka;
 pub mod metrics;
 pub mod migrations;
+pub mod pg;
 pub mod settings;
 pub mod shutdown;
 pub mod systemd;

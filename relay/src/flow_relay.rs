@@ -54,7 +54,7 @@ impl FlowRelay {
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
             let Some(client) =
-                crate::pg::connect(&self.config.postgres.url, &flow, &shutdown).await
+                flows::pg::connect(&self.config.postgres.url, &flow, &shutdown).await
             else {
                 break;
             };
@@ -92,7 +92,7 @@ impl FlowRelay {
         let mut lanes = vec![first];
         for lane in 0..LANES {
             if lane > 0 {
-                match crate::pg::connect(&self.config.postgres.url, &flow, shutdown).await {
+                match flows::pg::connect(&self.config.postgres.url, &flow, shutdown).await {
                     Some(client) => lanes.push(client),
                     None => return Ok(()),
                 }

@@ -9,7 +9,6 @@ pub mod flow_relay;
 pub mod generate;
 pub mod listener;
 pub mod migrate;
-pub mod pg;
 pub mod pipeline;
 pub mod probe;
 pub mod publisher;
@@ -41,7 +40,8 @@ pub async fn run(
     let config = Arc::new(config);
     let health = flows::health::Health::new(config.stall_after);
     flows::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
-    if let Some(client) = pg::connect(&config.postgres.url, "startup check", &shutdown).await {
+    if let Some(client) = flows::pg::connect(&config.postgres.url, "startup check", &shutdown).await
+    {
         for flow in &config.flows {
             for source in &flow.sources {
                 source::OutboxSource::inspect(&client, flow.name.as_str(), source).await?;
@@ -53,7 +53,7 @@ pub async fn run(
         config.postgres.url.clone(),
         metrics.clone(),
         health,
-        probe_interval(config.stall_after),
+        flows::health::probe_interval(config.stall_after),
         shutdown.clone(),
     ));
     flows::systemd::ready(&shutdown);
@@ -96,10 +96,4 @@ pub async fn run(
     let _ = listener.await;
     let _ = probe.await;
     outcome
-}
-
-/// Probes often enough to see a stall within a quarter of its threshold,
-/// at most every 5 s.
-pub fn probe_interval(stall_after: std::time::Duration) -> std::time::Duration {
-    (stall_after / 4).min(std::time::Duration::from_secs(5))
 }

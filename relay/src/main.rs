@@ -81,7 +81,7 @@ async fn connect(
 ) -> Result<(tokio_postgres::Client, tokio_util::sync::CancellationToken), ExitCode> {
     let pg = setting(relay::config::postgres_config(env))?;
     let shutdown = signals(NAME)?;
-    match relay::pg::connect(&pg.url, purpose, &shutdown).await {
+    match flows::pg::connect(&pg.url, purpose, &shutdown).await {
         Some(client) => Ok((client, shutdown)),
         None => Err(ExitCode::SUCCESS),
     }

@@ -72,7 +72,7 @@ pub async fn run(
     let mut client: Option<Client> = None;
     loop {
         if client.as_ref().is_none_or(Client::is_closed) {
-            client = crate::pg::connect(&url, "backlog probe", &shutdown).await;
+            client = flows::pg::connect(&url, "backlog probe", &shutdown).await;
         }
         let Some(pg) = &client else { return };
         for w in &mut watched {

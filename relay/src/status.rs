@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 
 use flows::Flow;
-use flows::http::metric_value;
+use flows::http::{DaemonView, metric_value};
 use tokio_postgres::Client;
 
 use crate::probe;
@@ -18,22 +18,10 @@ pub async fn report(
     flows: &[Flow],
     daemon: Option<SocketAddr>,
 ) -> Result<String, tokio_postgres::Error> {
-    let metrics = match daemon {
-        Some(addr) => flows::http::fetch_metrics(addr).await,
-        None => None,
-    };
+    let daemon = DaemonView::fetch(daemon, "age and last publish").await;
     let mut out = String::new();
-    match (daemon, &metrics) {
-        (Some(addr), Some(_)) => {
-            let _ = writeln!(out, "daemon={addr} reachable");
-        }
-        (Some(addr), None) => {
-            let _ = writeln!(
-                out,
-                "daemon={addr} not reachable (age and last publish unknown)"
-            );
-        }
-        (None, _) => {}
+    if let Some(header) = &daemon.header {
+        let _ = writeln!(out, "{header}");
     }
     for flow in flows.iter().filter(|f| !f.sources.is_empty()) {
         let name = flow.name.as_str();
@@ -55,7 +43,7 @@ pub async fn report(
                 .map_or_else(|| "none".to_owned(), |id| id.to_string());
             let mut line =
                 format!("flow={name} table={table} pending={rows} oldest_pending_id={oldest}");
-            if let Some(text) = &metrics {
+            if let Some(text) = &daemon.metrics {
                 let labels = [("flow", name), ("table", table)];
                 if let Some(age) = metric_value(text, "relay_oldest_pending_age_seconds", &labels) {
                     let _ = write!(line, " oldest_pending_age_s={age}");
@@ -63,18 +51,7 @@ pub async fn report(
             }
             let _ = writeln!(out, "{line}");
         }
-        if let Some(text) = &metrics {
-            let last = metric_value(
-                text,
-                "relay_last_publish_timestamp_seconds",
-                &[("flow", name)],
-            )
-            .filter(|t| *t > 0.0)
-            .and_then(|t| flows::time::format_utc(t as i64))
-            .map_or_else(
-                || "never (since the daemon started)".to_owned(),
-                |t| format!("{t} UTC"),
-            );
+        if let Some(last) = daemon.time("relay_last_publish_timestamp_seconds", &[("flow", name)]) {
             let _ = writeln!(out, "flow={name} last_publish={last}");
         }
     }

@@ -82,7 +82,7 @@ impl FlowSink {
             flow.clone(),
             self.metrics.clone(),
             self.health.clone(),
-            (self.config.stall_after / 4).min(std::time::Duration::from_secs(5)),
+            flows::health::probe_interval(self.config.stall_after),
             shutdown.clone(),
         ));
         let policy = self.config.flush.clone();

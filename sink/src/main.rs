@@ -126,22 +126,8 @@ async fn reconcile(env: &Env) -> Result<ExitCode, ExitCode> {
     let shutdown = signals(NAME)?;
     let ch = &config.clickhouse;
     let client = sink::clickhouse::client::client(ch, Some(&ch.database));
-    let mut backoff = flows::backoff::Backoff::default();
-    let pg = loop {
-        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-            Ok((pg, conn)) => {
-                tokio::spawn(conn);
-                break pg;
-            }
-            Err(error) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(url = %flows::settings::redact_url(&url), %error, "postgres unreachable");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
-                }
-            }
-        }
+    let Some(pg) = flows::pg::connect(&url, "reconcile", &shutdown).await else {
+        return Ok(ExitCode::SUCCESS);
     };
     let mut consistent = true;
     for (flow, source, target, column) in sink::reconcile::pairs(&config.flows) {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use flows::Flow;
-use flows::http::metric_value;
+use flows::http::DaemonView;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -54,15 +54,10 @@ pub async fn report(
     flows: &[Flow],
     daemon: Option<SocketAddr>,
 ) -> anyhow::Result<String> {
-    let metrics = match daemon {
-        Some(addr) => flows::http::fetch_metrics(addr).await,
-        None => None,
-    };
+    let daemon = DaemonView::fetch(daemon, "last insert").await;
     let mut out = String::new();
-    match (daemon, &metrics) {
-        (Some(addr), Some(_)) => writeln!(out, "daemon={addr} reachable")?,
-        (Some(addr), None) => writeln!(out, "daemon={addr} not reachable (last insert unknown)")?,
-        (None, _) => {}
+    if let Some(header) = &daemon.header {
+        writeln!(out, "{header}")?;
     }
     for flow in flows.iter().filter(|f| !f.targets.is_empty()) {
         let name = flow.name.as_str();
@@ -98,18 +93,7 @@ pub async fn report(
                 "flow={name} table={table} rows={rows} (before merges; FINAL or `sink reconcile` count distinct)"
             )?;
         }
-        if let Some(text) = &metrics {
-            let last = metric_value(
-                text,
-                "sink_last_insert_timestamp_seconds",
-                &[("flow", name)],
-            )
-            .filter(|t| *t > 0.0)
-            .and_then(|t| flows::time::format_utc(t as i64))
-            .map_or_else(
-                || "never (since the daemon started)".to_owned(),
-                |t| format!("{t} UTC"),
-            );
+        if let Some(last) = daemon.time("sink_last_insert_timestamp_seconds", &[("flow", name)]) {
             writeln!(out, "flow={name} last_insert={last}")?;
         }
     }

@@ -1,8 +1,8 @@
 //! Postgres connections: retried with backoff while the server is
 //! unreachable, logged with the password redacted.
 
-use flows::backoff::Backoff;
-use flows::settings::redact_url;
+use crate::backoff::Backoff;
+use crate::settings::redact_url;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
