@@ -2,10 +2,11 @@
 //! Postgres and Kafka work at the same time.
 //!
 //! Each lane is a Postgres connection holding at most one open transaction.
-//! While batch k (locked on one lane) is in its Kafka transaction, the lane
-//! of batch k−1 flags and commits it and the next lane locks batch k+1
-//! (`SKIP LOCKED` passes over the rows locked by the others); with three
-//! lanes those two run at once. Then the lanes rotate.
+//! While batch k (locked on one lane) is in its Kafka transaction, the other
+//! lane flags and commits batch k−1 and then locks batch k+1 (`SKIP LOCKED`
+//! passes over the rows locked by the first). Then the lanes swap. (A third
+//! lane, flagging and locking at once, was measured and gained nothing: see
+//! `flow_relay::LANES`.)
 //!
 //! Order and delivery (the contract of `flow_relay`) still hold:
 //! - a batch is published only after the previous batch's Kafka transaction
@@ -201,36 +202,18 @@ impl Lanes<'_> {
         source: &OutboxSource,
         table: &TableStats,
     ) -> Result<(usize, Option<Locked>), RelayError> {
-        let previous_lane = previous.as_ref().map(|p| p.lane);
-        let finish = async {
-            match previous {
-                Some(done) => self
-                    .finish(done, source, table)
-                    .await
-                    .map_err(|(_, err)| err),
-                None => Ok(0),
-            }
+        let committed = match previous {
+            Some(done) => self
+                .finish(done, source, table)
+                .await
+                .map_err(|(_, err)| err)?,
+            None => 0,
         };
-        let lock = async {
-            match lane {
-                Some(lane) => self.lock_batch(lane, source).await,
-                None => Ok(None),
-            }
+        let next = match lane {
+            Some(lane) => self.lock_batch(lane, source).await?,
+            None => None,
         };
-        let same_lane = matches!((&previous_lane, lane), (Some(p), Some(l)) if *p == l);
-        if same_lane {
-            let committed = finish.await?;
-            Ok((committed, lock.await?))
-        } else {
-            let (committed, next) = tokio::join!(finish, lock);
-            if next.is_err() || committed.is_err() {
-                // Keep both lanes clean for the caller's rollbacks.
-                if let Ok(Some(locked)) = &next {
-                    self.rollback(locked.lane).await;
-                }
-            }
-            Ok((committed?, next?))
-        }
+        Ok((committed, next))
     }
 
     /// Flags a published batch sent and commits its lane's transaction.
