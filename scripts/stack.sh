@@ -54,6 +54,10 @@ ENV
         nohup "target/release/$daemon" run >>"$STACK_DIR/logs/$daemon.log" 2>&1 &
         echo $! >"$STACK_DIR/$daemon.pid"
     done
+    stop_pidfile "$STACK_DIR/dashboard.pid"
+    nohup target/release/sink dashboard >>"$STACK_DIR/logs/dashboard.log" 2>&1 &
+    echo $! >"$STACK_DIR/dashboard.pid"
+    DAEMONS="$DAEMONS dashboard"
     for flow in user_logins my_table router sales; do
         stop_pidfile "$STACK_DIR/generate-$flow.pid"
         if [ -n "${GENERATE_RATE:-}" ]; then
@@ -74,13 +78,14 @@ The pipeline runs (logs in $STACK_DIR/logs). Try it:
   curl -s http://127.0.0.1:$CH_HTTP_PORT/ --data-binary "SELECT * FROM $DB.user_logins FINAL ORDER BY id"
   (source .stack/env; target/release/relay generate --flow sales --rate 500)   # the demos' emitters
   (source .stack/env; target/release/sink watch)                              # the events watcher
+  http://127.0.0.1:9180/                        # the dashboard (sink dashboard): status per flow, seed 002 sales
 
   scripts/stack.sh status | down | wipe
 MSG
 }
 
 status() {
-    for p in kafka relay sink stage; do
+    for p in kafka relay sink stage dashboard; do
         if [ -f "$STACK_DIR/$p.pid" ] && kill -0 "$(cat "$STACK_DIR/$p.pid")" 2>/dev/null; then
             echo "$p: running (pid $(cat "$STACK_DIR/$p.pid"))"
         else
@@ -100,6 +105,7 @@ status() {
 
 down() {
     for pidfile in "$STACK_DIR"/generate-*.pid; do [ -e "$pidfile" ] && stop_pidfile "$pidfile"; done
+    stop_pidfile "$STACK_DIR/dashboard.pid"
     stop_pidfile "$STACK_DIR/stage.pid"
     stop_pidfile "$STACK_DIR/relay.pid"
     stop_pidfile "$STACK_DIR/sink.pid"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test against real services: installs and starts PostgreSQL and
 # ClickHouse where missing (Kafka is librdkafka's mock cluster, started by the
-# tests themselves), builds the binaries the crash tests run, then
+# tests themselves) and Chromium for the dashboard test, builds the binaries the crash tests run, then
 # `cargo test --workspace`. Extra arguments go to `cargo test`.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -9,6 +9,8 @@ cd "$ROOT"
 
 ensure_postgres
 ensure_clickhouse
+# The dashboard's end-to-end test drives headless Chromium.
+apt_install chromium
 
 # Leftovers of earlier runs: each test makes its own t_* databases.
 psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atc \

@@ -113,7 +113,7 @@ pub async fn relay_throughput(bench: &Bench, n: u64, measure: &str) -> anyhow::R
     .await?;
     let rss = relay.peak_rss_mib();
     let used = cpu.used();
-    let scraped = flows::http::fetch_metrics(metrics_addr.parse()?)
+    let scraped = flows::http::fetch_metrics(&metrics_addr)
         .await
         .unwrap_or_default();
     relay.stop();
@@ -224,7 +224,7 @@ pub async fn sink_throughput(
     let steady = (took - to_first).as_secs_f64();
     let rss = sink.peak_rss_mib();
     let used = cpu.used();
-    let scraped = flows::http::fetch_metrics(metrics_addr.parse()?)
+    let scraped = flows::http::fetch_metrics(&metrics_addr)
         .await
         .unwrap_or_default();
     sink.stop();

@@ -13,15 +13,42 @@ use tokio_util::sync::CancellationToken;
 use crate::health::Health;
 use crate::metrics::Metrics;
 
-/// Binds `addr` and serves until `shutdown`. Returns the bound address (port
-/// 0 picks a free one). A failure to bind is returned, not fatal to the
-/// caller's pipeline.
-pub async fn serve(
+/// One response of the tiny server.
+pub struct Response {
+    pub status: &'static str,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Response {
+    pub fn ok(content_type: &'static str, body: String) -> Self {
+        Self {
+            status: "200 OK",
+            content_type,
+            body,
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Self {
+            status: "404 Not Found",
+            content_type: "text/plain",
+            body: "not found\n".to_owned(),
+        }
+    }
+}
+
+/// Binds `addr` and answers each `GET` with `route(path)` until
+/// `shutdown`. Returns the bound address (port 0 picks a free one).
+pub async fn serve_routes<R, F>(
     addr: SocketAddr,
-    metrics: Metrics,
-    health: Health,
+    route: R,
     shutdown: CancellationToken,
-) -> std::io::Result<SocketAddr> {
+) -> std::io::Result<SocketAddr>
+where
+    R: Fn(String) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response> + Send + 'static,
+{
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
@@ -33,8 +60,7 @@ pub async fn serve(
                 },
                 () = shutdown.cancelled() => return,
             };
-            let metrics = metrics.clone();
-            let health = health.clone();
+            let route = route.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
                 let n = match tokio::time::timeout(
@@ -48,17 +74,15 @@ pub async fn serve(
                 };
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let path = request.split_whitespace().nth(1).unwrap_or("/");
-                let (status, content_type, body) = match path {
-                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                    "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
-                    "/readyz" => match health.check() {
-                        (true, report) => ("200 OK", "text/plain", report),
-                        (false, report) => ("503 Service Unavailable", "text/plain", report),
-                    },
-                    _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-                };
+                // The query string selects nothing here.
+                let path = path.split('?').next().unwrap_or("/").to_owned();
+                let Response {
+                    status,
+                    content_type,
+                    body,
+                } = route(path).await;
                 let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = stream.write_all(response.as_bytes()).await;
@@ -66,6 +90,33 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`.
+/// A failure to bind is returned, not fatal to the caller's pipeline.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    health: Health,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let route = move |path: String| {
+        let response = match path.as_str() {
+            "/metrics" => Response::ok("text/plain; version=0.0.4", metrics.render()),
+            "/healthz" => Response::ok("text/plain", "ok\n".to_owned()),
+            "/readyz" => match health.check() {
+                (true, report) => Response::ok("text/plain", report),
+                (false, report) => Response {
+                    status: "503 Service Unavailable",
+                    content_type: "text/plain",
+                    body: report,
+                },
+            },
+            _ => Response::not_found(),
+        };
+        std::future::ready(response)
+    };
+    serve_routes(addr, route, shutdown).await
 }
 
 /// Serves on `addr` if configured, logging where; a failure to bind is
@@ -83,24 +134,34 @@ pub async fn serve_if_configured(
     }
 }
 
-/// The `/metrics` text a running daemon serves at `addr`, if it answers
-/// within two seconds (for the status commands).
-pub async fn fetch_metrics(addr: SocketAddr) -> Option<String> {
+/// (status code, body) of `GET path` on a daemon's endpoint at `addr`
+/// (`host:port`, resolved on each call), if it answers within two seconds.
+pub async fn fetch(addr: &str, path: &str) -> Option<(u16, String)> {
     let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: status\r\n\r\n")
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: status\r\n\r\n").as_bytes())
             .await
             .ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).await.ok()?;
         let (head, body) = response.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_owned()))
     };
     tokio::time::timeout(std::time::Duration::from_secs(2), fetch)
         .await
         .ok()
         .flatten()
+}
+
+/// The `/metrics` text a running daemon serves at `addr`, if it answers
+/// within two seconds (for the status commands).
+pub async fn fetch_metrics(addr: &str) -> Option<String> {
+    match fetch(addr, "/metrics").await? {
+        (200, body) => Some(body),
+        _ => None,
+    }
 }
 
 /// What the status commands read of a running daemon: its `/metrics` text
@@ -122,7 +183,7 @@ impl DaemonView {
                 metrics: None,
             };
         };
-        let metrics = fetch_metrics(addr).await;
+        let metrics = fetch_metrics(&addr.to_string()).await;
         let header = match metrics {
             Some(_) => format!("daemon={addr} reachable"),
             None => format!("daemon={addr} not reachable ({unknown} unknown)"),
@@ -159,6 +220,35 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     };
     text.lines()
         .find_map(|line| line.strip_prefix(&series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The sum of every series of `name` whose labels include `labels` (e.g.
+/// a flow's lag over all its partitions); none when there is no such series.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let mut sum = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (labelset, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some(parts) => parts,
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        let present: Vec<&str> = labelset.split(',').collect();
+        if wanted.iter().all(|w| present.contains(&w.as_str())) {
+            if let Ok(v) = value.trim().parse::<f64>() {
+                *sum.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    sum
 }
 
 /// Parses a `host:port` setting; `off` disables the endpoint (`None`).
@@ -223,9 +313,17 @@ mod tests {
             let out = get(path).await;
             assert!(out.contains(expect), "{path}: {out}");
         }
-        let text = fetch_metrics(addr).await.unwrap_or_default();
+        let text = fetch_metrics(&addr.to_string()).await.unwrap_or_default();
         assert_eq!(metric_value(&text, "x_total", &[]), Some(2.0));
         assert_eq!(metric_value(&text, "x_tot", &[]), None);
+        let lags = "lag{flow=\"a\",partition=\"0\"} 2\nlag{flow=\"a\",partition=\"1\"} 3\nlag{flow=\"b\",partition=\"0\"} 7\nlag_other{flow=\"a\"} 9\n";
+        assert_eq!(metric_sum(lags, "lag", &[("flow", "a")]), Some(5.0));
+        assert_eq!(metric_sum(lags, "lag", &[]), Some(12.0));
+        assert_eq!(metric_sum(lags, "lag", &[("flow", "c")]), None);
+        assert_eq!(
+            fetch(&addr.to_string(), "/readyz").await.map(|(s, _)| s),
+            Some(503)
+        );
         shutdown.cancel();
         assert_eq!(parse_addr("A", "off"), Ok(None));
         assert!(parse_addr("A", "nonsense").is_err());

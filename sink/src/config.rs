@@ -25,6 +25,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "SINK_MAX_MESSAGE_BYTES",
     "SINK_METRICS_ADDR",
     "SINK_STALL_AFTER_MS",
+    "SINK_DASHBOARD_ADDR",
     "FLOWS",
     "FLOWS_FILE",
     "LOG_FORMAT",

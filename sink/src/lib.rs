@@ -5,6 +5,7 @@
 pub mod batcher;
 pub mod clickhouse;
 pub mod config;
+pub mod dashboard;
 pub mod dead_letter;
 pub mod flow_sink;
 pub mod lag;

@@ -36,6 +36,10 @@ enum Command {
     /// the distinct source ids in ClickHouse, with sample ids of any
     /// difference. Exit 0 when they match, 1 when they differ.
     Reconcile,
+    /// The web dashboard on SINK_DASHBOARD_ADDR (default 127.0.0.1:9180):
+    /// each flow's pipeline status (read from the daemons' endpoints and
+    /// ClickHouse) and the seed 002 sales dashboard.
+    Dashboard,
     /// The events watcher (seed 000): print new entries of the `events`
     /// journal every few seconds, reading only ClickHouse.
     Watch {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
             Command::Run => run(&env).await,
             Command::Status => status(&env).await,
             Command::Reconcile => reconcile(&env).await,
+            Command::Dashboard => dashboard(&env).await,
             Command::Watch {
                 interval_secs,
                 from_start,
@@ -143,6 +148,17 @@ async fn reconcile(env: &Env) -> Result<ExitCode, ExitCode> {
         eprintln!("sink reconcile: differences found");
         Ok(ExitCode::FAILURE)
     }
+}
+
+async fn dashboard(env: &Env) -> Result<ExitCode, ExitCode> {
+    let config = setting(sink::dashboard::DashboardConfig::from_env(env))?;
+    let shutdown = signals(NAME)?;
+    let addr = sink::dashboard::serve(config, shutdown.clone())
+        .await
+        .map_err(|e| failure("sink dashboard", &format!("cannot serve: {e}")))?;
+    tracing::info!(url = %format!("http://{addr}/"), "dashboard serving");
+    shutdown.cancelled().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn watch(env: &Env, interval_secs: u64, from_start: bool) -> Result<ExitCode, ExitCode> {

@@ -13,6 +13,7 @@
 //!   Postgres, apache/kafka and clickhouse-server containers), or `auto`
 //!   (default: testcontainers when a Docker socket exists, else local).
 
+pub mod browser;
 pub mod containers;
 pub mod daemon;
 pub mod faults;

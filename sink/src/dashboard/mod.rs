@@ -1,0 +1,115 @@
+//! `sink dashboard`: a small web page with each flow's pipeline status and
+//! the seed 002 sales dashboard. It reads ClickHouse and the daemons' own
+//! endpoints (`RELAY_METRICS_ADDR`, `SINK_METRICS_ADDR`), writes nothing,
+//! and needs neither Kafka nor Postgres.
+//!
+//! `GET /` is the page (static; it asks `GET /api/dashboard` every few
+//! seconds and draws the charts itself), `/api/dashboard` the JSON behind it,
+//! `/healthz` liveness.
+
+mod sales;
+mod status;
+
+use std::net::SocketAddr;
+
+use flows::http::Response;
+use flows::{Env, Flow, SettingError};
+use tokio_util::sync::CancellationToken;
+
+use crate::clickhouse::ClickHouseConfig;
+
+const PAGE: &str = include_str!("page.html");
+
+#[derive(Clone, Debug)]
+pub struct DashboardConfig {
+    pub clickhouse: ClickHouseConfig,
+    pub flows: Vec<Flow>,
+    /// Where the page is served.
+    pub addr: SocketAddr,
+    /// The daemons' endpoints the status is read from, `host:port`
+    /// (`None` = off).
+    pub relay_metrics: Option<String>,
+    pub sink_metrics: Option<String>,
+}
+
+impl DashboardConfig {
+    pub fn from_env(env: &Env) -> Result<Self, SettingError> {
+        env.reject_unknown(&["SINK_", "CLICKHOUSE_"], crate::config::KNOWN_VARS)?;
+        let addr = flows::http::parse_addr(
+            "SINK_DASHBOARD_ADDR",
+            &env.string_or("SINK_DASHBOARD_ADDR", "127.0.0.1:9180"),
+        )?
+        .ok_or_else(|| {
+            SettingError::new("SINK_DASHBOARD_ADDR", "the dashboard needs an address")
+        })?;
+        Ok(Self {
+            clickhouse: crate::config::clickhouse_config(env)?,
+            flows: flows::settings::selected_flows(env)?,
+            addr,
+            relay_metrics: endpoint(env, "RELAY_METRICS_ADDR", "127.0.0.1:9101")?,
+            sink_metrics: endpoint(env, "SINK_METRICS_ADDR", "127.0.0.1:9102")?,
+        })
+    }
+}
+
+/// A daemon's endpoint to read: `host:port` (a name is resolved on each
+/// read, so `relay:9101` works in a compose network), or `off`.
+fn endpoint(env: &Env, name: &str, default: &str) -> Result<Option<String>, SettingError> {
+    let value = env.string_or(name, default);
+    if value == "off" {
+        return Ok(None);
+    }
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(Some(value)),
+        _ => Err(SettingError::new(
+            name,
+            "expected host:port (e.g. 127.0.0.1:9101) or `off`",
+        )),
+    }
+}
+
+/// Serves the dashboard until `shutdown`; returns the bound address.
+pub async fn serve(
+    config: DashboardConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let client =
+        crate::clickhouse::client::client(&config.clickhouse, Some(&config.clickhouse.database));
+    let addr = config.addr;
+    let config = std::sync::Arc::new(config);
+    let route = move |path: String| {
+        let (config, client) = (config.clone(), client.clone());
+        async move {
+            match path.as_str() {
+                "/" => Response::ok("text/html; charset=utf-8", PAGE.to_owned()),
+                "/api/dashboard" => {
+                    let body = snapshot(&config, &client).await;
+                    Response::ok("application/json", body.to_string())
+                }
+                "/healthz" => Response::ok("text/plain", "ok\n".to_owned()),
+                _ => Response::not_found(),
+            }
+        }
+    };
+    flows::http::serve_routes(addr, route, shutdown).await
+}
+
+/// Everything the page shows, as one JSON document. A part that cannot be
+/// read says why in its `error` field instead of failing the whole page.
+pub async fn snapshot(config: &DashboardConfig, client: &clickhouse::Client) -> serde_json::Value {
+    let status = status::flows(config, client).await;
+    let sales = if config.flows.iter().any(|f| f.name.as_str() == "sales") {
+        match sales::dashboard(client).await {
+            Ok(v) => v,
+            Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+        }
+    } else {
+        serde_json::Value::Null
+    };
+    serde_json::json!({
+        "generated_at": flows::time::format_utc(flows::time::unix_now()).map(|t| format!("{t} UTC")),
+        "daemons": status.daemons,
+        "flows": status.flows,
+        "sales": sales,
+    })
+}

@@ -1,0 +1,146 @@
+//! Each flow's pipeline status as the dashboard shows it: what the relay
+//! and the sink report on their endpoints (readiness, backlog, oldest
+//! pending age, lag, last publish and insert) and the rows in ClickHouse.
+
+use std::collections::BTreeMap;
+
+use flows::http::{fetch, metric_sum, metric_value};
+use serde_json::{Value, json};
+
+use super::DashboardConfig;
+
+/// What one daemon's endpoint said.
+struct DaemonReport<'a> {
+    name: &'static str,
+    addr: Option<&'a str>,
+    metrics: Option<String>,
+    /// `/readyz` body (one line per flow) when the daemon answered.
+    readiness: Option<String>,
+}
+
+impl<'a> DaemonReport<'a> {
+    async fn read(name: &'static str, addr: Option<&'a str>) -> Self {
+        let (metrics, readiness) = match addr {
+            Some(a) => (
+                flows::http::fetch_metrics(a).await,
+                fetch(a, "/readyz").await.map(|(_, body)| body),
+            ),
+            None => (None, None),
+        };
+        Self {
+            name,
+            addr,
+            metrics,
+            readiness,
+        }
+    }
+
+    fn summary(&self) -> Value {
+        json!({
+            "name": self.name,
+            "addr": self.addr,
+            "reachable": self.metrics.is_some(),
+        })
+    }
+
+    /// `ready`, `not ready: …`, or why it is unknown.
+    fn flow_state(&self, flow: &str) -> String {
+        let Some(report) = &self.readiness else {
+            return match self.addr {
+                Some(a) => format!("{} not reachable at {a}", self.name),
+                None => format!("{} endpoint off", self.name),
+            };
+        };
+        let prefix = format!("flow={flow} ");
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or_else(|| format!("not run by this {}", self.name), str::to_owned)
+    }
+
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_sum(self.metrics.as_deref()?, name, labels)
+    }
+
+    /// A Unix-time gauge as text; none while 0 or unknown.
+    fn time(&self, name: &str, flow: &str) -> Option<String> {
+        let t = metric_value(self.metrics.as_deref()?, name, &[("flow", flow)])?;
+        (t > 0.0)
+            .then(|| flows::time::format_utc(t as i64))
+            .flatten()
+            .map(|t| format!("{t} UTC"))
+    }
+}
+
+pub struct Status {
+    pub daemons: Value,
+    pub flows: Value,
+}
+
+/// Rows per table of the configured database (active parts, before merges:
+/// a cheap figure; `sink reconcile` counts distinct rows).
+async fn table_rows(
+    client: &clickhouse::Client,
+) -> Result<BTreeMap<String, u64>, clickhouse::error::Error> {
+    let rows: Vec<(String, u64)> = client
+        .query(
+            "SELECT table, sum(rows) FROM system.parts \
+             WHERE database = currentDatabase() AND active GROUP BY table",
+        )
+        .fetch_all()
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+pub async fn flows(config: &DashboardConfig, client: &clickhouse::Client) -> Status {
+    let (relay, sink, rows) = tokio::join!(
+        DaemonReport::read("relay", config.relay_metrics.as_deref()),
+        DaemonReport::read("sink", config.sink_metrics.as_deref()),
+        table_rows(client),
+    );
+    let rows_error = rows.as_ref().err().map(|e| e.to_string());
+    let rows = rows.unwrap_or_default();
+    let flows = config
+        .flows
+        .iter()
+        .map(|flow| {
+            let name = flow.name.as_str();
+            let f = [("flow", name)];
+            let mut entry = json!({ "name": name });
+            if !flow.sources.is_empty() {
+                entry["relay"] = json!({
+                    "state": relay.flow_state(name),
+                    "backlog": relay.sum("relay_backlog_rows", &f),
+                    "oldest_pending_age_seconds": flow
+                        .sources
+                        .iter()
+                        .filter_map(|s| relay.sum("relay_oldest_pending_age_seconds", &[("flow", name), ("table", s.table.as_str())]))
+                        .reduce(f64::max),
+                    "published": relay.sum("relay_rows_published_total", &f),
+                    "last_publish": relay.time("relay_last_publish_timestamp_seconds", name),
+                });
+            }
+            if !flow.targets.is_empty() {
+                let mut tables: Vec<&str> = flow.targets.iter().map(|t| t.table.as_str()).collect();
+                tables.dedup();
+                entry["sink"] = json!({
+                    "state": sink.flow_state(name),
+                    "lag": sink.sum("sink_consumer_lag", &f),
+                    "inserted": sink.sum("sink_rows_inserted_total", &f),
+                    "dead_letters": sink.sum("sink_dead_letters_total", &f),
+                    "last_insert": sink.time("sink_last_insert_timestamp_seconds", name),
+                    "tables": tables
+                        .iter()
+                        .map(|t| json!({ "table": t, "rows": rows.get(*t).copied().unwrap_or(0) }))
+                        .collect::<Vec<_>>(),
+                    "tables_error": rows_error,
+                });
+            }
+            entry
+        })
+        .collect();
+    Status {
+        daemons: json!([relay.summary(), sink.summary()]),
+        flows: Value::Array(flows),
+    }
+}
