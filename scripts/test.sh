@@ -16,6 +16,10 @@ apt_install chromium
 psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atc \
     "SELECT datname FROM pg_database WHERE datname LIKE 't\_%'" 2>/dev/null |
     while read -r db; do psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true; done
+# …and t_* roles (the least-privilege test), free once their database is gone.
+psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atc \
+    "SELECT rolname FROM pg_roles WHERE rolname LIKE 't\_%'" 2>/dev/null |
+    while read -r role; do psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "DROP ROLE IF EXISTS \"$role\"" >/dev/null 2>&1 || true; done
 curl -sf "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary "SELECT name FROM system.databases WHERE name LIKE 't\\_%'" 2>/dev/null |
     while read -r db; do curl -sf "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary "DROP DATABASE IF EXISTS \`$db\`" >/dev/null || true; done
 

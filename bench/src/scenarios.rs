@@ -291,11 +291,9 @@ pub async fn consume_ceiling(bench: &Bench, n: u64) -> anyhow::Result<Figure> {
     let brokers = bench.mock.bootstrap_servers().to_owned();
     let (secs, seen) = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, u64)> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let mut config = rdkafka::ClientConfig::new();
-        for (k, v) in flows::kafka::consumer_settings(&brokers, "bench.consume-ceiling", "bench") {
-            config.set(k, v);
-        }
-        let consumer: BaseConsumer = config.create()?;
+        let kafka = flows::kafka::KafkaEndpoint::plaintext(&brokers);
+        let consumer: BaseConsumer =
+            flows::kafka::consumer_config(&kafka, "bench.consume-ceiling", "bench").create()?;
         consumer.subscribe(&["user_events"])?;
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut seen = 0u64;

@@ -80,6 +80,7 @@ impl Bench {
             user: "default".into(),
             password: None,
             database: self.name.clone(),
+            ca_file: None,
         }
     }
 

@@ -15,7 +15,10 @@ where
     F: FnOnce(Env) -> Fut,
     Fut: Future<Output = ExitCode>,
 {
-    let env = Env::from_process();
+    let env = match Env::from_process().with_secret_files() {
+        Ok(env) => env,
+        Err(e) => return bad_setting(name, &e),
+    };
     let format = match crate::telemetry::log_format(&env) {
         Ok(f) => f,
         Err(e) => return bad_setting(name, &e),

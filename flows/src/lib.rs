@@ -18,6 +18,7 @@ pub mod shutdown;
 pub mod systemd;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 
 pub use definition::{Flow, FlowCatalog, SourceTable, TargetTable};
 pub use settings::{Env, SettingError};

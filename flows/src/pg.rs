@@ -1,17 +1,172 @@
-//! Postgres connections: retried with backoff while the server is
-//! unreachable, logged with the password redacted.
+//! Postgres connections: TLS as libpq means it, retried with backoff while
+//! the server is unreachable, logged with the password redacted.
+//!
+//! `DATABASE_URL` takes libpq's TLS parameters: `sslmode` (`disable`,
+//! `allow`/`prefer` — the default: TLS when the server offers it, unverified,
+//! `require` — TLS, unverified unless `sslrootcert` is given, `verify-ca` —
+//! the server's certificate must chain to `sslrootcert` (or the system's
+//! CAs), `verify-full` — and name the host), `sslrootcert`, and `sslcert` +
+//! `sslkey` for a client certificate. tokio-postgres knows only the first
+//! three modes and none of the files, so they are taken out of the URL here
+//! and applied to the OpenSSL connector.
+
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+use postgres_openssl::{MakeTlsConnector, TlsStream};
+use tokio_postgres::{Client, Connection, Socket};
+use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::settings::redact_url;
-use tokio_postgres::{Client, NoTls};
-use tokio_util::sync::CancellationToken;
+
+/// A connection as `connect_once` returns it, to drive or poll for
+/// notifications.
+pub type PgConnection = Connection<Socket, TlsStream<Socket>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgConnectError {
+    #[error("{0}")]
+    Settings(String),
+    #[error("TLS set-up: {0}")]
+    Tls(#[from] openssl::error::ErrorStack),
+    #[error("TLS set-up: {0}")]
+    Trust(#[from] crate::tls::TrustError),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// How much of the server's certificate is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verify {
+    Nothing,
+    Chain,
+    ChainAndHost,
+}
+
+/// A parsed `DATABASE_URL`: what tokio-postgres reads, and the TLS set-up.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    url: String,
+    verify: Verify,
+    root_cert: Option<String>,
+    client_cert: Option<(String, String)>,
+}
+
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Takes libpq's TLS parameters out of `url`. The error never holds the URL.
+fn parse(url: &str) -> Result<Target, String> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut kept = Vec::new();
+    let (mut mode, mut root_cert, mut cert, mut key) = ("prefer".to_owned(), None, None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "sslmode" => mode = percent_decode(v),
+            "sslrootcert" => root_cert = Some(percent_decode(v)),
+            "sslcert" => cert = Some(percent_decode(v)),
+            "sslkey" => key = Some(percent_decode(v)),
+            _ => kept.push(pair),
+        }
+    }
+    let (tokio_mode, verify) = match (mode.as_str(), &root_cert) {
+        ("disable", _) => ("disable", Verify::Nothing),
+        ("allow" | "prefer", _) => ("prefer", Verify::Nothing),
+        // libpq: `require` with a root certificate verifies like verify-ca.
+        ("require", None) => ("require", Verify::Nothing),
+        ("require" | "verify-ca", _) => ("require", Verify::Chain),
+        ("verify-full", _) => ("require", Verify::ChainAndHost),
+        _ => {
+            return Err(
+                "sslmode must be disable, allow, prefer, require, verify-ca or verify-full"
+                    .to_owned(),
+            );
+        }
+    };
+    let client_cert = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("sslcert and sslkey go together".to_owned()),
+    };
+    for file in client_cert.iter().flat_map(|(c, k)| [c, k]) {
+        if !std::path::Path::new(file).is_file() {
+            return Err(format!("TLS file {file} does not exist"));
+        }
+    }
+    if let Some(file) = &root_cert {
+        crate::tls::check_ca_file(file).map_err(|e| format!("sslrootcert: {e}"))?;
+    }
+    kept.push(match tokio_mode {
+        "disable" => "sslmode=disable",
+        "prefer" => "sslmode=prefer",
+        _ => "sslmode=require",
+    });
+    Ok(Target {
+        url: format!("{base}?{}", kept.join("&")),
+        verify,
+        root_cert,
+        client_cert,
+    })
+}
+
+/// Checks `url`'s TLS parameters (for settings validation: exit 2 early).
+pub fn check_tls_params(url: &str) -> Result<(), String> {
+    parse(url).map(|_| ())
+}
+
+fn connector(target: &Target) -> Result<MakeTlsConnector, PgConnectError> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client())?;
+    crate::tls::trust(&mut builder, target.root_cert.as_deref())?;
+    if let Some((cert, key)) = &target.client_cert {
+        builder.set_certificate_chain_file(cert)?;
+        builder.set_private_key_file(key, SslFiletype::PEM)?;
+    }
+    if target.verify == Verify::Nothing {
+        builder.set_verify(SslVerifyMode::NONE);
+    }
+    let mut tls = MakeTlsConnector::new(builder.build());
+    let check_host = target.verify == Verify::ChainAndHost;
+    tls.set_callback(move |config, _| {
+        config.set_verify_hostname(check_host);
+        Ok(())
+    });
+    Ok(tls)
+}
+
+/// One connection attempt, TLS as the URL asks. The caller drives the
+/// returned connection.
+pub async fn connect_once(url: &str) -> Result<(Client, PgConnection), PgConnectError> {
+    let target = parse(url).map_err(PgConnectError::Settings)?;
+    let tls = connector(&target)?;
+    Ok(tokio_postgres::connect(&target.url, tls).await?)
+}
 
 /// Connects, retrying with backoff until it succeeds or `shutdown` fires
 /// (then `None`). The connection is driven by a spawned task.
 pub async fn connect(url: &str, purpose: &str, shutdown: &CancellationToken) -> Option<Client> {
     let mut backoff = Backoff::default();
     loop {
-        match tokio_postgres::connect(url, NoTls).await {
+        match connect_once(url).await {
             Ok((client, connection)) => {
                 let owner = purpose.to_owned();
                 tokio::spawn(async move {
@@ -33,5 +188,57 @@ pub async fn connect(url: &str, purpose: &str, shutdown: &CancellationToken) -> 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libpq_tls_parameters_become_a_connector_set_up() {
+        let t = parse("postgres://u:pw@h/db").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.url, "postgres://u:pw@h/db?sslmode=prefer");
+        assert_eq!(t.verify, Verify::Nothing);
+
+        let t = parse("postgres://h/db?application_name=x&sslmode=require")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.url, "postgres://h/db?application_name=x&sslmode=require");
+        assert_eq!(t.verify, Verify::Nothing);
+
+        let ca = "/etc/ssl/certs/ca-certificates.crt";
+        if std::path::Path::new(ca).is_file() {
+            let t = parse(&format!(
+                "postgres://h/db?sslmode=verify-full&sslrootcert={ca}"
+            ))
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(t.url, "postgres://h/db?sslmode=require");
+            assert_eq!(
+                (t.verify, t.root_cert.as_deref()),
+                (Verify::ChainAndHost, Some(ca))
+            );
+            let t = parse(&format!("postgres://h/db?sslmode=require&sslrootcert={ca}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                t.verify,
+                Verify::Chain,
+                "libpq: require + root cert = verify-ca"
+            );
+        }
+        assert_eq!(
+            parse("postgres://h/db?sslmode=verify-ca").map(|t| t.verify),
+            Ok(Verify::Chain)
+        );
+
+        let err = parse("postgres://u:secret@h/db?sslmode=maybe")
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("sslmode") && !err.contains("secret"), "{err}");
+        assert!(parse("postgres://h/db?sslrootcert=/nonexistent/ca.pem").is_err());
+        assert!(
+            parse("postgres://h/db?sslcert=/etc/hostname").is_err(),
+            "cert without key"
+        );
+        assert_eq!(percent_decode("%2Fetc%2Fca.pem"), "/etc/ca.pem");
     }
 }

@@ -26,6 +26,16 @@ impl SettingError {
     }
 }
 
+/// Settings that hold secrets: each may instead be read from the file named
+/// by the same name + `_FILE` (Docker and systemd credentials), so the secret
+/// never sits in the environment or a unit file.
+pub const SECRET_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "CLICKHOUSE_PASSWORD",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SSL_KEY_PASSWORD",
+];
+
 /// A snapshot of environment variables. Empty values count as unset.
 #[derive(Clone, Debug, Default)]
 pub struct Env {
@@ -50,6 +60,34 @@ impl Env {
                 .filter(|(_, v): &(String, String)| !v.is_empty())
                 .collect(),
         }
+    }
+
+    /// Reads every `NAME_FILE` of [`SECRET_VARS`] into `NAME` (one trailing
+    /// newline dropped). Setting both, or a file that cannot be read, is an
+    /// error naming the variable — never the secret.
+    pub fn with_secret_files(mut self) -> Result<Self, SettingError> {
+        for name in SECRET_VARS {
+            let file_var = format!("{name}_FILE");
+            let Some(path) = self.vars.remove(&file_var) else {
+                continue;
+            };
+            if self.vars.contains_key(*name) {
+                return Err(SettingError::new(
+                    &file_var,
+                    format!("set either {name} or {file_var}, not both"),
+                ));
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                SettingError::new(&file_var, format!("cannot read {path}: {}", e.kind()))
+            })?;
+            let secret = text.strip_suffix('\n').unwrap_or(&text);
+            let secret = secret.strip_suffix('\r').unwrap_or(secret);
+            if secret.is_empty() {
+                return Err(SettingError::new(&file_var, format!("{path} is empty")));
+            }
+            self.vars.insert((*name).to_owned(), secret.to_owned());
+        }
+        Ok(self)
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -194,6 +232,41 @@ mod tests {
         );
         assert!(env.positive_or("C", 5).is_err());
         assert!(env.required("MISSING").is_err());
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("outbox-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.join("password");
+        std::fs::write(&file, "s3cret\n").unwrap_or_else(|e| panic!("{e}"));
+        let path = file.display().to_string();
+        let env = Env::from_pairs([("CLICKHOUSE_PASSWORD_FILE", path.as_str())])
+            .with_secret_files()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(env.get("CLICKHOUSE_PASSWORD"), Some("s3cret"));
+        assert_eq!(env.get("CLICKHOUSE_PASSWORD_FILE"), None, "consumed");
+
+        let both = Env::from_pairs([
+            ("CLICKHOUSE_PASSWORD_FILE", path.as_str()),
+            ("CLICKHOUSE_PASSWORD", "x"),
+        ])
+        .with_secret_files()
+        .err();
+        assert_eq!(
+            both.map(|e| e.name),
+            Some("CLICKHOUSE_PASSWORD_FILE".to_owned())
+        );
+        let missing = Env::from_pairs([("KAFKA_SASL_PASSWORD_FILE", "/nonexistent/pw")])
+            .with_secret_files()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            missing.starts_with("invalid setting KAFKA_SASL_PASSWORD_FILE: cannot read"),
+            "{missing}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -9,9 +9,9 @@ use flows::{Env, Flow, SettingError};
 
 /// Every variable the relay reads. Variables starting with `RELAY_` or
 /// `KAFKA_` that are not listed here are refused as misspelt.
+/// `flows::kafka::KNOWN_VARS` adds the brokers and their security settings.
 pub const KNOWN_VARS: &[&str] = &[
     "DATABASE_URL",
-    "KAFKA_BROKERS",
     "KAFKA_TOPIC_PREFIX",
     "KAFKA_GROUP_PREFIX",
     "KAFKA_ACKS",
@@ -37,7 +37,8 @@ pub struct PostgresConfig {
 
 #[derive(Clone, Debug)]
 pub struct KafkaConfig {
-    pub brokers: String,
+    /// The brokers and their security settings.
+    pub endpoint: flows::kafka::KafkaEndpoint,
     /// `transactional.id` = prefix + "." + flow name: a restarted relay
     /// fences its predecessor's producer for the same flow.
     pub transactional_id_prefix: String,
@@ -74,15 +75,21 @@ pub struct RelayConfig {
 pub fn postgres_config(env: &Env) -> Result<PostgresConfig, SettingError> {
     let url = env.required("DATABASE_URL")?;
     check_url("DATABASE_URL", &url, &["postgres", "postgresql"])?;
+    flows::pg::check_tls_params(&url).map_err(|e| SettingError::new("DATABASE_URL", e))?;
     Ok(PostgresConfig { url })
 }
 
 impl RelayConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
-        env.reject_unknown(&["RELAY_", "KAFKA_"], KNOWN_VARS)?;
+        let known: Vec<&str> = KNOWN_VARS
+            .iter()
+            .chain(flows::kafka::KNOWN_VARS)
+            .copied()
+            .collect();
+        env.reject_unknown(&["RELAY_", "KAFKA_"], &known)?;
         flows::telemetry::log_format(env)?;
         let postgres = postgres_config(env)?;
-        let brokers = env.required("KAFKA_BROKERS")?;
+        let endpoint = flows::kafka::KafkaEndpoint::from_env(env)?;
         let acks = env.string_or("KAFKA_ACKS", "all");
         if acks != "all" && acks != "-1" {
             // Transactions need the idempotent producer, which needs acks=all.
@@ -101,7 +108,7 @@ impl RelayConfig {
         Ok(Self {
             postgres,
             kafka: KafkaConfig {
-                brokers,
+                endpoint,
                 transactional_id_prefix: env
                     .string_or("RELAY_TRANSACTIONAL_ID_PREFIX", "outbox-relay"),
                 acks,

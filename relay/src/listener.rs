@@ -10,7 +10,7 @@ use std::sync::Arc;
 use flows::backoff::Backoff;
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 pub const CHANNEL: &str = "outbox_relay";
@@ -64,6 +64,8 @@ pub async fn listen(url: String, wakers: Wakers, shutdown: CancellationToken) {
 enum ListenError {
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Connect(#[from] flows::pg::PgConnectError),
     #[error("connection closed")]
     Closed,
 }
@@ -74,7 +76,7 @@ async fn listen_once(
     wakers: &Wakers,
     shutdown: &CancellationToken,
 ) -> Result<(), ListenError> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, mut connection) = flows::pg::connect_once(url).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Result<String, tokio_postgres::Error>>();
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

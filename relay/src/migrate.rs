@@ -7,11 +7,31 @@ use tokio_postgres::Client;
 
 const MIGRATION_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
 
-/// Applies what is missing; returns the names applied now.
+/// Applies what is missing; returns the names applied now. When nothing
+/// is missing it runs no DDL at all, so a role with only the daemon's
+/// grants (README, "Least privilege") can run it as a start-up check.
 pub async fn migrate(
     client: &mut Client,
     migrations: &[Migration],
 ) -> Result<Vec<String>, tokio_postgres::Error> {
+    let tracked = client
+        .query_one(
+            "SELECT to_regclass('outbox_schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get::<_, bool>(0);
+    if tracked {
+        let done: Vec<String> = client
+            .query("SELECT name FROM outbox_schema_migrations", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if migrations.iter().all(|m| done.contains(&m.name)) {
+            return Ok(Vec::new());
+        }
+    }
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS outbox_schema_migrations (

@@ -8,7 +8,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -92,8 +91,9 @@ impl Publisher {
     /// Creates the producer and initialises transactions, fencing any earlier
     /// producer with the same transactional id. Blocking.
     pub fn connect(cfg: &KafkaConfig, flow: &str) -> Result<Self, KafkaError> {
-        let producer: ThreadedProducer<DeliveryTracker> = ClientConfig::new()
-            .set("bootstrap.servers", &cfg.brokers)
+        let producer: ThreadedProducer<DeliveryTracker> = cfg
+            .endpoint
+            .client_config()
             .set("client.id", format!("outbox-relay-{flow}"))
             .set(
                 "transactional.id",

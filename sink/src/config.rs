@@ -8,14 +8,15 @@ use flows::{Env, Flow, SettingError};
 
 use crate::clickhouse::ClickHouseConfig;
 
-/// Every variable the sink reads. Variables starting with `SINK_`,
-/// `CLICKHOUSE_` or `KAFKA_` that are not listed here are refused as misspelt.
+/// Every variable the sink reads besides `flows::kafka::KNOWN_VARS` (the
+/// brokers and their security settings). Variables starting with `SINK_`,
+/// `CLICKHOUSE_` or `KAFKA_` that are not listed are refused as misspelt.
 pub const KNOWN_VARS: &[&str] = &[
     "CLICKHOUSE_URL",
     "CLICKHOUSE_USER",
     "CLICKHOUSE_PASSWORD",
     "CLICKHOUSE_DATABASE",
-    "KAFKA_BROKERS",
+    "CLICKHOUSE_CA_FILE",
     "KAFKA_TOPIC_PREFIX",
     "KAFKA_GROUP_PREFIX",
     "SINK_BATCH_ROWS",
@@ -31,6 +32,15 @@ pub const KNOWN_VARS: &[&str] = &[
     "LOG_FORMAT",
 ];
 
+/// The sink's variables and the Kafka ones.
+pub fn known_vars() -> Vec<&'static str> {
+    KNOWN_VARS
+        .iter()
+        .chain(flows::kafka::KNOWN_VARS)
+        .copied()
+        .collect()
+}
+
 /// When a batch is flushed: whichever limit is reached first.
 #[derive(Clone, Debug)]
 pub struct FlushPolicy {
@@ -42,7 +52,8 @@ pub struct FlushPolicy {
 
 #[derive(Clone, Debug)]
 pub struct KafkaConfig {
-    pub brokers: String,
+    /// The brokers and their security settings.
+    pub endpoint: flows::kafka::KafkaEndpoint,
     /// Dead letters of topic T go to T + suffix.
     pub dlq_suffix: String,
 }
@@ -66,6 +77,10 @@ pub struct SinkConfig {
 pub fn clickhouse_config(env: &Env) -> Result<ClickHouseConfig, SettingError> {
     let url = env.required("CLICKHOUSE_URL")?;
     check_url("CLICKHOUSE_URL", &url, &["http", "https"])?;
+    let ca_file = env.get("CLICKHOUSE_CA_FILE").map(str::to_owned);
+    if let Some(file) = &ca_file {
+        flows::tls::check_ca_file(file).map_err(|e| SettingError::new("CLICKHOUSE_CA_FILE", e))?;
+    }
     let database = env.string_or("CLICKHOUSE_DATABASE", "default");
     flows::ident::Ident::new(database.clone())
         .map_err(|e| SettingError::new("CLICKHOUSE_DATABASE", e.to_string()))?;
@@ -74,12 +89,13 @@ pub fn clickhouse_config(env: &Env) -> Result<ClickHouseConfig, SettingError> {
         user: env.string_or("CLICKHOUSE_USER", "default"),
         password: env.get("CLICKHOUSE_PASSWORD").map(str::to_owned),
         database,
+        ca_file,
     })
 }
 
 impl SinkConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
-        env.reject_unknown(&["SINK_", "CLICKHOUSE_", "KAFKA_"], KNOWN_VARS)?;
+        env.reject_unknown(&["SINK_", "CLICKHOUSE_", "KAFKA_"], &known_vars())?;
         flows::telemetry::log_format(env)?;
         let clickhouse = clickhouse_config(env)?;
         let max_rows = env.positive_or("SINK_BATCH_ROWS", 100_000)?;
@@ -90,7 +106,7 @@ impl SinkConfig {
         Ok(Self {
             clickhouse,
             kafka: KafkaConfig {
-                brokers: env.required("KAFKA_BROKERS")?,
+                endpoint: flows::kafka::KafkaEndpoint::from_env(env)?,
                 dlq_suffix,
             },
             flush: FlushPolicy {

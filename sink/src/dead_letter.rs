@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -33,9 +32,9 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_LETTER_PAYLOAD: usize = 900 * 1024;
 
 impl DeadLetterQueue {
-    pub fn new(brokers: &str, suffix: &str) -> Result<Self, KafkaError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+    pub fn new(kafka: &flows::kafka::KafkaEndpoint, suffix: &str) -> Result<Self, KafkaError> {
+        let producer = kafka
+            .client_config()
             .set("client.id", "outbox-sink-dlq")
             .set("enable.idempotence", "true")
             .set("acks", "all")

@@ -22,7 +22,7 @@ use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{Origin, PendingBatch};
@@ -50,25 +50,22 @@ pub enum SinkError {
     Kafka(#[from] KafkaError),
 }
 
-/// The flow's consumer (settings: `flows::kafka::consumer_settings`).
-pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, KafkaError> {
-    let mut config = ClientConfig::new();
-    for (key, value) in
-        flows::kafka::consumer_settings(brokers, group, &format!("outbox-sink-{group}"))
-    {
-        config.set(key, value);
-    }
-    config.create()
+/// The flow's consumer (settings: `flows::kafka::consumer_config`).
+pub fn consumer(
+    kafka: &flows::kafka::KafkaEndpoint,
+    group: &str,
+) -> Result<StreamConsumer, KafkaError> {
+    flows::kafka::consumer_config(kafka, group, &format!("outbox-sink-{group}")).create()
 }
 
 impl FlowSink {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), SinkError> {
         let flow = self.flow.name.to_string();
         let consumer = Arc::new(consumer(
-            &self.config.kafka.brokers,
+            &self.config.kafka.endpoint,
             &self.flow.consumer_group,
         )?);
-        let dlq = DeadLetterQueue::new(&self.config.kafka.brokers, &self.config.kafka.dlq_suffix)?;
+        let dlq = DeadLetterQueue::new(&self.config.kafka.endpoint, &self.config.kafka.dlq_suffix)?;
         let mut topics: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, plan) in self.plans.iter().enumerate() {
             topics.entry(plan.topic.clone()).or_default().push(i);

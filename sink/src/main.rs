@@ -109,7 +109,7 @@ async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
     let ch = &config.clickhouse;
     let client = sink::clickhouse::client::client(ch, Some(&ch.database));
     let report = sink::status::report(
-        &config.kafka.brokers,
+        &config.kafka.endpoint,
         &client,
         &config.flows,
         config.metrics_addr,
@@ -128,6 +128,7 @@ async fn reconcile(env: &Env) -> Result<ExitCode, ExitCode> {
         &url,
         &["postgres", "postgresql"],
     ))?;
+    setting(flows::pg::check_tls_params(&url).map_err(|e| SettingError::new("DATABASE_URL", e)))?;
     let shutdown = signals(NAME)?;
     let ch = &config.clickhouse;
     let client = sink::clickhouse::client::client(ch, Some(&ch.database));

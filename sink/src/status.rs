@@ -10,19 +10,19 @@ use std::time::Duration;
 use flows::Flow;
 use flows::http::DaemonView;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// (partition, committed offset if any, end offset) of `topic` for `group`.
 /// Blocking.
 pub fn group_offsets(
-    brokers: &str,
+    kafka: &flows::kafka::KafkaEndpoint,
     group: &str,
     topic: &str,
 ) -> Result<Vec<(i32, Option<i64>, i64)>, rdkafka::error::KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = kafka
+        .client_config()
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()?;
@@ -49,7 +49,7 @@ pub fn group_offsets(
 
 /// The report, one `key=value` line per fact.
 pub async fn report(
-    brokers: &str,
+    kafka: &flows::kafka::KafkaEndpoint,
     ch: &clickhouse::Client,
     flows: &[Flow],
     daemon: Option<SocketAddr>,
@@ -66,9 +66,9 @@ pub async fn report(
         topics.sort_unstable();
         topics.dedup();
         for topic in topics {
-            let (brokers, group_c, topic_c) = (brokers.to_owned(), group.clone(), topic.to_owned());
+            let (kafka, group_c, topic_c) = (kafka.clone(), group.clone(), topic.to_owned());
             let offsets =
-                tokio::task::spawn_blocking(move || group_offsets(&brokers, &group_c, &topic_c))
+                tokio::task::spawn_blocking(move || group_offsets(&kafka, &group_c, &topic_c))
                     .await??;
             let mut total = 0;
             for (partition, committed, end) in offsets {

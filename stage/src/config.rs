@@ -5,8 +5,9 @@ use std::time::Duration;
 use flows::settings::selected_flows;
 use flows::{Env, Flow, SettingError};
 
+/// The stage's own variables; `flows::kafka::KNOWN_VARS` adds the brokers
+/// and their security settings.
 pub const KNOWN_VARS: &[&str] = &[
-    "KAFKA_BROKERS",
     "KAFKA_TOPIC_PREFIX",
     "KAFKA_GROUP_PREFIX",
     "STAGE_BATCH_SIZE",
@@ -20,7 +21,7 @@ pub const KNOWN_VARS: &[&str] = &[
 
 #[derive(Clone, Debug)]
 pub struct StageConfig {
-    pub brokers: String,
+    pub kafka: flows::kafka::KafkaEndpoint,
     /// Stripped from input topic names before the transform sees them.
     pub topic_prefix: String,
     /// `transactional.id` = prefix + "." + flow: a restarted stage fences
@@ -37,7 +38,12 @@ pub struct StageConfig {
 
 impl StageConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
-        env.reject_unknown(&["STAGE_", "KAFKA_"], KNOWN_VARS)?;
+        let known: Vec<&str> = KNOWN_VARS
+            .iter()
+            .chain(flows::kafka::KNOWN_VARS)
+            .copied()
+            .collect();
+        env.reject_unknown(&["STAGE_", "KAFKA_"], &known)?;
         flows::telemetry::log_format(env)?;
         let flows: Vec<Flow> = selected_flows(env)?
             .into_iter()
@@ -50,7 +56,7 @@ impl StageConfig {
             ));
         }
         Ok(Self {
-            brokers: env.required("KAFKA_BROKERS")?,
+            kafka: flows::kafka::KafkaEndpoint::from_env(env)?,
             topic_prefix: env.string_or("KAFKA_TOPIC_PREFIX", ""),
             transactional_id_prefix: env.string_or("STAGE_TRANSACTIONAL_ID_PREFIX", "outbox-stage"),
             batch_size: usize::try_from(env.positive_or("STAGE_BATCH_SIZE", 10_000)?)

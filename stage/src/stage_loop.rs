@@ -23,7 +23,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StageConfig;
@@ -91,18 +91,16 @@ impl FlowStage {
         shutdown: &CancellationToken,
     ) -> Result<(), StageError> {
         let flow = self.flow.name.to_string();
-        let mut consumer_config = ClientConfig::new();
-        for (key, value) in flows::kafka::consumer_settings(
-            &self.config.brokers,
+        let consumer: StreamConsumer = flows::kafka::consumer_config(
+            &self.config.kafka,
             &self.stage.consumer_group,
             &format!("outbox-stage-{flow}"),
-        ) {
-            consumer_config.set(key, value);
-        }
-        let consumer: StreamConsumer = consumer_config.create()?;
+        )
+        .create()?;
         let producer: Arc<BaseProducer> = Arc::new(
-            ClientConfig::new()
-                .set("bootstrap.servers", &self.config.brokers)
+            self.config
+                .kafka
+                .client_config()
                 .set("client.id", format!("outbox-stage-{flow}"))
                 .set(
                     "transactional.id",

@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod faults;
 pub mod proxy;
 pub mod stack;
+pub mod tls_proxy;
 pub mod wait;
 
 pub use daemon::Daemon;

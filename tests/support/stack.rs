@@ -202,6 +202,7 @@ impl TestStack {
                 user: "default".into(),
                 password: None,
                 database: self.name.clone(),
+                ca_file: None,
             },
             Some(&self.name),
         )

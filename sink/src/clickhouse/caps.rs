@@ -9,6 +9,9 @@ pub struct ServerCaps {
     pub version: (u32, u32),
     /// The IPv4 column type (19.x+). Without it addresses are stored as String.
     pub ipv4: bool,
+    /// SQL users and grants (`CREATE USER`, `GRANT`, 20.5+). Older servers
+    /// define users in `users.xml` only.
+    pub sql_access_control: bool,
 }
 
 impl ServerCaps {
@@ -21,6 +24,7 @@ impl ServerCaps {
         Self {
             version: (major, minor),
             ipv4: at_least(19, 1),
+            sql_access_control: at_least(20, 5),
         }
     }
 
@@ -38,10 +42,10 @@ mod tests {
     #[test]
     fn old_and_new_servers() {
         let old = ServerCaps::from_version("18.16.1");
-        assert!(!old.ipv4);
+        assert!(!old.ipv4 && !old.sql_access_control);
         assert_eq!(old.substitute("ip {{ipv4}}"), "ip String");
         let new = ServerCaps::from_version("24.8.4.13");
-        assert!(new.ipv4);
+        assert!(new.ipv4 && new.sql_access_control);
         assert_eq!(new.substitute("ip {{ipv4}}"), "ip IPv4");
     }
 }

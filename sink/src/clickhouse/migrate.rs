@@ -21,6 +21,22 @@ pub async fn migrate(
     migrations: &[Migration],
 ) -> Result<Vec<String>, clickhouse::error::Error> {
     let caps = server_caps(root).await?;
+    // Nothing missing: no DDL at all, so a user with only the sink's grants
+    // (README, "Least privilege") can run it as a start-up check.
+    let tracked: u64 = root
+        .query("SELECT count() FROM system.tables WHERE database = ? AND name = 'outbox_schema_migrations'")
+        .bind(database)
+        .fetch_one()
+        .await?;
+    if tracked > 0 {
+        let done: Vec<String> = client
+            .query("SELECT name FROM outbox_schema_migrations")
+            .fetch_all()
+            .await?;
+        if migrations.iter().all(|m| done.contains(&m.name)) {
+            return Ok(Vec::new());
+        }
+    }
     root.query(&format!(
         "CREATE DATABASE IF NOT EXISTS `{}`",
         database.replace('`', "")

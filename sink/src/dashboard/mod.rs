@@ -34,7 +34,10 @@ pub struct DashboardConfig {
 
 impl DashboardConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
-        env.reject_unknown(&["SINK_", "CLICKHOUSE_"], crate::config::KNOWN_VARS)?;
+        env.reject_unknown(
+            &["SINK_", "CLICKHOUSE_", "KAFKA_"],
+            &crate::config::known_vars(),
+        )?;
         let addr = flows::http::parse_addr(
             "SINK_DASHBOARD_ADDR",
             &env.string_or("SINK_DASHBOARD_ADDR", "127.0.0.1:9180"),
