@@ -11,6 +11,7 @@ cd "$ROOT"
 ensure_postgres
 ensure_clickhouse
 profile=${BENCH_PROFILE:-release}
+ensure_build_deps
 if [ "$profile" = release ]; then
     cargo build --release --bins --quiet
 else

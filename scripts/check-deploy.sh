@@ -16,7 +16,10 @@ log "docker-compose.yml is valid"
 
 command -v systemd-analyze >/dev/null || apt_install systemd
 profile=${CHECK_PROFILE:-debug}
-[ -x "target/$profile/relay" ] || cargo build --bins --quiet $([ "$profile" = release ] && echo --release)
+if [ ! -x "target/$profile/relay" ]; then
+    ensure_build_deps
+    cargo build --bins --quiet $([ "$profile" = release ] && echo --release)
+fi
 units=$(mktemp -d)
 trap 'rm -rf "$units"' EXIT
 for unit in deploy/systemd/*.service; do

@@ -13,6 +13,7 @@ ensure_clickhouse
 export FAULT_ROUNDS=${FAULT_ROUNDS:-long}
 export FAULT_RESULTS=$ROOT/target/fault-results-$FAULT_ROUNDS.jsonl
 rm -f "$FAULT_RESULTS"
+ensure_build_deps
 cargo build --workspace --bins --quiet
 cargo test -p outbox-tests --test faults --test etl -- --test-threads=1 >&2
 python3 - "$FAULT_RESULTS" <<'PY'

@@ -44,6 +44,12 @@ ensure_postgres() {
     die "PostgreSQL is not answering on $PG_HOST:$PG_PORT"
 }
 
+# What building needs besides Rust: OpenSSL's headers (TLS to Postgres,
+# ClickHouse and Kafka) found through pkg-config.
+ensure_build_deps() {
+    apt_install libssl-dev pkg-config
+}
+
 clickhouse_up() { curl -sf "http://127.0.0.1:$CH_HTTP_PORT/ping" >/dev/null 2>&1; }
 
 # Starts a user-writable ClickHouse under $STACK_DIR/clickhouse unless one

@@ -23,6 +23,7 @@ up() {
     ensure_postgres
     ensure_clickhouse
     log "building release binaries"
+    ensure_build_deps
     cargo build --release --bins --quiet
     if [ ! -f "$STACK_DIR/kafka.pid" ] || ! kill -0 "$(cat "$STACK_DIR/kafka.pid")" 2>/dev/null; then
         rm -f "$STACK_DIR/kafka.bootstrap"

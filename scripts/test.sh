@@ -24,6 +24,7 @@ curl -sf "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary "SELECT name FROM syste
     while read -r db; do curl -sf "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary "DROP DATABASE IF EXISTS \`$db\`" >/dev/null || true; done
 
 log "building"
+ensure_build_deps
 cargo build --workspace --bins --quiet
 log "testing"
 cargo test --workspace "$@"

@@ -77,13 +77,9 @@ async fn postgres_tls_follows_libpq_sslmode() -> anyhow::Result<()> {
     ))
     .await;
     let _ = std::fs::remove_file(&other_ca);
-    let error = format!(
-        "{:#}",
-        untrusted
-            .err()
-            .map(anyhow::Error::from)
-            .unwrap_or_else(|| anyhow::anyhow!("connected"))
-    );
+    let error = untrusted
+        .err()
+        .map_or_else(|| "connected".to_owned(), |e| format!("{e:#}"));
     assert!(error.contains("certificate verify failed"), "{error}");
     Ok(())
 }

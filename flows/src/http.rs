@@ -242,10 +242,10 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64
             },
         };
         let present: Vec<&str> = labelset.split(',').collect();
-        if wanted.iter().all(|w| present.contains(&w.as_str())) {
-            if let Ok(v) = value.trim().parse::<f64>() {
-                *sum.get_or_insert(0.0) += v;
-            }
+        if wanted.iter().all(|w| present.contains(&w.as_str()))
+            && let Ok(v) = value.trim().parse::<f64>()
+        {
+            *sum.get_or_insert(0.0) += v;
         }
     }
     sum
