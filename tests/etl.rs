@@ -56,7 +56,13 @@ async fn etl_stack(test: &str) -> anyhow::Result<TestStack> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_events_become_one_clean_shape() -> anyhow::Result<()> {
-    let stack = etl_stack("etl_shape").await?;
+    let mut stack = etl_stack("etl_shape").await?;
+    let stage_addr = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    stack
+        .overrides
+        .push(("STAGE_METRICS_ADDR".to_owned(), stage_addr.clone()));
     let metrics = Metrics::default();
     let running = vec![
         stack.spawn_relay(&metrics)?,
@@ -105,6 +111,25 @@ async fn raw_events_become_one_clean_shape() -> anyhow::Result<()> {
         .fetch_one()
         .await?;
     assert_eq!(users_match, 1);
+    // The stage's /readyz: its inputs read to the end, so ready with no
+    // backlog, measured over its assigned partitions (stage_input_lag).
+    wait_until("the stage ready with no input lag", ARRIVAL, || async {
+        let (status, body) = flows::http::fetch(&stage_addr, "/readyz")
+            .await
+            .ok_or_else(|| anyhow::anyhow!("stage endpoint did not answer"))?;
+        let lag = flows::http::fetch(&stage_addr, "/metrics")
+            .await
+            .and_then(|(_, text)| {
+                flows::http::metric_sum(&text, "stage_input_lag", &[("flow", "etl")])
+            });
+        anyhow::ensure!(
+            status == 200 && body.contains("flow=etl ready: backlog 0") && lag == Some(0.0),
+            "{status} {body} lag {lag:?}"
+        );
+        Ok(true)
+    })
+    .await;
+    assert!(metrics.value("stage_records_total", &[("flow", "etl")]) >= 60);
     for r in running {
         r.stop().await?;
     }

@@ -10,6 +10,7 @@ pub mod health;
 pub mod http;
 pub mod ident;
 pub mod kafka;
+pub mod lag;
 pub mod metrics;
 pub mod migrations;
 pub mod pg;

@@ -74,8 +74,14 @@ impl FlowSink {
         consumer.subscribe(&names)?;
         tracing::info!(flow, group = %self.flow.consumer_group, topics = ?names, "sink consuming");
 
-        let lag_probe = tokio::spawn(crate::lag::run(
+        let lag_probe = tokio::spawn(flows::lag::run(
             Arc::clone(&consumer),
+            flows::lag::LagProbe {
+                from: flows::lag::LagFrom::Committed,
+                gauge: "sink_consumer_lag",
+                help: "Messages in the partition after the group's committed offset.",
+                marker: "sink_flushes_total",
+            },
             flow.clone(),
             self.metrics.clone(),
             self.health.clone(),

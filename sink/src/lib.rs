@@ -8,7 +8,6 @@ pub mod config;
 pub mod dashboard;
 pub mod dead_letter;
 pub mod flow_sink;
-pub mod lag;
 pub mod reconcile;
 pub mod stats;
 pub mod status;

@@ -14,6 +14,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "STAGE_FLUSH_INTERVAL_MS",
     "STAGE_TRANSACTIONAL_ID_PREFIX",
     "STAGE_METRICS_ADDR",
+    "STAGE_STALL_AFTER_MS",
     "FLOWS",
     "FLOWS_FILE",
     "LOG_FORMAT",
@@ -34,6 +35,9 @@ pub struct StageConfig {
     /// Flows that have a stage.
     pub flows: Vec<Flow>,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// A flow with input lag and no record committed for this long is not
+    /// ready (`/readyz`).
+    pub stall_after: Duration,
 }
 
 impl StageConfig {
@@ -67,6 +71,7 @@ impl StageConfig {
                 "STAGE_METRICS_ADDR",
                 &env.string_or("STAGE_METRICS_ADDR", "127.0.0.1:9103"),
             )?,
+            stall_after: Duration::from_millis(env.positive_or("STAGE_STALL_AFTER_MS", 60_000)?),
         })
     }
 }

@@ -17,9 +17,7 @@ use crate::stage_loop::FlowStage;
 /// Runs every selected flow's stage until `shutdown`.
 pub async fn run(config: StageConfig, metrics: Metrics, shutdown: CancellationToken) {
     let config = Arc::new(config);
-    // The stage reports no per-flow readiness yet: /readyz is ready once
-    // it runs.
-    let health = flows::health::Health::new(std::time::Duration::from_secs(60));
+    let health = flows::health::Health::new(config.stall_after);
     flows::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
     flows::systemd::ready(&shutdown);
     let mut tasks = tokio::task::JoinSet::new();
@@ -28,6 +26,7 @@ pub async fn run(config: StageConfig, metrics: Metrics, shutdown: CancellationTo
             continue;
         };
         let worker = FlowStage {
+            health: health.flow(flow.name.as_str()),
             flow: flow.clone(),
             stage,
             config: Arc::clone(&config),

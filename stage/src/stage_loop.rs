@@ -54,6 +54,8 @@ pub struct FlowStage {
     pub stage: StageDef,
     pub config: Arc<StageConfig>,
     pub metrics: Metrics,
+    /// `/readyz`: the inputs' lag and whether records move.
+    pub health: flows::health::FlowHealth,
 }
 
 impl FlowStage {
@@ -91,12 +93,14 @@ impl FlowStage {
         shutdown: &CancellationToken,
     ) -> Result<(), StageError> {
         let flow = self.flow.name.to_string();
-        let consumer: StreamConsumer = flows::kafka::consumer_config(
-            &self.config.kafka,
-            &self.stage.consumer_group,
-            &format!("outbox-stage-{flow}"),
-        )
-        .create()?;
+        let consumer: Arc<StreamConsumer> = Arc::new(
+            flows::kafka::consumer_config(
+                &self.config.kafka,
+                &self.stage.consumer_group,
+                &format!("outbox-stage-{flow}"),
+            )
+            .create()?,
+        );
         let producer: Arc<BaseProducer> = Arc::new(
             self.config
                 .kafka
@@ -119,6 +123,23 @@ impl FlowStage {
         let inputs: Vec<&str> = self.stage.inputs.iter().map(String::as_str).collect();
         consumer.subscribe(&inputs)?;
         tracing::info!(flow, inputs = ?inputs, output = %self.stage.output, "stage running");
+        let probe_stop = shutdown.child_token();
+        // Dropped with the session: a new session probes its new consumer.
+        let _probe_guard = probe_stop.clone().drop_guard();
+        tokio::spawn(flows::lag::run(
+            Arc::clone(&consumer),
+            flows::lag::LagProbe {
+                from: flows::lag::LagFrom::Position,
+                gauge: "stage_input_lag",
+                help: "Input messages in the partition after the stage's position.",
+                marker: "stage_records_total",
+            },
+            flow.clone(),
+            self.metrics.clone(),
+            self.health.clone(),
+            flows::health::probe_interval(self.config.stall_after),
+            probe_stop,
+        ));
 
         loop {
             let (records, offsets) = match self.collect_batch(&consumer, shutdown).await? {

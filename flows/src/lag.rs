@@ -1,32 +1,60 @@
-//! The sink's view of each flow's consumer lag, every few seconds: per
-//! assigned partition, the high watermark minus the group's committed
-//! offset. Feeds the metrics and `/readyz` (see `flows::health`): lag with no
-//! rows stored for the stall threshold means the pipeline is stuck.
+//! A consumer's lag, every few seconds: per assigned partition, the high
+//! watermark minus where the group stands. Feeds a gauge and `/readyz` (see
+//! `health`): lag with nothing moving for the stall threshold means the
+//! pipeline is stuck. The sink measures from its committed offsets (rows
+//! are done once ClickHouse accepted them); the stage from its position
+//! (its offsets commit inside its transactions, which librdkafka's mock
+//! cluster does not store).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use flows::health::FlowHealth;
-use flows::metrics::Metrics;
 use rdkafka::Offset;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
+use crate::health::FlowHealth;
+use crate::metrics::Metrics;
+
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a partition's lag is counted from.
+#[derive(Clone, Copy, Debug)]
+pub enum LagFrom {
+    /// The group's committed offset (asked of the broker).
+    Committed,
+    /// The consumer's own position (what it has taken in).
+    Position,
+}
+
+/// What one daemon's probe reports.
+#[derive(Clone, Copy, Debug)]
+pub struct LagProbe {
+    pub from: LagFrom,
+    /// Gauge per flow, topic and partition, and its help text.
+    pub gauge: &'static str,
+    pub help: &'static str,
+    /// A counter of the flow whose change means rows moved.
+    pub marker: &'static str,
+}
 
 /// (topic, partition, lag) of every assigned partition. Blocking.
 pub fn partition_lag(
     consumer: &StreamConsumer,
+    from: LagFrom,
 ) -> Result<Vec<(String, i32, i64)>, rdkafka::error::KafkaError> {
-    let committed = consumer.committed(KAFKA_TIMEOUT)?;
+    let offsets = match from {
+        LagFrom::Committed => consumer.committed(KAFKA_TIMEOUT)?,
+        LagFrom::Position => consumer.position()?,
+    };
     let mut lags = Vec::new();
-    for e in committed.elements() {
+    for e in offsets.elements() {
         let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), KAFKA_TIMEOUT)?;
-        let from = match e.offset() {
+        let at = match e.offset() {
             Offset::Offset(o) => o.max(low),
             _ => low,
         };
-        lags.push((e.topic().to_owned(), e.partition(), (high - from).max(0)));
+        lags.push((e.topic().to_owned(), e.partition(), (high - at).max(0)));
     }
     Ok(lags)
 }
@@ -34,6 +62,7 @@ pub fn partition_lag(
 /// Probes until `shutdown`.
 pub async fn run(
     consumer: Arc<StreamConsumer>,
+    probe: LagProbe,
     flow: String,
     metrics: Metrics,
     health: FlowHealth,
@@ -42,21 +71,21 @@ pub async fn run(
 ) {
     loop {
         let c = Arc::clone(&consumer);
-        match tokio::task::spawn_blocking(move || partition_lag(&c)).await {
+        match tokio::task::spawn_blocking(move || partition_lag(&c, probe.from)).await {
             Ok(Ok(lags)) => {
                 let mut total = 0;
                 for (topic, partition, lag) in &lags {
                     let partition = partition.to_string();
                     metrics
                         .gauge(
-                            "sink_consumer_lag",
-                            "Messages in the partition after the group's committed offset.",
+                            probe.gauge,
+                            probe.help,
                             &[("flow", &flow), ("topic", topic), ("partition", &partition)],
                         )
                         .set(*lag);
                     total += lag;
                 }
-                let marker = metrics.value("sink_flushes_total", &[("flow", &flow)]);
+                let marker = metrics.value(probe.marker, &[("flow", &flow)]);
                 health.observe(total, marker);
             }
             Ok(Err(error)) => {
