@@ -40,8 +40,9 @@ async fn the_dashboard_shows_each_flow_and_draws_the_sales_charts() -> anyhow::R
         ("SINK_DASHBOARD_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
     ]);
     stack.migrate().await?;
-    let relay = stack.spawn_relay(&Metrics::default())?;
-    let sink = stack.spawn_sink(&Metrics::default())?;
+    let (relay_metrics, sink_metrics) = (Metrics::default(), Metrics::default());
+    let relay = stack.spawn_relay(&relay_metrics)?;
+    let sink = stack.spawn_sink(&sink_metrics)?;
 
     // Three hours with sales (now, 2 h ago, 5 h ago), one a day and a half
     // ago that the 24 h charts must leave out.
@@ -79,6 +80,9 @@ async fn the_dashboard_shows_each_flow_and_draws_the_sales_charts() -> anyhow::R
         Ok(true)
     })
     .await;
+    // Rows read on each side (at least once: a retried batch reads again).
+    assert!(relay_metrics.value("relay_rows_read_total", &[("flow", "sales")]) >= 9);
+    assert!(sink_metrics.value("sink_messages_read_total", &[("flow", "sales")]) >= 9);
     let d = api(addr).await?;
     let flow = &d["flows"][0];
     assert_eq!(flow["name"], "sales");

@@ -136,11 +136,13 @@ impl Env {
         })
     }
 
-    /// Rejects variables that start with one of `prefixes` but are not in
-    /// `known`: a misspelt knob must not be silently ignored.
-    pub fn reject_unknown(&self, prefixes: &[&str], known: &[&str]) -> Result<(), SettingError> {
+    /// Rejects variables that start with one of `prefixes` but are in none
+    /// of the `known` lists: a misspelt knob must not be silently ignored.
+    pub fn reject_unknown(&self, prefixes: &[&str], known: &[&[&str]]) -> Result<(), SettingError> {
         for name in self.vars.keys() {
-            if prefixes.iter().any(|p| name.starts_with(p)) && !known.contains(&name.as_str()) {
+            if prefixes.iter().any(|p| name.starts_with(p))
+                && !known.iter().any(|list| list.contains(&name.as_str()))
+            {
                 return Err(SettingError::new(name, "unknown setting (misspelt?)"));
             }
         }
@@ -272,7 +274,9 @@ mod tests {
     #[test]
     fn unknown_prefixed_variables_are_refused() {
         let env = Env::from_pairs([("RELAY_BATCH_SIZ", "1"), ("PATH", "/bin")]);
-        let err = env.reject_unknown(&["RELAY_"], &["RELAY_BATCH_SIZE"]).err();
+        let err = env
+            .reject_unknown(&["RELAY_"], &[&["RELAY_BATCH_SIZE"]])
+            .err();
         assert_eq!(err.map(|e| e.name), Some("RELAY_BATCH_SIZ".to_owned()));
     }
 

@@ -81,12 +81,10 @@ pub fn postgres_config(env: &Env) -> Result<PostgresConfig, SettingError> {
 
 impl RelayConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
-        let known: Vec<&str> = KNOWN_VARS
-            .iter()
-            .chain(flows::kafka::KNOWN_VARS)
-            .copied()
-            .collect();
-        env.reject_unknown(&["RELAY_", "KAFKA_"], &known)?;
+        env.reject_unknown(
+            &["RELAY_", "KAFKA_"],
+            &[KNOWN_VARS, flows::kafka::KNOWN_VARS],
+        )?;
         flows::telemetry::log_format(env)?;
         let postgres = postgres_config(env)?;
         let endpoint = flows::kafka::KafkaEndpoint::from_env(env)?;

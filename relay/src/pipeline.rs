@@ -165,7 +165,7 @@ impl Lanes<'_> {
             client.batch_execute("COMMIT").await?;
             return Ok(None);
         }
-        self.stats.fetched(start.elapsed());
+        self.stats.fetched(batch.len(), start.elapsed());
         Ok(Some(Locked { lane, batch }))
     }
 

@@ -9,6 +9,7 @@ use crate::publisher::PublishTimings;
 
 /// Per flow.
 pub struct FlowStats {
+    rows_read: Series,
     pub failed: Series,
     last_publish: Series,
     pub leader: Series,
@@ -40,6 +41,11 @@ impl FlowStats {
             )
         };
         Self {
+            rows_read: metrics.counter(
+                "relay_rows_read_total",
+                "Rows locked and read from Postgres (a batch retried is read again).",
+                &[("flow", flow)],
+            ),
             failed: metrics.counter(
                 "relay_batches_failed_total",
                 "Batches not published (nothing flagged; retried).",
@@ -74,7 +80,8 @@ impl FlowStats {
         }
     }
 
-    pub fn fetched(&self, took: Duration) {
+    pub fn fetched(&self, rows: usize, took: Duration) {
+        self.rows_read.add(rows as i64);
         self.fetch.observe_duration(took);
     }
 

@@ -32,15 +32,6 @@ pub const KNOWN_VARS: &[&str] = &[
     "LOG_FORMAT",
 ];
 
-/// The sink's variables and the Kafka ones.
-pub fn known_vars() -> Vec<&'static str> {
-    KNOWN_VARS
-        .iter()
-        .chain(flows::kafka::KNOWN_VARS)
-        .copied()
-        .collect()
-}
-
 /// When a batch is flushed: whichever limit is reached first.
 #[derive(Clone, Debug)]
 pub struct FlushPolicy {
@@ -95,7 +86,10 @@ pub fn clickhouse_config(env: &Env) -> Result<ClickHouseConfig, SettingError> {
 
 impl SinkConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
-        env.reject_unknown(&["SINK_", "CLICKHOUSE_", "KAFKA_"], &known_vars())?;
+        env.reject_unknown(
+            &["SINK_", "CLICKHOUSE_", "KAFKA_"],
+            &[KNOWN_VARS, flows::kafka::KNOWN_VARS],
+        )?;
         flows::telemetry::log_format(env)?;
         let clickhouse = clickhouse_config(env)?;
         let max_rows = env.positive_or("SINK_BATCH_ROWS", 100_000)?;

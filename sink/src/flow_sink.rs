@@ -111,6 +111,7 @@ impl FlowSink {
                 received = consumer.recv() => {
                     let take = |batch: &mut PendingBatch, received: Result<BorrowedMessage<'_>, KafkaError>| match received {
                         Ok(message) => {
+                            stats.messages_read.inc();
                             let origin = Origin {
                                 topic: message.topic(),
                                 partition: message.partition(),

@@ -4,6 +4,8 @@
 use flows::metrics::{Histogram, Metrics, ROWS, SECONDS, Series};
 
 pub struct SinkStats {
+    /// Messages taken from Kafka (dead-lettered ones included).
+    pub messages_read: Series,
     pub flushes: Series,
     pub last_insert: Series,
     pub insert_failures: Series,
@@ -27,6 +29,11 @@ impl SinkStats {
             )
         };
         Self {
+            messages_read: metrics.counter(
+                "sink_messages_read_total",
+                "Messages taken from Kafka (dead-lettered ones included; a message read again after a restart counts again).",
+                &[("flow", flow)],
+            ),
             flushes: metrics.counter(
                 "sink_flushes_total",
                 "Batches stored and committed.",

@@ -42,12 +42,10 @@ pub struct StageConfig {
 
 impl StageConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
-        let known: Vec<&str> = KNOWN_VARS
-            .iter()
-            .chain(flows::kafka::KNOWN_VARS)
-            .copied()
-            .collect();
-        env.reject_unknown(&["STAGE_", "KAFKA_"], &known)?;
+        env.reject_unknown(
+            &["STAGE_", "KAFKA_"],
+            &[KNOWN_VARS, flows::kafka::KNOWN_VARS],
+        )?;
         flows::telemetry::log_format(env)?;
         let flows: Vec<Flow> = selected_flows(env)?
             .into_iter()

@@ -36,7 +36,7 @@ impl DashboardConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
         env.reject_unknown(
             &["SINK_", "CLICKHOUSE_", "KAFKA_"],
-            &crate::config::known_vars(),
+            &[crate::config::KNOWN_VARS, flows::kafka::KNOWN_VARS],
         )?;
         let addr = flows::http::parse_addr(
             "SINK_DASHBOARD_ADDR",
