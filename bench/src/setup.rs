@@ -39,11 +39,17 @@ impl Bench {
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await?;
-        let database_url = match admin_url.rfind('/') {
-            Some(i) if i > admin_url.find("//").map_or(0, |j| j + 1) => {
-                format!("{}/{name}", &admin_url[..i])
-            }
-            _ => format!("{admin_url}/{name}"),
+        // The same server, database `name`, parameters (sslmode…) kept.
+        let (base, query) = admin_url
+            .split_once('?')
+            .map_or((admin_url, None), |(b, q)| (b, Some(q)));
+        let server = match base.rfind('/') {
+            Some(i) if i > base.find("//").map_or(0, |j| j + 1) => &base[..i],
+            _ => base,
+        };
+        let database_url = match query {
+            Some(q) => format!("{server}/{name}?{q}"),
+            None => format!("{server}/{name}"),
         };
         let mock = MockKafka::start(3)?;
         for topic in ["user_events"] {
