@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use flows::metrics::Metrics;
 use outbox_tests::daemon::run_for_output;
 use outbox_tests::{Daemon, TestStack, wait_until};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A free local port for a daemon's HTTP endpoint.
 fn free_addr() -> anyhow::Result<String> {
@@ -18,22 +17,9 @@ fn free_addr() -> anyhow::Result<String> {
 
 /// (status code, body) of `GET path`.
 async fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    flows::http::fetch(addr, path)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("{addr} did not answer {path}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

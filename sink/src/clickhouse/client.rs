@@ -11,7 +11,7 @@ use hyper_openssl::client::legacy::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use openssl::ssl::{SslConnector, SslConnectorBuilder, SslMethod};
+use openssl::ssl::{SslConnector, SslMethod};
 
 /// Below the server's 3 s keep-alive timeout, so a pooled connection is never
 /// reused just as the server closes it.
@@ -39,13 +39,17 @@ impl std::fmt::Debug for ClickHouseConfig {
     }
 }
 
-/// The TLS side of an `https://` connection.
-fn tls(ca_file: Option<&str>) -> Result<SslConnectorBuilder, flows::tls::TrustError> {
+/// `http` wrapped in TLS for `https://` URLs.
+fn https(
+    mut http: HttpConnector,
+    ca_file: Option<&str>,
+) -> Result<HttpsConnector<HttpConnector>, flows::tls::TrustError> {
     let mut ssl = SslConnector::builder(SslMethod::tls_client())?;
     flows::tls::trust(&mut ssl, ca_file)?;
     // ClickHouse speaks HTTP/1.1 only.
     ssl.set_alpn_protos(b"\x08http/1.1")?;
-    Ok(ssl)
+    http.enforce_http(false);
+    Ok(HttpsConnector::with_connector(http, ssl)?)
 }
 
 /// A client bound to `database` (or to no database, for CREATE DATABASE).
@@ -56,21 +60,15 @@ pub fn client(cfg: &ClickHouseConfig, database: Option<&str>) -> Client {
     let builder = HyperClient::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .clone();
-    let https = cfg.url.starts_with("https://");
-    let client = match https.then(|| tls(cfg.ca_file.as_deref())) {
-        Some(Ok(ssl)) => {
-            connector.enforce_http(false);
-            match HttpsConnector::with_connector(connector.clone(), ssl) {
-                Ok(tls) => Client::with_http_client(builder.build(tls)),
-                Err(error) => {
-                    // Settings validation loaded the CA file already; this is
-                    // OpenSSL itself failing. Requests then fail saying so.
-                    tracing::error!(%error, "clickhouse TLS set-up failed");
-                    Client::with_http_client(builder.build(connector))
-                }
-            }
-        }
+    let tls = cfg
+        .url
+        .starts_with("https://")
+        .then(|| https(connector.clone(), cfg.ca_file.as_deref()));
+    let client = match tls {
+        Some(Ok(tls)) => Client::with_http_client(builder.build(tls)),
         Some(Err(error)) => {
+            // Settings validation loaded the CA file already, so this is
+            // OpenSSL itself failing; requests then fail, refusing https.
             tracing::error!(%error, "clickhouse TLS set-up failed");
             Client::with_http_client(builder.build(connector))
         }
