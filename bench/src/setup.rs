@@ -39,18 +39,7 @@ impl Bench {
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await?;
-        // The same server, database `name`, parameters (sslmode…) kept.
-        let (base, query) = admin_url
-            .split_once('?')
-            .map_or((admin_url, None), |(b, q)| (b, Some(q)));
-        let server = match base.rfind('/') {
-            Some(i) if i > base.find("//").map_or(0, |j| j + 1) => &base[..i],
-            _ => base,
-        };
-        let database_url = match query {
-            Some(q) => format!("{server}/{name}?{q}"),
-            None => format!("{server}/{name}"),
-        };
+        let database_url = flows::pg::with_database(admin_url, name);
         let mock = MockKafka::start(3)?;
         for topic in ["user_events"] {
             mock.create_topic(topic, partitions)?;

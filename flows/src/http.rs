@@ -176,7 +176,7 @@ pub struct DaemonView {
 impl DaemonView {
     /// Asks `daemon` (if configured); `unknown` names what the report lacks
     /// when it does not answer.
-    pub async fn fetch(daemon: Option<SocketAddr>, unknown: &str) -> Self {
+    pub async fn fetch(daemon: Option<impl std::fmt::Display>, unknown: &str) -> Self {
         let Some(addr) = daemon else {
             return Self {
                 header: None,

@@ -129,9 +129,30 @@ fn parse(url: &str) -> Result<Target, String> {
     })
 }
 
-/// Checks `url`'s TLS parameters (for settings validation: exit 2 early).
-pub fn check_tls_params(url: &str) -> Result<(), String> {
-    parse(url).map(|_| ())
+/// The Postgres URL setting `name` (`DATABASE_URL`): required, a
+/// `postgres://` URL, and TLS parameters that make sense — checked at start
+/// so a bad one exits 2, naming the setting and never echoing the URL.
+pub fn database_url(env: &crate::Env, name: &str) -> Result<String, crate::SettingError> {
+    let url = env.required(name)?;
+    crate::settings::check_url(name, &url, &["postgres", "postgresql"])?;
+    parse(&url).map_err(|e| crate::SettingError::new(name, e))?;
+    Ok(url)
+}
+
+/// `postgres://…/<anything>?params` → the same server and parameters,
+/// database `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let server = match base.rfind('/') {
+        Some(i) if i > base.find("//").map_or(0, |j| j + 1) => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{server}/{db}?{q}"),
+        None => format!("{server}/{db}"),
+    }
 }
 
 fn connector(target: &Target) -> Result<MakeTlsConnector, PgConnectError> {
@@ -240,5 +261,21 @@ mod tests {
             "cert without key"
         );
         assert_eq!(percent_decode("%2Fetc%2Fca.pem"), "/etc/ca.pem");
+    }
+
+    #[test]
+    fn swaps_the_database() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "t1"),
+            "postgres://u@h:5432/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5432", "t1"),
+            "postgres://u@h:5432/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/x?sslmode=disable", "t1"),
+            "postgres://u@h/t1?sslmode=disable"
+        );
     }
 }

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use flows::settings::check_url;
 use flows::settings::selected_flows;
 use flows::{Env, Flow, SettingError};
 
@@ -73,10 +72,9 @@ pub struct RelayConfig {
 
 /// Settings the `migrate` command needs: only the database.
 pub fn postgres_config(env: &Env) -> Result<PostgresConfig, SettingError> {
-    let url = env.required("DATABASE_URL")?;
-    check_url("DATABASE_URL", &url, &["postgres", "postgresql"])?;
-    flows::pg::check_tls_params(&url).map_err(|e| SettingError::new("DATABASE_URL", e))?;
-    Ok(PostgresConfig { url })
+    Ok(PostgresConfig {
+        url: flows::pg::database_url(env, "DATABASE_URL")?,
+    })
 }
 
 impl RelayConfig {

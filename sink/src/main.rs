@@ -122,13 +122,7 @@ async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
 
 async fn reconcile(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(SinkConfig::from_env(env))?;
-    let url = setting(env.required("DATABASE_URL"))?;
-    setting(flows::settings::check_url(
-        "DATABASE_URL",
-        &url,
-        &["postgres", "postgresql"],
-    ))?;
-    setting(flows::pg::check_tls_params(&url).map_err(|e| SettingError::new("DATABASE_URL", e)))?;
+    let url = setting(flows::pg::database_url(env, "DATABASE_URL"))?;
     let shutdown = signals(NAME)?;
     let ch = &config.clickhouse;
     let client = sink::clickhouse::client::client(ch, Some(&ch.database));

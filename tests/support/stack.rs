@@ -60,21 +60,6 @@ async fn endpoints() -> anyhow::Result<Endpoints> {
     })
 }
 
-/// `postgres://…/<anything>` → the same server, database `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let server = match base.rfind('/') {
-        Some(i) if i > base.find("//").map_or(0, |j| j + 1) => &base[..i],
-        _ => base,
-    };
-    match query {
-        Some(q) => format!("{server}/{db}?{q}"),
-        None => format!("{server}/{db}"),
-    }
-}
-
 impl TestStack {
     /// Creates the test's databases and, unless real Kafka is configured, a
     /// mock cluster of 3 brokers.
@@ -98,7 +83,7 @@ impl TestStack {
             }
         };
         Ok(Self {
-            database_url: with_database(&ep.admin_url, &name),
+            database_url: flows::pg::with_database(&ep.admin_url, &name),
             clickhouse_url: ep.clickhouse_url,
             kafka_brokers,
             mock,
@@ -262,26 +247,5 @@ impl Running {
         tokio::time::timeout(Duration::from_secs(15), self.task)
             .await
             .context("daemon did not stop within 15 s")??
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn swaps_the_database() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/postgres", "t1"),
-            "postgres://u@h:5432/t1"
-        );
-        assert_eq!(
-            with_database("postgres://u@h:5432", "t1"),
-            "postgres://u@h:5432/t1"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/x?sslmode=disable", "t1"),
-            "postgres://u@h/t1?sslmode=disable"
-        );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use flows::http::{fetch, metric_sum, metric_value};
+use flows::http::{DaemonView, fetch, metric_sum};
 use serde_json::{Value, json};
 
 use super::DashboardConfig;
@@ -13,24 +13,22 @@ use super::DashboardConfig;
 struct DaemonReport<'a> {
     name: &'static str,
     addr: Option<&'a str>,
-    metrics: Option<String>,
+    view: DaemonView,
     /// `/readyz` body (one line per flow) when the daemon answered.
     readiness: Option<String>,
 }
 
 impl<'a> DaemonReport<'a> {
     async fn read(name: &'static str, addr: Option<&'a str>) -> Self {
-        let (metrics, readiness) = match addr {
-            Some(a) => (
-                flows::http::fetch_metrics(a).await,
-                fetch(a, "/readyz").await.map(|(_, body)| body),
-            ),
-            None => (None, None),
+        let view = DaemonView::fetch(addr, "status").await;
+        let readiness = match addr {
+            Some(a) => fetch(a, "/readyz").await.map(|(_, body)| body),
+            None => None,
         };
         Self {
             name,
             addr,
-            metrics,
+            view,
             readiness,
         }
     }
@@ -39,7 +37,7 @@ impl<'a> DaemonReport<'a> {
         json!({
             "name": self.name,
             "addr": self.addr,
-            "reachable": self.metrics.is_some(),
+            "reachable": self.view.metrics.is_some(),
         })
     }
 
@@ -59,16 +57,13 @@ impl<'a> DaemonReport<'a> {
     }
 
     fn sum(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        metric_sum(self.metrics.as_deref()?, name, labels)
+        metric_sum(self.view.metrics.as_deref()?, name, labels)
     }
 
-    /// A Unix-time gauge as text; none while 0 or unknown.
+    /// A Unix-time gauge of `flow` as text ("never …" while 0); none when
+    /// the daemon did not answer.
     fn time(&self, name: &str, flow: &str) -> Option<String> {
-        let t = metric_value(self.metrics.as_deref()?, name, &[("flow", flow)])?;
-        (t > 0.0)
-            .then(|| flows::time::format_utc(t as i64))
-            .flatten()
-            .map(|t| format!("{t} UTC"))
+        self.view.time(name, &[("flow", flow)])
     }
 }
 
