@@ -1,6 +1,7 @@
-# Shared helpers for the stack and test scripts: install and start what the
-# project needs on a machine of this kind (Debian, PostgreSQL preinstalled,
-# no Kafka broker, ClickHouse from Debian's package). Sourced, not run.
+# Shared helpers for the stack, test and bench scripts: install and start what
+# the project needs on a machine of this kind (Debian, no database servers
+# installed): PostgreSQL and ClickHouse from Debian's packages, Apache Kafka
+# from Maven Central (kafka-lib.sh). Sourced, not run.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STACK_DIR=${STACK_DIR:-$ROOT/.stack}
@@ -28,13 +29,26 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# Starts Debian's PostgreSQL (installing it where missing) and lets the
+# local `postgres` role connect over loopback without a password, as the
+# scripts, tests and README's commands do. This is a development database
+# on 127.0.0.1 only: a production server keeps its own pg_hba.conf.
 ensure_postgres() {
-    if pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; then return 0; fi
-    if ! command -v pg_ctlcluster >/dev/null; then
+    if ! command -v pg_ctlcluster >/dev/null || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
         apt_install postgresql
     fi
+    command -v pg_isready >/dev/null || apt_install postgresql-client
     local version
     version=$(ls /etc/postgresql | sort -n | tail -1)
+    local hba=/etc/postgresql/$version/main/pg_hba.conf
+    if ! as_root grep -q '^# outbox-relay: loopback trust' "$hba"; then
+        log "PostgreSQL $version: trusting loopback connections ($hba)"
+        as_root sed -i '1i # outbox-relay: loopback trust for the local development stack\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+        if pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; then
+            as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+        fi
+    fi
+    if pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; then return 0; fi
     log "starting PostgreSQL $version"
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
     for _ in $(seq 1 60); do
@@ -88,3 +102,6 @@ stop_pidfile() {
     fi
     rm -f "$file"
 }
+
+# shellcheck source=scripts/kafka-lib.sh
+source "$ROOT/scripts/kafka-lib.sh"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The local stack on this machine, without Docker: PostgreSQL, ClickHouse
-# (Debian package, installed if missing), librdkafka's mock Kafka cluster, and
-# the relay and sink built from this checkout.
+# The local stack on this machine, without Docker: PostgreSQL and ClickHouse
+# (Debian packages, installed if missing), Apache Kafka (one KRaft broker from
+# Maven Central, see scripts/kafka-lib.sh), and the relay, sink and stage
+# built from this checkout.
 #
 #   scripts/stack.sh up      install/start everything, migrate, run relay + sink + stage
 #                            (all flows; GENERATE_RATE=N also runs the generator
 #                            for every flow at N rows/s each)
 #   scripts/stack.sh status  what runs, pending rows, rows in ClickHouse
-#   scripts/stack.sh down    stop relay, sink, mock Kafka and our ClickHouse
-#   scripts/stack.sh wipe    down, then drop the stack's databases and data
+#   scripts/stack.sh down    stop the daemons, Kafka and our ClickHouse
+#   scripts/stack.sh wipe    down, then drop the stack's database, topics and data
 #
 # Settings for the daemons come from .stack/env (written by `up`); source it
 # to use the same endpoints from your shell.
@@ -25,20 +26,12 @@ up() {
     log "building release binaries"
     ensure_build_deps
     cargo build --release --bins --quiet
-    if [ ! -f "$STACK_DIR/kafka.pid" ] || ! kill -0 "$(cat "$STACK_DIR/kafka.pid")" 2>/dev/null; then
-        rm -f "$STACK_DIR/kafka.bootstrap"
-        log "starting the mock Kafka cluster"
-        nohup target/release/kafka-mock --bootstrap-file "$STACK_DIR/kafka.bootstrap" \
-            >"$STACK_DIR/logs/kafka.log" 2>&1 &
-        echo $! >"$STACK_DIR/kafka.pid"
-        for _ in $(seq 1 100); do [ -s "$STACK_DIR/kafka.bootstrap" ] && break; sleep 0.1; done
-        [ -s "$STACK_DIR/kafka.bootstrap" ] || die "mock Kafka did not start; see $STACK_DIR/logs/kafka.log"
-    fi
+    ensure_kafka
     psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1 ||
         psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "CREATE DATABASE \"$DB\""
     cat >"$STACK_DIR/env" <<ENV
 export DATABASE_URL=postgres://postgres@$PG_HOST:$PG_PORT/$DB
-export KAFKA_BROKERS=$(cat "$STACK_DIR/kafka.bootstrap")
+export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export CLICKHOUSE_URL=http://127.0.0.1:$CH_HTTP_PORT
 export CLICKHOUSE_DATABASE=$DB
 ENV
@@ -86,7 +79,12 @@ MSG
 }
 
 status() {
-    for p in kafka relay sink stage dashboard; do
+    if [ -f "$KAFKA_DIR/pid" ] && kill -0 "$(cat "$KAFKA_DIR/pid")" 2>/dev/null; then
+        echo "kafka: running $KAFKA_VERSION (pid $(cat "$KAFKA_DIR/pid")) on 127.0.0.1:$KAFKA_PORT"
+    else
+        echo "kafka: stopped"
+    fi
+    for p in relay sink stage dashboard; do
         if [ -f "$STACK_DIR/$p.pid" ] && kill -0 "$(cat "$STACK_DIR/$p.pid")" 2>/dev/null; then
             echo "$p: running (pid $(cat "$STACK_DIR/$p.pid"))"
         else
@@ -110,7 +108,7 @@ down() {
     stop_pidfile "$STACK_DIR/stage.pid"
     stop_pidfile "$STACK_DIR/relay.pid"
     stop_pidfile "$STACK_DIR/sink.pid"
-    stop_pidfile "$STACK_DIR/kafka.pid"
+    stop_kafka
     stop_pidfile "$STACK_DIR/clickhouse/pid"
     log "stack stopped"
 }

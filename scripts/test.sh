@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Runs every test against real services: installs and starts PostgreSQL and
-# ClickHouse where missing (Kafka is librdkafka's mock cluster, started by the
-# tests themselves) and Chromium for the dashboard test, builds the binaries the crash tests run, then
-# `cargo test --workspace`. Extra arguments go to `cargo test`.
+# Runs every test against real services: installs and starts PostgreSQL,
+# ClickHouse and Apache Kafka (one KRaft broker, started once for the whole
+# suite; each test keeps its own topics, groups and transactional ids) where
+# missing, and Chromium for the dashboard test; builds the binaries the crash
+# tests run, then `cargo test --workspace`. Extra arguments go to `cargo test`.
+# The few fault-injection tests that need librdkafka's mock cluster start it
+# themselves (their names say so).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 ensure_postgres
 ensure_clickhouse
+ensure_kafka
+# The tests find the broker's listeners, CA and throw-away users here.
+while IFS='=' read -r name value; do export "TEST_$name=$value"; done < <(kafka_env)
+export TEST_KAFKA_BROKERS=$TEST_KAFKA_PLAINTEXT_BROKERS
 # The dashboard's end-to-end test drives headless Chromium.
 apt_install chromium
 

@@ -50,3 +50,18 @@ pub fn signals(name: &str) -> Result<CancellationToken, ExitCode> {
     crate::shutdown::on_signals()
         .map_err(|e| failure(name, &format!("cannot install signal handlers: {e}")))
 }
+
+/// Exit code 2 naming the setting when Kafka refuses the credentials or
+/// certificates (see `KafkaEndpoint::check_credentials`); brokers that do
+/// not answer within 10 s are left to the daemon's retries.
+pub async fn check_kafka(name: &str, kafka: &crate::kafka::KafkaEndpoint) -> Result<(), ExitCode> {
+    let endpoint = kafka.clone();
+    match tokio::task::spawn_blocking(move || {
+        endpoint.check_credentials(std::time::Duration::from_secs(10))
+    })
+    .await
+    {
+        Ok(Err(e)) => Err(bad_setting(name, &e)),
+        _ => Ok(()),
+    }
+}

@@ -1,39 +1,90 @@
-//! Crash points for fault tests: `OUTBOX_FAILPOINTS=name=probability,…`
-//! makes the process abort (like kill -9: no cleanup, no flush) when it
-//! reaches a named point, with that probability. Unset in production, where
-//! a check costs one atomic load.
+//! Crash points for fault tests: `OUTBOX_FAILPOINTS=name=action,…` makes the
+//! process stop short when it reaches a named point. Unset in production,
+//! where a check costs one atomic load.
 //!
-//! Points: `relay-after-kafka-commit` (Kafka committed, Postgres not yet),
-//! `sink-after-insert` (ClickHouse accepted, offsets not yet committed),
-//! `stage-before-commit` (records produced, transaction not yet committed).
+//! Actions: a probability (`0.05`) aborts the process (like kill -9: no
+//! cleanup, no flush) when the draw hits; `pause` stops the process with
+//! SIGSTOP the first time the point is reached (a frozen, then resumed
+//! "zombie": the test sends SIGCONT). Every hit is announced on stderr as
+//! `failpoint NAME: …`, so a test counts hits in the daemon's log.
+//!
+//! Points: `relay-before-kafka-commit` (batch produced, Kafka transaction
+//! not yet committed), `relay-after-kafka-commit` (Kafka committed, Postgres
+//! not yet), `sink-after-insert` (ClickHouse accepted, offsets not yet
+//! committed), `stage-before-commit` (records produced, transaction not yet
+//! committed).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-static POINTS: OnceLock<Vec<(String, f64)>> = OnceLock::new();
-
-fn points() -> &'static [(String, f64)] {
-    POINTS.get_or_init(|| {
-        std::env::var("OUTBOX_FAILPOINTS")
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|spec| {
-                let (name, p) = spec.split_once('=')?;
-                Some((name.trim().to_owned(), p.trim().parse().ok()?))
-            })
-            .collect()
-    })
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Action {
+    Abort(f64),
+    Pause,
 }
 
-/// Aborts the process if `name` is armed and the draw hits.
+static POINTS: OnceLock<Vec<(String, Action)>> = OnceLock::new();
+static PAUSED: AtomicBool = AtomicBool::new(false);
+
+fn parse(spec: &str) -> Vec<(String, Action)> {
+    spec.split(',')
+        .filter_map(|spec| {
+            let (name, action) = spec.split_once('=')?;
+            let action = match action.trim() {
+                "pause" => Action::Pause,
+                p => Action::Abort(p.parse().ok()?),
+            };
+            Some((name.trim().to_owned(), action))
+        })
+        .collect()
+}
+
+fn points() -> &'static [(String, Action)] {
+    POINTS.get_or_init(|| parse(&std::env::var("OUTBOX_FAILPOINTS").unwrap_or_default()))
+}
+
+/// Aborts or pauses the process if `name` is armed (see the module doc).
 pub fn hit(name: &str) {
-    let Some((_, p)) = points().iter().find(|(n, _)| n == name) else {
+    let Some((_, action)) = points().iter().find(|(n, _)| n == name) else {
         return;
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    if f64::from(nanos % 1_000_000) / 1_000_000.0 < *p {
-        eprintln!("failpoint {name}: aborting");
-        std::process::abort();
+    match *action {
+        Action::Abort(p) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            if f64::from(nanos % 1_000_000) / 1_000_000.0 < p {
+                eprintln!("failpoint {name}: aborting");
+                std::process::abort();
+            }
+        }
+        Action::Pause => {
+            if PAUSED.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            eprintln!("failpoint {name}: pausing (SIGSTOP)");
+            // kill(1) rather than an unsafe libc call: the child stops us
+            // and exits; we resume here on SIGCONT.
+            let stopped = std::process::Command::new("kill")
+                .args(["-STOP", &std::process::id().to_string()])
+                .status();
+            eprintln!("failpoint {name}: resumed ({stopped:?})");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_parse() {
+        assert_eq!(
+            parse("a=0.5, b=pause,c=x,d"),
+            vec![
+                ("a".to_owned(), Action::Abort(0.5)),
+                ("b".to_owned(), Action::Pause)
+            ]
+        );
     }
 }

@@ -2,7 +2,11 @@
 //! (TLS, SASL) from the environment, applied to every client it makes; and
 //! the consumer settings the sink and the stage share.
 
-use rdkafka::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::settings::{Env, SettingError};
 
@@ -159,6 +163,42 @@ impl KafkaEndpoint {
         Ok(Self { brokers, security })
     }
 
+    /// Asks the brokers for metadata with these settings and turns what only
+    /// a setting can fix into a [`SettingError`] naming it: credentials the
+    /// broker refuses (`KAFKA_SASL_PASSWORD`), a broker certificate the CA
+    /// does not vouch for (`KAFKA_SSL_CA_LOCATION`), a client certificate
+    /// the broker requires or refuses (`KAFKA_SSL_CERTIFICATE_LOCATION`).
+    /// Brokers that do not answer within `wait` are no error: the daemons
+    /// retry them. Blocking. Messages never carry the password.
+    pub fn check_credentials(&self, wait: std::time::Duration) -> Result<(), SettingError> {
+        let recorder = ErrorRecorder::default();
+        let mut config = self.client_config();
+        config.set("client.id", "outbox-credentials-check");
+        let Ok(probe) = config.create_with_context::<_, BaseProducer<ErrorRecorder>>(recorder)
+        else {
+            return Ok(());
+        };
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline {
+            if probe
+                .client()
+                .fetch_metadata(None, std::time::Duration::from_millis(500))
+                .is_ok()
+            {
+                return Ok(());
+            }
+            probe.poll(std::time::Duration::from_millis(100));
+            if let Some(error) = probe.context().setting_error(self) {
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    fn has(&self, property: &str) -> bool {
+        self.security.iter().any(|(k, _)| *k == property)
+    }
+
     /// A client configuration with the brokers and the security settings;
     /// the caller adds its own.
     pub fn client_config(&self) -> ClientConfig {
@@ -168,6 +208,66 @@ impl KafkaEndpoint {
             config.set(*key, value);
         }
         config
+    }
+}
+
+/// Keeps the client errors librdkafka reports (and silences its log).
+#[derive(Default)]
+struct ErrorRecorder {
+    errors: std::sync::Mutex<Vec<(Option<RDKafkaErrorCode>, String)>>,
+}
+
+impl ClientContext for ErrorRecorder {
+    fn log(&self, _: RDKafkaLogLevel, _: &str, _: &str) {}
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Ok(mut errors) = self.errors.lock() {
+            errors.push((error.rdkafka_error_code(), reason.to_owned()));
+        }
+    }
+}
+
+impl ProducerContext for ErrorRecorder {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+impl ErrorRecorder {
+    /// The first recorded error that names a setting.
+    fn setting_error(&self, endpoint: &KafkaEndpoint) -> Option<SettingError> {
+        let errors = self.errors.lock().ok()?;
+        errors.iter().find_map(|(code, reason)| {
+            // librdkafka's own property names, as our variables.
+            let reason = reason
+                .replace("ssl.ca.location", "KAFKA_SSL_CA_LOCATION")
+                .replace("ssl.certificate.location", "KAFKA_SSL_CERTIFICATE_LOCATION");
+            match code {
+                Some(RDKafkaErrorCode::Authentication)
+                | Some(RDKafkaErrorCode::SaslAuthenticationFailed) => Some(SettingError::new(
+                    "KAFKA_SASL_PASSWORD",
+                    format!(
+                        "the broker refused the credentials of KAFKA_SASL_USERNAME: {reason}"
+                    ),
+                )),
+                _ if reason.contains("certificate verify failed") => Some(SettingError::new(
+                    "KAFKA_SSL_CA_LOCATION",
+                    format!("the broker's certificate is not trusted: {reason}"),
+                )),
+                // The broker's TLS alert about our certificate (none sent,
+                // or one it does not trust).
+                _ if reason.contains("alert") && reason.contains("certificate") => {
+                    Some(SettingError::new(
+                        "KAFKA_SSL_CERTIFICATE_LOCATION",
+                        if endpoint.has("ssl.certificate.location") {
+                            format!("the broker refused the client certificate: {reason}")
+                        } else {
+                            format!("the broker requires a client certificate: {reason}")
+                        },
+                    ))
+                }
+                _ => None,
+            }
+        })
     }
 }
 
@@ -200,6 +300,64 @@ pub fn consumer_config(kafka: &KafkaEndpoint, group: &str, client_id: &str) -> C
         config.set(key, value);
     }
     config
+}
+
+/// The consumer's position in each assigned partition it has read from: the
+/// offset it delivers next, which librdkafka moves past transaction markers
+/// and aborted records. Those occupy offsets too, so after a transactional
+/// batch "last offset + 1" stays one short of the end for ever (a healthy
+/// idle consumer would show lag 1); a consumer with nothing taken in and not
+/// yet stored commits this instead.
+pub fn positions<C: Consumer>(consumer: &C) -> Result<TopicPartitionList, KafkaError> {
+    let mut at = TopicPartitionList::new();
+    for e in consumer.position()?.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            at.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o))?;
+        }
+    }
+    Ok(at)
+}
+
+/// Whether two offset lists name the same partitions at the same offsets.
+pub fn same_offsets(a: &TopicPartitionList, b: &TopicPartitionList) -> bool {
+    a.count() == b.count()
+        && a.elements().iter().all(|e| {
+            b.find_partition(e.topic(), e.partition())
+                .is_some_and(|o| o.offset() == e.offset())
+        })
+}
+
+/// Commits the consumer's position when it moved since `last` (then
+/// remembers it). Only for a consumer with nothing taken in and not yet
+/// stored: everything before its position is then done, or is a transaction
+/// marker or aborted record that read_committed never delivers. Outside any
+/// transaction; a failure is retried at the next call.
+pub async fn commit_position_if_moved(
+    consumer: &std::sync::Arc<rdkafka::consumer::StreamConsumer>,
+    last: &mut TopicPartitionList,
+    flow: &str,
+) {
+    let at = match positions(consumer.as_ref()) {
+        Ok(at) => at,
+        Err(error) => {
+            tracing::debug!(flow, %error, "no consumer position");
+            return;
+        }
+    };
+    if at.count() == 0 || same_offsets(&at, last) {
+        return;
+    }
+    let committer = std::sync::Arc::clone(consumer);
+    let offsets = at.clone();
+    match tokio::task::spawn_blocking(move || {
+        committer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+    })
+    .await
+    {
+        Ok(Ok(())) => *last = at,
+        Ok(Err(error)) => tracing::debug!(flow, %error, "position commit failed; retried"),
+        Err(error) => tracing::warn!(flow, %error, "position commit task failed"),
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "RELAY_BATCH_SIZE",
     "RELAY_POLL_INTERVAL_MS",
     "RELAY_STANDBY_RETRY_MS",
+    "RELAY_SESSION_TIMEOUT_MS",
     "RELAY_TRANSACTIONAL_ID_PREFIX",
     "RELAY_METRICS_ADDR",
     "RELAY_STALL_AFTER_MS",
@@ -32,6 +33,11 @@ pub const KNOWN_VARS: &[&str] = &[
 pub struct PostgresConfig {
     /// libpq-style URL; may carry a password, so never logged unredacted.
     pub url: String,
+    /// The server ends a leader's session idle this long, in or out of a
+    /// transaction (`idle_in_transaction_session_timeout`,
+    /// `idle_session_timeout`): a relay frozen while leading (a stopped
+    /// process, a VM paused) loses its locks and a standby takes over.
+    pub session_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +80,7 @@ pub struct RelayConfig {
 pub fn postgres_config(env: &Env) -> Result<PostgresConfig, SettingError> {
     Ok(PostgresConfig {
         url: flows::pg::database_url(env, "DATABASE_URL")?,
+        session_timeout: Duration::from_millis(env.positive_or("RELAY_SESSION_TIMEOUT_MS", 30_000)?),
     })
 }
 
@@ -101,6 +108,15 @@ impl RelayConfig {
                 "must be at most 100000",
             ));
         }
+        let poll_interval =
+            Duration::from_millis(env.positive_or("RELAY_POLL_INTERVAL_MS", 1_000)?);
+        if postgres.session_timeout < 2 * poll_interval {
+            // An idle leader touches its sessions once per poll interval.
+            return Err(SettingError::new(
+                "RELAY_SESSION_TIMEOUT_MS",
+                "must be at least twice RELAY_POLL_INTERVAL_MS",
+            ));
+        }
         Ok(Self {
             postgres,
             kafka: KafkaConfig {
@@ -114,9 +130,7 @@ impl RelayConfig {
             },
             batch: BatchConfig {
                 batch_size: u32::try_from(batch_size).unwrap_or(100_000),
-                poll_interval: Duration::from_millis(
-                    env.positive_or("RELAY_POLL_INTERVAL_MS", 1_000)?,
-                ),
+                poll_interval,
                 standby_retry: Duration::from_millis(
                     env.positive_or("RELAY_STANDBY_RETRY_MS", 1_000)?,
                 ),

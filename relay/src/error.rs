@@ -46,6 +46,11 @@ pub fn classify(err: &RelayError) -> Recovery {
         // terminated mid-query, a serialization failure), leaves the session
         // and its advisory lock in doubt.
         RelayError::Postgres(_) => Recovery::Reconnect,
+        // Fenced: a standby with our transactional id took over while this
+        // relay was frozen. Step down: drop the sessions (the transaction is
+        // rolled back, nothing flagged) and stand by for the locks again —
+        // a new producer here would fence the active relay in turn.
+        RelayError::Publish(PublishError::Fenced(_)) => Recovery::Reconnect,
         // Even a cleanly aborted transaction gets a new producer: librdkafka
         // may need an epoch bump after it (the next transaction then fails
         // with OUT_OF_ORDER_SEQUENCE_NUMBER, and its commit can hang until

@@ -97,6 +97,7 @@ impl FlowRelay {
                     None => return Ok(()),
                 }
             }
+            limit_idle_session(&lanes[lane], self.config.postgres.session_timeout).await?;
             if !self
                 .acquire_lock(&lanes[lane], &leader_key(&flow, lane), shutdown)
                 .await?
@@ -174,6 +175,11 @@ impl FlowRelay {
                 }
             }
             if !more {
+                // Lanes after the first see no query while idle; keep their
+                // sessions inside the server's idle timeout.
+                for lane in &lanes[1..] {
+                    lane.simple_query("").await?;
+                }
                 tokio::select! {
                     () = self.wake.notified() => {}
                     () = tokio::time::sleep(self.config.batch.poll_interval) => {}
@@ -241,6 +247,25 @@ impl FlowRelay {
             }
         }
     }
+}
+
+/// Asks the server to end this session when it stays idle longer than
+/// `timeout`, inside a transaction or not: a leader that freezes (SIGSTOP, a
+/// paused VM) loses its advisory and row locks then, so a standby takes over;
+/// when it resumes, its Kafka producer is fenced and it steps down (see
+/// `error::classify`). `idle_session_timeout` needs PostgreSQL 14.
+async fn limit_idle_session(client: &Client, timeout: Duration) -> Result<(), RelayError> {
+    let ms = timeout.as_millis();
+    client
+        .batch_execute(&format!("SET idle_in_transaction_session_timeout = {ms}"))
+        .await?;
+    if let Err(error) = client
+        .batch_execute(&format!("SET idle_session_timeout = {ms}"))
+        .await
+    {
+        tracing::warn!(error = %crate::error::pg_detail(&error), "idle_session_timeout not available (PostgreSQL < 14): a relay frozen between batches keeps its locks");
+    }
+    Ok(())
 }
 
 /// Sleeps unless shut down first; false when shut down.

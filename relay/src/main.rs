@@ -101,6 +101,7 @@ async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
 
 async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(RelayConfig::from_env(env))?;
+    flows::cli::check_kafka(NAME, &config.kafka.endpoint).await?;
     let shutdown = signals(NAME)?;
     tracing::info!(flows = ?config.flows.iter().map(|f| f.name.to_string()).collect::<Vec<_>>(), "relay starting");
     match relay::run(config, flows::metrics::Metrics::default(), shutdown).await {

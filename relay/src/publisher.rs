@@ -45,8 +45,13 @@ pub enum PublishError {
     /// The transaction failed and was aborted; retrying the batch is safe.
     #[error("kafka transaction aborted: {0}")]
     Aborted(#[source] KafkaError),
-    /// The producer is unusable (fatal error, fenced, or the abort failed):
-    /// create a new one before retrying.
+    /// Another producer with this transactional id took over (a standby
+    /// that became active while this relay was frozen): this relay is no
+    /// longer the flow's leader. Nothing of the transaction is visible.
+    #[error("kafka producer fenced (another relay took over this flow): {0}")]
+    Fenced(#[source] KafkaError),
+    /// The producer is unusable (fatal error, or the abort failed): create a
+    /// new one before retrying.
     #[error("kafka producer must be recreated: {0}")]
     Fatal(#[source] KafkaError),
     /// Kafka refused these rows for good (e.g. too large); the transaction
@@ -63,6 +68,18 @@ fn is_permanent_for_message(err: &KafkaError) -> bool {
             RDKafkaErrorCode::MessageSizeTooLarge
                 | RDKafkaErrorCode::InvalidRecord
                 | RDKafkaErrorCode::InvalidMessageSize
+        )
+    )
+}
+
+/// Kafka says a newer producer holds this transactional id.
+fn is_fenced(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
         )
     )
 }
@@ -138,9 +155,10 @@ impl Publisher {
         let outcome = match self.send_all(topic, table, batch) {
             Ok(()) => {
                 let send = start.elapsed();
-                match self
-                    .flush()
-                    .and_then(|()| self.producer.commit_transaction(COMMIT_TIMEOUT))
+                match self.flush().and_then(|()| {
+                    flows::failpoint::hit("relay-before-kafka-commit");
+                    self.producer.commit_transaction(COMMIT_TIMEOUT)
+                })
                 {
                     Ok(()) => {
                         return Ok(PublishTimings {
@@ -243,6 +261,9 @@ impl Publisher {
             KafkaError::Transaction(e) => e.is_fatal(),
             _ => false,
         };
+        if is_fenced(&err) {
+            return PublishError::Fenced(err);
+        }
         if fatal {
             return PublishError::Fatal(err);
         }

@@ -27,6 +27,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "SINK_METRICS_ADDR",
     "SINK_STALL_AFTER_MS",
     "SINK_DASHBOARD_ADDR",
+    "SINK_GROUP_INSTANCE_ID",
     "FLOWS",
     "FLOWS_FILE",
     "LOG_FORMAT",
@@ -47,6 +48,11 @@ pub struct KafkaConfig {
     pub endpoint: flows::kafka::KafkaEndpoint,
     /// Dead letters of topic T go to T + suffix.
     pub dlq_suffix: String,
+    /// Static group membership (`group.instance.id` = this + "." + flow): a
+    /// sink restarted under the same id gets its partitions back at once
+    /// instead of waiting out the session timeout. Unique per sink process
+    /// (e.g. the host name); `None` = dynamic membership.
+    pub group_instance_id: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +108,15 @@ impl SinkConfig {
             kafka: KafkaConfig {
                 endpoint: flows::kafka::KafkaEndpoint::from_env(env)?,
                 dlq_suffix,
+                group_instance_id: match env.get("SINK_GROUP_INSTANCE_ID") {
+                    Some(id) => {
+                        flows::ident::check_kafka_name(id).map_err(|e| {
+                            SettingError::new("SINK_GROUP_INSTANCE_ID", e.to_string())
+                        })?;
+                        Some(id.to_owned())
+                    }
+                    None => None,
+                },
             },
             flush: FlushPolicy {
                 max_rows: usize::try_from(max_rows).unwrap_or(usize::MAX),

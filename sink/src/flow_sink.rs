@@ -35,6 +35,10 @@ use crate::stats::SinkStats;
 /// Messages taken from librdkafka's queue in one go when they are ready.
 const READY_BURST: usize = 1024;
 
+/// How often an idle sink checks whether its position moved past
+/// transaction markers since it last committed.
+const IDLE_COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub struct FlowSink {
     pub flow: Flow,
     pub health: flows::health::FlowHealth,
@@ -50,20 +54,28 @@ pub enum SinkError {
     Kafka(#[from] KafkaError),
 }
 
-/// The flow's consumer (settings: `flows::kafka::consumer_config`).
+/// The flow's consumer (settings: `flows::kafka::consumer_config`), a
+/// static member of its group when the sink has a `group_instance_id`.
 pub fn consumer(
-    kafka: &flows::kafka::KafkaEndpoint,
+    kafka: &crate::config::KafkaConfig,
     group: &str,
+    flow: &str,
 ) -> Result<StreamConsumer, KafkaError> {
-    flows::kafka::consumer_config(kafka, group, &format!("outbox-sink-{group}")).create()
+    let mut config =
+        flows::kafka::consumer_config(&kafka.endpoint, group, &format!("outbox-sink-{group}"));
+    if let Some(id) = &kafka.group_instance_id {
+        config.set("group.instance.id", format!("{id}.{flow}"));
+    }
+    config.create()
 }
 
 impl FlowSink {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), SinkError> {
         let flow = self.flow.name.to_string();
         let consumer = Arc::new(consumer(
-            &self.config.kafka.endpoint,
+            &self.config.kafka,
             &self.flow.consumer_group,
+            &flow,
         )?);
         let dlq = DeadLetterQueue::new(&self.config.kafka.endpoint, &self.config.kafka.dlq_suffix)?;
         let mut topics: HashMap<String, Vec<usize>> = HashMap::new();
@@ -96,11 +108,21 @@ impl FlowSink {
         // a flush that gave up (shutdown) stops everything after it.
         let mut storing: Option<Pin<Box<dyn Future<Output = bool> + Send + '_>>> = None;
         let mut clean = true;
+        // With nothing taken in and not yet stored, the consumer's position is
+        // committed as it moves past transaction markers (see
+        // `flows::kafka::positions`): an idle sink's lag reaches 0.
+        let mut idle_check = tokio::time::interval(IDLE_COMMIT_EVERY);
+        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut idle_committed = TopicPartitionList::new();
         loop {
             let deadline = batch.deadline(&policy);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                _ = idle_check.tick(), if storing.is_none() && batch.is_empty() => {
+                    flows::kafka::commit_position_if_moved(&consumer, &mut idle_committed, &flow).await;
+                    continue;
+                }
                 stored = async { storing.as_mut().expect("guarded").await }, if storing.is_some() => {
                     storing = None;
                     if !stored {

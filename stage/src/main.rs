@@ -36,6 +36,9 @@ fn main() -> ExitCode {
             Ok(c) => c,
             Err(e) => return bad_setting(NAME, &e),
         };
+        if let Err(code) = flows::cli::check_kafka(NAME, &config.kafka).await {
+            return code;
+        }
         let shutdown = match signals(NAME) {
             Ok(s) => s,
             Err(code) => return code,

@@ -141,8 +141,12 @@ impl FlowStage {
             probe_stop,
         ));
 
+        let mut idle_committed = TopicPartitionList::new();
         loop {
-            let (records, offsets) = match self.collect_batch(&consumer, shutdown).await? {
+            let (records, offsets) = match self
+                .collect_batch(&consumer, shutdown, &mut idle_committed)
+                .await?
+            {
                 Some(batch) => batch,
                 None => return Ok(()),
             };
@@ -171,12 +175,15 @@ impl FlowStage {
     #[allow(clippy::type_complexity)]
     async fn collect_batch(
         &self,
-        consumer: &StreamConsumer,
+        consumer: &Arc<StreamConsumer>,
         shutdown: &CancellationToken,
+        idle_committed: &mut TopicPartitionList,
     ) -> Result<Option<(Vec<OutRecord>, TopicPartitionList)>, KafkaError> {
         let mut records = Vec::new();
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut deadline: Option<Instant> = None;
+        let mut idle_check = tokio::time::interval(IDLE_COMMIT_EVERY);
+        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while records.len() < self.config.batch_size {
             let wait = async {
                 match deadline {
@@ -187,6 +194,12 @@ impl FlowStage {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(None),
+                // Nothing taken in: every record before the position is
+                // committed in an earlier transaction, so the position (past
+                // transaction markers) may be committed as is.
+                _ = idle_check.tick(), if records.is_empty() => {
+                    flows::kafka::commit_position_if_moved(consumer, idle_committed, self.flow.name.as_str()).await;
+                }
                 received = consumer.recv() => {
                     let message = match received {
                         Ok(m) => m,
@@ -202,7 +215,19 @@ impl FlowStage {
                 () = wait => break,
             }
         }
+        // Everything delivered is in this batch, so the consumer's position
+        // (past transaction markers, see `flows::kafka::positions`) commits
+        // with it where it is ahead of the last record + 1.
         let mut offsets = TopicPartitionList::new();
+        if let Ok(at) = flows::kafka::positions(consumer.as_ref()) {
+            for e in at.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    let key = (e.topic().to_owned(), e.partition());
+                    let n = next.get(&key).copied().unwrap_or(o);
+                    next.insert(key, n.max(o));
+                }
+            }
+        }
         for ((topic, partition), offset) in next {
             offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
         }
@@ -295,3 +320,7 @@ fn commit_batch(
     }
     result
 }
+
+/// How often an idle stage checks whether its position moved past
+/// transaction markers since it last committed.
+const IDLE_COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);

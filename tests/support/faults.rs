@@ -216,3 +216,27 @@ pub fn peak_rss_mib(pid: u32) -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)
 }
+
+/// How many times crash point `point` was hit by the daemons whose logs
+/// start with `label_prefix` (each hit prints `failpoint NAME: …`).
+pub fn failpoint_hits(label_prefix: &str, point: &str) -> usize {
+    let dir = super::daemon::binary("relay")
+        .parent()
+        .map(|d| d.join("test-logs"))
+        .unwrap_or_default();
+    let needle = format!("failpoint {point}: ");
+    std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(label_prefix))
+                .map(|e| {
+                    std::fs::read_to_string(e.path())
+                        .unwrap_or_default()
+                        .matches(&needle)
+                        .count()
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

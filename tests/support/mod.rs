@@ -1,18 +1,22 @@
-//! Test support: real Postgres, real ClickHouse and a Kafka cluster (the
-//! librdkafka mock in-process, or real Kafka), one isolated set of databases,
-//! topics and groups per test.
+//! Test support: real Postgres, real ClickHouse and a real Kafka broker (the
+//! librdkafka mock in-process only for fault injection a broker cannot do),
+//! one isolated set of databases, topics, groups and transactional ids per
+//! test.
 //!
 //! Endpoints, from the environment with local defaults:
 //! - `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`):
 //!   a role that may create databases; each test gets its own database.
 //! - `TEST_CLICKHOUSE_URL` (default `http://127.0.0.1:8123`), user `default`,
 //!   no password; each test gets its own ClickHouse database.
-//! - `TEST_KAFKA_BROKERS`: a real Kafka to use instead of the in-process mock
-//!   (fault-injection tests are then skipped, saying so).
+//! - `TEST_KAFKA_BROKERS` (default `127.0.0.1:9092`): the real broker, and
+//!   `TEST_KAFKA_SSL_BROKERS`, `TEST_KAFKA_SASL_SSL_BROKERS`,
+//!   `TEST_KAFKA_MTLS_BROKERS`, `TEST_KAFKA_LOCAL_*` for its TLS listeners,
+//!   CA and users (scripts/test.sh sets them all; see `broker`).
 //! - `TEST_BACKEND`: `local` (the services above), `testcontainers` (start
 //!   Postgres, apache/kafka and clickhouse-server containers), or `auto`
 //!   (default: testcontainers when a Docker socket exists, else local).
 
+pub mod broker;
 pub mod browser;
 pub mod containers;
 pub mod daemon;
@@ -20,6 +24,7 @@ pub mod faults;
 pub mod proxy;
 pub mod stack;
 pub mod tls_proxy;
+pub mod topic;
 pub mod wait;
 
 pub use daemon::Daemon;

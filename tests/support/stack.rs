@@ -54,16 +54,35 @@ async fn endpoints() -> anyhow::Result<Endpoints> {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
         clickhouse_url: std::env::var("TEST_CLICKHOUSE_URL")
             .unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
-        kafka_brokers: std::env::var("TEST_KAFKA_BROKERS")
-            .ok()
-            .filter(|s| !s.is_empty()),
+        kafka_brokers: Some(super::broker::plaintext()),
     })
 }
 
+/// Which Kafka a test runs on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kafka {
+    /// The real broker (`TEST_KAFKA_BROKERS`, started by scripts/test.sh):
+    /// every test about the delivery guarantee.
+    Broker,
+    /// librdkafka's mock cluster in-process, only for what a broker cannot be
+    /// told to do (injected request errors, a slow broker).
+    Mock,
+}
+
 impl TestStack {
-    /// Creates the test's databases and, unless real Kafka is configured, a
-    /// mock cluster of 3 brokers.
+    /// Creates the test's databases on the real broker (fails, saying how to
+    /// start one, when none answers).
     pub async fn start(test: &str) -> anyhow::Result<Self> {
+        Self::start_on(test, Kafka::Broker).await
+    }
+
+    /// Creates the test's databases and a mock cluster of 3 brokers: only
+    /// for fault injection a real broker cannot do.
+    pub async fn start_on_mock(test: &str) -> anyhow::Result<Self> {
+        Self::start_on(test, Kafka::Mock).await
+    }
+
+    pub async fn start_on(test: &str, kafka: Kafka) -> anyhow::Result<Self> {
         super::init_logging();
         let ep = endpoints().await?;
         let name = format!("t_{test}_{}", rand::random::<u32>());
@@ -74,9 +93,12 @@ impl TestStack {
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await?;
-        let (mock, kafka_brokers) = match ep.kafka_brokers {
-            Some(b) => (None, b),
-            None => {
+        let (mock, kafka_brokers) = match (kafka, ep.kafka_brokers) {
+            (Kafka::Broker, Some(b)) => {
+                super::broker::check_answers(&b)?;
+                (None, b)
+            }
+            _ => {
                 let mock = MockKafka::start(3)?;
                 let bootstrap = mock.bootstrap_servers().to_owned();
                 (Some(Arc::new(mock)), bootstrap)

@@ -1,0 +1,307 @@
+//! What only a real Kafka broker can show (librdkafka's mock shows aborted
+//! records to read_committed readers and accepts fenced producers): an
+//! aborted relay batch is invisible, a frozen relay is fenced when it wakes
+//! up after a standby took over, and an idle pipeline's lag is 0.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use flows::metrics::Metrics;
+use outbox_tests::topic::{Isolation, Record, read_all};
+use outbox_tests::{Daemon, TestStack, wait_until};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const ARRIVAL: Duration = Duration::from_secs(40);
+
+async fn stack(test: &str) -> anyhow::Result<TestStack> {
+    let stack = TestStack::start(test).await?;
+    stack.migrate().await?;
+    Ok(stack)
+}
+
+async fn insert_logins(stack: &TestStack, n: i32) -> anyhow::Result<()> {
+    stack
+        .pg()
+        .await?
+        .execute(
+            "INSERT INTO user_logins (username, event_type, event_time)
+             SELECT 'user-' || (g % 7), 'login', now() FROM generate_series(1, $1::int) g",
+            &[&n],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn read(stack: &TestStack, isolation: Isolation) -> anyhow::Result<Vec<Record>> {
+    let brokers = stack.kafka_brokers.clone();
+    let topics = vec![stack.topic("user_events")];
+    tokio::task::spawn_blocking(move || read_all(&brokers, &topics, isolation)).await?
+}
+
+/// How many times each source id appears.
+fn id_counts(records: &[Record]) -> BTreeMap<i64, usize> {
+    let mut counts = BTreeMap::new();
+    for r in records {
+        *counts.entry(r.id().unwrap_or(-1)).or_default() += 1;
+    }
+    counts
+}
+
+fn log_of(daemon: &Daemon) -> String {
+    std::fs::read_to_string(&daemon.log).unwrap_or_default()
+}
+
+fn with(env: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = env.to_vec();
+    for (k, v) in extra {
+        env.retain(|(name, _)| name != k);
+        env.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    env
+}
+
+/// Whether the process is stopped (SIGSTOP): state `T` in /proc.
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(") ")
+                .map(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
+        .unwrap_or(false)
+}
+
+/// Claim 1: a batch produced and then aborted — the relay dies after the
+/// produce, before the commit (crash point `relay-before-kafka-commit`) — is
+/// never seen by a read_committed reader; the rows stay pending, are
+/// published again by the restarted relay and are flagged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_relay_batch_is_invisible_and_its_rows_are_published_again() -> anyhow::Result<()>
+{
+    let stack = stack("b_abort").await?;
+    let rows = 500;
+    insert_logins(&stack, rows).await?;
+    let env = stack.daemon_env();
+    let mut crashing = Daemon::spawn(
+        "relay",
+        &["run"],
+        &with(&env, &[("OUTBOX_FAILPOINTS", "relay-before-kafka-commit=1")]),
+        &format!("{}-relay-crash", stack.name),
+    );
+    let status = crashing.wait_exit(ARRIVAL);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the relay aborted at its crash point: {status:?}"
+    );
+    let hits = log_of(&crashing)
+        .matches("failpoint relay-before-kafka-commit: aborting")
+        .count();
+    assert_eq!(hits, 1, "the crash point was hit once");
+    assert_eq!(
+        stack.pending("user_logins").await?,
+        i64::from(rows),
+        "nothing flagged by the aborted batch"
+    );
+
+    let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
+    wait_until("every row flagged", ARRIVAL, || async {
+        Ok(stack.pending("user_logins").await? == 0)
+    })
+    .await;
+    relay.terminate(Duration::from_secs(15));
+
+    let committed = read(&stack, Isolation::Committed).await?;
+    let counts = id_counts(&committed);
+    assert_eq!(counts.len(), rows as usize, "every row visible");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "no row visible twice: {:?}",
+        counts.iter().filter(|(_, n)| **n > 1).take(5).collect::<Vec<_>>()
+    );
+    // The aborted batch is in the log: a read_uncommitted reader sees it.
+    let uncommitted = read(&stack, Isolation::Uncommitted).await?;
+    assert!(
+        uncommitted.len() > committed.len(),
+        "the aborted records are in the log ({} read_uncommitted vs {} read_committed)",
+        uncommitted.len(),
+        committed.len()
+    );
+    Ok(())
+}
+
+/// Claim 2: the active relay frozen mid-transaction (crash point
+/// `relay-before-kafka-commit=pause`: SIGSTOP after producing, before
+/// committing) loses its Postgres session to the server's idle timeout, the
+/// standby takes over; resumed, the zombie's commit fails as fenced and it
+/// steps down without flagging anything. A read_committed reader sees every
+/// row exactly once and nothing the zombie sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_relay_is_fenced_when_it_wakes_and_steps_down() -> anyhow::Result<()> {
+    let stack = stack("b_zombie").await?;
+    insert_logins(&stack, 300).await?;
+    let env = with(
+        &stack.daemon_env(),
+        &[
+            ("RELAY_SESSION_TIMEOUT_MS", "3000"),
+            ("RELAY_BATCH_SIZE", "100"),
+        ],
+    );
+    let mut zombie = Daemon::spawn(
+        "relay",
+        &["run"],
+        &with(&env, &[("OUTBOX_FAILPOINTS", "relay-before-kafka-commit=pause")]),
+        &format!("{}-relay-zombie", stack.name),
+    );
+    wait_until("the active relay frozen mid-transaction", ARRIVAL, || async {
+        Ok(log_of(&zombie).contains("failpoint relay-before-kafka-commit: pausing")
+            && is_stopped(zombie.pid()))
+    })
+    .await;
+    let frozen = Instant::now();
+    let mut standby = Daemon::spawn(
+        "relay",
+        &["run"],
+        &env,
+        &format!("{}-relay-standby", stack.name),
+    );
+    wait_until("the standby published everything", ARRIVAL, || async {
+        Ok(stack.pending("user_logins").await? == 0)
+    })
+    .await;
+    let takeover = frozen.elapsed();
+    insert_logins(&stack, 100).await?;
+    wait_until("the standby keeps publishing", ARRIVAL, || async {
+        Ok(stack.pending("user_logins").await? == 0)
+    })
+    .await;
+
+    let resumed = std::process::Command::new("kill")
+        .args(["-CONT", &zombie.pid().to_string()])
+        .status()?;
+    assert!(resumed.success());
+    wait_until("the zombie fenced and standing by", ARRIVAL, || async {
+        let log = log_of(&zombie);
+        Ok(log.contains("fenced") && log.contains("standing by"))
+    })
+    .await;
+    insert_logins(&stack, 100).await?;
+    wait_until("every row flagged", ARRIVAL, || async {
+        Ok(stack.pending("user_logins").await? == 0)
+    })
+    .await;
+    assert!(zombie.is_running(), "the zombie stands by, it does not exit");
+    let standby_log = log_of(&standby);
+    assert_eq!(
+        standby_log.matches("active relay for this flow").count(),
+        1,
+        "the standby stayed active"
+    );
+    assert!(
+        !standby_log.contains("fenced"),
+        "the zombie stepped down instead of fencing the active relay back"
+    );
+    zombie.terminate(Duration::from_secs(15));
+    standby.terminate(Duration::from_secs(15));
+
+    let committed = read(&stack, Isolation::Committed).await?;
+    let counts = id_counts(&committed);
+    assert_eq!(counts.len(), 500, "every row visible");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "the zombie's batch never became visible: {:?}",
+        counts.iter().filter(|(_, n)| **n > 1).take(5).collect::<Vec<_>>()
+    );
+    let uncommitted = read(&stack, Isolation::Uncommitted).await?;
+    assert!(
+        uncommitted.len() >= committed.len() + 100,
+        "the zombie's produced batch is in the log, aborted ({} vs {})",
+        uncommitted.len(),
+        committed.len()
+    );
+    eprintln!("standby took over {} ms after the freeze", takeover.as_millis());
+    Ok(())
+}
+
+/// The group's committed offsets against the partitions' ends.
+fn group_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    let mut lag = 0;
+    for e in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
+        let at = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        lag += high - at;
+    }
+    Ok(lag)
+}
+
+/// Claim 5: transaction markers occupy offsets, so a sink committing "last
+/// offset + 1" would show lag 1 per partition for ever once idle. After the
+/// last transaction the group's lag reaches 0 and stays there, and the
+/// sink's own gauge and readiness agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pipeline_reaches_lag_0_and_stays_ready() -> anyhow::Result<()> {
+    let stack = stack("b_idle").await?;
+    let metrics = Metrics::default();
+    let relay = stack.spawn_relay(&metrics)?;
+    let sink = stack.spawn_sink(&metrics)?;
+    for _ in 0..5 {
+        insert_logins(&stack, 40).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until("rows loaded", ARRIVAL, || async {
+        Ok(stack.ch_count_final("user_logins").await? == 200)
+    })
+    .await;
+    let brokers = stack.kafka_brokers.clone();
+    let group = stack.group("user-logins-consumer");
+    let topic = stack.topic("user_events");
+    let lag = || {
+        let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
+        async move { tokio::task::spawn_blocking(move || group_lag(&b, &g, &t)).await? }
+    };
+    wait_until("the group's lag reaches 0", ARRIVAL, || async { Ok(lag().await? == 0) }).await;
+    let gauge_total = || {
+        (0..4)
+            .map(|p| {
+                metrics.value(
+                    "sink_consumer_lag",
+                    &[
+                        ("flow", "user_logins"),
+                        ("topic", &topic),
+                        ("partition", &p.to_string()),
+                    ],
+                )
+            })
+            .sum::<i64>()
+    };
+    wait_until("the sink's lag gauge reaches 0", ARRIVAL, || async {
+        Ok(gauge_total() == 0)
+    })
+    .await;
+    // Idle for a while: it stays there.
+    let idle_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < idle_until {
+        assert_eq!(lag().await?, 0, "lag stays 0 while idle");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(gauge_total(), 0);
+    relay.stop().await?;
+    sink.stop().await?;
+    Ok(())
+}
