@@ -4,12 +4,31 @@
 #   scripts/bench.sh            full run (1,000,000-row backlog, 30 s latency run), release build
 #   scripts/bench.sh --smoke    a few seconds, to keep it working (CI runs this on the debug build)
 #
+# A full run (no arguments) writes its table into BENCHMARKS.md between the
+# `bench` markers, stamped with the commit and date.
+#
+# It measures on the real Kafka broker the scripts run (Apache Kafka, the
+# version docker-compose.yml pins); ClickHouse's Kafka-engine peer runs in a
+# throw-away ClickHouse of its own (scripts/peer-clickhouse.sh).
+# BENCH_KAFKA=mock measures on librdkafka's mock cluster instead, for
+# comparison.
+#
 # Results: a Markdown table on stdout, JSON in target/bench/results.json.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 ensure_postgres
 ensure_clickhouse
+if [ "${BENCH_KAFKA:-}" != mock ]; then
+    ensure_kafka
+    export BENCH_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT BENCH_KAFKA_VERSION=$KAFKA_VERSION
+    BENCH_KAFKA_PID=$(cat "$KAFKA_DIR/pid")
+    export BENCH_KAFKA_PID
+fi
+# The Kafka-engine peer's own ClickHouse, a new one per measurement, thrown
+# away afterwards.
+export BENCH_PEER_CLICKHOUSE_RESTART=$ROOT/scripts/peer-clickhouse.sh
+trap stop_peer_clickhouse EXIT
 profile=${BENCH_PROFILE:-release}
 ensure_build_deps
 if [ "$profile" = release ]; then
@@ -17,4 +36,12 @@ if [ "$profile" = release ]; then
 else
     cargo build --bins --quiet
 fi
-"target/$profile/bench" "$@"
+mkdir -p target/bench
+"target/$profile/bench" "$@" | tee target/bench/results.md
+# A full run of the default measurements is what BENCHMARKS.md shows.
+if [ $# -eq 0 ] && [ "$profile" = release ]; then
+    commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!docs' ':!README.md' ':!BENCHMARKS.md' || echo "+uncommitted")
+    { printf 'Run of commit `%s`, %s (`scripts/bench.sh`, release build):\n\n' "$commit" "$(date -u +%F)"
+      cat target/bench/results.md; } | scripts/splice.py BENCHMARKS.md bench
+    log "BENCHMARKS.md updated from this run"
+fi

@@ -107,8 +107,10 @@ listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.se
 PROPS
 }
 
+# Runs a Kafka main class; with KAFKA_EXEC=exec the shell becomes the JVM
+# (so the pid file names the broker itself).
 kafka_java() {
-    java -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    ${KAFKA_EXEC:-} java -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
         -Djava.awt.headless=true -Dkafka.logs.dir="$KAFKA_DIR/logs" \
         -Dlog4j2.configurationFile="$ROOT/devstack/kafka/log4j2.xml" \
         -cp "$KAFKA_CACHE/libs/*" "$@"
@@ -152,7 +154,7 @@ ensure_kafka() {
             >"$KAFKA_DIR/logs/format.log" 2>&1 || die "formatting Kafka storage failed; see $KAFKA_DIR/logs/format.log"
     fi
     log "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (KRaft, heap $KAFKA_HEAP; logs in $KAFKA_DIR/logs)"
-    nohup bash -c "$(declare -f kafka_java); ROOT='$ROOT' KAFKA_DIR='$KAFKA_DIR' KAFKA_HEAP='$KAFKA_HEAP' KAFKA_CACHE='$KAFKA_CACHE'; kafka_java kafka.Kafka '$KAFKA_DIR/server.properties'" \
+    nohup bash -c "$(declare -f kafka_java); ROOT='$ROOT' KAFKA_DIR='$KAFKA_DIR' KAFKA_HEAP='$KAFKA_HEAP' KAFKA_CACHE='$KAFKA_CACHE'; KAFKA_EXEC=exec kafka_java kafka.Kafka '$KAFKA_DIR/server.properties'" \
         >"$KAFKA_DIR/logs/stdout.log" 2>&1 &
     echo $! >"$KAFKA_DIR/pid"
     local deadline=$((SECONDS + 90))
@@ -168,6 +170,7 @@ ensure_kafka() {
 }
 
 stop_kafka() { stop_pidfile "$KAFKA_DIR/pid"; }
+
 
 # The local broker's endpoints and throw-away credentials, as shell variables.
 kafka_env() {

@@ -64,27 +64,48 @@ ensure_build_deps() {
     apt_install libssl-dev pkg-config
 }
 
-clickhouse_up() { curl -sf "http://127.0.0.1:$CH_HTTP_PORT/ping" >/dev/null 2>&1; }
+clickhouse_up() { curl -sf "http://127.0.0.1:${1:-$CH_HTTP_PORT}/ping" >/dev/null 2>&1; }
 
 # Starts a user-writable ClickHouse under $STACK_DIR/clickhouse unless one
 # already answers on $CH_HTTP_PORT (the Debian package's service does not
-# start by itself here). kafka.auto_offset_reset=smallest lets the
-# benchmark's Kafka-engine peer read a preloaded topic in a new group.
+# start by itself here).
 ensure_clickhouse() {
-    if clickhouse_up; then return 0; fi
+    clickhouse_instance "$STACK_DIR/clickhouse" "$CH_HTTP_PORT" "$CH_TCP_PORT" 9009
+}
+
+# The benchmark's throw-away ClickHouse for the Kafka-engine peer: dropping
+# a Kafka table kills an 18.16 server (its bundled librdkafka asserts when a
+# subscribed consumer is destroyed), so that peer never runs in the shared
+# one. `stop_peer_clickhouse` kills it and wipes its data.
+PEER_CH_HTTP_PORT=${PEER_CH_HTTP_PORT:-8124}
+ensure_peer_clickhouse() {
+    clickhouse_instance "$STACK_DIR/clickhouse-peer" "$PEER_CH_HTTP_PORT" $((PEER_CH_HTTP_PORT + 880)) 9010 trace >&2
+    echo "http://127.0.0.1:$PEER_CH_HTTP_PORT"
+}
+stop_peer_clickhouse() {
+    stop_pidfile "$STACK_DIR/clickhouse-peer/pid"
+    rm -rf "$STACK_DIR/clickhouse-peer/data"
+}
+
+# clickhouse_instance DIR HTTP_PORT TCP_PORT INTERSERVER_PORT [LOG_LEVEL]: a
+# server with its data in DIR. kafka.auto_offset_reset=smallest is meant to let the
+# Kafka-engine peer read a preloaded topic in a new group.
+clickhouse_instance() {
+    local dir=$1 http=$2 tcp=$3 interserver=$4 level=${5:-warning}
+    if clickhouse_up "$http"; then return 0; fi
     command -v curl >/dev/null || apt_install curl
     command -v clickhouse-server >/dev/null || apt_install clickhouse-server
-    local dir=$STACK_DIR/clickhouse
     mkdir -p "$dir/data" "$dir/log"
-    log "starting ClickHouse on 127.0.0.1:$CH_HTTP_PORT (data in $dir)"
+    log "starting ClickHouse on 127.0.0.1:$http (data in $dir)"
     nohup clickhouse-server --config-file=/etc/clickhouse-server/config.xml -- \
-        --path="$dir/data/" --http_port="$CH_HTTP_PORT" --tcp_port="$CH_TCP_PORT" \
-        --listen_host=127.0.0.1 --kafka.auto_offset_reset=smallest \
+        --path="$dir/data/" --http_port="$http" --tcp_port="$tcp" \
+        --interserver_http_port="$interserver" \
+        --listen_host=127.0.0.1 --kafka.auto_offset_reset=smallest --logger.level="$level" \
         --logger.log="$dir/log/server.log" \
         --logger.errorlog="$dir/log/error.log" >"$dir/log/stdout.log" 2>&1 &
     echo $! >"$dir/pid"
     for _ in $(seq 1 120); do
-        clickhouse_up && return 0
+        clickhouse_up "$http" && return 0
         sleep 0.5
     done
     die "ClickHouse did not start; see $dir/log/error.log"

@@ -18,7 +18,7 @@ use outbox_tests::{Daemon, TestStack, wait_until};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
@@ -195,7 +195,7 @@ async fn mock_kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker
     type Inject = Box<dyn Fn(&devstack::MockKafka)>;
     let faults: Vec<(&str, Inject, Inject, &str)> = vec![
         (
-            "Kafka broker down, then up",
+            "mock Kafka: broker down, then up",
             Box::new(|m| {
                 let _ = m.broker_down(1);
             }),
@@ -205,7 +205,7 @@ async fn mock_kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker
             "broker 1 of 3 (leader of some partitions) down",
         ),
         (
-            "Kafka produce errors (retriable)",
+            "mock Kafka: produce errors (retriable)",
             Box::new(|m| {
                 m.push_request_errors(
                     RDKafkaApiKey::Produce,
@@ -216,7 +216,7 @@ async fn mock_kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker
             "librdkafka retries inside the transaction",
         ),
         (
-            "Kafka transaction errors that require an abort",
+            "mock Kafka: transaction errors that require an abort",
             Box::new(|m| {
                 m.push_request_errors(
                     RDKafkaApiKey::Produce,
@@ -227,7 +227,7 @@ async fn mock_kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker
             "aborted, rolled back, retried with a new producer",
         ),
         (
-            "Kafka fenced producer",
+            "mock Kafka: fencing error injected",
             Box::new(|m| {
                 m.push_request_errors(
                     RDKafkaApiKey::EndTxn,
@@ -238,7 +238,7 @@ async fn mock_kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker
             "fatal error: producer recreated (the mock injects the error; it does not fence for real)",
         ),
         (
-            "Kafka slow broker (500 ms per request)",
+            "mock Kafka: slow broker (500 ms per request)",
             Box::new(|m| {
                 for b in 1..=3 {
                     let _ = m.broker_round_trip(b, Duration::from_millis(500));
@@ -497,26 +497,25 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() ->
 {
     let _serial = SERIAL.lock().await;
     let stack = stack("f_poison").await?;
-    let metrics = Metrics::default();
-    let running = vec![stack.spawn_relay(&metrics)?, stack.spawn_sink(&metrics)?];
-    let load = Load::start(&stack, 300);
     let topic = stack.topic("user_events");
     // A real broker refuses records over 1 MiB by default: this topic takes
     // the 2 MiB letter (the sink's own limit is what is tested).
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &stack.kafka_brokers)
         .create()?;
-    wait_until("the topic exists", Duration::from_secs(20), || async {
-        let results = admin
-            .alter_configs(
-                &[AlterConfig::new(ResourceSpecifier::Topic(&topic))
-                    .set("max.message.bytes", "10000000")],
-                &AdminOptions::new(),
-            )
-            .await?;
-        Ok(results.iter().all(Result::is_ok))
-    })
-    .await;
+    for result in admin
+        .create_topics(
+            &[NewTopic::new(&topic, 4, TopicReplication::Fixed(1))
+                .set("max.message.bytes", "10000000")],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    let metrics = Metrics::default();
+    let running = vec![stack.spawn_relay(&metrics)?, stack.spawn_sink(&metrics)?];
+    let load = Load::start(&stack, 300);
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &stack.kafka_brokers)
         .set("message.max.bytes", "10000000")

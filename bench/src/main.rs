@@ -3,6 +3,7 @@
 //! `--smoke` runs it small (CI keeps it working); the full run is documented
 //! in BENCHMARKS.md. Results: a Markdown table on stdout and JSON.
 
+mod cluster;
 mod peers;
 mod scenarios;
 mod setup;
@@ -20,7 +21,8 @@ struct Cli {
     #[arg(long)]
     rows: Option<u64>,
     /// Run only these measurements (comma-separated: ceiling, relay, sink,
-    /// peers, growth, latency). The sink loads what the relay run published.
+    /// peers, growth, latency, engine-latency). The sink loads what the relay
+    /// run published.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the JSON results.
@@ -39,13 +41,17 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let clickhouse =
         std::env::var("BENCH_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+    let kafka = cluster::Cluster::from_env()?;
     // The mock keeps ~5 MiB per partition: enough partitions for the backlog,
-    // with room for keys hashing unevenly (checked before the sink run).
+    // with room for keys hashing unevenly (checked before the sink run). A
+    // broker keeps everything: 8.
     let partitions = match std::env::var("BENCH_PARTITIONS") {
         Ok(p) => p.parse()?,
-        Err(_) => ((rows * 160 * 3 / (4 * 1024 * 1024)) as i32 + 8).max(8),
+        Err(_) if kafka.is_mock() => ((rows * 160 * 3 / (4 * 1024 * 1024)) as i32 + 8).max(8),
+        Err(_) => 8,
     };
-    let bench = setup::Bench::start("outbox_bench", &admin, &clickhouse, partitions, rows).await?;
+    let bench =
+        setup::Bench::start("outbox_bench", &admin, &clickhouse, kafka, partitions, rows).await?;
 
     let run = |name: &str| {
         let wanted = cli.only.is_empty() || cli.only.iter().any(|o| o == name);
@@ -73,20 +79,49 @@ async fn main() -> anyhow::Result<()> {
         let budget = std::time::Duration::from_secs(if cli.smoke { 2 } else { 10 });
         figures.push(peers::row_by_row_relay(&bench, budget).await?);
         figures.push(peers::row_by_row_sink(&bench, budget).await?);
-        // Reads the topic the relay run filled.
-        let engine_budget = std::time::Duration::from_secs(if cli.smoke { 3 } else { 60 });
-        figures.push(peers::kafka_engine_sink(&bench, rows, engine_budget).await?);
+        // The messages of the relay run, through the Kafka engine.
+        let engine_budget = std::time::Duration::from_secs(if cli.smoke { 20 } else { 120 });
+        let topic = bench.topic("user_events");
+        figures.push(
+            peers::kafka_engine_sink(
+                &bench,
+                bench.kafka.bootstrap_servers(),
+                bench.kafka.label(),
+                &topic,
+                rows,
+                engine_budget,
+            )
+            .await?,
+        );
     }
     if run("growth") {
         let sent = if cli.smoke { 10 * rows } else { 10_000_000 };
         figures.extend(scenarios::growth(&bench, rows, sent).await?);
     }
     if run("latency") {
-        figures.extend(scenarios::latency(&bench, 1000, latency_secs).await?);
+        figures.extend(
+            scenarios::latency(&bench, 1000, latency_secs, scenarios::Loader::Sink).await?,
+        );
+    }
+    if run("engine-latency") {
+        let label = bench.kafka.label().to_owned();
+        let loader = scenarios::Loader::KafkaEngine {
+            brokers: bench.kafka.bootstrap_servers(),
+        };
+        match scenarios::latency(&bench, 1000, latency_secs, loader).await {
+            Ok(f) => figures.extend(f),
+            // The measurement that says why the row is empty.
+            Err(e) => figures.push(scenarios::figure(
+                &format!("peer, ClickHouse Kafka engine: end-to-end latency, on {label}"),
+                f64::NAN,
+                "ms",
+                format!("not measured: {e:#}"),
+            )),
+        }
     }
 
     let machine = format!(
-        "{} cores, {} GiB; PostgreSQL, ClickHouse {} and librdkafka's mock Kafka on the same machine",
+        "{} cores, {} GiB; PostgreSQL, ClickHouse {} and {} on the same machine",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -103,7 +138,8 @@ async fn main() -> anyhow::Result<()> {
             .query("SELECT version()")
             .fetch_one::<String>()
             .await
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        bench.kafka.label()
     );
     println!("Machine: {machine}\n");
     println!("| measure | value | unit | notes |\n|---|---|---|---|");

@@ -104,7 +104,7 @@ pub async fn relay_throughput(bench: &Bench, n: u64, measure: &str) -> anyhow::R
     let mut env = bench.env("relay.");
     env.push(("RELAY_METRICS_ADDR".into(), metrics_addr.clone()));
     let relay = Daemon::spawn("relay", &env)?;
-    let cpu = CpuMeter::start(relay.pid(), "postgres");
+    let cpu = CpuMeter::start(relay.pid(), "postgres", bench.kafka.pid());
     let took = time_until(
         Duration::from_secs(900),
         Duration::from_millis(20),
@@ -127,7 +127,7 @@ pub async fn relay_throughput(bench: &Bench, n: u64, measure: &str) -> anyhow::R
         ),
         figure(&format!("{measure}: relay peak RSS"), rss, "MiB", ""),
     ];
-    figures.extend(cpu_figures(measure, n, &used, ["relay", "postgres"]));
+    figures.extend(cpu_figures(measure, n, &used, ["relay", "postgres", kafka_name(bench)]));
     // Where a batch's time goes (the relay's own histograms). Phases overlap:
     // Kafka works on one batch while Postgres flags the one before and locks
     // the next.
@@ -183,13 +183,13 @@ pub async fn sink_throughput(
     group_prefix: &str,
 ) -> anyhow::Result<Vec<Figure>> {
     let held = topic_messages(
-        bench.mock.bootstrap_servers(),
-        "user_events",
+        bench.kafka.bootstrap_servers(),
+        &bench.topic("user_events"),
         bench.partitions,
     )?;
     anyhow::ensure!(
         held >= n as i64,
-        "the mock cluster kept only {held} of {n} messages (it drops data past ~5 MiB per partition): use more partitions"
+        "the topic holds only {held} of {n} messages (the mock drops data past ~5 MiB per partition: use more partitions)"
     );
     let ch = bench.ch();
     ch.query("TRUNCATE TABLE user_logins").execute().await?;
@@ -197,7 +197,7 @@ pub async fn sink_throughput(
     let mut env = bench.env(group_prefix);
     env.push(("SINK_METRICS_ADDR".into(), metrics_addr.clone()));
     let sink = Daemon::spawn("sink", &env)?;
-    let cpu = CpuMeter::start(sink.pid(), "clickhouse-serv");
+    let cpu = CpuMeter::start(sink.pid(), "clickhouse-serv", bench.kafka.pid());
     let count = || async {
         let c: u64 = ch
             .query("SELECT count() FROM user_logins")
@@ -229,7 +229,7 @@ pub async fn sink_throughput(
         .unwrap_or_default();
     sink.stop();
     let secs = took.as_secs_f64();
-    let mut figures = cpu_figures("sink", n, &used, ["sink", "clickhouse"]);
+    let mut figures = cpu_figures("sink", n, &used, ["sink", "clickhouse", kafka_name(bench)]);
     figures.splice(0..0, [
         figure(
             "sink: topic preloaded into ClickHouse",
@@ -255,9 +255,17 @@ pub async fn sink_throughput(
     Ok(figures)
 }
 
+fn kafka_name(bench: &Bench) -> &'static str {
+    if bench.kafka.is_mock() {
+        "mock Kafka (bench process)"
+    } else {
+        "Kafka broker"
+    }
+}
+
 /// Where the CPU went, per 100,000 rows, and the rate the machine's cores
 /// would allow if that were the only limit.
-fn cpu_figures(measure: &str, rows: u64, used: &[f64; 3], names: [&str; 2]) -> Vec<Figure> {
+fn cpu_figures(measure: &str, rows: u64, used: &[f64; 3], names: [&str; 3]) -> Vec<Figure> {
     let per = |s: f64| s / rows as f64 * 100_000.0;
     let total: f64 = used.iter().sum();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -267,11 +275,12 @@ fn cpu_figures(measure: &str, rows: u64, used: &[f64; 3], names: [&str; 2]) -> V
             per(total),
             "s",
             format!(
-                "{} {:.2} s, {} {:.2} s, mock Kafka (bench process) {:.2} s",
+                "{} {:.2} s, {} {:.2} s, {} {:.2} s",
                 names[0],
                 per(used[0]),
                 names[1],
                 per(used[1]),
+                names[2],
                 per(used[2])
             ),
         ),
@@ -288,13 +297,15 @@ fn cpu_figures(measure: &str, rows: u64, used: &[f64; 3], names: [&str; 2]) -> V
 /// preloaded topic with no processing at all (no decoding, no ClickHouse),
 /// from the first message to the last — what the Kafka side can deliver.
 pub async fn consume_ceiling(bench: &Bench, n: u64) -> anyhow::Result<Figure> {
-    let brokers = bench.mock.bootstrap_servers().to_owned();
+    let brokers = bench.kafka.bootstrap_servers().to_owned();
+    let topic = bench.topic("user_events");
+    let group = bench.topic("consume-ceiling");
     let (secs, seen) = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, u64)> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let kafka = flows::kafka::KafkaEndpoint::plaintext(&brokers);
         let consumer: BaseConsumer =
-            flows::kafka::consumer_config(&kafka, "bench.consume-ceiling", "bench").create()?;
-        consumer.subscribe(&["user_events"])?;
+            flows::kafka::consumer_config(&kafka, &group, "bench").create()?;
+        consumer.subscribe(&[&topic])?;
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut seen = 0u64;
         let mut first: Option<Instant> = None;
@@ -331,36 +342,92 @@ fn topic_messages(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result
     Ok(total)
 }
 
+/// What loads the latency run's topic into ClickHouse.
+pub enum Loader<'a> {
+    /// The product's sink (into `user_logins`).
+    Sink,
+    /// ClickHouse's Kafka table engine + materialized view on the brokers
+    /// given (into `peer_engine_rows`), the relay publishing there too.
+    KafkaEngine { brokers: &'a str },
+}
+
 /// 4. End-to-end latency at a steady `rate` rows/s for `secs`: from the
 /// inserting transaction's commit to the row being visible in ClickHouse.
-pub async fn latency(bench: &Bench, rate: u64, secs: u64) -> anyhow::Result<Vec<Figure>> {
-    let mut env = bench.env("latency.");
-    env.push(("KAFKA_TOPIC_PREFIX".into(), "latency.".into()));
-    bench.mock.create_topic("latency.user_events", 4)?;
-    let relay = Daemon::spawn("relay", &env)?;
-    let sink = Daemon::spawn("sink", &env)?;
-    let ch = bench.ch();
-    let start_id: u64 = ch
-        .query("SELECT max(id) FROM user_logins")
-        .fetch_one()
-        .await?;
-    // Warm up: one row through, so group joins and producer set-up are not measured.
-    let pg = bench.pg().await?;
-    pg.execute("INSERT INTO user_logins (username, event_type, event_time) VALUES ('warm-up', 'login', now())", &[]).await?;
-    time_until(
-        Duration::from_secs(60),
-        Duration::from_millis(5),
-        || async {
-            let m: u64 = ch
-                .query("SELECT max(id) FROM user_logins WHERE id > ?")
-                .bind(start_id)
-                .fetch_one()
+pub async fn latency(
+    bench: &Bench,
+    rate: u64,
+    secs: u64,
+    loader: Loader<'_>,
+) -> anyhow::Result<Vec<Figure>> {
+    let run = match loader {
+        Loader::Sink => "latency.",
+        Loader::KafkaEngine { .. } => "engine-latency.",
+    };
+    let mut env = bench.env(run);
+    let prefix = bench.topic(run);
+    env.retain(|(k, _)| k != "KAFKA_TOPIC_PREFIX");
+    env.push(("KAFKA_TOPIC_PREFIX".into(), prefix.clone()));
+    let topic = format!("{prefix}user_events");
+    let ch = match loader {
+        Loader::Sink => bench.ch(),
+        Loader::KafkaEngine { .. } => bench.peer_ch().await?,
+    };
+    let (table, sink, label) = match loader {
+        Loader::Sink => {
+            bench.kafka.create_topic(&topic, 4).await?;
+            (
+                "user_logins",
+                Some(Daemon::spawn("sink", &env)?),
+                "end-to-end latency".to_owned(),
+            )
+        }
+        Loader::KafkaEngine { brokers } => {
+            env.retain(|(k, _)| k != "KAFKA_BROKERS");
+            env.push(("KAFKA_BROKERS".into(), brokers.to_owned()));
+            crate::cluster::create_topic(brokers, &topic, 4).await?;
+            crate::peers::attach_kafka_engine(&ch, brokers, &topic, &bench.topic("engine-latency"))
                 .await?;
+            (
+                "peer_engine_rows",
+                None,
+                "peer, ClickHouse Kafka engine: end-to-end latency".to_owned(),
+            )
+        }
+    };
+    // Only rows inserted from now on travel (earlier measurements may have
+    // left rows pending).
+    bench
+        .pg()
+        .await?
+        .execute("UPDATE user_logins SET sent_to_kafka = TRUE WHERE NOT sent_to_kafka", &[])
+        .await?;
+    let relay = Daemon::spawn("relay", &env)?;
+    let max_id = format!("SELECT max(id) FROM {table} WHERE id > ?");
+    // The engine's table is shared with the throughput peer: ids above the
+    // source's current maximum are this run's.
+    let start_id: u64 = bench
+        .pg()
+        .await?
+        .query_one("SELECT coalesce(max(id), 0)::int8 FROM user_logins", &[])
+        .await?
+        .get::<_, i64>(0) as u64;
+    // Warm up, so group joins and producer set-up are not measured: the sink
+    // gets one row through; the Kafka engine, which starts a new group at
+    // the latest offset and does not stream a trickle of rows, gets a fixed
+    // time to join (see `peers::ENGINE_JOIN`).
+    let pg = bench.pg().await?;
+    let warm_up = Instant::now();
+    if sink.is_some() {
+        pg.execute("INSERT INTO user_logins (username, event_type, event_time) VALUES ('warm-up', 'login', now())", &[]).await?;
+        time_until(Duration::from_secs(60), Duration::from_millis(5), || async {
+            let m: u64 = ch.query(&max_id).bind(start_id).fetch_one().await?;
             Ok(m > start_id)
-        },
-    )
-    .await?;
-
+        })
+        .await?;
+    } else {
+        tokio::time::sleep(crate::peers::ENGINE_JOIN).await;
+    }
+    let warmed = warm_up.elapsed();
     let commits: Arc<std::sync::Mutex<Vec<(u64, Instant)>>> = Arc::default();
     let inserter = tokio::spawn({
         let commits = Arc::clone(&commits);
@@ -396,11 +463,7 @@ pub async fn latency(bench: &Bench, rate: u64, secs: u64) -> anyhow::Result<Vec<
     let mut next = 0usize;
     let poll_end = Instant::now() + Duration::from_secs(secs + 30);
     loop {
-        let visible: u64 = ch
-            .query("SELECT max(id) FROM user_logins WHERE id > ?")
-            .bind(start_id)
-            .fetch_one()
-            .await?;
+        let visible: u64 = ch.query(&max_id).bind(start_id).fetch_one().await?;
         let now = Instant::now();
         let pending: Vec<(u64, Instant)> = commits
             .lock()
@@ -422,9 +485,13 @@ pub async fn latency(bench: &Bench, rate: u64, secs: u64) -> anyhow::Result<Vec<
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     inserter.await??;
-    let (relay_rss, sink_rss) = (relay.peak_rss_mib(), sink.peak_rss_mib());
+    let relay_rss = relay.peak_rss_mib();
     relay.stop();
-    sink.stop();
+    let sink_rss = sink.map(|sink| {
+        let rss = sink.peak_rss_mib();
+        sink.stop();
+        rss
+    });
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| {
         latencies
@@ -433,30 +500,20 @@ pub async fn latency(bench: &Bench, rate: u64, secs: u64) -> anyhow::Result<Vec<
             .unwrap_or(f64::NAN)
     };
     let note = format!(
-        "{} batches of {} rows every 10 ms for {secs} s; ClickHouse polled every 2 ms",
+        "{} of {} batches of {} rows (every 10 ms for {secs} s) seen; ClickHouse polled every 2 ms; warm-up {:.0} s",
         latencies.len(),
-        (rate / 100).max(1)
+        commits.lock().map_or(0, |c| c.len()),
+        (rate / 100).max(1),
+        warmed.as_secs_f64()
     );
-    Ok(vec![
-        figure(
-            &format!("end-to-end latency p50 at {rate} rows/s"),
-            pct(0.50),
-            "ms",
-            note.clone(),
-        ),
-        figure(
-            &format!("end-to-end latency p95 at {rate} rows/s"),
-            pct(0.95),
-            "ms",
-            "",
-        ),
-        figure(
-            &format!("end-to-end latency p99 at {rate} rows/s"),
-            pct(0.99),
-            "ms",
-            "",
-        ),
-        figure("latency run: relay peak RSS", relay_rss, "MiB", ""),
-        figure("latency run: sink peak RSS", sink_rss, "MiB", ""),
-    ])
+    let mut figures = vec![
+        figure(&format!("{label} p50 at {rate} rows/s"), pct(0.50), "ms", note),
+        figure(&format!("{label} p95 at {rate} rows/s"), pct(0.95), "ms", ""),
+        figure(&format!("{label} p99 at {rate} rows/s"), pct(0.99), "ms", ""),
+    ];
+    if let Some(sink_rss) = sink_rss {
+        figures.push(figure("latency run: relay peak RSS", relay_rss, "MiB", ""));
+        figures.push(figure("latency run: sink peak RSS", sink_rss, "MiB", ""));
+    }
+    Ok(figures)
 }

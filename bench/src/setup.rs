@@ -5,14 +5,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use devstack::MockKafka;
+use crate::cluster::Cluster;
 use tokio_postgres::{Client, NoTls};
 
 pub struct Bench {
     pub name: String,
     pub database_url: String,
     pub clickhouse_url: String,
-    pub mock: MockKafka,
+    pub kafka: Cluster,
+    /// This run's topic and group prefix (topics outlive a run on a broker).
+    pub prefix: String,
     pub partitions: i32,
     /// Rows of the backlog (ids 1..=backlog).
     pub backlog: u64,
@@ -20,12 +22,13 @@ pub struct Bench {
 
 impl Bench {
     /// A fresh Postgres database and ClickHouse database named `name`,
-    /// migrated, and a mock Kafka cluster whose topics get `partitions`
-    /// partitions (the mock keeps only ~5 MiB per partition).
+    /// migrated, and this run's topics with `partitions` partitions on
+    /// `kafka`.
     pub async fn start(
         name: &str,
         admin_url: &str,
         clickhouse_url: &str,
+        kafka: Cluster,
         partitions: i32,
         backlog: u64,
     ) -> anyhow::Result<Self> {
@@ -40,15 +43,16 @@ impl Bench {
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await?;
         let database_url = flows::pg::with_database(admin_url, name);
-        let mock = MockKafka::start(3)?;
-        for topic in ["user_events"] {
-            mock.create_topic(topic, partitions)?;
-        }
+        let prefix = format!("bench{}.", std::process::id());
+        kafka
+            .create_topic(&format!("{prefix}user_events"), partitions)
+            .await?;
         let bench = Self {
             name: name.into(),
             database_url,
             clickhouse_url: clickhouse_url.into(),
-            mock,
+            kafka,
+            prefix,
             partitions,
             backlog,
         };
@@ -79,6 +83,34 @@ impl Bench {
         }
     }
 
+    /// A new throw-away ClickHouse for a Kafka-engine measurement (the
+    /// command `BENCH_PEER_CLICKHOUSE_RESTART`, scripts/peer-clickhouse.sh,
+    /// starts it and prints its URL), its database `engine_peer` created.
+    pub async fn peer_ch(&self) -> anyhow::Result<clickhouse::Client> {
+        let restart = std::env::var("BENCH_PEER_CLICKHOUSE_RESTART").context(
+            "BENCH_PEER_CLICKHOUSE_RESTART: the Kafka-engine peer runs in its own ClickHouse (scripts/bench.sh sets it)",
+        )?;
+        let out = tokio::process::Command::new(&restart).output().await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{restart}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let cfg = sink::clickhouse::ClickHouseConfig {
+            url,
+            user: "default".into(),
+            password: None,
+            database: "engine_peer".into(),
+            ca_file: None,
+        };
+        sink::clickhouse::client::client(&cfg, None)
+            .query("CREATE DATABASE IF NOT EXISTS engine_peer")
+            .execute()
+            .await?;
+        Ok(sink::clickhouse::client::client(&cfg, Some("engine_peer")))
+    }
+
     pub fn ch(&self) -> clickhouse::Client {
         let cfg = self.clickhouse_config();
         sink::clickhouse::client::client(&cfg, Some(&cfg.database))
@@ -90,15 +122,28 @@ impl Bench {
         Ok(client)
     }
 
-    /// The daemons' environment: this benchmark's databases and cluster.
+    /// The backlog's source ids.
+    pub fn backlog_ids(&self) -> std::ops::RangeInclusive<u64> {
+        1..=self.backlog
+    }
+
+    /// `topic` under this run's prefix.
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
+    }
+
+    /// The daemons' environment: this benchmark's databases, cluster and
+    /// topics; groups under this run's prefix and `group_prefix`.
     pub fn env(&self, group_prefix: &str) -> Vec<(String, String)> {
+        let groups = format!("{}{group_prefix}", self.prefix);
         [
             ("DATABASE_URL", self.database_url.as_str()),
-            ("KAFKA_BROKERS", self.mock.bootstrap_servers()),
+            ("KAFKA_BROKERS", self.kafka.bootstrap_servers()),
+            ("KAFKA_TOPIC_PREFIX", &self.prefix),
             ("CLICKHOUSE_URL", &self.clickhouse_url),
             ("CLICKHOUSE_DATABASE", &self.name),
             ("FLOWS", "user_logins"),
-            ("KAFKA_GROUP_PREFIX", group_prefix),
+            ("KAFKA_GROUP_PREFIX", &groups),
             ("RELAY_METRICS_ADDR", "off"),
             ("SINK_METRICS_ADDR", "off"),
             ("RUST_LOG", "warn"),
@@ -170,6 +215,16 @@ impl Daemon {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A measurement that fails part-way leaves no daemon behind.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -264,34 +319,36 @@ pub fn cpu_seconds_of(comm: &str) -> f64 {
 }
 
 /// CPU seconds used by the parties of a run: one daemon, a server
-/// (postgres or clickhouse-server's processes) and this process (which hosts
-/// the mock Kafka cluster).
+/// (postgres or clickhouse-server's processes) and Kafka (the broker's JVM,
+/// or this process where it hosts the mock cluster).
 pub struct CpuMeter {
     daemon: u32,
     server: &'static str,
+    kafka: u32,
     start: [f64; 3],
 }
 
 impl CpuMeter {
-    pub fn start(daemon: u32, server: &'static str) -> Self {
+    pub fn start(daemon: u32, server: &'static str, kafka: u32) -> Self {
         Self {
             daemon,
             server,
-            start: Self::read(daemon, server),
+            kafka,
+            start: Self::read(daemon, server, kafka),
         }
     }
 
-    fn read(daemon: u32, server: &str) -> [f64; 3] {
+    fn read(daemon: u32, server: &str, kafka: u32) -> [f64; 3] {
         [
             cpu_seconds(daemon),
             cpu_seconds_of(server),
-            cpu_seconds(std::process::id()),
+            cpu_seconds(kafka),
         ]
     }
 
-    /// [daemon, server, mock Kafka and benchmark] seconds since `start`.
+    /// [daemon, server, Kafka] seconds since `start`.
     pub fn used(&self) -> [f64; 3] {
-        let now = Self::read(self.daemon, self.server);
+        let now = Self::read(self.daemon, self.server, self.kafka);
         [0, 1, 2].map(|i| now[i] - self.start[i])
     }
 }
