@@ -56,6 +56,33 @@ pub fn secure() -> Secure {
     }
 }
 
+/// Loads the broker's transaction coordinator once per test process: on a
+/// broker that has never seen a transaction, `__transaction_state` is
+/// created and loaded by the first `InitProducerId`. Seen here: on a fresh
+/// broker, a relay frozen mid-transaction during that load was not fenced
+/// by the standby's `InitProducerId` (the coordinator logged no ongoing
+/// transaction to abort, and the zombie's batch committed after the
+/// takeover) in 2 of 4 runs of `tests/broker.rs`; after this warm-up, in 0
+/// of 5. The suite starts from a loaded coordinator.
+fn warm_transactions(brokers: &str) -> anyhow::Result<()> {
+    static WARM: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    WARM.get_or_init(|| {
+        for i in 0..8 {
+            let producer: rdkafka::producer::BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("transactional.id", format!("outbox-tests-warm-up-{i}"))
+                .set("log_level", "3")
+                .create()
+                .map_err(|e| e.to_string())?;
+            rdkafka::producer::Producer::init_transactions(&producer, Duration::from_secs(60))
+                .map_err(|e| format!("loading the transaction coordinator: {e}"))?;
+        }
+        Ok(())
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
 /// Fails with what to do when no broker answers a metadata request.
 pub fn check_answers(brokers: &str) -> anyhow::Result<()> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -70,5 +97,6 @@ pub fn check_answers(brokers: &str) -> anyhow::Result<()> {
                 "no Kafka broker answers at {brokers}: run the suite with scripts/test.sh \
                  (it starts one) or point TEST_KAFKA_BROKERS at one"
             )
-        })
+        })?;
+    warm_transactions(brokers)
 }
