@@ -86,7 +86,10 @@ async fn an_aborted_relay_batch_is_invisible_and_its_rows_are_published_again() 
     let mut crashing = Daemon::spawn(
         "relay",
         &["run"],
-        &with(&env, &[("OUTBOX_FAILPOINTS", "relay-before-kafka-commit=1")]),
+        &with(
+            &env,
+            &[("OUTBOX_FAILPOINTS", "relay-before-kafka-commit=1")],
+        ),
         &format!("{}-relay-crash", stack.name),
     );
     let status = crashing.wait_exit(ARRIVAL);
@@ -117,7 +120,11 @@ async fn an_aborted_relay_batch_is_invisible_and_its_rows_are_published_again() 
     assert!(
         counts.values().all(|&n| n == 1),
         "no row visible twice: {:?}",
-        counts.iter().filter(|(_, n)| **n > 1).take(5).collect::<Vec<_>>()
+        counts
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .take(5)
+            .collect::<Vec<_>>()
     );
     // The aborted batch is in the log: a read_uncommitted reader sees it.
     let uncommitted = read(&stack, Isolation::Uncommitted).await?;
@@ -150,13 +157,22 @@ async fn a_frozen_relay_is_fenced_when_it_wakes_and_steps_down() -> anyhow::Resu
     let mut zombie = Daemon::spawn(
         "relay",
         &["run"],
-        &with(&env, &[("OUTBOX_FAILPOINTS", "relay-before-kafka-commit=pause")]),
+        &with(
+            &env,
+            &[("OUTBOX_FAILPOINTS", "relay-before-kafka-commit=pause")],
+        ),
         &format!("{}-relay-zombie", stack.name),
     );
-    wait_until("the active relay frozen mid-transaction", ARRIVAL, || async {
-        Ok(log_of(&zombie).contains("failpoint relay-before-kafka-commit: pausing")
-            && is_stopped(zombie.pid()))
-    })
+    wait_until(
+        "the active relay frozen mid-transaction",
+        ARRIVAL,
+        || async {
+            Ok(
+                log_of(&zombie).contains("failpoint relay-before-kafka-commit: pausing")
+                    && is_stopped(zombie.pid()),
+            )
+        },
+    )
     .await;
     let frozen = Instant::now();
     let mut standby = Daemon::spawn(
@@ -190,7 +206,10 @@ async fn a_frozen_relay_is_fenced_when_it_wakes_and_steps_down() -> anyhow::Resu
         Ok(stack.pending("user_logins").await? == 0)
     })
     .await;
-    assert!(zombie.is_running(), "the zombie stands by, it does not exit");
+    assert!(
+        zombie.is_running(),
+        "the zombie stands by, it does not exit"
+    );
     let standby_log = log_of(&standby);
     assert_eq!(
         standby_log.matches("active relay for this flow").count(),
@@ -224,7 +243,10 @@ async fn a_frozen_relay_is_fenced_when_it_wakes_and_steps_down() -> anyhow::Resu
         uncommitted.len(),
         committed.len()
     );
-    eprintln!("standby took over {} ms after the freeze", takeover.as_millis());
+    eprintln!(
+        "standby took over {} ms after the freeze",
+        takeover.as_millis()
+    );
     Ok(())
 }
 
@@ -245,7 +267,8 @@ fn group_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<i64> {
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
     let mut lag = 0;
     for e in committed.elements() {
-        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
+        let (low, high) =
+            consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
         let at = match e.offset() {
             Offset::Offset(o) => o,
             _ => low,
@@ -280,7 +303,10 @@ async fn an_idle_pipeline_reaches_lag_0_and_stays_ready() -> anyhow::Result<()> 
         let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
         async move { tokio::task::spawn_blocking(move || group_lag(&b, &g, &t)).await? }
     };
-    wait_until("the group's lag reaches 0", ARRIVAL, || async { Ok(lag().await? == 0) }).await;
+    wait_until("the group's lag reaches 0", ARRIVAL, || async {
+        Ok(lag().await? == 0)
+    })
+    .await;
     let gauge_total = || {
         (0..4)
             .map(|p| {

@@ -214,9 +214,17 @@ async fn kill_9_of_the_stage_loses_and_duplicates_nothing() -> anyhow::Result<()
         }
     }
     let hits = outbox_tests::faults::failpoint_hits(&prefix, "stage-before-commit");
-    assert!(hits >= 3, "the crash point between produce and commit was hit ({hits})");
+    assert!(
+        hits >= 3,
+        "the crash point between produce and commit was hit ({hits})"
+    );
     stage.kill9();
-    let _last = Daemon::spawn("stage", &["run"], &env, &format!("{}-stage-last", stack.name));
+    let _last = Daemon::spawn(
+        "stage",
+        &["run"],
+        &env,
+        &format!("{}-stage-last", stack.name),
+    );
     let restarted = std::time::Instant::now();
     let total = raw_count(&stack).await?;
     wait_until("every raw event normalised once", ARRIVAL, || async {
@@ -246,7 +254,9 @@ async fn kill_9_of_the_stage_loses_and_duplicates_nothing() -> anyhow::Result<()
         doubled_in_view: stored - distinct,
         raw_duplicates: raw - raw_distinct,
         recovery_ms: restarted.elapsed().as_millis() as u64,
-        note: format!("events_processed vs raw clicks/views/orders; 4 kills at random moments, crash point stage-before-commit hit {hits} times; a read_committed reader of processed_events saw each result once"),
+        note: format!(
+            "events_processed vs raw clicks/views/orders; 4 kills at random moments, crash point stage-before-commit hit {hits} times; a read_committed reader of processed_events saw each result once"
+        ),
     });
     relay.stop().await?;
     sink.stop().await?;

@@ -15,12 +15,12 @@ use outbox_tests::faults::{Load, long_mode, peak_rss_mib, rounds, verify};
 use outbox_tests::proxy::Proxy;
 use outbox_tests::stack::Kafka;
 use outbox_tests::{Daemon, TestStack, wait_until};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Message};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -130,8 +130,12 @@ async fn sink_kill_9_at_random_moments_and_between_insert_and_commit() -> anyhow
     let _last = Daemon::spawn("sink", &["run"], &clean_env, &label(&stack, "sink", 999));
     load.stop().await;
     let recovering = Instant::now();
-    let hits = outbox_tests::faults::failpoint_hits(&format!("{}-sink-", stack.name), "sink-after-insert");
-    assert!(hits >= 1, "the crash point between insert and commit was hit");
+    let hits =
+        outbox_tests::faults::failpoint_hits(&format!("{}-sink-", stack.name), "sink-after-insert");
+    assert!(
+        hits >= 1,
+        "the crash point between insert and commit was hit"
+    );
     let report = verify(&stack, "sink kill -9 (random moments + failpoint between insert and offset commit)", kills + hits as u32, recovering, &format!("{kills} kills, crash point sink-after-insert hit {hits} times; static membership (SINK_GROUP_INSTANCE_ID): restarts rejoin at once")).await;
     assert!(report.rows_sent > 0);
     relay.stop().await?;

@@ -113,7 +113,11 @@ async fn wrong_credentials_and_untrusted_certificates_exit_2_naming_the_setting(
     let mut untrusted = mode(&s, "ssl");
     untrusted.retain(|(k, _)| *k != "KAFKA_SSL_CA_LOCATION");
     untrusted.push(("KAFKA_SSL_CA_LOCATION", s.other_ca.clone()));
-    cases.push(("untrusted broker certificate".into(), untrusted, "KAFKA_SSL_CA_LOCATION"));
+    cases.push((
+        "untrusted broker certificate".into(),
+        untrusted,
+        "KAFKA_SSL_CA_LOCATION",
+    ));
     let mut no_client_cert = mode(&s, "mtls");
     no_client_cert
         .retain(|(k, _)| *k != "KAFKA_SSL_CERTIFICATE_LOCATION" && *k != "KAFKA_SSL_KEY_LOCATION");
@@ -132,7 +136,14 @@ async fn wrong_credentials_and_untrusted_certificates_exit_2_naming_the_setting(
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
             env.extend(vars.iter().map(|(k, v)| (*k, v.as_str())));
-            env.push(("FLOWS", if daemon == "stage" { "etl" } else { "user_logins" }));
+            env.push((
+                "FLOWS",
+                if daemon == "stage" {
+                    "etl"
+                } else {
+                    "user_logins"
+                },
+            ));
             let (code, stderr) = run_to_exit(daemon, &["run"], &env);
             let last = stderr.lines().last().unwrap_or_default();
             assert_eq!(code, Some(2), "{daemon}, {what}: exit 2; stderr: {stderr}");

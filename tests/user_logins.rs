@@ -388,6 +388,14 @@ fn bad_settings_exit_2_naming_the_setting_without_secrets() {
         "[[flows]]\nname = \"x\"\nconsumer_group = \"g\"\ncolour = \"red\"\n",
     );
     let broken = broken_toml.display().to_string();
+    // A second flow on user_logins would split its rows with the first.
+    let shared_toml =
+        std::env::temp_dir().join(format!("shared-source-flows-{}.toml", std::process::id()));
+    let _ = std::fs::write(
+        &shared_toml,
+        "[[flows]]\nname = \"audit\"\nconsumer_group = \"a\"\n[[flows.sources]]\ntable = \"user_logins\"\ntopic = \"audit\"\ncolumns = [\"id\"]\n",
+    );
+    let shared = shared_toml.display().to_string();
     let more: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
         (
             "relay",
@@ -415,6 +423,15 @@ fn bad_settings_exit_2_naming_the_setting_without_secrets() {
                 ("SINK_METRICS_ADDR", "everywhere"),
             ],
             "SINK_METRICS_ADDR",
+        ),
+        (
+            "relay",
+            vec![
+                ("DATABASE_URL", pg),
+                ("KAFKA_BROKERS", "h:1"),
+                ("FLOWS_FILE", &shared),
+            ],
+            "source table user_logins is also a source of flow `user_logins`",
         ),
         (
             "sink",
@@ -462,6 +479,92 @@ fn bad_settings_exit_2_naming_the_setting_without_secrets() {
     let (code, stderr) = run_to_exit("relay", &["migrate"], &[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("DATABASE_URL"));
+
+    // A URL or broker list that cannot be parsed is a setting to fix, not
+    // a server to wait for: every command that reads it exits 2 at once.
+    let bad_pg = "postgres://u:hunter2@host:notaport/db";
+    let bad_ch = "http://u:hunter2@host:notaport";
+    let ok_ch = "http://h:8123";
+    let url_cases: Vec<(&str, &str, Vec<(&str, &str)>, &str)> = vec![
+        (
+            "relay",
+            "run",
+            vec![("DATABASE_URL", bad_pg), ("KAFKA_BROKERS", "h:1")],
+            "DATABASE_URL",
+        ),
+        (
+            "relay",
+            "migrate",
+            vec![("DATABASE_URL", bad_pg)],
+            "DATABASE_URL",
+        ),
+        (
+            "relay",
+            "status",
+            vec![("DATABASE_URL", bad_pg)],
+            "DATABASE_URL",
+        ),
+        (
+            "relay",
+            "run",
+            vec![
+                ("DATABASE_URL", "postgres://u:hunter2@h/db?colour=red"),
+                ("KAFKA_BROKERS", "h:1"),
+            ],
+            "DATABASE_URL",
+        ),
+        (
+            "sink",
+            "run",
+            vec![("CLICKHOUSE_URL", bad_ch), ("KAFKA_BROKERS", "h:1")],
+            "CLICKHOUSE_URL",
+        ),
+        (
+            "sink",
+            "migrate",
+            vec![("CLICKHOUSE_URL", bad_ch)],
+            "CLICKHOUSE_URL",
+        ),
+        (
+            "sink",
+            "reconcile",
+            vec![
+                ("CLICKHOUSE_URL", ok_ch),
+                ("KAFKA_BROKERS", "h:1"),
+                ("DATABASE_URL", bad_pg),
+            ],
+            "DATABASE_URL",
+        ),
+        (
+            "relay",
+            "run",
+            vec![("DATABASE_URL", pg), ("KAFKA_BROKERS", "h:notaport")],
+            "KAFKA_BROKERS",
+        ),
+        (
+            "sink",
+            "run",
+            vec![("CLICKHOUSE_URL", ok_ch), ("KAFKA_BROKERS", "h:1,,h:2")],
+            "KAFKA_BROKERS",
+        ),
+        (
+            "stage",
+            "run",
+            vec![("KAFKA_BROKERS", "h:99999"), ("FLOWS", "etl")],
+            "KAFKA_BROKERS",
+        ),
+    ];
+    for (binary, command, env, setting) in &url_cases {
+        // Before the check, these retried for ever (no exit at all).
+        let (code, stderr) = run_to_exit(binary, &[command], env);
+        assert_eq!(code, Some(2), "{binary} {command} with {env:?}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&format!("invalid setting {setting}")),
+            "{binary} {command} names {setting}: {stderr}"
+        );
+        assert!(!stderr.contains("hunter2"), "no secret echoed: {stderr}");
+    }
     let (code, stdout_or_err) = run_to_exit("sink", &["--help"], &[]);
     assert_eq!(code, Some(0), "{stdout_or_err}");
 }

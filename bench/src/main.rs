@@ -99,9 +99,8 @@ async fn main() -> anyhow::Result<()> {
         figures.extend(scenarios::growth(&bench, rows, sent).await?);
     }
     if run("latency") {
-        figures.extend(
-            scenarios::latency(&bench, 1000, latency_secs, scenarios::Loader::Sink).await?,
-        );
+        figures
+            .extend(scenarios::latency(&bench, 1000, latency_secs, scenarios::Loader::Sink).await?);
     }
     if run("engine-latency") {
         let label = bench.kafka.label().to_owned();

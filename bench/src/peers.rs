@@ -54,9 +54,7 @@ pub async fn row_by_row_relay(bench: &Bench, budget: Duration) -> anyhow::Result
         // send-then-flush does).
         producer
             .send(
-                FutureRecord::to(&topic)
-                    .key(&key)
-                    .payload(&payload),
+                FutureRecord::to(&topic).key(&key).payload(&payload),
                 Duration::from_secs(10),
             )
             .await
@@ -179,7 +177,10 @@ fn suffix(group: &str) -> String {
 }
 
 /// Rows the engine stored with ids in `ids`.
-async fn stored(ch: &clickhouse::Client, ids: std::ops::RangeInclusive<u64>) -> anyhow::Result<u64> {
+async fn stored(
+    ch: &clickhouse::Client,
+    ids: std::ops::RangeInclusive<u64>,
+) -> anyhow::Result<u64> {
     Ok(ch
         .query("SELECT count() FROM peer_engine_rows WHERE id BETWEEN ? AND ?")
         .bind(*ids.start())

@@ -127,7 +127,12 @@ pub async fn relay_throughput(bench: &Bench, n: u64, measure: &str) -> anyhow::R
         ),
         figure(&format!("{measure}: relay peak RSS"), rss, "MiB", ""),
     ];
-    figures.extend(cpu_figures(measure, n, &used, ["relay", "postgres", kafka_name(bench)]));
+    figures.extend(cpu_figures(
+        measure,
+        n,
+        &used,
+        ["relay", "postgres", kafka_name(bench)],
+    ));
     // Where a batch's time goes (the relay's own histograms). Phases overlap:
     // Kafka works on one batch while Postgres flags the one before and locks
     // the next.
@@ -399,7 +404,10 @@ pub async fn latency(
     bench
         .pg()
         .await?
-        .execute("UPDATE user_logins SET sent_to_kafka = TRUE WHERE NOT sent_to_kafka", &[])
+        .execute(
+            "UPDATE user_logins SET sent_to_kafka = TRUE WHERE NOT sent_to_kafka",
+            &[],
+        )
         .await?;
     let relay = Daemon::spawn("relay", &env)?;
     let max_id = format!("SELECT max(id) FROM {table} WHERE id > ?");
@@ -419,10 +427,14 @@ pub async fn latency(
     let warm_up = Instant::now();
     if sink.is_some() {
         pg.execute("INSERT INTO user_logins (username, event_type, event_time) VALUES ('warm-up', 'login', now())", &[]).await?;
-        time_until(Duration::from_secs(60), Duration::from_millis(5), || async {
-            let m: u64 = ch.query(&max_id).bind(start_id).fetch_one().await?;
-            Ok(m > start_id)
-        })
+        time_until(
+            Duration::from_secs(60),
+            Duration::from_millis(5),
+            || async {
+                let m: u64 = ch.query(&max_id).bind(start_id).fetch_one().await?;
+                Ok(m > start_id)
+            },
+        )
         .await?;
     } else {
         tokio::time::sleep(crate::peers::ENGINE_JOIN).await;
@@ -507,9 +519,24 @@ pub async fn latency(
         warmed.as_secs_f64()
     );
     let mut figures = vec![
-        figure(&format!("{label} p50 at {rate} rows/s"), pct(0.50), "ms", note),
-        figure(&format!("{label} p95 at {rate} rows/s"), pct(0.95), "ms", ""),
-        figure(&format!("{label} p99 at {rate} rows/s"), pct(0.99), "ms", ""),
+        figure(
+            &format!("{label} p50 at {rate} rows/s"),
+            pct(0.50),
+            "ms",
+            note,
+        ),
+        figure(
+            &format!("{label} p95 at {rate} rows/s"),
+            pct(0.95),
+            "ms",
+            "",
+        ),
+        figure(
+            &format!("{label} p99 at {rate} rows/s"),
+            pct(0.99),
+            "ms",
+            "",
+        ),
     ];
     if let Some(sink_rss) = sink_rss {
         figures.push(figure("latency run: relay peak RSS", relay_rss, "MiB", ""));

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use crate::cluster::Cluster;
+use anyhow::Context;
 use tokio_postgres::{Client, NoTls};
 
 pub struct Bench {

@@ -149,8 +149,34 @@ impl FlowCatalog {
             })?;
             let extra = Self::parse(&text, &path.display().to_string())?;
             catalog.merge(extra);
+            catalog.one_flow_per_source_table()?;
         }
         Ok(catalog)
+    }
+
+    /// Two flows reading one source table would both lock its pending rows
+    /// (SKIP LOCKED) and flip the same `sent_to_kafka` flag, so each row
+    /// would reach only one of them: refused, naming both flows and the
+    /// table.
+    fn one_flow_per_source_table(&self) -> Result<(), FlowError> {
+        let mut readers: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+        for flow in &self.flows {
+            for source in &flow.sources {
+                match readers.insert(source.table.as_str(), flow.name.as_str()) {
+                    Some(other) if other != flow.name.as_str() => {
+                        return Err(FlowError::Invalid {
+                            flow: flow.name.to_string(),
+                            message: format!(
+                                "source table {} is also a source of flow `{other}`: both relays would flip its one sent_to_kafka flag and each row would reach only one flow; give each flow its own table",
+                                source.table
+                            ),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Self, FlowError> {
@@ -160,6 +186,7 @@ impl FlowCatalog {
         })?;
         let catalog = Self { flows: file.flows };
         catalog.validate()?;
+        catalog.one_flow_per_source_table()?;
         Ok(catalog)
     }
 
@@ -356,5 +383,27 @@ columns = ["id"]
             vec!["user_logins", "my_table", "router", "sales", "etl", "mine"]
         );
         assert_eq!(catalog.flows()[0].consumer_group, "other");
+    }
+
+    #[test]
+    fn two_flows_on_one_source_table_are_refused_naming_both() {
+        let shared = "[[flows]]\nname = \"audit\"\nconsumer_group = \"a\"\n[[flows.sources]]\ntable = \"user_logins\"\ntopic = \"audit\"\ncolumns = [\"id\"]\n";
+        let dir = std::env::temp_dir().join(format!("shared-source-{}.toml", std::process::id()));
+        std::fs::write(&dir, shared).unwrap_or_else(|e| panic!("{e}"));
+        let err = FlowCatalog::load(Some(&dir)).err().map(|e| e.to_string());
+        let _ = std::fs::remove_file(&dir);
+        let err = err.unwrap_or_else(|| panic!("a second flow on user_logins was accepted"));
+        assert!(
+            err.contains("audit") && err.contains("user_logins") && err.contains("sent_to_kafka"),
+            "{err}"
+        );
+        // Replacing the flow that owns the table is still fine.
+        assert!(
+            FlowCatalog::parse(
+                &shared.replace("audit\"\nconsumer", "user_logins\"\nconsumer"),
+                "t"
+            )
+            .is_ok()
+        );
     }
 }

@@ -75,6 +75,16 @@ impl KafkaEndpoint {
     /// the broker's certificate must name it; `none`).
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
         let brokers = env.required("KAFKA_BROKERS")?;
+        for broker in brokers.split(',').map(str::trim) {
+            let address = broker.split_once("://").map_or(broker, |(_, a)| a);
+            if address.is_empty() {
+                return Err(SettingError::new(
+                    "KAFKA_BROKERS",
+                    "must be host:port[,host:port…] with no empty entry",
+                ));
+            }
+            crate::settings::check_port("KAFKA_BROKERS", address)?;
+        }
         let protocol = env
             .string_or("KAFKA_SECURITY_PROTOCOL", "plaintext")
             .to_ascii_lowercase();
@@ -245,9 +255,7 @@ impl ErrorRecorder {
                 Some(RDKafkaErrorCode::Authentication)
                 | Some(RDKafkaErrorCode::SaslAuthenticationFailed) => Some(SettingError::new(
                     "KAFKA_SASL_PASSWORD",
-                    format!(
-                        "the broker refused the credentials of KAFKA_SASL_USERNAME: {reason}"
-                    ),
+                    format!("the broker refused the credentials of KAFKA_SASL_USERNAME: {reason}"),
                 )),
                 _ if reason.contains("certificate verify failed") => Some(SettingError::new(
                     "KAFKA_SSL_CA_LOCATION",

@@ -121,8 +121,13 @@ fn parse(url: &str) -> Result<Target, String> {
         "prefer" => "sslmode=prefer",
         _ => "sslmode=require",
     });
+    let url = format!("{base}?{}", kept.join("&"));
+    // What tokio-postgres itself would refuse (an unknown parameter, a bad
+    // value); its message names the option, never a value.
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| format!("cannot be parsed: {e}"))?;
     Ok(Target {
-        url: format!("{base}?{}", kept.join("&")),
+        url,
         verify,
         root_cert,
         client_cert,

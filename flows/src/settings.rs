@@ -191,7 +191,30 @@ pub fn check_url(name: &str, url: &str, schemes: &[&str]) -> Result<(), SettingE
     if rest.is_empty() || rest.starts_with('/') && scheme.starts_with("http") {
         return Err(SettingError::new(name, "has no host"));
     }
+    // host[:port][,host[:port]…] after any user:password@ — a port that is
+    // not a number is a setting to fix, not a server to wait for.
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    for host in hosts.split(',') {
+        check_port(name, host)?;
+    }
     Ok(())
+}
+
+/// `host`, `host:port` or `[v6]:port`: the port, if any, must be a number
+/// from 0 to 65535. The host is not echoed (it may sit next to a password).
+pub fn check_port(name: &str, host: &str) -> Result<(), SettingError> {
+    let port = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').and_then(|(_, p)| p.strip_prefix(':')),
+        None => host.rsplit_once(':').map(|(_, p)| p),
+    };
+    match port {
+        Some(p) if p.parse::<u16>().is_err() => Err(SettingError::new(
+            name,
+            "has a port that is not a number from 0 to 65535",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `url` with any password replaced by `***`, for logs.

@@ -80,7 +80,9 @@ pub struct RelayConfig {
 pub fn postgres_config(env: &Env) -> Result<PostgresConfig, SettingError> {
     Ok(PostgresConfig {
         url: flows::pg::database_url(env, "DATABASE_URL")?,
-        session_timeout: Duration::from_millis(env.positive_or("RELAY_SESSION_TIMEOUT_MS", 30_000)?),
+        session_timeout: Duration::from_millis(
+            env.positive_or("RELAY_SESSION_TIMEOUT_MS", 30_000)?,
+        ),
     })
 }
 

@@ -158,8 +158,7 @@ impl Publisher {
                 match self.flush().and_then(|()| {
                     flows::failpoint::hit("relay-before-kafka-commit");
                     self.producer.commit_transaction(COMMIT_TIMEOUT)
-                })
-                {
+                }) {
                     Ok(()) => {
                         return Ok(PublishTimings {
                             send,

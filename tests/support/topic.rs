@@ -60,7 +60,8 @@ pub fn read_all(
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         for t in metadata.topics() {
             for p in t.partitions() {
-                let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                let (_, high) =
+                    consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
                 assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
                 ends.push((topic.clone(), p.id(), high));
             }
