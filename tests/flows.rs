@@ -314,6 +314,15 @@ async fn a_sixth_flow_from_config_and_sql_alone() -> anyhow::Result<()> {
 async fn a_flow_contradicting_its_tables_is_refused_naming_flow_and_column() -> anyhow::Result<()> {
     let stack = TestStack::start("contradiction").await?;
     stack.migrate().await?;
+    // A table of its own: a source table belongs to one flow.
+    stack
+        .pg()
+        .await?
+        .batch_execute(
+            "CREATE TABLE broken_source (id BIGSERIAL PRIMARY KEY, username TEXT, \
+             sent_to_kafka BOOLEAN DEFAULT FALSE)",
+        )
+        .await?;
     let dir = std::env::temp_dir().join(&stack.name);
     std::fs::create_dir_all(&dir)?;
     let write = |name: &str, text: &str| -> anyhow::Result<String> {
@@ -323,7 +332,7 @@ async fn a_flow_contradicting_its_tables_is_refused_naming_flow_and_column() -> 
     };
     let relay_side = write(
         "relay.toml",
-        "[[flows]]\nname = \"broken\"\nconsumer_group = \"g\"\n[[flows.sources]]\ntable = \"user_logins\"\ntopic = \"t\"\ncolumns = [\"id\", \"nickname\"]\n",
+        "[[flows]]\nname = \"broken\"\nconsumer_group = \"g\"\n[[flows.sources]]\ntable = \"broken_source\"\ntopic = \"t\"\ncolumns = [\"id\", \"nickname\"]\n",
     )?;
     let sink_side = write(
         "sink.toml",
@@ -331,7 +340,7 @@ async fn a_flow_contradicting_its_tables_is_refused_naming_flow_and_column() -> 
     )?;
     let wrong_field = write(
         "field.toml",
-        "[[flows]]\nname = \"broken\"\nconsumer_group = \"g\"\n[[flows.sources]]\ntable = \"user_logins\"\ntopic = \"t\"\ncolumns = [\"id\", \"username\"]\n[[flows.targets]]\ntopic = \"t\"\ntable = \"user_logins\"\n",
+        "[[flows]]\nname = \"broken\"\nconsumer_group = \"g\"\n[[flows.sources]]\ntable = \"broken_source\"\ntopic = \"t\"\ncolumns = [\"id\", \"username\"]\n[[flows.targets]]\ntopic = \"t\"\ntable = \"user_logins\"\n",
     )?;
     let env = stack.daemon_env();
     let with = |file: &str| -> Vec<(String, String)> {
