@@ -129,9 +129,9 @@ impl FlowStage {
         tokio::spawn(flows::lag::run(
             Arc::clone(&consumer),
             flows::lag::LagProbe {
-                from: flows::lag::LagFrom::Position,
+                from: flows::lag::LagFrom::Committed,
                 gauge: "stage_input_lag",
-                help: "Input messages in the partition after the stage's position.",
+                help: "Input messages in the partition after the stage's committed offset.",
                 marker: "stage_records_total",
             },
             flow.clone(),
