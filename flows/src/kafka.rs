@@ -22,6 +22,32 @@ pub const KNOWN_VARS: &[&str] = &[
     "KAFKA_SSL_KEY_LOCATION",
     "KAFKA_SSL_KEY_PASSWORD",
     "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
+    "KAFKA_DEBUG",
+];
+
+/// librdkafka's debug contexts (its `debug` property), for `KAFKA_DEBUG`.
+const DEBUG_CONTEXTS: &[&str] = &[
+    "all",
+    "generic",
+    "broker",
+    "topic",
+    "metadata",
+    "feature",
+    "queue",
+    "msg",
+    "protocol",
+    "cgrp",
+    "security",
+    "fetch",
+    "interceptor",
+    "plugin",
+    "consumer",
+    "admin",
+    "eos",
+    "mock",
+    "assignor",
+    "conf",
+    "telemetry",
 ];
 
 /// The brokers and the librdkafka security properties. Its `Debug` shows
@@ -169,6 +195,22 @@ impl KafkaEndpoint {
                 ));
             }
             security.push(("ssl.endpoint.identification.algorithm", identification));
+        }
+        if let Some(debug) = env.get("KAFKA_DEBUG") {
+            if let Some(bad) = debug
+                .split(',')
+                .map(str::trim)
+                .find(|c| !DEBUG_CONTEXTS.contains(c))
+            {
+                return Err(SettingError::new(
+                    "KAFKA_DEBUG",
+                    format!(
+                        "unknown librdkafka debug context {bad:?} (known: {})",
+                        DEBUG_CONTEXTS.join(", ")
+                    ),
+                ));
+            }
+            security.push(("debug", debug.to_owned()));
         }
         Ok(Self { brokers, security })
     }

@@ -52,6 +52,12 @@ pub struct FlowSink {
 pub enum SinkError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// librdkafka stopped the consumer for good (e.g. this static member was
+    /// fenced by another process with the same `SINK_GROUP_INSTANCE_ID`):
+    /// the daemon exits non-zero with the reason rather than looking alive
+    /// while consuming nothing. Kafka's own clients treat it the same way.
+    #[error("kafka consumer failed for good: {0}")]
+    Fatal(String),
 }
 
 /// The flow's consumer (settings: `flows::kafka::consumer_config`), a
@@ -70,6 +76,8 @@ pub fn consumer(
 }
 
 impl FlowSink {
+    /// Consumes until shutdown, or until librdkafka stops the consumer
+    /// for good ([`SinkError::Fatal`]: the daemon exits non-zero).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), SinkError> {
         let flow = self.flow.name.to_string();
         let consumer = Arc::new(consumer(
@@ -114,6 +122,7 @@ impl FlowSink {
         let mut idle_check = tokio::time::interval(IDLE_COMMIT_EVERY);
         idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle_committed = TopicPartitionList::new();
+        let mut fatal = None;
         loop {
             let deadline = batch.deadline(&policy);
             tokio::select! {
@@ -145,7 +154,18 @@ impl FlowSink {
                         }
                         Err(error) => tracing::warn!(flow, %error, "kafka consumer error"),
                     };
+                    let failed = received.is_err();
                     take(&mut batch, received);
+                    if failed && let Some((code, reason)) = consumer.client().fatal_error() {
+                        tracing::error!(flow, ?code, reason, "kafka consumer failed for good");
+                        let hint = if matches!(code, rdkafka::types::RDKafkaErrorCode::FencedInstanceId) {
+                            " (another sink runs with the same SINK_GROUP_INSTANCE_ID)"
+                        } else {
+                            ""
+                        };
+                        fatal = Some(format!("{code:?}: {reason}{hint}"));
+                        break;
+                    }
                     // Take what is already queued without a round through
                     // select!, timers and the clock per message.
                     for _ in 0..READY_BURST {
@@ -181,6 +201,10 @@ impl FlowSink {
         // (committing later offsets would skip its rows).
         if let Some(previous) = storing.take() {
             clean &= previous.await;
+        }
+        if let Some(reason) = fatal {
+            lag_probe.abort();
+            return Err(SinkError::Fatal(reason));
         }
         if clean && !batch.is_empty() {
             let finishing = CancellationToken::new();

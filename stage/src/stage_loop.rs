@@ -39,6 +39,9 @@ pub enum StageError {
     NoGroupMetadata,
     #[error("a blocking kafka call panicked")]
     Task,
+    /// librdkafka stopped the consumer for good: a new session takes a new one.
+    #[error("kafka consumer failed for good: {0}")]
+    Fatal(String),
 }
 
 /// One record to produce in the batch's transaction.
@@ -178,7 +181,7 @@ impl FlowStage {
         consumer: &Arc<StreamConsumer>,
         shutdown: &CancellationToken,
         idle_committed: &mut TopicPartitionList,
-    ) -> Result<Option<(Vec<OutRecord>, TopicPartitionList)>, KafkaError> {
+    ) -> Result<Option<(Vec<OutRecord>, TopicPartitionList)>, StageError> {
         let mut records = Vec::new();
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut deadline: Option<Instant> = None;
@@ -205,6 +208,9 @@ impl FlowStage {
                         Ok(m) => m,
                         Err(error) => {
                             tracing::warn!(flow = %self.flow.name, %error, "stage consumer error");
+                            if let Some((code, reason)) = consumer.client().fatal_error() {
+                                return Err(StageError::Fatal(format!("{code:?}: {reason}")));
+                            }
                             continue;
                         }
                     };

@@ -40,8 +40,9 @@ fn log_dir() -> PathBuf {
 }
 
 impl Daemon {
-    /// Starts `name args…` with exactly `env` (plus PATH and RUST_LOG), its
-    /// output going to `target/<profile>/test-logs/<label>.log`.
+    /// Starts `name args…` with exactly `env` (plus PATH, RUST_LOG from
+    /// `DAEMON_LOG` and `KAFKA_DEBUG` when the test run has it), its output
+    /// going to `target/<profile>/test-logs/<label>.log`.
     pub fn spawn(name: &str, args: &[&str], env: &[(String, String)], label: &str) -> Self {
         let log = log_dir().join(format!("{label}.log"));
         let out = std::fs::OpenOptions::new()
@@ -58,6 +59,7 @@ impl Daemon {
                 "RUST_LOG",
                 std::env::var("DAEMON_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(std::env::var("KAFKA_DEBUG").map(|d| ("KAFKA_DEBUG", d)))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)

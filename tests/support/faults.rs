@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::stack::TestStack;
-use crate::wait::wait_until;
+use crate::wait::wait_for;
 
 /// `FAULT_ROUNDS=long` runs the documented long loop; anything else the short
 /// one CI runs.
@@ -120,7 +120,7 @@ pub async fn verify(
     recovering_since: Instant,
     note: &str,
 ) -> FaultReport {
-    wait_until(
+    wait_for(
         &format!("{fault}: everything delivered"),
         Duration::from_secs(90),
         || async {
@@ -131,11 +131,15 @@ pub async fn verify(
                     .query_one(&format!("SELECT count(*) FROM {pg}"), &[])
                     .await?
                     .get(0);
-                if stack.pending(pg).await? != 0 || stack.ch_count_final(ch).await? < sent as u64 {
-                    return Ok(false);
+                let pending = stack.pending(pg).await?;
+                let stored = stack.ch_count_final(ch).await?;
+                if pending != 0 || stored < sent as u64 {
+                    return Ok(Err(format!(
+                        "{pg}: {sent} rows, {pending} not yet flagged sent; {ch}: {stored} in ClickHouse (FINAL)"
+                    )));
                 }
             }
-            Ok(true)
+            Ok(Ok(()))
         },
     )
     .await;

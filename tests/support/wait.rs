@@ -13,6 +13,26 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<bool>>,
 {
+    wait_for(what, timeout, move || {
+        let fut = check();
+        async move {
+            Ok(match fut.await? {
+                true => Ok(()),
+                false => Err("condition false".to_owned()),
+            })
+        }
+    })
+}
+
+/// Like [`wait_until`], with the check saying what it saw when the
+/// condition does not hold yet (`Ok(Err(state))`): the panic at the
+/// deadline shows the last state, not just "false".
+#[track_caller]
+pub fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> impl Future<Output = ()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Result<(), String>>>,
+{
     let caller = Location::caller();
     let what = what.to_owned();
     async move {
@@ -20,8 +40,8 @@ where
         let mut last: String;
         loop {
             match check().await {
-                Ok(true) => return,
-                Ok(false) => last = "condition false".into(),
+                Ok(Ok(())) => return,
+                Ok(Err(state)) => last = state,
                 Err(e) => last = format!("error: {e:#}"),
             }
             if Instant::now() >= deadline {
