@@ -12,7 +12,15 @@ cd "$ROOT"
 command -v docker-compose >/dev/null || apt_install docker-compose
 docker-compose -f docker-compose.yml config -q
 docker-compose -f docker-compose.yml --profile generator config -q
-log "docker-compose.yml is valid"
+# Published ports bind to loopback unless BIND_ADDRESS says otherwise.
+open_ports=$(docker-compose -f docker-compose.yml --profile generator config |
+    awk '/^ *ports:/ {p=1; next} p && /^ *- / {print; next} {p=0}' | grep -v -- '- 127\.0\.0\.1:' || true)
+if [ -n "$open_ports" ]; then
+    echo "docker-compose.yml publishes ports beyond 127.0.0.1 by default:" >&2
+    echo "$open_ports" >&2
+    exit 1
+fi
+log "docker-compose.yml is valid; its ports bind to 127.0.0.1"
 
 command -v systemd-analyze >/dev/null || apt_install systemd
 profile=${CHECK_PROFILE:-debug}
