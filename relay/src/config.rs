@@ -29,7 +29,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "LOG_FORMAT",
 ];
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PostgresConfig {
     /// libpq-style URL; may carry a password, so never logged unredacted.
     pub url: String,
@@ -38,6 +38,16 @@ pub struct PostgresConfig {
     /// `idle_session_timeout`): a relay frozen while leading (a stopped
     /// process, a VM paused) loses its locks and a standby takes over.
     pub session_timeout: Duration,
+}
+
+/// Shows the URL with its password replaced.
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &flows::settings::redact_url(&self.url))
+            .field("session_timeout", &self.session_timeout)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -164,6 +174,22 @@ mod tests {
         assert_eq!(cfg.batch.batch_size, 10_000);
         assert_eq!(cfg.batch.poll_interval, Duration::from_secs(1));
         assert_eq!(cfg.flows[0].name.as_str(), "user_logins");
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let mut pairs = vec![
+            ("DATABASE_URL", "postgres://u:pg-secret@localhost/db"),
+            ("KAFKA_BROKERS", "localhost:9092"),
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("KAFKA_SASL_USERNAME", "u"),
+            ("KAFKA_SASL_PASSWORD", "kafka-secret"),
+        ];
+        pairs.push(("KAFKA_SASL_MECHANISM", "PLAIN"));
+        let cfg = RelayConfig::from_env(&Env::from_pairs(pairs)).unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains("localhost/db"), "{shown}");
+        assert!(!shown.contains("pg-secret") && !shown.contains("kafka-secret"), "{shown}");
     }
 
     #[test]

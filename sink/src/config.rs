@@ -153,7 +153,7 @@ mod tests {
         let cfg = SinkConfig::from_env(&Env::from_pairs(base)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.clickhouse.database, "default");
         assert_eq!(cfg.flush.max_rows, 100_000);
-        assert!(!format!("{:?}", cfg.clickhouse).contains("s3cret"));
+        assert!(!format!("{cfg:?}").contains("s3cret"));
 
         let mut bad = base.to_vec();
         bad.push(("SINK_FLUSH_INTERVAL", "5"));
