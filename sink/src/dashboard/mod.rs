@@ -5,8 +5,11 @@
 //!
 //! `GET /` is the page (static; it asks `GET /api/dashboard` every few
 //! seconds and draws the charts itself), `/api/dashboard` the JSON behind it,
-//! `/healthz` liveness.
+//! `/healthz` liveness. Every viewer gets the same snapshot, at most
+//! [`cache::MAX_AGE`] old: ClickHouse sees one query set per period however
+//! many pages are open.
 
+mod cache;
 mod sales;
 mod status;
 
@@ -80,13 +83,16 @@ pub async fn serve(
         crate::clickhouse::client::client(&config.clickhouse, Some(&config.clickhouse.database));
     let addr = config.addr;
     let config = std::sync::Arc::new(config);
+    let cache = std::sync::Arc::new(cache::SnapshotCache::new(cache::MAX_AGE));
     let route = move |path: String| {
-        let (config, client) = (config.clone(), client.clone());
+        let (config, client, cache) = (config.clone(), client.clone(), cache.clone());
         async move {
             match path.as_str() {
                 "/" => Response::ok("text/html; charset=utf-8", PAGE.to_owned()),
                 "/api/dashboard" => {
-                    let body = snapshot(&config, &client).await;
+                    let body = cache
+                        .get(|| async { snapshot(&config, &client).await.to_string() })
+                        .await;
                     Response::ok("application/json", body.to_string())
                 }
                 "/healthz" => Response::ok("text/plain", "ok\n".to_owned()),
