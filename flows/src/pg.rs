@@ -10,6 +10,8 @@
 //! three modes and none of the files, so they are taken out of the URL here
 //! and applied to the OpenSSL connector.
 
+use std::time::Duration;
+
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
 use postgres_openssl::{MakeTlsConnector, TlsStream};
 use tokio_postgres::{Client, Connection, Socket};
@@ -32,6 +34,8 @@ pub enum PgConnectError {
     Trust(#[from] crate::tls::TrustError),
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// How much of the server's certificate is checked.
@@ -179,12 +183,41 @@ fn connector(target: &Target) -> Result<MakeTlsConnector, PgConnectError> {
     Ok(tls)
 }
 
-/// One connection attempt, TLS as the URL asks. The caller drives the
-/// returned connection.
+/// A connection attempt (TCP, TLS and the server's start-up) that takes
+/// longer gives up: a server behind a dead network path never answers.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How every connection notices a dead peer on its own: TCP keepalives
+/// after 10 s idle, every 5 s, 3 missed = dead (≈25 s); and data not
+/// acknowledged for 20 s (`TCP_USER_TIMEOUT`) fails the connection.
+/// Queries still need their own deadlines: a path that drops packets while
+/// a proxy or NAT in between keeps answering TCP defeats both.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_RETRIES: u32 = 3;
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One connection attempt, TLS as the URL asks, with keepalives and
+/// timeouts (see [`CONNECT_TIMEOUT`], [`KEEPALIVE_IDLE`]). The caller drives
+/// the returned connection.
 pub async fn connect_once(url: &str) -> Result<(Client, PgConnection), PgConnectError> {
     let target = parse(url).map_err(PgConnectError::Settings)?;
     let tls = connector(&target)?;
-    Ok(tokio_postgres::connect(&target.url, tls).await?)
+    let mut config: tokio_postgres::Config = target
+        .url
+        .parse()
+        .map_err(|e| PgConnectError::Settings(format!("cannot be parsed: {e}")))?;
+    config
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(TCP_USER_TIMEOUT);
+    match tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tls)).await {
+        Ok(connected) => Ok(connected?),
+        Err(_) => Err(PgConnectError::Timeout(CONNECT_TIMEOUT)),
+    }
 }
 
 /// Connects, retrying with backoff until it succeeds or `shutdown` fires

@@ -20,6 +20,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "RELAY_BATCH_SIZE",
     "RELAY_POLL_INTERVAL_MS",
     "RELAY_STANDBY_RETRY_MS",
+    "RELAY_QUERY_TIMEOUT_MS",
     "RELAY_SESSION_TIMEOUT_MS",
     "RELAY_TRANSACTIONAL_ID_PREFIX",
     "RELAY_METRICS_ADDR",
@@ -38,6 +39,11 @@ pub struct PostgresConfig {
     /// `idle_session_timeout`): a relay frozen while leading (a stopped
     /// process, a VM paused) loses its locks and a standby takes over.
     pub session_timeout: Duration,
+    /// Every query of the relay's own sessions ends within this: on the
+    /// client (a deadline: a dead network path never answers) and on the
+    /// server (`statement_timeout`). A lane past it is dropped and the
+    /// relay reconnects, standing by if another relay took over meanwhile.
+    pub query_timeout: Duration,
 }
 
 /// Shows the URL with its password replaced.
@@ -46,6 +52,7 @@ impl std::fmt::Debug for PostgresConfig {
         f.debug_struct("PostgresConfig")
             .field("url", &flows::settings::redact_url(&self.url))
             .field("session_timeout", &self.session_timeout)
+            .field("query_timeout", &self.query_timeout)
             .finish()
     }
 }
@@ -93,6 +100,7 @@ pub fn postgres_config(env: &Env) -> Result<PostgresConfig, SettingError> {
         session_timeout: Duration::from_millis(
             env.positive_or("RELAY_SESSION_TIMEOUT_MS", 30_000)?,
         ),
+        query_timeout: Duration::from_millis(env.positive_or("RELAY_QUERY_TIMEOUT_MS", 15_000)?),
     })
 }
 
@@ -189,7 +197,10 @@ mod tests {
         let cfg = RelayConfig::from_env(&Env::from_pairs(pairs)).unwrap_or_else(|e| panic!("{e}"));
         let shown = format!("{cfg:?}");
         assert!(shown.contains("localhost/db"), "{shown}");
-        assert!(!shown.contains("pg-secret") && !shown.contains("kafka-secret"), "{shown}");
+        assert!(
+            !shown.contains("pg-secret") && !shown.contains("kafka-secret"),
+            "{shown}"
+        );
     }
 
     #[test]

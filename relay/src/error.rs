@@ -16,6 +16,28 @@ pub enum RelayError {
     Producer(#[from] rdkafka::error::KafkaError),
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// A Postgres query had no answer within `RELAY_QUERY_TIMEOUT_MS`.
+    #[error("postgres: no answer to {what} within {after:?}")]
+    Stuck {
+        what: &'static str,
+        after: std::time::Duration,
+    },
+}
+
+/// Runs a Postgres call with a deadline: [`RelayError::Stuck`] when it has
+/// no answer in time (a dead network path can hold it for ever).
+pub async fn within<T, E>(
+    after: std::time::Duration,
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, RelayError>
+where
+    RelayError: From<E>,
+{
+    match tokio::time::timeout(after, call).await {
+        Ok(result) => result.map_err(RelayError::from),
+        Err(_) => Err(RelayError::Stuck { what, after }),
+    }
 }
 
 /// tokio-postgres displays server errors as just "db error"; show the
@@ -46,6 +68,9 @@ pub fn classify(err: &RelayError) -> Recovery {
         // terminated mid-query, a serialization failure), leaves the session
         // and its advisory lock in doubt.
         RelayError::Postgres(_) => Recovery::Reconnect,
+        // No answer in time: the session is as good as dead (and the server
+        // ends it by its own timeouts); its locks go to whoever asks next.
+        RelayError::Stuck { .. } => Recovery::Reconnect,
         // Fenced: a standby with our transactional id took over while this
         // relay was frozen. Step down: drop the sessions (the transaction is
         // rolled back, nothing flagged) and stand by for the locks again —

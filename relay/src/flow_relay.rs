@@ -18,8 +18,8 @@ use tokio::sync::Notify;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RelayConfig;
-use crate::error::{Recovery, RelayError, classify};
+use crate::config::{PostgresConfig, RelayConfig};
+use crate::error::{Recovery, RelayError, classify, within};
 use crate::pipeline::Lanes;
 use crate::publisher::{Publisher, SharedPublisher};
 use crate::source::OutboxSource;
@@ -85,7 +85,12 @@ impl FlowRelay {
         let flow = self.flow.name.to_string();
         let mut sources = Vec::new();
         for source in &self.flow.sources {
-            let checked = OutboxSource::inspect(&first, &flow, source).await?;
+            let checked = within(
+                self.config.postgres.query_timeout,
+                "the source table's inspection",
+                OutboxSource::inspect(&first, &flow, source),
+            )
+            .await?;
             let stats = TableStats::new(&self.metrics, &flow, &checked.table);
             sources.push((checked, stats));
         }
@@ -97,7 +102,12 @@ impl FlowRelay {
                     None => return Ok(()),
                 }
             }
-            limit_idle_session(&lanes[lane], self.config.postgres.session_timeout).await?;
+            within(
+                self.config.postgres.query_timeout,
+                "the session settings",
+                limit_session(&lanes[lane], &self.config.postgres),
+            )
+            .await?;
             if !self
                 .acquire_lock(&lanes[lane], &leader_key(&flow, lane), shutdown)
                 .await?
@@ -136,6 +146,7 @@ impl FlowRelay {
             for (source, table) in sources {
                 let pipeline = Lanes {
                     lanes,
+                    query_timeout: self.config.postgres.query_timeout,
                     publisher,
                     flow: &flow,
                     batch_size: self.config.batch.batch_size,
@@ -178,7 +189,12 @@ impl FlowRelay {
                 // Lanes after the first see no query while idle; keep their
                 // sessions inside the server's idle timeout.
                 for lane in &lanes[1..] {
-                    lane.simple_query("").await?;
+                    within(
+                        self.config.postgres.query_timeout,
+                        "a lane's ping",
+                        lane.simple_query(""),
+                    )
+                    .await?;
                 }
                 tokio::select! {
                     () = self.wake.notified() => {}
@@ -201,13 +217,16 @@ impl FlowRelay {
         let flow = self.flow.name.to_string();
         let mut announced = false;
         loop {
-            let won: bool = client
-                .query_one(
+            let won: bool = within(
+                self.config.postgres.query_timeout,
+                "the leader lock",
+                client.query_one(
                     "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
                     &[&key],
-                )
-                .await?
-                .get(0);
+                ),
+            )
+            .await?
+            .get(0);
             if won {
                 return Ok(true);
             }
@@ -250,20 +269,41 @@ impl FlowRelay {
 }
 
 /// Asks the server to end this session when it stays idle longer than
-/// `timeout`, inside a transaction or not: a leader that freezes (SIGSTOP, a
-/// paused VM) loses its advisory and row locks then, so a standby takes over;
-/// when it resumes, its Kafka producer is fenced and it steps down (see
-/// `error::classify`). `idle_session_timeout` needs PostgreSQL 14.
-async fn limit_idle_session(client: &Client, timeout: Duration) -> Result<(), RelayError> {
-    let ms = timeout.as_millis();
+/// `session_timeout`, inside a transaction or not: a leader that freezes
+/// (SIGSTOP, a paused VM) or whose network path dies loses its advisory and
+/// row locks then, so a standby takes over; when it resumes, its Kafka
+/// producer is fenced and it steps down (see `error::classify`). Also bounds
+/// each statement (`statement_timeout` = `query_timeout`) and has the server
+/// probe the client's socket (keepalives, unacknowledged data, and between
+/// rows of a long query). `idle_session_timeout` and
+/// `client_connection_check_interval` need PostgreSQL 14.
+async fn limit_session(client: &Client, pg: &PostgresConfig) -> Result<(), RelayError> {
+    let idle = pg.session_timeout.as_millis();
+    let query = pg.query_timeout.as_millis();
+    let user_timeout = flows::pg::TCP_USER_TIMEOUT.as_millis();
     client
-        .batch_execute(&format!("SET idle_in_transaction_session_timeout = {ms}"))
+        .batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = {idle};
+             SET statement_timeout = {query};
+             SET tcp_keepalives_idle = {};
+             SET tcp_keepalives_interval = {};
+             SET tcp_keepalives_count = {};
+             SET tcp_user_timeout = {user_timeout}",
+            flows::pg::KEEPALIVE_IDLE.as_secs(),
+            flows::pg::KEEPALIVE_INTERVAL.as_secs(),
+            flows::pg::KEEPALIVE_RETRIES,
+        ))
         .await?;
-    if let Err(error) = client
-        .batch_execute(&format!("SET idle_session_timeout = {ms}"))
-        .await
-    {
-        tracing::warn!(error = %crate::error::pg_detail(&error), "idle_session_timeout not available (PostgreSQL < 14): a relay frozen between batches keeps its locks");
+    for (setting, value) in [
+        ("idle_session_timeout", idle),
+        ("client_connection_check_interval", 5_000),
+    ] {
+        if let Err(error) = client
+            .batch_execute(&format!("SET {setting} = {value}"))
+            .await
+        {
+            tracing::warn!(setting, error = %crate::error::pg_detail(&error), "not available (PostgreSQL < 14): a relay frozen between batches keeps its locks until the server notices");
+        }
     }
     Ok(())
 }

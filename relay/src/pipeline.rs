@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::RelayError;
+use crate::error::{RelayError, within};
 use crate::publisher::{PublishError, PublishTimings, SharedPublisher};
 use crate::source::{OutboxBatch, OutboxSource};
 use crate::stats::{FlowStats, TableStats};
@@ -47,6 +47,8 @@ pub struct Drained {
 /// The connections a leader relays on (two or more), and where it reports.
 pub struct Lanes<'a> {
     pub lanes: &'a [Client],
+    /// Each Postgres call's deadline (`RELAY_QUERY_TIMEOUT_MS`).
+    pub query_timeout: Duration,
     pub publisher: &'a SharedPublisher,
     pub flow: &'a str,
     pub batch_size: u32,
@@ -159,10 +161,16 @@ impl Lanes<'_> {
     ) -> Result<Option<Locked>, RelayError> {
         let client = &self.lanes[lane];
         let start = Instant::now();
-        client.batch_execute("BEGIN").await?;
-        let batch = source.fetch_pending(client, self.batch_size).await?;
+        let limit = self.query_timeout;
+        within(limit, "BEGIN", client.batch_execute("BEGIN")).await?;
+        let batch = within(
+            limit,
+            "the pending rows' fetch",
+            source.fetch_pending(client, self.batch_size),
+        )
+        .await?;
         if batch.is_empty() {
-            client.batch_execute("COMMIT").await?;
+            within(limit, "COMMIT", client.batch_execute("COMMIT")).await?;
             return Ok(None);
         }
         self.stats.fetched(batch.len(), start.elapsed());
@@ -225,14 +233,20 @@ impl Lanes<'_> {
     ) -> Result<usize, (usize, RelayError)> {
         let client = &self.lanes[done.lane];
         let start = Instant::now();
+        let limit = self.query_timeout;
         let marked = async {
-            source.mark_sent(client, &done.batch).await?;
+            within(
+                limit,
+                "the flag update",
+                source.mark_sent(client, &done.batch),
+            )
+            .await?;
             let mark = start.elapsed();
-            client.batch_execute("COMMIT").await?;
-            Ok::<Duration, tokio_postgres::Error>(mark)
+            within(limit, "COMMIT", client.batch_execute("COMMIT")).await?;
+            Ok::<Duration, RelayError>(mark)
         }
         .await;
-        let mark = marked.map_err(|err| (done.lane, RelayError::from(err)))?;
+        let mark = marked.map_err(|err| (done.lane, err))?;
         let rows = done.batch.len();
         self.stats
             .published(rows, done.kafka, mark, start.elapsed() - mark);
@@ -242,7 +256,8 @@ impl Lanes<'_> {
 
     /// Best effort: a broken session rolls back by itself.
     async fn rollback(&self, lane: usize) {
-        let _ = self.lanes[lane].batch_execute("ROLLBACK").await;
+        let rollback = self.lanes[lane].batch_execute("ROLLBACK");
+        let _ = within(self.query_timeout, "ROLLBACK", rollback).await;
     }
 
     /// Moves the rows Kafka refused for good to `outbox_dead_rows`.
@@ -263,9 +278,12 @@ impl Lanes<'_> {
         for (id, _, error) in &dead {
             tracing::error!(flow = self.flow, table = %source.table, id, error, "kafka refused the row for good; set aside in outbox_dead_rows");
         }
-        source
-            .set_aside(&self.lanes[lane], self.flow, &dead)
-            .await?;
+        within(
+            self.query_timeout,
+            "setting rows aside",
+            source.set_aside(&self.lanes[lane], self.flow, &dead),
+        )
+        .await?;
         Ok(dead.len())
     }
 }

@@ -72,7 +72,10 @@ mod tests {
             });
         }
         while let Some(body) = viewers.join_next().await {
-            assert_eq!(body.map(|b| b.to_string()).ok().as_deref(), Some("snapshot"));
+            assert_eq!(
+                body.map(|b| b.to_string()).ok().as_deref(),
+                Some("snapshot")
+            );
         }
         assert_eq!(made.load(Ordering::SeqCst), 1);
     }
