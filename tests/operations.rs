@@ -162,6 +162,79 @@ async fn under_systemd_the_relay_reports_ready_feeds_the_watchdog_and_says_stopp
     Ok(())
 }
 
+/// A flow loop that stops turning while the process lives (crash point
+/// `relay-before-kafka-commit=hang` blocks the publishing thread for ever):
+/// after `RELAY_STUCK_AFTER_MS` the relay stops feeding the watchdog and
+/// says which flow is stuck, so systemd restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_flow_loop_stops_the_watchdog_pings() -> anyhow::Result<()> {
+    let stack = TestStack::start("stuck").await?;
+    stack.migrate().await?;
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("notify.sock");
+    let socket = std::sync::Arc::new(UnixDatagram::bind(&path)?);
+    let mut env = stack.daemon_env();
+    for (k, v) in [
+        ("RELAY_METRICS_ADDR", "off".to_owned()),
+        ("NOTIFY_SOCKET", path.display().to_string()),
+        ("WATCHDOG_USEC", "400000".to_owned()),
+        ("RELAY_QUERY_TIMEOUT_MS", "1000".to_owned()),
+        ("RELAY_STUCK_AFTER_MS", "2000".to_owned()),
+        (
+            "OUTBOX_FAILPOINTS",
+            "relay-before-kafka-commit=hang".to_owned(),
+        ),
+    ] {
+        if !v.is_empty() {
+            env.push((k.into(), v));
+        }
+    }
+    let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
+    let s = std::sync::Arc::clone(&socket);
+    let first = tokio::task::spawn_blocking(move || receive(&s, Duration::from_secs(30))).await??;
+    assert_eq!(first, "READY=1");
+    stack
+        .pg()
+        .await?
+        .execute(
+            "INSERT INTO user_logins (username, event_type, event_time) VALUES ('u', 'login', now())",
+            &[],
+        )
+        .await?;
+    let log = relay.log.clone();
+    wait_until("the flow loop hanging", Duration::from_secs(30), || async {
+        Ok(std::fs::read_to_string(&log)?.contains("failpoint relay-before-kafka-commit: hanging"))
+    })
+    .await;
+    // Pings go on until the loop has been quiet for RELAY_STUCK_AFTER_MS,
+    // then stop for good.
+    let s = std::sync::Arc::clone(&socket);
+    let silence = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last_ping = Instant::now();
+        while Instant::now() < deadline {
+            match receive(&s, Duration::from_secs(3)) {
+                Ok(m) if m == "WATCHDOG=1" => last_ping = Instant::now(),
+                Ok(_) => {}
+                Err(_) => return Ok(last_ping.elapsed()),
+            }
+        }
+        anyhow::bail!("the watchdog was still fed 20 s after the loop hung")
+    })
+    .await??;
+    assert!(silence >= Duration::from_secs(3), "no ping for {silence:?}");
+    assert!(relay.is_running(), "the process itself lives on");
+    assert!(
+        std::fs::read_to_string(&relay.log)?
+            .contains("flow loop stuck; no longer feeding the systemd watchdog"),
+        "the relay says why"
+    );
+    relay.kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_status_and_reconcile_report_what_is_stored() -> anyhow::Result<()> {
     let mut stack = TestStack::start("sinkstatus").await?;

@@ -5,7 +5,8 @@
 //! Actions: a probability (`0.05`) aborts the process (like kill -9: no
 //! cleanup, no flush) when the draw hits; `pause` stops the process with
 //! SIGSTOP the first time the point is reached (a frozen, then resumed
-//! "zombie": the test sends SIGCONT). Every hit is announced on stderr as
+//! "zombie": the test sends SIGCONT); `hang` blocks the calling thread for
+//! ever (a stuck loop in a live process). Every hit is announced on stderr as
 //! `failpoint NAME: …`, so a test counts hits in the daemon's log.
 //!
 //! Points: `relay-before-kafka-commit` (batch produced, Kafka transaction
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 enum Action {
     Abort(f64),
     Pause,
+    Hang,
 }
 
 static POINTS: OnceLock<Vec<(String, Action)>> = OnceLock::new();
@@ -32,6 +34,7 @@ fn parse(spec: &str) -> Vec<(String, Action)> {
             let (name, action) = spec.split_once('=')?;
             let action = match action.trim() {
                 "pause" => Action::Pause,
+                "hang" => Action::Hang,
                 p => Action::Abort(p.parse().ok()?),
             };
             Some((name.trim().to_owned(), action))
@@ -56,6 +59,12 @@ pub fn hit(name: &str) {
             if f64::from(nanos % 1_000_000) / 1_000_000.0 < p {
                 eprintln!("failpoint {name}: aborting");
                 std::process::abort();
+            }
+        }
+        Action::Hang => {
+            eprintln!("failpoint {name}: hanging");
+            loop {
+                std::thread::park();
             }
         }
         Action::Pause => {

@@ -3,12 +3,18 @@
 //! shutdown. Outside systemd (no `NOTIFY_SOCKET`) every call does nothing.
 //!
 //! The watchdog pings come from the async runtime itself, so a daemon whose
-//! runtime hangs stops pinging and systemd restarts it. A pipeline that is
-//! alive but stalled (its backlog not moving) is reported by `/readyz`, not
-//! by the watchdog: restarting would not cure a database that is down.
+//! runtime hangs stops pinging and systemd restarts it; so does one whose
+//! flow loop stopped turning ([`Beats`]: a loop that has not beaten for its
+//! `stuck_after` is stuck — every wait inside it is bounded, so that is a
+//! hang, not a slow database). A pipeline that is alive but stalled (its
+//! backlog not moving, e.g. a database that is down while the loop retries)
+//! is reported by `/readyz`, not by the watchdog: restarting would not cure
+//! a database that is down.
 
+use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -49,9 +55,41 @@ pub fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
+/// When each flow loop last turned. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Beats {
+    last: Arc<Mutex<BTreeMap<String, Instant>>>,
+}
+
+impl Beats {
+    /// `flow`'s loop is turning.
+    pub fn beat(&self, flow: &str) {
+        if let Ok(mut last) = self.last.lock() {
+            last.insert(flow.to_owned(), Instant::now());
+        }
+    }
+
+    /// The flow whose loop has not turned for longer than `after`, and for
+    /// how long.
+    pub fn stuck(&self, after: Duration) -> Option<(String, Duration)> {
+        let last = self.last.lock().ok()?;
+        last.iter()
+            .map(|(flow, at)| (flow.clone(), at.elapsed()))
+            .filter(|(_, quiet)| *quiet > after)
+            .max_by_key(|(_, quiet)| *quiet)
+    }
+}
+
 /// Tells systemd the daemon is ready and keeps the watchdog fed until
 /// `shutdown`, then says it is stopping.
 pub fn ready(shutdown: &CancellationToken) {
+    ready_watching(shutdown, Beats::default(), Duration::MAX);
+}
+
+/// [`ready`], feeding the watchdog only while no loop of `beats` has been
+/// quiet for longer than `stuck_after`: a stuck flow gets the daemon
+/// restarted by systemd (`WatchdogSec=`).
+pub fn ready_watching(shutdown: &CancellationToken, beats: Beats, stuck_after: Duration) {
     if !notify("READY=1") {
         return;
     }
@@ -59,6 +97,7 @@ pub fn ready(shutdown: &CancellationToken) {
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
         let interval = watchdog_interval();
+        let mut reported = false;
         loop {
             let tick = async {
                 match interval {
@@ -67,7 +106,18 @@ pub fn ready(shutdown: &CancellationToken) {
                 }
             };
             tokio::select! {
-                () = tick => { notify("WATCHDOG=1"); }
+                () = tick => match beats.stuck(stuck_after) {
+                    None => {
+                        notify("WATCHDOG=1");
+                        reported = false;
+                    }
+                    Some((flow, quiet)) => {
+                        if !reported {
+                            tracing::error!(flow, quiet_s = quiet.as_secs(), "flow loop stuck; no longer feeding the systemd watchdog");
+                            reported = true;
+                        }
+                    }
+                },
                 () = shutdown.cancelled() => {
                     notify("STOPPING=1");
                     return;
@@ -109,6 +159,24 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = listener.recv(&mut buf).expect("recv");
         assert_eq!(&buf[..n], b"WATCHDOG=1");
+    }
+
+    #[test]
+    fn a_loop_quiet_too_long_is_stuck() {
+        let beats = Beats::default();
+        assert_eq!(beats.stuck(Duration::ZERO), None, "no loops, nothing stuck");
+        beats.beat("a");
+        assert_eq!(beats.stuck(Duration::from_secs(60)), None);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            beats
+                .stuck(Duration::from_millis(1))
+                .map(|(f, _)| f)
+                .as_deref(),
+            Some("a")
+        );
+        beats.beat("a");
+        assert_eq!(beats.stuck(Duration::from_secs(60)), None);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "RELAY_POLL_INTERVAL_MS",
     "RELAY_STANDBY_RETRY_MS",
     "RELAY_QUERY_TIMEOUT_MS",
+    "RELAY_STUCK_AFTER_MS",
     "RELAY_SESSION_TIMEOUT_MS",
     "RELAY_TRANSACTIONAL_ID_PREFIX",
     "RELAY_METRICS_ADDR",
@@ -91,6 +92,10 @@ pub struct RelayConfig {
     /// A flow with pending rows and nothing moving for this long is not
     /// ready (`/readyz`).
     pub stall_after: Duration,
+    /// A flow loop that has not turned for this long is stuck: the systemd
+    /// watchdog is no longer fed (every wait in the loop is bounded, by
+    /// `RELAY_QUERY_TIMEOUT_MS`, Kafka's timeouts and the backoff ceiling).
+    pub stuck_after: Duration,
 }
 
 /// Settings the `migrate` command needs: only the database.
@@ -137,6 +142,16 @@ impl RelayConfig {
                 "must be at least twice RELAY_POLL_INTERVAL_MS",
             ));
         }
+        // A Kafka flush and commit may take 30 s each before they fail.
+        let stuck_after = Duration::from_millis(env.positive_or("RELAY_STUCK_AFTER_MS", 120_000)?);
+        let standby_retry =
+            Duration::from_millis(env.positive_or("RELAY_STANDBY_RETRY_MS", 1_000)?);
+        if stuck_after < 2 * postgres.query_timeout.max(poll_interval).max(standby_retry) {
+            return Err(SettingError::new(
+                "RELAY_STUCK_AFTER_MS",
+                "must be at least twice RELAY_QUERY_TIMEOUT_MS, RELAY_POLL_INTERVAL_MS and RELAY_STANDBY_RETRY_MS",
+            ));
+        }
         Ok(Self {
             postgres,
             kafka: KafkaConfig {
@@ -151,9 +166,7 @@ impl RelayConfig {
             batch: BatchConfig {
                 batch_size: u32::try_from(batch_size).unwrap_or(100_000),
                 poll_interval,
-                standby_retry: Duration::from_millis(
-                    env.positive_or("RELAY_STANDBY_RETRY_MS", 1_000)?,
-                ),
+                standby_retry,
             },
             flows: selected_flows(env)?,
             metrics_addr: flows::http::parse_addr(
@@ -161,6 +174,7 @@ impl RelayConfig {
                 &env.string_or("RELAY_METRICS_ADDR", "127.0.0.1:9101"),
             )?,
             stall_after: Duration::from_millis(env.positive_or("RELAY_STALL_AFTER_MS", 60_000)?),
+            stuck_after,
         })
     }
 }

@@ -30,6 +30,8 @@ pub struct FlowRelay {
     pub config: Arc<RelayConfig>,
     pub wake: Arc<Notify>,
     pub metrics: Metrics,
+    /// This flow's loop turning, for the systemd watchdog.
+    pub beats: flows::systemd::Beats,
 }
 
 /// Postgres connections per leader (see `pipeline`). Measured on 2 cores:
@@ -53,8 +55,14 @@ impl FlowRelay {
         let flow = self.flow.name.to_string();
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
-            let Some(client) =
-                flows::pg::connect(&self.config.postgres.url, &flow, &shutdown).await
+            self.beats.beat(&flow);
+            let Some(client) = self
+                .beating(flows::pg::connect(
+                    &self.config.postgres.url,
+                    &flow,
+                    &shutdown,
+                ))
+                .await
             else {
                 break;
             };
@@ -97,7 +105,14 @@ impl FlowRelay {
         let mut lanes = vec![first];
         for lane in 0..LANES {
             if lane > 0 {
-                match flows::pg::connect(&self.config.postgres.url, &flow, shutdown).await {
+                match self
+                    .beating(flows::pg::connect(
+                        &self.config.postgres.url,
+                        &flow,
+                        shutdown,
+                    ))
+                    .await
+                {
                     Some(client) => lanes.push(client),
                     None => return Ok(()),
                 }
@@ -116,7 +131,7 @@ impl FlowRelay {
             }
         }
         tracing::info!(flow, "active relay for this flow");
-        let Some(mut publisher) = self.new_publisher(backoff, shutdown).await else {
+        let Some(mut publisher) = self.beating(self.new_publisher(backoff, shutdown)).await else {
             return Ok(());
         };
         let stats = FlowStats::new(&self.metrics, &flow);
@@ -139,6 +154,7 @@ impl FlowRelay {
     ) -> Result<(), RelayError> {
         let flow = self.flow.name.to_string();
         loop {
+            self.beats.beat(&flow);
             if shutdown.is_cancelled() {
                 return Ok(());
             }
@@ -146,6 +162,7 @@ impl FlowRelay {
             for (source, table) in sources {
                 let pipeline = Lanes {
                     lanes,
+                    beats: &self.beats,
                     query_timeout: self.config.postgres.query_timeout,
                     publisher,
                     flow: &flow,
@@ -159,10 +176,11 @@ impl FlowRelay {
                         if drained.set_aside > 0 {
                             // The aborted transaction may leave the producer
                             // needing an epoch bump (see error::classify).
-                            *publisher = match self.new_publisher(backoff, shutdown).await {
-                                Some(p) => p,
-                                None => return Ok(()),
-                            };
+                            *publisher =
+                                match self.beating(self.new_publisher(backoff, shutdown)).await {
+                                    Some(p) => p,
+                                    None => return Ok(()),
+                                };
                         }
                     }
                     Err(err) => match classify(&err) {
@@ -173,10 +191,11 @@ impl FlowRelay {
                             if !sleep_or_shutdown(delay, shutdown).await {
                                 return Ok(());
                             }
-                            *publisher = match self.new_publisher(backoff, shutdown).await {
-                                Some(p) => p,
-                                None => return Ok(()),
-                            };
+                            *publisher =
+                                match self.beating(self.new_publisher(backoff, shutdown)).await {
+                                    Some(p) => p,
+                                    None => return Ok(()),
+                                };
                         }
                         Recovery::Reconnect | Recovery::Fatal => {
                             stats.failed.inc();
@@ -217,6 +236,7 @@ impl FlowRelay {
         let flow = self.flow.name.to_string();
         let mut announced = false;
         loop {
+            self.beats.beat(&self.flow.name.to_string());
             let won: bool = within(
                 self.config.postgres.query_timeout,
                 "the leader lock",
@@ -237,6 +257,21 @@ impl FlowRelay {
             tokio::select! {
                 () = tokio::time::sleep(self.config.batch.standby_retry) => {}
                 () = shutdown.cancelled() => return Ok(false),
+            }
+        }
+    }
+
+    /// Runs `wait` — a retry loop whose every attempt is bounded — beating
+    /// for the watchdog meanwhile: waiting out an unreachable service is
+    /// not being stuck.
+    async fn beating<T>(&self, wait: impl std::future::Future<Output = T>) -> T {
+        let flow = self.flow.name.to_string();
+        let mut wait = std::pin::pin!(wait);
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                done = &mut wait => return done,
+                _ = every.tick() => self.beats.beat(&flow),
             }
         }
     }

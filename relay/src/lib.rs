@@ -56,7 +56,8 @@ pub async fn run(
         flows::health::probe_interval(config.stall_after),
         shutdown.clone(),
     ));
-    flows::systemd::ready(&shutdown);
+    let beats = flows::systemd::Beats::default();
+    flows::systemd::ready_watching(&shutdown, beats.clone(), config.stuck_after);
     let mut wakers = Wakers::default();
     let mut workers = tokio::task::JoinSet::new();
     for flow in config.flows.iter().filter(|f| !f.sources.is_empty()) {
@@ -69,6 +70,7 @@ pub async fn run(
             config: Arc::clone(&config),
             wake,
             metrics: metrics.clone(),
+            beats: beats.clone(),
         };
         workers.spawn(relay.run(shutdown.clone()));
     }

@@ -49,6 +49,8 @@ pub struct Lanes<'a> {
     pub lanes: &'a [Client],
     /// Each Postgres call's deadline (`RELAY_QUERY_TIMEOUT_MS`).
     pub query_timeout: Duration,
+    /// Beaten once per batch (the systemd watchdog's view of the loop).
+    pub beats: &'a flows::systemd::Beats,
     pub publisher: &'a SharedPublisher,
     pub flow: &'a str,
     pub batch_size: u32,
@@ -88,6 +90,7 @@ impl Lanes<'_> {
         let mut previous: Option<Published> = None;
         let mut turn = 1;
         loop {
+            self.beats.beat(self.flow);
             let full = current.batch.len() == self.batch_size as usize;
             let prefetch = full && turn < MAX_BATCHES_PER_TURN && !shutdown.is_cancelled();
             let this = current.lane;
