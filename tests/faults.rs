@@ -814,3 +814,129 @@ async fn postgres_path_blackholed_the_standby_takes_over_within_a_minute() -> an
     sink.stop().await?;
     Ok(())
 }
+
+/// Watches a group's committed offsets every 50 ms until `stop`; returns
+/// how many changes it saw and every move backwards `(partition, from, to)`.
+fn watch_committed(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<(u64, Vec<(i32, i64, i64)>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    let mut seen: BTreeMap<i32, i64> = BTreeMap::new();
+    let (mut changes, mut backwards) = (0, Vec::new());
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let committed = consumer.committed_offsets(tpl.clone(), Duration::from_secs(10))?;
+        for e in committed.elements() {
+            if let rdkafka::Offset::Offset(at) = e.offset() {
+                match seen.insert(e.partition(), at) {
+                    Some(before) if at < before => backwards.push((e.partition(), before, at)),
+                    Some(before) if at == before => {}
+                    _ => changes += 1,
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((changes, backwards))
+}
+
+/// A slow sink (crash point `sink-after-insert=delay:3000`: each batch waits
+/// 3 s between ClickHouse accepting it and its offset commit) while fast
+/// members join and leave its group: a partition revoked while a batch was
+/// being stored belongs to another member, which may have committed further
+/// already — the slow sink must not commit it (it used to, moving the
+/// group's offset backwards). The group's committed offsets, watched every
+/// 50 ms, never decrease; nothing lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sink_never_commits_for_partitions_revoked_mid_batch() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("f_revoked").await?;
+    let relay = stack.spawn_relay(&Metrics::default())?;
+    let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
+    let mut slow_env = stack.daemon_env();
+    slow_env.push((
+        "OUTBOX_FAILPOINTS".into(),
+        "sink-after-insert=delay:3000".into(),
+    ));
+    let slow = Daemon::spawn("sink", &["run"], &slow_env, &label(&stack, "sink", 0));
+    let topic = stack.topic("user_events");
+    let group = format!("{}.user-logins-consumer", stack.name);
+    wait_until(
+        "the slow sink's first commit",
+        Duration::from_secs(30),
+        || async { Ok(stack.ch_count_final("user_logins").await? > 0) },
+    )
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (b, g, t, stop) = (
+            stack.kafka_brokers.clone(),
+            group.clone(),
+            topic.clone(),
+            stop.clone(),
+        );
+        tokio::task::spawn_blocking(move || watch_committed(&b, &g, &t, &stop))
+    };
+    let rounds = rounds(3, 6);
+    for round in 0..rounds {
+        let stored = stack.ch_count_final("user_logins").await?;
+        let mut fast = Daemon::spawn(
+            "sink",
+            &["run"],
+            &stack.daemon_env(),
+            &label(&stack, "sink", round + 1),
+        );
+        // Joined and loading its share: rows arrive faster than the slow
+        // sink alone stores them.
+        wait_until(
+            "the fast member loading",
+            Duration::from_secs(30),
+            || async { Ok(stack.ch_count_final("user_logins").await? > stored + 200) },
+        )
+        .await;
+        let status = fast.terminate(Duration::from_secs(15)); // leaves: rebalance again
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the fast sink stopped cleanly: {status:?}"
+        );
+    }
+    load.stop().await;
+    let recovering = Instant::now();
+    let report = verify(
+        &stack,
+        "A slow sink (3 s per batch) while members join and leave",
+        rounds * 2,
+        recovering,
+        &format!("{rounds} members joined and left; committed offsets watched every 50 ms"),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (changes, backwards) = watcher.await??;
+    assert!(changes > 0, "the watcher saw commits");
+    assert!(
+        backwards.is_empty(),
+        "committed offsets moved backwards (partition, from, to): {backwards:?}"
+    );
+    let log = std::fs::read_to_string(&slow.log)?;
+    eprintln!(
+        "{} commit changes watched; the slow sink left {} revoked partitions' offsets to their new owner; {} rows",
+        changes,
+        log.matches("partitions revoked while the batch was stored")
+            .count(),
+        report.rows_sent
+    );
+    relay.stop().await?;
+    Ok(())
+}

@@ -6,7 +6,8 @@
 //! cleanup, no flush) when the draw hits; `pause` stops the process with
 //! SIGSTOP the first time the point is reached (a frozen, then resumed
 //! "zombie": the test sends SIGCONT); `hang` blocks the calling thread for
-//! ever (a stuck loop in a live process). Every hit is announced on stderr as
+//! ever (a stuck loop in a live process); `delay:MS` waits that long there
+//! every time (a slow step). Every hit is announced on stderr as
 //! `failpoint NAME: …`, so a test counts hits in the daemon's log.
 //!
 //! Points: `relay-before-kafka-commit` (batch produced, Kafka transaction
@@ -23,6 +24,7 @@ enum Action {
     Abort(f64),
     Pause,
     Hang,
+    Delay(std::time::Duration),
 }
 
 static POINTS: OnceLock<Vec<(String, Action)>> = OnceLock::new();
@@ -35,6 +37,9 @@ fn parse(spec: &str) -> Vec<(String, Action)> {
             let action = match action.trim() {
                 "pause" => Action::Pause,
                 "hang" => Action::Hang,
+                d if d.starts_with("delay:") => {
+                    Action::Delay(std::time::Duration::from_millis(d[6..].parse().ok()?))
+                }
                 p => Action::Abort(p.parse().ok()?),
             };
             Some((name.trim().to_owned(), action))
@@ -61,6 +66,7 @@ pub fn hit(name: &str) {
                 std::process::abort();
             }
         }
+        Action::Delay(d) => std::thread::sleep(d),
         Action::Hang => {
             eprintln!("failpoint {name}: hanging");
             loop {
@@ -75,6 +81,16 @@ pub fn hit(name: &str) {
             stop_this_process();
             eprintln!("failpoint {name}: resumed");
         }
+    }
+}
+
+/// [`hit`] for async code: `delay:MS` sleeps on the runtime's timer (the
+/// task waits, other tasks run); the other actions as in [`hit`].
+pub async fn hit_async(name: &str) {
+    match points().iter().find(|(n, _)| n == name) {
+        Some((_, Action::Delay(d))) => tokio::time::sleep(*d).await,
+        Some(_) => hit(name),
+        None => {}
     }
 }
 

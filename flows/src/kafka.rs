@@ -321,6 +321,80 @@ impl ErrorRecorder {
     }
 }
 
+/// The partitions a group consumer owns right now, kept by its rebalance
+/// callbacks: offsets are committed only for these (a partition revoked
+/// while its batch was being stored belongs to another member now, which
+/// may already have committed further — committing ours would move its
+/// offset backwards), and a revocation is counted so that a loop can drop
+/// work taken in before it.
+#[derive(Default)]
+pub struct Ownership {
+    owned: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+    revocations: std::sync::atomic::AtomicU64,
+}
+
+impl Ownership {
+    /// How many revocations this consumer has seen.
+    pub fn revocations(&self) -> u64 {
+        self.revocations.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.owned
+            .lock()
+            .is_ok_and(|owned| owned.contains(&(topic.to_owned(), partition)))
+    }
+
+    /// `offsets` without the partitions this consumer does not own.
+    pub fn only_owned(&self, offsets: &TopicPartitionList) -> TopicPartitionList {
+        let mut kept = TopicPartitionList::new();
+        for e in offsets.elements() {
+            if self.owns(e.topic(), e.partition()) {
+                let _ = kept.add_partition_offset(e.topic(), e.partition(), e.offset());
+            }
+        }
+        kept
+    }
+}
+
+impl ClientContext for Ownership {}
+
+impl rdkafka::consumer::ConsumerContext for Ownership {
+    fn pre_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(list) = rebalance {
+            if let Ok(mut owned) = self.owned.lock() {
+                for e in list.elements() {
+                    owned.remove(&(e.topic().to_owned(), e.partition()));
+                }
+            }
+            self.revocations
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn post_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Assign(list) = rebalance
+            && let Ok(mut owned) = self.owned.lock()
+        {
+            for e in list.elements() {
+                owned.insert((e.topic().to_owned(), e.partition()));
+            }
+        }
+    }
+}
+
+/// The sink's and the stage's consumer: a stream consumer that knows what
+/// it owns ([`Ownership`]).
+pub type GroupConsumer = rdkafka::consumer::StreamConsumer<Ownership>;
+
 /// read_committed (aborted transactions are never loaded), offsets committed
 /// by hand only after the work is durable, a missing topic created on
 /// subscribe where the cluster allows it and new topics noticed within
@@ -358,7 +432,9 @@ pub fn consumer_config(kafka: &KafkaEndpoint, group: &str, client_id: &str) -> C
 /// batch "last offset + 1" stays one short of the end for ever (a healthy
 /// idle consumer would show lag 1); a consumer with nothing taken in and not
 /// yet stored commits this instead.
-pub fn positions<C: Consumer>(consumer: &C) -> Result<TopicPartitionList, KafkaError> {
+pub fn positions<X: rdkafka::consumer::ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
+) -> Result<TopicPartitionList, KafkaError> {
     let mut at = TopicPartitionList::new();
     for e in consumer.position()?.elements() {
         if let Offset::Offset(o) = e.offset() {
@@ -383,7 +459,7 @@ pub fn same_offsets(a: &TopicPartitionList, b: &TopicPartitionList) -> bool {
 /// marker or aborted record that read_committed never delivers. Outside any
 /// transaction; a failure is retried at the next call.
 pub async fn commit_position_if_moved(
-    consumer: &std::sync::Arc<rdkafka::consumer::StreamConsumer>,
+    consumer: &std::sync::Arc<GroupConsumer>,
     last: &mut TopicPartitionList,
     flow: &str,
 ) {
@@ -394,6 +470,7 @@ pub async fn commit_position_if_moved(
             return;
         }
     };
+    let at = consumer.context().only_owned(&at);
     if at.count() == 0 || same_offsets(&at, last) {
         return;
     }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::Offset;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
+
+use crate::kafka::GroupConsumer;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::FlowHealth;
@@ -42,7 +44,7 @@ pub struct LagProbe {
 
 /// (topic, partition, lag) of every assigned partition. Blocking.
 pub fn partition_lag(
-    consumer: &StreamConsumer,
+    consumer: &GroupConsumer,
     from: LagFrom,
 ) -> Result<Vec<(String, i32, i64)>, rdkafka::error::KafkaError> {
     let offsets = match from {
@@ -63,7 +65,7 @@ pub fn partition_lag(
 
 /// Probes until `shutdown`.
 pub async fn run(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<GroupConsumer>,
     probe: LagProbe,
     flow: String,
     metrics: Metrics,

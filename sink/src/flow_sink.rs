@@ -17,9 +17,10 @@ use std::time::Instant;
 use bytes::BytesMut;
 use flows::Flow;
 use flows::backoff::Backoff;
+use flows::kafka::{GroupConsumer, Ownership};
 use flows::metrics::Metrics;
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -66,13 +67,13 @@ pub fn consumer(
     kafka: &crate::config::KafkaConfig,
     group: &str,
     flow: &str,
-) -> Result<StreamConsumer, KafkaError> {
+) -> Result<GroupConsumer, KafkaError> {
     let mut config =
         flows::kafka::consumer_config(&kafka.endpoint, group, &format!("outbox-sink-{group}"));
     if let Some(id) = &kafka.group_instance_id {
         config.set("group.instance.id", format!("{id}.{flow}"));
     }
-    config.create()
+    config.create_with_context(Ownership::default())
 }
 
 impl FlowSink {
@@ -228,7 +229,7 @@ impl FlowSink {
     async fn flush(
         &self,
         mut batch: PendingBatch,
-        consumer: &Arc<StreamConsumer>,
+        consumer: &Arc<GroupConsumer>,
         dlq: &DeadLetterQueue,
         stop: &CancellationToken,
         stats: &SinkStats,
@@ -284,7 +285,7 @@ impl FlowSink {
                 }
             }
         }
-        flows::failpoint::hit("sink-after-insert");
+        flows::failpoint::hit_async("sink-after-insert").await;
         let inserted = Instant::now();
         stats.insert.observe_duration(inserted - started);
         stats.last_insert.set(flows::time::unix_now());
@@ -295,6 +296,26 @@ impl FlowSink {
                 tracing::warn!(flow, %error, "cannot record offset");
             }
         }
+        // Partitions revoked while the batch was stored belong to another
+        // member now: their rows are stored (a repeat there is absorbed),
+        // but their offsets are the new owner's to commit.
+        let owned = consumer.context().only_owned(&offsets);
+        let foreign = offsets.count() - owned.count();
+        if foreign > 0 {
+            self.metrics
+                .counter(
+                    "sink_offsets_not_committed_revoked_total",
+                    "Partition offsets of a stored batch not committed because the partition was revoked meanwhile.",
+                    &[("flow", flow)],
+                )
+                .add(foreign as i64);
+            tracing::info!(
+                flow,
+                partitions = foreign,
+                "partitions revoked while the batch was stored; their offsets are left to the new owner"
+            );
+        }
+        let offsets = owned;
         let committer = Arc::clone(consumer);
         match tokio::task::spawn_blocking(move || committer.commit(&offsets, CommitMode::Sync))
             .await

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use flows::Flow;
 use flows::backoff::Backoff;
 use flows::definition::{StageDef, Transform};
+use flows::kafka::{GroupConsumer, Ownership};
 use flows::metrics::Metrics;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -96,13 +97,13 @@ impl FlowStage {
         shutdown: &CancellationToken,
     ) -> Result<(), StageError> {
         let flow = self.flow.name.to_string();
-        let consumer: Arc<StreamConsumer> = Arc::new(
+        let consumer: Arc<GroupConsumer> = Arc::new(
             flows::kafka::consumer_config(
                 &self.config.kafka,
                 &self.stage.consumer_group,
                 &format!("outbox-stage-{flow}"),
             )
-            .create()?,
+            .create_with_context(Ownership::default())?,
         );
         let producer: Arc<BaseProducer> = Arc::new(
             self.config
@@ -153,6 +154,9 @@ impl FlowStage {
                 Some(batch) => batch,
                 None => return Ok(()),
             };
+            if records.is_empty() && offsets.count() == 0 {
+                continue;
+            }
             let count = records.len();
             let group = consumer
                 .group_metadata()
@@ -178,7 +182,7 @@ impl FlowStage {
     #[allow(clippy::type_complexity)]
     async fn collect_batch(
         &self,
-        consumer: &Arc<StreamConsumer>,
+        consumer: &Arc<GroupConsumer>,
         shutdown: &CancellationToken,
         idle_committed: &mut TopicPartitionList,
     ) -> Result<Option<(Vec<OutRecord>, TopicPartitionList)>, StageError> {
@@ -187,7 +191,15 @@ impl FlowStage {
         let mut deadline: Option<Instant> = None;
         let mut idle_check = tokio::time::interval(IDLE_COMMIT_EVERY);
         idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while records.len() < self.config.batch_size {
+        let mut revocations = consumer.context().revocations();
+        loop {
+            self.drop_if_revoked(consumer, &mut revocations, &mut records, &mut next);
+            if records.is_empty() {
+                deadline = None;
+            }
+            if records.len() >= self.config.batch_size {
+                break;
+            }
             let wait = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -214,6 +226,12 @@ impl FlowStage {
                             continue;
                         }
                     };
+                    // The rebalance callbacks run inside recv: a message
+                    // after a revocation belongs to the new assignment.
+                    self.drop_if_revoked(consumer, &mut revocations, &mut records, &mut next);
+                    if records.is_empty() {
+                        deadline = None;
+                    }
                     deadline.get_or_insert_with(|| Instant::now() + self.config.flush_interval);
                     next.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
                     records.push(self.transform(&message));
@@ -221,6 +239,7 @@ impl FlowStage {
                 () = wait => break,
             }
         }
+        self.drop_if_revoked(consumer, &mut revocations, &mut records, &mut next);
         // Everything delivered is in this batch, so the consumer's position
         // (past transaction markers, see `flows::kafka::positions`) commits
         // with it where it is ahead of the last record + 1.
@@ -237,7 +256,37 @@ impl FlowStage {
         for ((topic, partition), offset) in next {
             offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
         }
-        Ok(Some((records, offsets)))
+        Ok(Some((records, consumer.context().only_owned(&offsets))))
+    }
+
+    /// A revocation (eager protocol: every partition) restarts each
+    /// reassigned partition from its committed offset, so what was taken in
+    /// before it would come again into this same batch: drop it (whoever
+    /// owns the partitions now reads it again).
+    fn drop_if_revoked(
+        &self,
+        consumer: &GroupConsumer,
+        seen: &mut u64,
+        records: &mut Vec<OutRecord>,
+        next: &mut BTreeMap<(String, i32), i64>,
+    ) {
+        let now = consumer.context().revocations();
+        if now == *seen {
+            return;
+        }
+        *seen = now;
+        if !records.is_empty() {
+            self.metrics
+                .counter(
+                    "stage_records_dropped_on_revocation_total",
+                    "Input records taken in before a rebalance revoked their partitions, dropped uncommitted (read again from the committed offsets).",
+                    &[("flow", self.flow.name.as_str())],
+                )
+                .add(records.len() as i64);
+            tracing::info!(flow = %self.flow.name, records = records.len(), "partitions revoked: the open batch is dropped and read again");
+        }
+        records.clear();
+        next.clear();
     }
 
     fn transform(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> OutRecord {
