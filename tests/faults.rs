@@ -940,3 +940,106 @@ async fn a_slow_sink_never_commits_for_partitions_revoked_mid_batch() -> anyhow:
     relay.stop().await?;
     Ok(())
 }
+
+/// The sink's target table gone under load (detached, so that the rows
+/// stored before stay countable), then back (attached): the
+/// flow is not ready at once, saying which table ClickHouse refuses and
+/// why; the group's committed offsets stay where the last accepted batch
+/// left them; once the table is back the sink resumes by itself and the
+/// flow is ready. Nothing lost, nothing doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_target_table_makes_the_flow_not_ready_and_it_recovers() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut stack = stack("f_table_gone").await?;
+    let addr = outbox_tests::http::free_addr()?;
+    stack
+        .overrides
+        .push(("SINK_METRICS_ADDR".into(), addr.clone()));
+    let metrics = Metrics::default();
+    let relay = stack.spawn_relay(&metrics)?;
+    let sink = stack.spawn_sink(&metrics)?;
+    let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
+    wait_until("rows loaded", Duration::from_secs(30), || async {
+        Ok(stack.ch_count_final("user_logins").await? > 0)
+    })
+    .await;
+    stack
+        .ch()
+        .query("DETACH TABLE user_logins")
+        .execute()
+        .await?;
+    let dropped = Instant::now();
+    wait_until(
+        "/readyz naming the refused table",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = outbox_tests::http::get(&addr, "/readyz").await?;
+            Ok(status == 503
+                && body.contains(
+                    "ClickHouse refuses inserts into user_logins: the table does not exist",
+                ))
+        },
+    )
+    .await;
+    let noticed = dropped.elapsed();
+    // While refused, the offsets stay put: nothing is committed past the
+    // last batch ClickHouse accepted.
+    let (b, g, t) = (
+        stack.kafka_brokers.clone(),
+        format!("{}.user-logins-consumer", stack.name),
+        stack.topic("user_events"),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (b, g, t, stop) = (b.clone(), g.clone(), t.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || watch_committed(&b, &g, &t, &stop))
+    };
+    let refused_since = Instant::now();
+    wait_until(
+        "the refusal counted for a while",
+        Duration::from_secs(30),
+        || async {
+            Ok(refused_since.elapsed() > Duration::from_secs(3)
+                && metrics.value(
+                    "sink_insert_refused",
+                    &[("flow", "user_logins"), ("table", "user_logins")],
+                ) == 1)
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (changes_while_refused, _) = watcher.await??;
+    // The watcher counts each partition's first reading as a change.
+    let partitions = 4;
+    assert!(
+        changes_while_refused <= partitions,
+        "no offset committed while the table was gone ({changes_while_refused} changes)"
+    );
+    stack
+        .ch()
+        .query("ATTACH TABLE user_logins")
+        .execute()
+        .await?;
+    let restored = Instant::now();
+    wait_until("/readyz ready again", Duration::from_secs(60), || async {
+        let (status, _) = outbox_tests::http::get(&addr, "/readyz").await?;
+        Ok(status == 200)
+    })
+    .await;
+    load.stop().await;
+    verify(
+        &stack,
+        "Target table gone (detached), then back",
+        1,
+        restored,
+        &format!(
+            "not ready {:.1} s after it went, naming the table; no offset committed while it was gone; ready {:.1} s after it was back",
+            noticed.as_secs_f64(),
+            restored.elapsed().as_secs_f64()
+        ),
+    )
+    .await;
+    sink.stop().await?;
+    relay.stop().await?;
+    Ok(())
+}

@@ -7,20 +7,8 @@ use std::time::{Duration, Instant};
 
 use flows::metrics::Metrics;
 use outbox_tests::daemon::run_for_output;
+use outbox_tests::http::{free_addr, get};
 use outbox_tests::{Daemon, TestStack, wait_until};
-
-/// A free local port for a daemon's HTTP endpoint.
-fn free_addr() -> anyhow::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.to_string())
-}
-
-/// (status code, body) of `GET path`.
-async fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    flows::http::fetch(addr, path)
-        .await
-        .ok_or_else(|| anyhow::anyhow!("{addr} did not answer {path}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_flow_is_not_ready_until_its_rows_move() -> anyhow::Result<()> {

@@ -26,6 +26,10 @@ pub struct Health {
 }
 
 struct FlowState {
+    /// Set by the flow's own loop: something it cannot get past until an
+    /// operator acts (e.g. ClickHouse refusing the target table), with the
+    /// reason. Cleared when it gets past.
+    blocked: Option<String>,
     connected: bool,
     probed: bool,
     backlog: i64,
@@ -51,6 +55,7 @@ impl Health {
     /// Registers `flow` (not ready until its first probe).
     pub fn flow(&self, flow: &str) -> FlowHealth {
         self.lock().entry(flow.to_owned()).or_insert(FlowState {
+            blocked: None,
             connected: false,
             probed: false,
             backlog: 0,
@@ -79,7 +84,9 @@ impl Health {
         let mut report = String::new();
         for (flow, state) in self.lock().iter() {
             let still = now.saturating_duration_since(state.moved_at);
-            let verdict = if !state.probed {
+            let verdict = if let Some(reason) = &state.blocked {
+                format!("not ready: {reason}")
+            } else if !state.probed {
                 "not ready: not probed yet".to_owned()
             } else if !state.connected {
                 "not ready: cannot reach its systems".to_owned()
@@ -100,6 +107,21 @@ impl Health {
 }
 
 impl FlowHealth {
+    /// The flow cannot get past `reason` until someone acts: not ready,
+    /// saying why, whatever its probe sees.
+    pub fn block(&self, reason: &str) {
+        if let Some(state) = self.health.lock().get_mut(&self.flow) {
+            state.blocked = Some(reason.to_owned());
+        }
+    }
+
+    /// The flow got past what blocked it.
+    pub fn unblock(&self) {
+        if let Some(state) = self.health.lock().get_mut(&self.flow) {
+            state.blocked = None;
+        }
+    }
+
     /// The probe could not reach the flow's systems.
     pub fn unreachable(&self) {
         let mut flows = self.health.lock();
@@ -151,6 +173,23 @@ mod tests {
         // Rows move again: ready.
         flow.observe_at(90, 8, t0 + Duration::from_secs(32));
         assert!(health.check_at(t0 + Duration::from_secs(33)).0);
+    }
+
+    #[test]
+    fn a_blocked_flow_is_not_ready_with_its_reason_until_unblocked() {
+        let health = Health::new(Duration::from_secs(30));
+        let flow = health.flow("f");
+        let t0 = Instant::now();
+        flow.observe_at(0, 1, t0);
+        flow.block("ClickHouse refuses inserts into t: no such table");
+        let (ready, report) = health.check_at(t0);
+        assert!(!ready);
+        assert!(
+            report.contains("flow=f not ready: ClickHouse refuses inserts into t"),
+            "{report}"
+        );
+        flow.unblock();
+        assert!(health.check_at(t0).0);
     }
 
     #[test]

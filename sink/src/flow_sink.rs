@@ -243,9 +243,13 @@ impl FlowSink {
                 continue;
             }
             let rows = std::mem::replace(&mut batch.tables[i], BytesMut::new()).freeze();
+            let mut refused = false;
             loop {
                 match self.writer.insert(plan, rows.clone()).await {
                     Ok(()) => {
+                        if refused {
+                            self.refused(plan, None);
+                        }
                         self.metrics
                             .counter(
                                 "sink_rows_inserted_total",
@@ -257,6 +261,10 @@ impl FlowSink {
                     }
                     Err(error) => {
                         stats.insert_failures.inc();
+                        if let Some(reason) = crate::clickhouse::writer::refusal(&error) {
+                            refused = true;
+                            self.refused(plan, Some(&reason));
+                        }
                         let delay = backoff.next_delay();
                         tracing::warn!(flow, table = %plan.table, %error, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed; retrying, offsets not committed");
                         if !sleep_or_stop(delay, stop).await {
@@ -339,6 +347,36 @@ impl FlowSink {
             "batch flushed"
         );
         true
+    }
+}
+
+impl FlowSink {
+    /// ClickHouse refuses `plan`'s table for good (`Some(reason)`: the flow
+    /// is not ready, saying why, and `sink_insert_refused` is 1) or accepts
+    /// it again (`None`). Nothing is committed meanwhile: the batch is
+    /// retried until it is stored.
+    fn refused(&self, plan: &TablePlan, reason: Option<&str>) {
+        let flow = self.flow.name.as_str();
+        self.metrics
+            .gauge(
+                "sink_insert_refused",
+                "1 while ClickHouse refuses the target table for good (dropped, altered, no grant); the flow is not ready meanwhile.",
+                &[("flow", flow), ("table", &plan.table)],
+            )
+            .set(i64::from(reason.is_some()));
+        match reason {
+            Some(reason) => {
+                tracing::error!(flow, table = %plan.table, reason, "clickhouse refuses the target table; retrying, nothing committed");
+                self.health.block(&format!(
+                    "ClickHouse refuses inserts into {}: {reason}",
+                    plan.table
+                ));
+            }
+            None => {
+                tracing::info!(flow, table = %plan.table, "clickhouse accepts the target table again");
+                self.health.unblock();
+            }
+        }
     }
 }
 

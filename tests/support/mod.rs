@@ -21,6 +21,7 @@ pub mod browser;
 pub mod containers;
 pub mod daemon;
 pub mod faults;
+pub mod http;
 pub mod proxy;
 pub mod stack;
 pub mod tls_proxy;

@@ -1,0 +1,14 @@
+//! The daemons' HTTP endpoints from a test.
+
+/// A free local port for a daemon's HTTP endpoint.
+pub fn free_addr() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// (status code, body) of `GET path`.
+pub async fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    flows::http::fetch(addr, path)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("{addr} did not answer {path}"))
+}
