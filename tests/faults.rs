@@ -1056,3 +1056,124 @@ async fn a_missing_target_table_makes_the_flow_not_ready_and_it_recovers() -> an
     relay.stop().await?;
     Ok(())
 }
+
+/// Dead letters of one batch bound for two topics, one of which cannot be
+/// written (created with `max.message.bytes=64`: even a letter cut to its
+/// headers is too large): the flow is not ready, naming the topic,
+/// while the batch waits; the letter the other topic took is not sent
+/// again on each retry (it used to be); once the topic is writable the
+/// stream goes on. A 100 KiB key is cut to 16 KiB with a `key_truncated`
+/// header. Each letter exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_dead_letter_topic_is_not_ready_and_no_letter_is_doubled()
+-> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut stack = stack("f_dlq").await?;
+    let addr = outbox_tests::http::free_addr()?;
+    stack.overrides.extend([
+        ("SINK_METRICS_ADDR".to_owned(), addr.clone()),
+        ("SINK_DLQ_TIMEOUT_MS".to_owned(), "3000".to_owned()),
+    ]);
+    let (sales, warehouse) = (stack.topic("sales"), stack.topic("warehouse"));
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .create()?;
+    let stuck = format!("{warehouse}.dlq");
+    for result in admin
+        .create_topics(
+            &[
+                NewTopic::new(&sales, 4, TopicReplication::Fixed(1)),
+                NewTopic::new(&warehouse, 4, TopicReplication::Fixed(1)),
+                NewTopic::new(&stuck, 1, TopicReplication::Fixed(1))
+                    .set("max.message.bytes", "64"),
+            ],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    let metrics = Metrics::default();
+    let sink = stack.spawn_sink(&metrics)?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .create()?;
+    let big_key = vec![b'k'; 100 * 1024];
+    producer
+        .send(
+            FutureRecord::to(&sales)
+                .key(&big_key[..])
+                .payload("not json"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    producer
+        .send(
+            FutureRecord::to(&warehouse)
+                .key("w")
+                .payload("not json either"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    outbox_tests::wait::wait_for(
+        "/readyz naming the unwritable topic",
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = outbox_tests::http::get(&addr, "/readyz").await?;
+            let named = body.contains(&format!("dead-letter topic {stuck} cannot be written"));
+            Ok(if status == 503 && named {
+                Ok(())
+            } else {
+                Err(format!("{status}: {body}"))
+            })
+        },
+    )
+    .await;
+    // Several attempts while the topic stays unwritable: before the fix each
+    // one wrote the other topic's letter again.
+    wait_until("three failed attempts", Duration::from_secs(60), || async {
+        Ok(metrics.value("sink_dead_letter_failures_total", &[("flow", "sales")]) >= 3)
+    })
+    .await;
+    let mut fix =
+        rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(&stuck));
+    fix = fix.set("max.message.bytes", "1048588");
+    for result in admin.alter_configs(&[fix], &AdminOptions::new()).await? {
+        result.map_err(|(r, e)| anyhow::anyhow!("altering {r:?}: {e}"))?;
+    }
+    wait_until("/readyz ready again", Duration::from_secs(60), || async {
+        let (status, _) = outbox_tests::http::get(&addr, "/readyz").await?;
+        Ok(status == 200)
+    })
+    .await;
+    let topics = vec![format!("{sales}.dlq"), stuck.clone()];
+    let b = stack.kafka_brokers.clone();
+    let letters = tokio::task::spawn_blocking(move || {
+        outbox_tests::topic::read_all(&b, &topics, outbox_tests::topic::Isolation::Uncommitted)
+    })
+    .await??;
+    let per_topic = |t: &str| letters.iter().filter(|l| l.topic == t).count();
+    assert_eq!(
+        (per_topic(&format!("{sales}.dlq")), per_topic(&stuck)),
+        (1, 1),
+        "each letter exactly once: {:?}",
+        letters
+            .iter()
+            .map(|l| (&l.topic, l.offset))
+            .collect::<Vec<_>>()
+    );
+    let cut = letters
+        .iter()
+        .find(|l| l.topic == format!("{sales}.dlq"))
+        .context("the sales letter")?;
+    assert_eq!(
+        cut.key.as_ref().map(Vec::len),
+        Some(16 * 1024),
+        "the key cut to 16 KiB"
+    );
+    assert_eq!(cut.header("key_truncated"), Some("102400"));
+    sink.stop().await?;
+    Ok(())
+}

@@ -80,6 +80,7 @@ impl PendingBatch {
                 key: origin.key.map(<[u8]>::to_vec),
                 payload: payload.map(<[u8]>::to_vec),
                 error: reason,
+                without_payload: false,
             });
         }
     }

@@ -23,6 +23,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "SINK_BATCH_BYTES",
     "SINK_FLUSH_INTERVAL_MS",
     "SINK_DLQ_SUFFIX",
+    "SINK_DLQ_TIMEOUT_MS",
     "SINK_MAX_MESSAGE_BYTES",
     "SINK_METRICS_ADDR",
     "SINK_STALL_AFTER_MS",
@@ -48,6 +49,9 @@ pub struct KafkaConfig {
     pub endpoint: flows::kafka::KafkaEndpoint,
     /// Dead letters of topic T go to T + suffix.
     pub dlq_suffix: String,
+    /// How long one attempt waits for Kafka to acknowledge a dead letter;
+    /// a failed attempt makes the flow not ready until letters go through.
+    pub dlq_timeout: std::time::Duration,
     /// Static group membership (`group.instance.id` = this + "." + flow): a
     /// sink restarted under the same id gets its partitions back at once
     /// instead of waiting out the session timeout. Unique per sink process
@@ -108,6 +112,9 @@ impl SinkConfig {
             kafka: KafkaConfig {
                 endpoint: flows::kafka::KafkaEndpoint::from_env(env)?,
                 dlq_suffix,
+                dlq_timeout: std::time::Duration::from_millis(
+                    env.positive_or("SINK_DLQ_TIMEOUT_MS", 30_000)?,
+                ),
                 group_instance_id: match env.get("SINK_GROUP_INSTANCE_ID") {
                     Some(id) => {
                         flows::ident::check_kafka_name(id).map_err(|e| {

@@ -86,7 +86,11 @@ impl FlowSink {
             &self.flow.consumer_group,
             &flow,
         )?);
-        let dlq = DeadLetterQueue::new(&self.config.kafka.endpoint, &self.config.kafka.dlq_suffix)?;
+        let dlq = DeadLetterQueue::new(
+            &self.config.kafka.endpoint,
+            &self.config.kafka.dlq_suffix,
+            self.config.kafka.dlq_timeout,
+        )?;
         let mut topics: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, plan) in self.plans.iter().enumerate() {
             topics.entry(plan.topic.clone()).or_default().push(i);
@@ -285,12 +289,35 @@ impl FlowSink {
                     .inc();
                 tracing::warn!(flow, topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "message dead-lettered");
             }
-            while let Err(error) = dlq.publish(&batch.dead_letters).await {
+            let mut unsent = batch.dead_letters.clone();
+            let mut blocked = false;
+            while let Err(error) = dlq.publish(&mut unsent).await {
+                self.metrics
+                    .counter(
+                        "sink_dead_letter_failures_total",
+                        "Attempts to write dead letters that failed (retried; the flow is not ready meanwhile).",
+                        &[("flow", flow)],
+                    )
+                    .inc();
                 let delay = backoff.next_delay();
-                tracing::warn!(flow, %error, retry_in_ms = delay.as_millis() as u64, "dead-letter publish failed; retrying");
+                let topics: std::collections::BTreeSet<String> =
+                    unsent.iter().map(|l| dlq.topic_for(&l.topic)).collect();
+                tracing::warn!(flow, %error, letters = unsent.len(), retry_in_ms = delay.as_millis() as u64, "dead-letter publish failed; retrying the letters not acknowledged, nothing committed");
+                // Not ready while letters cannot be written: the stream
+                // stops here rather than skip them.
+                self.health.block(&format!(
+                    "dead-letter topic {} cannot be written ({} letters waiting): {error}",
+                    topics.into_iter().collect::<Vec<_>>().join(", "),
+                    unsent.len()
+                ));
+                blocked = true;
                 if !sleep_or_stop(delay, stop).await {
                     return false;
                 }
+            }
+            if blocked {
+                tracing::info!(flow, "dead letters written again");
+                self.health.unblock();
             }
         }
         flows::failpoint::hit_async("sink-after-insert").await;
