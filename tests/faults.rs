@@ -575,43 +575,14 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() ->
         4
     );
 
-    let (b, dlq, g) = (
-        stack.kafka_brokers.clone(),
-        format!("{topic}.dlq"),
-        format!("{}.dlq", stack.name),
-    );
-    let letters =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<BTreeMap<String, String>>> {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &b)
-                .set("group.id", &g)
-                .set("auto.offset.reset", "earliest")
-                .create()?;
-            consumer.subscribe(&[&dlq])?;
-            let mut out = Vec::new();
-            let start = Instant::now();
-            while out.len() < 4 && start.elapsed() < Duration::from_secs(20) {
-                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                    let headers = m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_owned(),
-                                        String::from_utf8_lossy(h.value.unwrap_or_default())
-                                            .into_owned(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    out.push(headers);
-                }
-            }
-            Ok(out)
-        })
-        .await??;
+    let (b, dlq) = (stack.kafka_brokers.clone(), vec![format!("{topic}.dlq")]);
+    let letters: Vec<BTreeMap<String, String>> = tokio::task::spawn_blocking(move || {
+        outbox_tests::topic::read_all(&b, &dlq, outbox_tests::topic::Isolation::Uncommitted)
+    })
+    .await??
+    .into_iter()
+    .map(|letter| letter.headers.into_iter().collect())
+    .collect();
     assert_eq!(letters.len(), 4, "{letters:?}");
     for letter in &letters {
         assert_eq!(letter.get("source_topic"), Some(&topic), "{letter:?}");
@@ -1084,8 +1055,7 @@ async fn an_unwritable_dead_letter_topic_is_not_ready_and_no_letter_is_doubled()
             &[
                 NewTopic::new(&sales, 4, TopicReplication::Fixed(1)),
                 NewTopic::new(&warehouse, 4, TopicReplication::Fixed(1)),
-                NewTopic::new(&stuck, 1, TopicReplication::Fixed(1))
-                    .set("max.message.bytes", "64"),
+                NewTopic::new(&stuck, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "64"),
             ],
             &AdminOptions::new(),
         )

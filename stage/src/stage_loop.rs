@@ -193,10 +193,13 @@ impl FlowStage {
         idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut revocations = consumer.context().revocations();
         loop {
-            self.drop_if_revoked(consumer, &mut revocations, &mut records, &mut next);
-            if records.is_empty() {
-                deadline = None;
-            }
+            self.drop_if_revoked(
+                consumer,
+                &mut revocations,
+                &mut records,
+                &mut next,
+                &mut deadline,
+            );
             if records.len() >= self.config.batch_size {
                 break;
             }
@@ -228,10 +231,7 @@ impl FlowStage {
                     };
                     // The rebalance callbacks run inside recv: a message
                     // after a revocation belongs to the new assignment.
-                    self.drop_if_revoked(consumer, &mut revocations, &mut records, &mut next);
-                    if records.is_empty() {
-                        deadline = None;
-                    }
+                    self.drop_if_revoked(consumer, &mut revocations, &mut records, &mut next, &mut deadline);
                     deadline.get_or_insert_with(|| Instant::now() + self.config.flush_interval);
                     next.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
                     records.push(self.transform(&message));
@@ -239,7 +239,13 @@ impl FlowStage {
                 () = wait => break,
             }
         }
-        self.drop_if_revoked(consumer, &mut revocations, &mut records, &mut next);
+        self.drop_if_revoked(
+            consumer,
+            &mut revocations,
+            &mut records,
+            &mut next,
+            &mut deadline,
+        );
         // Everything delivered is in this batch, so the consumer's position
         // (past transaction markers, see `flows::kafka::positions`) commits
         // with it where it is ahead of the last record + 1.
@@ -269,6 +275,7 @@ impl FlowStage {
         seen: &mut u64,
         records: &mut Vec<OutRecord>,
         next: &mut BTreeMap<(String, i32), i64>,
+        deadline: &mut Option<Instant>,
     ) {
         let now = consumer.context().revocations();
         if now == *seen {
@@ -287,6 +294,7 @@ impl FlowStage {
         }
         records.clear();
         next.clear();
+        *deadline = None;
     }
 
     fn transform(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> OutRecord {
