@@ -34,6 +34,7 @@ async fn stack_on(test: &str, kafka: Kafka) -> anyhow::Result<TestStack> {
     let mut stack = TestStack::start_on(test, kafka).await?;
     stack.flows = "user_logins,sales".into();
     stack.migrate().await?;
+    outbox_tests::faults::record_arrivals(&stack).await?;
     Ok(stack)
 }
 
@@ -191,10 +192,21 @@ async fn clickhouse_stopped_then_back_with_bounded_sink_memory() -> anyhow::Resu
 async fn mock_kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker()
 -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
-    let stack = stack_on("f_kafka", Kafka::Mock).await?;
+    let mut stack = stack_on("f_kafka", Kafka::Mock).await?;
     let mock = stack.mock.clone().context("the mock cluster")?;
+    // Transactions are coordinated by broker 1, so that a late commit reply
+    // can be aimed at it.
+    for flow in ["user_logins", "sales"] {
+        mock.coordinator_set("transaction", &format!("{}.{flow}", stack.name), 1)?;
+    }
     let metrics = Metrics::default();
-    let running = vec![stack.spawn_relay(&metrics)?, stack.spawn_sink(&metrics)?];
+    // A relay-only setting (the sink refuses Kafka settings it does not know).
+    stack
+        .overrides
+        .push(("KAFKA_COMMIT_TIMEOUT_MS".into(), "3000".into()));
+    let relay = stack.spawn_relay(&metrics)?;
+    stack.overrides.pop();
+    let running = vec![relay, stack.spawn_sink(&metrics)?];
     let hold = Duration::from_secs(if long_mode() { 10 } else { 3 });
     type Inject = Box<dyn Fn(&devstack::MockKafka)>;
     let faults: Vec<(&str, Inject, Inject, &str)> = vec![
@@ -242,6 +254,14 @@ async fn mock_kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker
             "fatal error: producer recreated (the mock injects the error; it does not fence for real)",
         ),
         (
+            "mock Kafka: commit reply later than the commit deadline",
+            Box::new(|m| {
+                let _ = m.delay_next_response(1, RDKafkaApiKey::EndTxn, Duration::from_secs(8));
+            }),
+            Box::new(|_| {}),
+            "EndTxn answered after 8 s, KAFKA_COMMIT_TIMEOUT_MS 3 s: outcome unknown, aborted, producer recreated, batch published again",
+        ),
+        (
             "mock Kafka: slow broker (500 ms per request)",
             Box::new(|m| {
                 for b in 1..=3 {
@@ -260,6 +280,18 @@ async fn mock_kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker
         let load = Load::start(&stack, LOAD_ROWS_PER_SEC);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let failed_before = metrics.value("relay_batches_failed_total", &[("flow", "user_logins")]);
+        let unknown = || {
+            ["user_logins", "sales"]
+                .iter()
+                .map(|flow| {
+                    metrics.value(
+                        "relay_rows_republished_total",
+                        &[("flow", flow), ("reason", "kafka_commit_outcome_unknown")],
+                    )
+                })
+                .sum::<i64>()
+        };
+        let unknown_before = unknown();
         inject(&mock);
         tokio::time::sleep(hold).await;
         clear(&mock);
@@ -267,12 +299,25 @@ async fn mock_kafka_faults_broker_down_produce_errors_aborts_fencing_slow_broker
         load.stop().await;
         let failed =
             metrics.value("relay_batches_failed_total", &[("flow", "user_logins")]) - failed_before;
+        if name.contains("commit reply later") {
+            // The commit times out KAFKA_COMMIT_TIMEOUT_MS after the late
+            // EndTxn went out.
+            wait_until(
+                "rows counted as re-published with an unknown commit outcome",
+                Duration::from_secs(30),
+                || async { Ok(unknown() > unknown_before) },
+            )
+            .await;
+        }
+        let republished = unknown() - unknown_before;
         verify(
             &stack,
             name,
             1,
             recovering,
-            &format!("{note}; {failed} relay batches retried"),
+            &format!(
+                "{note}; {failed} user_logins batches retried, {republished} rows re-published (commit outcome unknown)"
+            ),
         )
         .await;
     }
@@ -966,6 +1011,21 @@ async fn a_missing_target_table_makes_the_flow_not_ready_and_it_recovers() -> an
     )
     .await;
     let noticed = dropped.elapsed();
+    // `sink status` says the same, and survives the missing table.
+    let env = stack.daemon_env();
+    let status = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        outbox_tests::daemon::run_for_output("sink", &["status"], &env)
+    })
+    .await?;
+    assert_eq!(status.0, Some(0), "sink status: {status:?}");
+    assert!(
+        status.1.contains(
+            "flow=user_logins not ready: ClickHouse refuses inserts into user_logins: the table does not exist"
+        ) && status.1.contains("flow=user_logins table=user_logins rows=unknown"),
+        "sink status: {}",
+        status.1
+    );
     // While refused, the offsets stay put: nothing is committed past the
     // last batch ClickHouse accepted.
     let (b, g, t) = (
@@ -1144,6 +1204,85 @@ async fn an_unwritable_dead_letter_topic_is_not_ready_and_no_letter_is_doubled()
         "the key cut to 16 KiB"
     );
     assert_eq!(cut.header("key_truncated"), Some("102400"));
+    sink.stop().await?;
+    Ok(())
+}
+
+/// A batch committed in Kafka whose flag update misses its deadline, on a
+/// relay working both lanes (a backlog): that batch and the one the other
+/// lane published meanwhile are rolled back and published again. The relay
+/// counts every re-published row by reason, and its count equals the
+/// duplicates ClickHouse stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_update_past_its_deadline_republishes_and_counts_it() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let stack = stack("f_republish").await?;
+    let metrics = Metrics::default();
+    let sink = stack.spawn_sink(&metrics)?;
+    stack
+        .pg()
+        .await?
+        .batch_execute(
+            "INSERT INTO user_logins (username, event_type, event_time)
+               SELECT 'backlog-' || g, 'login', now() FROM generate_series(1, 5000) g",
+        )
+        .await?;
+    let addr = outbox_tests::http::free_addr()?;
+    let mut env = stack.daemon_env();
+    let settings = [
+        ("FLOWS", "user_logins"),
+        ("RELAY_BATCH_SIZE", "500"),
+        ("RELAY_QUERY_TIMEOUT_MS", "1000"),
+        ("RELAY_METRICS_ADDR", addr.as_str()),
+        ("OUTBOX_FAILPOINTS", "relay-before-flag=delay:3000:1"),
+    ];
+    env.retain(|(k, _)| !settings.iter().any(|(name, _)| name == k));
+    env.extend(settings.map(|(k, v)| (k.to_owned(), v.to_owned())));
+    let relay_label = label(&stack, "relay", 0);
+    let mut relay = Daemon::spawn("relay", &["run"], &env, &relay_label);
+    let started = Instant::now();
+    wait_until("every row flagged", Duration::from_secs(60), || async {
+        Ok(stack.pending("user_logins").await? == 0)
+    })
+    .await;
+    let text = flows::http::fetch_metrics(&addr)
+        .await
+        .context("the relay's /metrics")?;
+    let counted = |reason: &str| {
+        flows::http::metric_value(
+            &text,
+            "relay_rows_republished_total",
+            &[("flow", "user_logins"), ("reason", reason)],
+        )
+        .unwrap_or(-1.0) as i64
+    };
+    let (postgres, other_lane) = (counted("postgres"), counted("other_lane"));
+    let report = verify(
+        &stack,
+        "Relay: a flag update past its deadline after the Kafka commit",
+        1,
+        started,
+        &format!(
+            "first flag update held 3 s (RELAY_QUERY_TIMEOUT_MS 1 s), 500-row batches on two lanes; relay_rows_republished_total: postgres {postgres}, other_lane {other_lane}"
+        ),
+    )
+    .await;
+    assert_eq!(
+        outbox_tests::faults::failpoint_hits(&relay_label, "relay-before-flag"),
+        1,
+        "the flag update was held once"
+    );
+    assert_eq!(postgres, 500, "the batch whose flag missed its deadline");
+    assert!(
+        other_lane == 0 || other_lane == 500,
+        "the other lane's batch, if it was in Kafka: {other_lane}"
+    );
+    assert_eq!(
+        report.raw_duplicates,
+        (postgres + other_lane) as u64,
+        "every row ClickHouse stored twice was counted as re-published"
+    );
+    relay.terminate(Duration::from_secs(10));
     sink.stop().await?;
     Ok(())
 }

@@ -169,6 +169,7 @@ async fn a_stuck_flow_loop_stops_the_watchdog_pings() -> anyhow::Result<()> {
         ("WATCHDOG_USEC", "400000".to_owned()),
         ("RELAY_QUERY_TIMEOUT_MS", "1000".to_owned()),
         ("RELAY_STUCK_AFTER_MS", "2000".to_owned()),
+        ("KAFKA_COMMIT_TIMEOUT_MS", "600".to_owned()),
         (
             "OUTBOX_FAILPOINTS",
             "relay-before-kafka-commit=hang".to_owned(),

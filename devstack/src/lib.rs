@@ -135,6 +135,50 @@ impl MockKafka {
         )
     }
 
+    /// Makes `broker` the coordinator for `key` (`key_type` `transaction`
+    /// or `group`), so that requests to the coordinator can be aimed at.
+    pub fn coordinator_set(&self, key_type: &str, key: &str, broker: i32) -> Result<()> {
+        let (key_type, key) = (CString::new(key_type)?, CString::new(key)?);
+        check(
+            unsafe {
+                rdsys::rd_kafka_mock_coordinator_set(
+                    self.cluster,
+                    key_type.as_ptr(),
+                    key.as_ptr(),
+                    broker,
+                )
+            },
+            "coordinator set",
+        )
+    }
+
+    /// The next request of `api` that `broker` receives succeeds, but its
+    /// response is sent only after `delay` (a reply that comes too late).
+    pub fn delay_next_response(
+        &self,
+        broker: i32,
+        api: RDKafkaApiKey,
+        delay: Duration,
+    ) -> Result<()> {
+        let ms = std::ffi::c_int::try_from(delay.as_millis()).unwrap_or(std::ffi::c_int::MAX);
+        let no_error = RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR as std::ffi::c_int;
+        check(
+            // SAFETY: one (error, rtt) pair of C ints follows the count, as
+            // the variadic function expects.
+            unsafe {
+                rdsys::rd_kafka_mock_broker_push_request_error_rtts(
+                    self.cluster,
+                    broker,
+                    api as i16,
+                    1,
+                    no_error,
+                    ms,
+                )
+            },
+            "push response delay",
+        )
+    }
+
     /// Adds `delay` to every response of `broker` (a slow broker).
     pub fn broker_round_trip(&self, broker: i32, delay: Duration) -> Result<()> {
         let ms = i32::try_from(delay.as_millis()).unwrap_or(i32::MAX);

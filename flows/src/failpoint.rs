@@ -7,28 +7,31 @@
 //! SIGSTOP the first time the point is reached (a frozen, then resumed
 //! "zombie": the test sends SIGCONT); `hang` blocks the calling thread for
 //! ever (a stuck loop in a live process); `delay:MS` waits that long there
-//! every time (a slow step). Every hit is announced on stderr as
+//! every time (a slow step), `delay:MS:N` only the first N times. Every hit is announced on stderr as
 //! `failpoint NAME: …`, so a test counts hits in the daemon's log.
 //!
 //! Points: `relay-before-kafka-commit` (batch produced, Kafka transaction
 //! not yet committed), `relay-after-kafka-commit` (Kafka committed, Postgres
-//! not yet), `sink-after-insert` (ClickHouse accepted, offsets not yet
+//! not yet), `relay-before-flag` (async, inside the flag update's deadline), `sink-after-insert` (ClickHouse accepted, offsets not yet
 //! committed), `stage-before-commit` (records produced, transaction not yet
 //! committed).
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Action {
     Abort(f64),
     Pause,
     Hang,
-    Delay(std::time::Duration),
+    /// Wait this long, the first `times` hits (every hit when `None`).
+    Delay(std::time::Duration, Option<u32>),
 }
 
 static POINTS: OnceLock<Vec<(String, Action)>> = OnceLock::new();
 static PAUSED: AtomicBool = AtomicBool::new(false);
+/// Hits of counted delays so far (one process arms few points).
+static DELAYED: AtomicU32 = AtomicU32::new(0);
 
 fn parse(spec: &str) -> Vec<(String, Action)> {
     spec.split(',')
@@ -38,7 +41,11 @@ fn parse(spec: &str) -> Vec<(String, Action)> {
                 "pause" => Action::Pause,
                 "hang" => Action::Hang,
                 d if d.starts_with("delay:") => {
-                    Action::Delay(std::time::Duration::from_millis(d[6..].parse().ok()?))
+                    let (ms, times) = match d[6..].split_once(':') {
+                        Some((ms, n)) => (ms, Some(n.parse().ok()?)),
+                        None => (&d[6..], None),
+                    };
+                    Action::Delay(std::time::Duration::from_millis(ms.parse().ok()?), times)
                 }
                 p => Action::Abort(p.parse().ok()?),
             };
@@ -66,7 +73,11 @@ pub fn hit(name: &str) {
                 std::process::abort();
             }
         }
-        Action::Delay(d) => std::thread::sleep(d),
+        Action::Delay(d, times) => {
+            if let Some(d) = delay_due(name, d, times) {
+                std::thread::sleep(d);
+            }
+        }
         Action::Hang => {
             eprintln!("failpoint {name}: hanging");
             loop {
@@ -88,10 +99,31 @@ pub fn hit(name: &str) {
 /// task waits, other tasks run); the other actions as in [`hit`].
 pub async fn hit_async(name: &str) {
     match points().iter().find(|(n, _)| n == name) {
-        Some((_, Action::Delay(d))) => tokio::time::sleep(*d).await,
+        Some((_, Action::Delay(d, times))) => {
+            if let Some(d) = delay_due(name, *d, *times) {
+                tokio::time::sleep(d).await;
+            }
+        }
         Some(_) => hit(name),
         None => {}
     }
+}
+
+/// The delay to take at this hit, announcing counted ones.
+fn delay_due(
+    name: &str,
+    d: std::time::Duration,
+    times: Option<u32>,
+) -> Option<std::time::Duration> {
+    let Some(times) = times else {
+        return Some(d);
+    };
+    let hit = DELAYED.fetch_add(1, Ordering::SeqCst);
+    if hit >= times {
+        return None;
+    }
+    eprintln!("failpoint {name}: delaying {d:?}");
+    Some(d)
 }
 
 /// Stops the whole process with SIGSTOP sent to the calling thread, which
@@ -114,10 +146,18 @@ mod tests {
     #[test]
     fn actions_parse() {
         assert_eq!(
-            parse("a=0.5, b=pause,c=x,d"),
+            parse("a=0.5, b=pause,c=x,d,e=delay:20:2,f=delay:5"),
             vec![
                 ("a".to_owned(), Action::Abort(0.5)),
-                ("b".to_owned(), Action::Pause)
+                ("b".to_owned(), Action::Pause),
+                (
+                    "e".to_owned(),
+                    Action::Delay(std::time::Duration::from_millis(20), Some(2))
+                ),
+                (
+                    "f".to_owned(),
+                    Action::Delay(std::time::Duration::from_millis(5), None)
+                ),
             ]
         );
     }

@@ -26,10 +26,11 @@ pub struct Health {
 }
 
 struct FlowState {
-    /// Set by the flow's own loop: something it cannot get past until an
-    /// operator acts (e.g. ClickHouse refusing the target table), with the
-    /// reason. Cleared when it gets past.
-    blocked: Option<String>,
+    /// Set by the flow's own loop: what it cannot get past until an
+    /// operator acts (e.g. ClickHouse refusing a target table), by cause
+    /// (one per table, the dead-letter topic …), with the reason. Each is
+    /// cleared when the flow gets past that cause.
+    blocked: BTreeMap<String, String>,
     connected: bool,
     probed: bool,
     backlog: i64,
@@ -55,7 +56,7 @@ impl Health {
     /// Registers `flow` (not ready until its first probe).
     pub fn flow(&self, flow: &str) -> FlowHealth {
         self.lock().entry(flow.to_owned()).or_insert(FlowState {
-            blocked: None,
+            blocked: BTreeMap::new(),
             connected: false,
             probed: false,
             backlog: 0,
@@ -84,8 +85,9 @@ impl Health {
         let mut report = String::new();
         for (flow, state) in self.lock().iter() {
             let still = now.saturating_duration_since(state.moved_at);
-            let verdict = if let Some(reason) = &state.blocked {
-                format!("not ready: {reason}")
+            let verdict = if !state.blocked.is_empty() {
+                let reasons: Vec<&str> = state.blocked.values().map(String::as_str).collect();
+                format!("not ready: {}", reasons.join("; "))
             } else if !state.probed {
                 "not ready: not probed yet".to_owned()
             } else if !state.connected {
@@ -107,18 +109,18 @@ impl Health {
 }
 
 impl FlowHealth {
-    /// The flow cannot get past `reason` until someone acts: not ready,
-    /// saying why, whatever its probe sees.
-    pub fn block(&self, reason: &str) {
+    /// The flow cannot get past `cause` (e.g. `table:t`) until someone
+    /// acts: not ready, saying `reason`, whatever its probe sees.
+    pub fn block(&self, cause: &str, reason: &str) {
         if let Some(state) = self.health.lock().get_mut(&self.flow) {
-            state.blocked = Some(reason.to_owned());
+            state.blocked.insert(cause.to_owned(), reason.to_owned());
         }
     }
 
-    /// The flow got past what blocked it.
-    pub fn unblock(&self) {
+    /// The flow got past `cause`; other causes still hold it.
+    pub fn unblock(&self, cause: &str) {
         if let Some(state) = self.health.lock().get_mut(&self.flow) {
-            state.blocked = None;
+            state.blocked.remove(cause);
         }
     }
 
@@ -181,14 +183,28 @@ mod tests {
         let flow = health.flow("f");
         let t0 = Instant::now();
         flow.observe_at(0, 1, t0);
-        flow.block("ClickHouse refuses inserts into t: no such table");
+        flow.block(
+            "table:t",
+            "ClickHouse refuses inserts into t: no such table",
+        );
+        flow.block(
+            "table:u",
+            "ClickHouse refuses inserts into u: no such table",
+        );
         let (ready, report) = health.check_at(t0);
         assert!(!ready);
         assert!(
-            report.contains("flow=f not ready: ClickHouse refuses inserts into t"),
+            report.contains("flow=f not ready: ClickHouse refuses inserts into t: no such table; ClickHouse refuses inserts into u"),
             "{report}"
         );
-        flow.unblock();
+        // One table back: the other still holds the flow.
+        flow.unblock("table:t");
+        let (ready, report) = health.check_at(t0);
+        assert!(
+            !ready && !report.contains("into t:") && report.contains("into u:"),
+            "{report}"
+        );
+        flow.unblock("table:u");
         assert!(health.check_at(t0).0);
     }
 

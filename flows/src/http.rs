@@ -171,6 +171,9 @@ pub struct DaemonView {
     /// the endpoint is off.
     pub header: Option<String>,
     pub metrics: Option<String>,
+    /// The daemon's `/readyz` report: one `flow=F ready: …` or
+    /// `flow=F not ready: reason` line per flow.
+    pub readiness: Option<String>,
 }
 
 impl DaemonView {
@@ -181,9 +184,15 @@ impl DaemonView {
             return Self {
                 header: None,
                 metrics: None,
+                readiness: None,
             };
         };
-        let metrics = fetch_metrics(&addr.to_string()).await;
+        let addr = addr.to_string();
+        let metrics = fetch_metrics(&addr).await;
+        let readiness = match metrics {
+            Some(_) => fetch(&addr, "/readyz").await.map(|(_, body)| body),
+            None => None,
+        };
         let header = match metrics {
             Some(_) => format!("daemon={addr} reachable"),
             None => format!("daemon={addr} not reachable ({unknown} unknown)"),
@@ -191,7 +200,18 @@ impl DaemonView {
         Self {
             header: Some(header),
             metrics,
+            readiness,
         }
+    }
+
+    /// What the daemon says of `flow`'s readiness (`ready: backlog 0`,
+    /// `not ready: <reason>`); none when it did not answer.
+    pub fn verdict(&self, flow: &str) -> Option<&str> {
+        let prefix = format!("flow={flow} ");
+        self.readiness
+            .as_deref()?
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
     }
 
     /// A Unix-time gauge as `YYYY-MM-DD HH:MM:SS UTC` ("never …" while 0);

@@ -22,6 +22,7 @@ const POSTGRES: &[(&str, &str)] = embed!(
     "0004_router",
     "0005_sales",
     "0006_outbox_dead_rows",
+    "0007_pending_rows_immutable",
 );
 const CLICKHOUSE: &[(&str, &str)] = embed!(
     "clickhouse",

@@ -17,6 +17,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "KAFKA_LINGER_MS",
     "KAFKA_BATCH_SIZE",
     "KAFKA_TRANSACTION_TIMEOUT_MS",
+    "KAFKA_COMMIT_TIMEOUT_MS",
     "RELAY_BATCH_SIZE",
     "RELAY_POLL_INTERVAL_MS",
     "RELAY_STANDBY_RETRY_MS",
@@ -69,6 +70,10 @@ pub struct KafkaConfig {
     pub linger_ms: u64,
     pub batch_size_bytes: u64,
     pub transaction_timeout_ms: u64,
+    /// How long flushing a batch and committing its transaction may each
+    /// take; past it the commit's outcome is unknown (see
+    /// `PublishError::CommitUnknown`).
+    pub commit_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -142,8 +147,16 @@ impl RelayConfig {
                 "must be at least twice RELAY_POLL_INTERVAL_MS",
             ));
         }
-        // A Kafka flush and commit may take 30 s each before they fail.
         let stuck_after = Duration::from_millis(env.positive_or("RELAY_STUCK_AFTER_MS", 120_000)?);
+        let commit_timeout =
+            Duration::from_millis(env.positive_or("KAFKA_COMMIT_TIMEOUT_MS", 30_000)?);
+        if stuck_after < 3 * commit_timeout {
+            // A batch's flush and commit may take that long each, then an abort.
+            return Err(SettingError::new(
+                "RELAY_STUCK_AFTER_MS",
+                "must be at least three times KAFKA_COMMIT_TIMEOUT_MS",
+            ));
+        }
         let standby_retry =
             Duration::from_millis(env.positive_or("RELAY_STANDBY_RETRY_MS", 1_000)?);
         if stuck_after < 2 * postgres.query_timeout.max(poll_interval).max(standby_retry) {
@@ -162,6 +175,7 @@ impl RelayConfig {
                 linger_ms: env.parse_or("KAFKA_LINGER_MS", 5)?,
                 batch_size_bytes: env.positive_or("KAFKA_BATCH_SIZE", 1_000_000)?,
                 transaction_timeout_ms: env.positive_or("KAFKA_TRANSACTION_TIMEOUT_MS", 60_000)?,
+                commit_timeout,
             },
             batch: BatchConfig {
                 batch_size: u32::try_from(batch_size).unwrap_or(100_000),

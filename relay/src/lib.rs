@@ -45,6 +45,7 @@ pub async fn run(
         for flow in &config.flows {
             for source in &flow.sources {
                 source::OutboxSource::inspect(&client, flow.name.as_str(), source).await?;
+                warn_if_pending_rows_mutable(&client, flow.name.as_str(), source).await;
             }
         }
     }
@@ -98,4 +99,26 @@ pub async fn run(
     let _ = listener.await;
     let _ = probe.await;
     outcome
+}
+
+/// A source table whose pending rows can be updated can show a row twice in
+/// a target table ordered by the updated column (see migration
+/// `0007_pending_rows_immutable`): said once at start-up, not refused.
+async fn warn_if_pending_rows_mutable(
+    client: &tokio_postgres::Client,
+    flow: &str,
+    source: &flows::SourceTable,
+) {
+    match source::pending_rows_protected(client, &source.table).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            flow,
+            table = %source.table,
+            "pending rows of this source table can be updated: a row changed between a crash and its re-delivery can appear twice in a target table ordered by the changed column; protect it with SELECT outbox_protect_pending('{}')",
+            source.table
+        ),
+        Err(err) => {
+            tracing::warn!(flow, table = %source.table, error = %crate::error::pg_detail(&err), "could not check the source table's update guard")
+        }
+    }
 }

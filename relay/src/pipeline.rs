@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{RelayError, within};
 use crate::publisher::{PublishError, PublishTimings, SharedPublisher};
 use crate::source::{OutboxBatch, OutboxSource};
-use crate::stats::{FlowStats, TableStats};
+use crate::stats::{FlowStats, Republish, TableStats};
 
 /// Batches one call drains at most before other tables of the flow get a
 /// turn (and shutdown is checked).
@@ -104,9 +104,20 @@ impl Lanes<'_> {
                     drained.sent += committed;
                     next
                 }
-                Err(err) => {
+                Err((err, unflagged)) => {
                     // The batch just published (if it was) is not flagged:
                     // it goes again, after the one that failed here.
+                    self.stats.republished(Republish::Postgres, unflagged);
+                    let in_kafka = match &published {
+                        Ok(_) => Some(Republish::OtherLane),
+                        Err(PublishError::CommitUnknown(_)) => {
+                            Some(Republish::KafkaCommitOutcomeUnknown)
+                        }
+                        Err(_) => None,
+                    };
+                    if let Some(why) = in_kafka {
+                        self.stats.republished(why, batch.len());
+                    }
                     self.rollback(this).await;
                     self.rollback(other).await;
                     return Err(err);
@@ -115,6 +126,10 @@ impl Lanes<'_> {
             let kafka = match published {
                 Ok(kafka) => kafka,
                 Err(err) => {
+                    if matches!(err, PublishError::CommitUnknown(_)) {
+                        self.stats
+                            .republished(Republish::KafkaCommitOutcomeUnknown, batch.len());
+                    }
                     self.rollback(this).await;
                     if next.is_some() {
                         self.rollback(other).await;
@@ -144,9 +159,11 @@ impl Lanes<'_> {
             turn += 1;
         }
         if let Some(last) = previous {
+            let rows = last.batch.len();
             match self.finish(last, source, table).await {
                 Ok(rows) => drained.sent += rows,
                 Err((lane, err)) => {
+                    self.stats.republished(Republish::Postgres, rows);
                     self.rollback(lane).await;
                     return Err(err);
                 }
@@ -205,23 +222,30 @@ impl Lanes<'_> {
     }
 
     /// Flags and commits `previous` (if any), then locks the next batch on
-    /// `lane` (if asked). Returns the rows committed and the locked batch.
+    /// `lane` (if asked). Returns the rows committed and the locked batch;
+    /// on failure, with the rows of `previous` left unflagged (in Kafka, so
+    /// they go again).
     async fn finish_then_lock(
         &self,
         previous: Option<Published>,
         lane: Option<usize>,
         source: &OutboxSource,
         table: &TableStats,
-    ) -> Result<(usize, Option<Locked>), RelayError> {
+    ) -> Result<(usize, Option<Locked>), (RelayError, usize)> {
         let committed = match previous {
-            Some(done) => self
-                .finish(done, source, table)
-                .await
-                .map_err(|(_, err)| err)?,
+            Some(done) => {
+                let rows = done.batch.len();
+                self.finish(done, source, table)
+                    .await
+                    .map_err(|(_, err)| (err, rows))?
+            }
             None => 0,
         };
         let next = match lane {
-            Some(lane) => self.lock_batch(lane, source).await?,
+            Some(lane) => self
+                .lock_batch(lane, source)
+                .await
+                .map_err(|err| (err, 0))?,
             None => None,
         };
         Ok((committed, next))
@@ -238,12 +262,11 @@ impl Lanes<'_> {
         let start = Instant::now();
         let limit = self.query_timeout;
         let marked = async {
-            within(
-                limit,
-                "the flag update",
-                source.mark_sent(client, &done.batch),
-            )
-            .await?;
+            let flag = async {
+                flows::failpoint::hit_async("relay-before-flag").await;
+                source.mark_sent(client, &done.batch).await
+            };
+            within(limit, "the flag update", flag).await?;
             let mark = start.elapsed();
             within(limit, "COMMIT", client.batch_execute("COMMIT")).await?;
             Ok::<Duration, RelayError>(mark)

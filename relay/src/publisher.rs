@@ -17,7 +17,6 @@ use crate::config::KafkaConfig;
 use crate::source::OutboxBatch;
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(30);
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Collects per-message delivery failures; the opaque is the source row id.
@@ -54,6 +53,12 @@ pub enum PublishError {
     /// new one before retrying.
     #[error("kafka producer must be recreated: {0}")]
     Fatal(#[source] KafkaError),
+    /// `commit_transaction` failed in a way that does not say the
+    /// transaction was not committed (a timeout, a broken connection): the
+    /// broker may have committed it. The producer is recreated and the
+    /// batch, not flagged, is published again — a repeat if it had landed.
+    #[error("kafka commit outcome unknown (the batch may be in Kafka; it is published again): {0}")]
+    CommitUnknown(#[source] KafkaError),
     /// Kafka refused these rows for good (e.g. too large); the transaction
     /// was aborted. The caller sets them aside and retries the others.
     #[error("kafka refused {} row(s) permanently", .0.len())]
@@ -102,6 +107,8 @@ pub struct PublishTimings {
 pub struct Publisher {
     producer: ThreadedProducer<DeliveryTracker>,
     flow: String,
+    /// How long flushing and committing a batch may each take.
+    commit_timeout: Duration,
 }
 
 impl Publisher {
@@ -134,6 +141,7 @@ impl Publisher {
         Ok(Self {
             producer,
             flow: flow.to_owned(),
+            commit_timeout: cfg.commit_timeout,
         })
     }
 
@@ -155,15 +163,18 @@ impl Publisher {
         let outcome = match self.send_all(topic, table, batch) {
             Ok(()) => {
                 let send = start.elapsed();
-                match self.flush().and_then(|()| {
-                    flows::failpoint::hit("relay-before-kafka-commit");
-                    self.producer.commit_transaction(COMMIT_TIMEOUT)
-                }) {
+                match self.flush() {
                     Ok(()) => {
-                        return Ok(PublishTimings {
-                            send,
-                            commit: start.elapsed() - send,
-                        });
+                        flows::failpoint::hit("relay-before-kafka-commit");
+                        match self.producer.commit_transaction(self.commit_timeout) {
+                            Ok(()) => {
+                                return Ok(PublishTimings {
+                                    send,
+                                    commit: start.elapsed() - send,
+                                });
+                            }
+                            Err(err) => self.after_failed_commit(err),
+                        }
                     }
                     Err(err) => self.abort_after(err),
                 }
@@ -241,7 +252,7 @@ impl Publisher {
     /// reaches zero. After it, `commit_transaction` finds nothing in flight.
     #[allow(unsafe_code)]
     fn flush(&self) -> Result<(), KafkaError> {
-        let timeout_ms = i32::try_from(COMMIT_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+        let timeout_ms = i32::try_from(self.commit_timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: the pointer is the live producer handle owned by
         // `self.producer`; rd_kafka_flush is thread-safe.
         let err = unsafe {
@@ -250,6 +261,24 @@ impl Publisher {
         match RDKafkaErrorCode::from(err) {
             RDKafkaErrorCode::NoError => Ok(()),
             code => Err(KafkaError::Flush(code)),
+        }
+    }
+
+    /// After a failed `commit_transaction`: unless the error says the
+    /// transaction was not committed (abortable, fenced), the broker may
+    /// have committed it (the reply came too late, the connection broke):
+    /// the outcome is unknown. Either way the transaction is aborted (an
+    /// abort of a transaction that committed fails, and the producer is
+    /// recreated) and nothing is flagged, so a committed batch goes again.
+    fn after_failed_commit(&self, err: KafkaError) -> PublishError {
+        let known_not_committed =
+            is_fenced(&err) || matches!(&err, KafkaError::Transaction(e) if e.txn_requires_abort());
+        let outcome = self.abort_after(err);
+        match outcome {
+            PublishError::Aborted(err) | PublishError::Fatal(err) if !known_not_committed => {
+                PublishError::CommitUnknown(err)
+            }
+            other => other,
         }
     }
 

@@ -73,6 +73,22 @@ pub enum SourceError {
     Postgres(#[from] tokio_postgres::Error),
 }
 
+/// Whether `table` refuses updates that leave a pending row pending (the
+/// `outbox_pending_immutable` trigger that `outbox_protect_pending` makes).
+pub async fn pending_rows_protected(
+    client: &Client,
+    table: &flows::ident::Ident,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) \
+             AND tgname = 'outbox_pending_immutable' AND tgenabled <> 'D')",
+            &[&table.pg()],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 impl OutboxSource {
     /// Checks `source` against the table in the database and prepares its SQL.
     pub async fn inspect(

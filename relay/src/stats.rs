@@ -20,7 +20,41 @@ pub struct FlowStats {
     kafka_commit: Histogram,
     mark: Histogram,
     pg_commit: Histogram,
+    republished: [Series; 3],
 }
+
+/// Why rows already committed in Kafka were left unflagged, so that they
+/// are published again (`relay_rows_republished_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Republish {
+    /// Flagging the batch or committing its Postgres transaction failed
+    /// (the session was lost, a deadline passed).
+    Postgres,
+    /// The other lane failed while this batch was in Kafka; every batch not
+    /// yet committed in Postgres is rolled back.
+    OtherLane,
+    /// The Kafka commit failed without saying the transaction was not
+    /// committed: the batch may be in Kafka (counted as if it were).
+    KafkaCommitOutcomeUnknown,
+}
+
+impl Republish {
+    const ALL: [Self; 3] = [
+        Self::Postgres,
+        Self::OtherLane,
+        Self::KafkaCommitOutcomeUnknown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::OtherLane => "other_lane",
+            Self::KafkaCommitOutcomeUnknown => "kafka_commit_outcome_unknown",
+        }
+    }
+}
+
+const REPUBLISHED_HELP: &str = "Rows committed (or, for kafka_commit_outcome_unknown, possibly committed) in Kafka but not flagged sent, so published again: reason postgres (their flag or Postgres commit failed), other_lane (rolled back with a failure on the other lane), kafka_commit_outcome_unknown. A crash between the two commits is not counted (the process is gone).";
 
 /// Per source table of a flow.
 pub struct TableStats {
@@ -77,6 +111,20 @@ impl FlowStats {
             kafka_commit: phase("kafka_commit"),
             mark: phase("mark"),
             pg_commit: phase("pg_commit"),
+            republished: Republish::ALL.map(|why| {
+                metrics.counter(
+                    "relay_rows_republished_total",
+                    REPUBLISHED_HELP,
+                    &[("flow", flow), ("reason", why.label())],
+                )
+            }),
+        }
+    }
+
+    /// `rows` already in Kafka go again (see [`Republish`]).
+    pub fn republished(&self, why: Republish, rows: usize) {
+        if rows > 0 {
+            self.republished[why as usize].add(rows as i64);
         }
     }
 

@@ -54,6 +54,9 @@ pub async fn report(
         if let Some(last) = daemon.time("relay_last_publish_timestamp_seconds", &[("flow", name)]) {
             let _ = writeln!(out, "flow={name} last_publish={last}");
         }
+        if let Some(verdict) = daemon.verdict(name) {
+            let _ = writeln!(out, "flow={name} {verdict}");
+        }
     }
     Ok(out)
 }

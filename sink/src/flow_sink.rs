@@ -305,11 +305,14 @@ impl FlowSink {
                 tracing::warn!(flow, %error, letters = unsent.len(), retry_in_ms = delay.as_millis() as u64, "dead-letter publish failed; retrying the letters not acknowledged, nothing committed");
                 // Not ready while letters cannot be written: the stream
                 // stops here rather than skip them.
-                self.health.block(&format!(
-                    "dead-letter topic {} cannot be written ({} letters waiting): {error}",
-                    topics.into_iter().collect::<Vec<_>>().join(", "),
-                    unsent.len()
-                ));
+                self.health.block(
+                    DEAD_LETTERS,
+                    &format!(
+                        "dead-letter topic {} cannot be written ({} letters waiting): {error}",
+                        topics.into_iter().collect::<Vec<_>>().join(", "),
+                        unsent.len()
+                    ),
+                );
                 blocked = true;
                 if !sleep_or_stop(delay, stop).await {
                     return false;
@@ -317,7 +320,7 @@ impl FlowSink {
             }
             if blocked {
                 tracing::info!(flow, "dead letters written again");
-                self.health.unblock();
+                self.health.unblock(DEAD_LETTERS);
             }
         }
         flows::failpoint::hit_async("sink-after-insert").await;
@@ -394,18 +397,21 @@ impl FlowSink {
         match reason {
             Some(reason) => {
                 tracing::error!(flow, table = %plan.table, reason, "clickhouse refuses the target table; retrying, nothing committed");
-                self.health.block(&format!(
-                    "ClickHouse refuses inserts into {}: {reason}",
-                    plan.table
-                ));
+                self.health.block(
+                    &format!("table:{}", plan.table),
+                    &format!("ClickHouse refuses inserts into {}: {reason}", plan.table),
+                );
             }
             None => {
                 tracing::info!(flow, table = %plan.table, "clickhouse accepts the target table again");
-                self.health.unblock();
+                self.health.unblock(&format!("table:{}", plan.table));
             }
         }
     }
 }
+
+/// The health cause of dead letters that cannot be written.
+const DEAD_LETTERS: &str = "dead-letters";
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {

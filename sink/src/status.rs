@@ -84,17 +84,24 @@ pub async fn report(
         }
         for target in &flow.targets {
             let table = target.table.as_str();
-            let rows: u64 = ch
+            let rows: Result<u64, _> = ch
                 .query(&format!("SELECT count() FROM {}", target.table.ch()))
                 .fetch_one()
-                .await?;
-            writeln!(
-                out,
-                "flow={name} table={table} rows={rows} (before merges; FINAL or `sink reconcile` count distinct)"
-            )?;
+                .await;
+            match rows {
+                Ok(rows) => writeln!(
+                    out,
+                    "flow={name} table={table} rows={rows} (before merges; FINAL or `sink reconcile` count distinct)"
+                )?,
+                // A table gone is what an operator runs status to find.
+                Err(error) => writeln!(out, "flow={name} table={table} rows=unknown ({error})")?,
+            }
         }
         if let Some(last) = daemon.time("sink_last_insert_timestamp_seconds", &[("flow", name)]) {
             writeln!(out, "flow={name} last_insert={last}")?;
+        }
+        if let Some(verdict) = daemon.verdict(name) {
+            writeln!(out, "flow={name} {verdict}")?;
         }
     }
     Ok(out)

@@ -100,6 +100,7 @@ pub struct FaultReport {
     pub rows_sent: u64,
     pub rows_lost: u64,
     pub doubled_in_view: u64,
+    /// Rows ClickHouse accepted more than once (see [`record_arrivals`]).
     pub raw_duplicates: u64,
     pub recovery_ms: u64,
     pub note: String,
@@ -110,6 +111,23 @@ const PAIRS: [(&str, &str); 3] = [
     ("sales", "sales"),
     ("warehouse", "stock_movements"),
 ];
+
+/// Records every row ClickHouse accepts into each target table in
+/// `<table>_arrivals`, a plain MergeTree fed by a materialized view on
+/// insert, which no merge collapses: raw duplicates are counted there, as
+/// stored, before `ReplacingMergeTree` merges can hide them.
+pub async fn record_arrivals(stack: &TestStack) -> anyhow::Result<()> {
+    for (_, ch) in PAIRS {
+        stack
+            .ch()
+            .query(&format!(
+                "CREATE MATERIALIZED VIEW {ch}_arrivals ENGINE = MergeTree ORDER BY id AS SELECT id FROM {ch}"
+            ))
+            .execute()
+            .await?;
+    }
+    Ok(())
+}
 
 /// Waits until every source row is flagged and every table caught up, then
 /// measures the guarantee. `recovering_since` is when the last fault ended.
@@ -172,7 +190,7 @@ pub async fn verify(
         let distinct: BTreeSet<u64> = stored.iter().copied().collect();
         let raw: (u64, u64) = stack
             .ch()
-            .query(&format!("SELECT count(), uniqExact(id) FROM {ch}"))
+            .query(&format!("SELECT count(), uniqExact(id) FROM {ch}_arrivals"))
             .fetch_one()
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));

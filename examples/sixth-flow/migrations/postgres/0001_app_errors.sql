@@ -10,3 +10,6 @@ CREATE INDEX IF NOT EXISTS app_errors_pending ON app_errors (id) WHERE sent_to_k
 DROP TRIGGER IF EXISTS app_errors_outbox_notify ON app_errors;
 CREATE TRIGGER app_errors_outbox_notify AFTER INSERT ON app_errors
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+-- Pending rows are immutable (a row changed before its re-delivery could
+-- appear twice in a target table sorted by the changed column).
+SELECT outbox_protect_pending('app_errors');
