@@ -1257,21 +1257,18 @@ async fn a_flag_update_past_its_deadline_republishes_and_counts_it() -> anyhow::
         .unwrap_or(-1.0) as i64
     };
     let (postgres, other_lane) = (counted("postgres"), counted("other_lane"));
+    let held = outbox_tests::faults::failpoint_hits(&relay_label, "relay-before-flag");
     let report = verify(
         &stack,
         "Relay: a flag update past its deadline after the Kafka commit",
         1,
         started,
         &format!(
-            "first flag update held 3 s (RELAY_QUERY_TIMEOUT_MS 1 s), 500-row batches on two lanes; relay_rows_republished_total: postgres {postgres}, other_lane {other_lane}"
+            "crash point relay-before-flag=delay:3000:1 hit {held} time(s) (RELAY_QUERY_TIMEOUT_MS 1 s), 500-row batches on two lanes; relay_rows_republished_total: postgres {postgres}, other_lane {other_lane}"
         ),
     )
     .await;
-    assert_eq!(
-        outbox_tests::faults::failpoint_hits(&relay_label, "relay-before-flag"),
-        1,
-        "the flag update was held once"
-    );
+    assert_eq!(held, 1, "the flag update was held once");
     assert_eq!(postgres, 500, "the batch whose flag missed its deadline");
     assert!(
         other_lane == 0 || other_lane == 500,
