@@ -1,95 +1,91 @@
 //! The daemons' HTTP endpoint: `/metrics` (Prometheus text), `/healthz`
 //! (the process answers) and `/readyz` (every flow connected and moving,
-//! see `health`; 503 otherwise).
-//! Deliberately tiny — a request line, a response, close — so it adds no
-//! framework to two small daemons.
+//! see `health`; 503 otherwise) — served by axum with the same limits for
+//! every server of the product (the dashboard too), and read back by the
+//! status commands with hyper's client.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::routing::get;
+use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
 use crate::metrics::Metrics;
 
-/// One response of the tiny server.
-pub struct Response {
-    pub status: &'static str,
-    pub content_type: &'static str,
-    pub body: String,
-}
+/// A request (headers included) must be answered within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests carry no body worth reading (every route is a `GET`).
+const MAX_REQUEST_BODY: usize = 1024;
+/// Requests handled at once; more wait for a slot.
+const MAX_CONCURRENT_REQUESTS: usize = 64;
 
-impl Response {
-    pub fn ok(content_type: &'static str, body: String) -> Self {
-        Self {
-            status: "200 OK",
-            content_type,
-            body,
-        }
-    }
-
-    pub fn not_found() -> Self {
-        Self {
-            status: "404 Not Found",
-            content_type: "text/plain",
-            body: "not found\n".to_owned(),
-        }
-    }
-}
-
-/// Binds `addr` and answers each `GET` with `route(path)` until
-/// `shutdown`. Returns the bound address (port 0 picks a free one).
-pub async fn serve_routes<R, F>(
+/// Binds `addr` and serves `router` until `shutdown`, with the product's
+/// limits (request timeout, body size, concurrency; `Cache-Control:
+/// no-store` on every answer). Returns the bound address (port 0 picks a
+/// free one).
+pub async fn serve_router(
     addr: SocketAddr,
-    route: R,
+    router: Router,
     shutdown: CancellationToken,
-) -> std::io::Result<SocketAddr>
-where
-    R: Fn(String) -> F + Clone + Send + Sync + 'static,
-    F: std::future::Future<Output = Response> + Send + 'static,
-{
-    let listener = TcpListener::bind(addr).await?;
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let app = router.layer(
+        tower::ServiceBuilder::new()
+            .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            ))
+            .layer(tower_http::limit::RequestBodyLimitLayer::new(
+                MAX_REQUEST_BODY,
+            ))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                REQUEST_TIMEOUT,
+            ))
+            .layer(tower::limit::ConcurrencyLimitLayer::new(
+                MAX_CONCURRENT_REQUESTS,
+            )),
+    );
     tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(s) => s,
-                    Err(_) => continue,
-                },
-                () = shutdown.cancelled() => return,
-            };
-            let route = route.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let n = match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    stream.read(&mut buf),
-                )
-                .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let path = request.split_whitespace().nth(1).unwrap_or("/");
-                // The query string selects nothing here.
-                let path = path.split('?').next().unwrap_or("/").to_owned();
-                let Response {
-                    status,
-                    content_type,
-                    body,
-                } = route(path).await;
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-            });
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::warn!(%error, "http server stopped");
         }
     });
     Ok(bound)
+}
+
+/// `/metrics`, `/healthz` and `/readyz` of a daemon.
+pub fn daemon_routes(metrics: Metrics, health: Health) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics.render();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .route(
+            "/readyz",
+            get(move || {
+                let (ready, report) = health.check();
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                async move { (status, report) }
+            }),
+        )
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`.
@@ -100,23 +96,7 @@ pub async fn serve(
     health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let route = move |path: String| {
-        let response = match path.as_str() {
-            "/metrics" => Response::ok("text/plain; version=0.0.4", metrics.render()),
-            "/healthz" => Response::ok("text/plain", "ok\n".to_owned()),
-            "/readyz" => match health.check() {
-                (true, report) => Response::ok("text/plain", report),
-                (false, report) => Response {
-                    status: "503 Service Unavailable",
-                    content_type: "text/plain",
-                    body: report,
-                },
-            },
-            _ => Response::not_found(),
-        };
-        std::future::ready(response)
-    };
-    serve_routes(addr, route, shutdown).await
+    serve_router(addr, daemon_routes(metrics, health), shutdown).await
 }
 
 /// Serves on `addr` if configured, logging where; a failure to bind is
@@ -137,19 +117,16 @@ pub async fn serve_if_configured(
 /// (status code, body) of `GET path` on a daemon's endpoint at `addr`
 /// (`host:port`, resolved on each call), if it answers within two seconds.
 pub async fn fetch(addr: &str, path: &str) -> Option<(u16, String)> {
+    let uri: axum::http::Uri = format!("http://{addr}{path}").parse().ok()?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
     let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: status\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body.to_owned()))
+        let response = client.get(uri).await.ok()?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    tokio::time::timeout(std::time::Duration::from_secs(2), fetch)
+    tokio::time::timeout(Duration::from_secs(2), fetch)
         .await
         .ok()
         .flatten()
@@ -301,12 +278,15 @@ mod tests {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         let get = |path: &'static str| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut s = tokio::net::TcpStream::connect(addr)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
-            s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
             let mut out = String::new();
             s.read_to_string(&mut out)
                 .await
@@ -316,6 +296,10 @@ mod tests {
         let ready = get("/readyz").await;
         assert!(
             ready.starts_with("HTTP/1.1 200") && ready.contains("flow=ok_flow ready"),
+            "{ready}"
+        );
+        assert!(
+            ready.to_lowercase().contains("cache-control: no-store"),
             "{ready}"
         );
         health.flow("dead_flow").unreachable();
@@ -344,6 +328,24 @@ mod tests {
             fetch(&addr.to_string(), "/readyz").await.map(|(s, _)| s),
             Some(503)
         );
+        // A request body past the limit is refused, not read.
+        let big = {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let body = "x".repeat(4096);
+            s.write_all(
+                format!("POST /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                    .as_bytes(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out).await;
+            out
+        };
+        assert!(big.starts_with("HTTP/1.1 413"), "{big}");
         shutdown.cancel();
         assert_eq!(parse_addr("A", "off"), Ok(None));
         assert!(parse_addr("A", "nonsense").is_err());

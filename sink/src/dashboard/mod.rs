@@ -15,7 +15,9 @@ mod status;
 
 use std::net::SocketAddr;
 
-use flows::http::Response;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
 use flows::{Env, Flow, SettingError};
 use tokio_util::sync::CancellationToken;
 
@@ -84,23 +86,27 @@ pub async fn serve(
     let addr = config.addr;
     let config = std::sync::Arc::new(config);
     let cache = std::sync::Arc::new(cache::SnapshotCache::new(cache::MAX_AGE));
-    let route = move |path: String| {
+    let api = move || {
         let (config, client, cache) = (config.clone(), client.clone(), cache.clone());
         async move {
-            match path.as_str() {
-                "/" => Response::ok("text/html; charset=utf-8", PAGE.to_owned()),
-                "/api/dashboard" => {
-                    let body = cache
-                        .get(|| async { snapshot(&config, &client).await.to_string() })
-                        .await;
-                    Response::ok("application/json", body.to_string())
-                }
-                "/healthz" => Response::ok("text/plain", "ok\n".to_owned()),
-                _ => Response::not_found(),
-            }
+            let body = cache
+                .get(|| async { snapshot(&config, &client).await.to_string() })
+                .await;
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
         }
     };
-    flows::http::serve_routes(addr, route, shutdown).await
+    let router = Router::new()
+        .route(
+            "/",
+            get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }),
+        )
+        .route("/api/dashboard", get(api))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
+    flows::http::serve_router(addr, router, shutdown).await
 }
 
 /// Everything the page shows, as one JSON document. A part that cannot be
