@@ -69,7 +69,15 @@ pub fn daemon_routes(metrics: Metrics, health: Health) -> Router {
             "/metrics",
             get(move || {
                 let text = metrics.render();
-                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -210,13 +218,15 @@ impl DaemonView {
 /// The value of series `name` with exactly `labels` in Prometheus text.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    let series = if wanted.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{name}{{{}}}", wanted.join(","))
-    };
-    text.lines()
-        .find_map(|line| line.strip_prefix(&series)?.strip_prefix(' ')?.parse().ok())
+    // An unlabelled series is written `name{} v` (OpenMetrics) or `name v`.
+    let series = format!("{name}{{{}}}", wanted.join(","));
+    let bare = wanted.is_empty().then(|| name.to_owned());
+    text.lines().find_map(|line| {
+        let rest = line
+            .strip_prefix(&series)
+            .or_else(|| line.strip_prefix(bare.as_deref()?))?;
+        rest.strip_prefix(' ')?.parse().ok()
+    })
 }
 
 /// The sum of every series of `name` whose labels include `labels` (e.g.
@@ -310,7 +320,7 @@ mod tests {
             "{not_ready}"
         );
         for (path, expect) in [
-            ("/metrics", "x_total 2"),
+            ("/metrics", "x_total{} 2"),
             ("/healthz", "ok"),
             ("/nope", "404"),
         ] {
