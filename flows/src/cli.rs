@@ -1,21 +1,48 @@
-//! What every binary's `main` does before handing over: snapshot the
-//! environment, set up logging, build the runtime; and how it reports a bad
-//! setting (one line, exit code 2).
+//! What every binary's `main` does before handing over: read the settings
+//! (the environment over the optional settings file), set up logging, build
+//! the runtime; and how it reports a bad setting (one line, exit code 2).
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::{Env, SettingError};
+use crate::settings::{Env, SettingError, Source};
 
-/// Runs `body` on a multi-threaded runtime with logging set up.
-pub fn run_main<F, Fut>(name: &str, body: F) -> ExitCode
+/// Where the settings file's values came from (variable → `key in FILE`),
+/// so that a bad value is reported under the name the operator wrote.
+static ORIGINS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+
+/// The settings: the environment over the settings file `config` (the
+/// `--config` argument, else `OUTBOX_CONFIG`), secrets read from their
+/// `…_FILE`s.
+pub fn settings(config: Option<PathBuf>) -> Result<Env, SettingError> {
+    let mut env = Env::from_process();
+    let file = config.or_else(|| env.get("OUTBOX_CONFIG").map(PathBuf::from));
+    if let Some(path) = file {
+        let from_file = crate::config_file::read(&path)?;
+        let _ = ORIGINS.set(
+            from_file
+                .iter()
+                .map(|s| (s.var.clone(), s.origin.clone()))
+                .collect(),
+        );
+        env = env.over_file(from_file);
+    }
+    env.with_secret_files()
+}
+
+/// Runs `body` on a multi-threaded runtime with logging set up, the
+/// settings read from the environment over the settings file `config`.
+pub fn run_main<F, Fut>(name: &str, config: Option<PathBuf>, body: F) -> ExitCode
 where
     F: FnOnce(Env) -> Fut,
     Fut: Future<Output = ExitCode>,
 {
-    let env = match Env::from_process().with_secret_files() {
+    let env = match settings(config) {
         Ok(env) => env,
         Err(e) => return bad_setting(name, &e),
     };
@@ -33,10 +60,29 @@ where
     }
 }
 
-/// One line naming the setting, exit code 2.
+/// One line naming the setting (the settings file's key when it came from
+/// there), exit code 2.
 pub fn bad_setting(name: &str, e: &SettingError) -> ExitCode {
-    eprintln!("{name}: {e}");
+    match ORIGINS.get().and_then(|origins| origins.get(&e.name)) {
+        Some(origin) => eprintln!("{name}: invalid setting {origin}: {}", e.reason),
+        None => eprintln!("{name}: {e}"),
+    }
     ExitCode::from(2)
+}
+
+/// `relay config` (and the sink's and stage's): every setting the daemon
+/// read while building its configuration, with its value (secrets
+/// redacted) and where it came from, one `NAME=value  # source` per line.
+pub fn print_effective(env: &Env) {
+    for setting in env.effective() {
+        let value = setting.shown.unwrap_or_default();
+        let source = match setting.source {
+            Source::Default => "default".to_owned(),
+            Source::Environment => "environment".to_owned(),
+            Source::File(origin) => format!("file: {origin}"),
+        };
+        println!("{}={value}  # {source}", setting.name);
+    }
 }
 
 /// Any other failure: one line, exit code 1.

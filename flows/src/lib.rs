@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod cli;
+pub mod config_file;
 pub mod definition;
 pub mod failpoint;
 pub mod health;

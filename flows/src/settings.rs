@@ -1,11 +1,16 @@
-//! Settings come from the environment. Each daemon lists the variables it
-//! knows; a missing, malformed or unknown one is a [`SettingError`] naming the
-//! variable (never echoing its value, which may hold a password), and the
-//! binaries turn that into one line on stderr and exit code 2.
+//! Settings come from the environment, over an optional settings file
+//! (`config_file`), over built-in defaults. Each daemon lists the variables
+//! it knows; a missing, malformed or unknown one is a [`SettingError`] naming
+//! the variable, or the file's key (never echoing its value, which may hold
+//! a password), and the binaries turn that into one line on stderr and exit
+//! code 2. An [`Env`] remembers every setting the daemon consulted and where
+//! its value came from, which `relay config` (and the sink's and stage's)
+//! print.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use crate::definition::{Flow, FlowCatalog};
 
@@ -36,10 +41,34 @@ pub const SECRET_VARS: &[&str] = &[
     "KAFKA_SSL_KEY_PASSWORD",
 ];
 
-/// A snapshot of environment variables. Empty values count as unset.
+/// A snapshot of the settings: environment variables over the settings
+/// file. Empty values count as unset.
 #[derive(Clone, Debug, Default)]
 pub struct Env {
     vars: BTreeMap<String, String>,
+    /// Where a variable that is not from the environment came from (the
+    /// file's key), for messages and `config`.
+    origins: BTreeMap<String, String>,
+    /// Every setting read so far, with the default used when unset.
+    consulted: Arc<Mutex<BTreeMap<String, Option<String>>>>,
+}
+
+/// Where an effective setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(String),
+    Environment,
+}
+
+/// One line of the effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effective {
+    pub name: String,
+    /// The value as shown: secrets redacted; `None` when unset with no
+    /// default.
+    pub shown: Option<String>,
+    pub source: Source,
 }
 
 impl Env {
@@ -59,7 +88,78 @@ impl Env {
                 .map(|(k, v)| (k.into(), v.into()))
                 .filter(|(_, v): &(String, String)| !v.is_empty())
                 .collect(),
+            ..Self::default()
         }
+    }
+
+    /// The settings file's values under this environment's (a variable set
+    /// in the environment wins).
+    pub fn over_file(mut self, file: Vec<crate::config_file::FileSetting>) -> Self {
+        for setting in file {
+            if setting.value.is_empty() || self.vars.contains_key(&setting.var) {
+                continue;
+            }
+            self.origins.insert(setting.var.clone(), setting.origin);
+            self.vars.insert(setting.var, setting.value);
+        }
+        self
+    }
+
+    /// Where `name`'s value came from when not from the environment (the
+    /// settings file's key), for messages.
+    pub fn origin(&self, name: &str) -> Option<&str> {
+        self.origins.get(name).map(String::as_str)
+    }
+
+    /// `error` naming the file's key when the setting came from the file.
+    pub fn explain(&self, error: SettingError) -> SettingError {
+        match self.origin(&error.name) {
+            Some(origin) => SettingError {
+                name: origin.to_owned(),
+                reason: error.reason,
+            },
+            None => error,
+        }
+    }
+
+    fn consult(&self, name: &str, default: Option<String>) {
+        let mut consulted = self
+            .consulted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = consulted.entry(name.to_owned()).or_insert(None);
+        if default.is_some() {
+            *entry = default;
+        }
+    }
+
+    /// Every setting consulted so far: its value (secrets redacted), or the
+    /// default, and where it came from. Call after building a daemon's
+    /// configuration from this `Env`.
+    pub fn effective(&self) -> Vec<Effective> {
+        let consulted = self
+            .consulted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        consulted
+            .into_iter()
+            .map(|(name, default)| match self.vars.get(&name) {
+                Some(value) => Effective {
+                    shown: Some(shown(&name, value)),
+                    source: match self.origins.get(&name) {
+                        Some(origin) => Source::File(origin.clone()),
+                        None => Source::Environment,
+                    },
+                    name,
+                },
+                None => Effective {
+                    name,
+                    shown: default,
+                    source: Source::Default,
+                },
+            })
+            .collect()
     }
 
     /// Reads every `NAME_FILE` of [`SECRET_VARS`] into `NAME` (one trailing
@@ -91,6 +191,7 @@ impl Env {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
+        self.consult(name, None);
         self.vars.get(name).map(String::as_str)
     }
 
@@ -101,11 +202,17 @@ impl Env {
     }
 
     pub fn string_or(&self, name: &str, default: &str) -> String {
+        self.consult(name, Some(default.to_owned()));
         self.get(name).unwrap_or(default).to_owned()
     }
 
     /// Parses the variable, or returns `default` when it is unset.
-    pub fn parse_or<T: FromStr>(&self, name: &str, default: T) -> Result<T, SettingError> {
+    pub fn parse_or<T: FromStr + std::fmt::Display>(
+        &self,
+        name: &str,
+        default: T,
+    ) -> Result<T, SettingError> {
+        self.consult(name, Some(default.to_string()));
         match self.get(name) {
             None => Ok(default),
             Some(raw) => raw.trim().parse().map_err(|_| {
@@ -143,10 +250,19 @@ impl Env {
             if prefixes.iter().any(|p| name.starts_with(p))
                 && !known.iter().any(|list| list.contains(&name.as_str()))
             {
-                return Err(SettingError::new(name, "unknown setting (misspelt?)"));
+                return Err(self.explain(SettingError::new(name, "unknown setting (misspelt?)")));
             }
         }
         Ok(())
+    }
+}
+
+/// A setting's value as `config` shows it: secrets never in clear.
+fn shown(name: &str, value: &str) -> String {
+    match name {
+        "DATABASE_URL" => redact_url(value),
+        _ if SECRET_VARS.contains(&name) => "***".to_owned(),
+        _ => value.to_owned(),
     }
 }
 

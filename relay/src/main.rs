@@ -19,10 +19,18 @@ const NAME: &str = "relay";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A TOML settings file (sections `[relay]`, `[sink]`, `[stage]`,
+    /// `[kafka]`, `[clickhouse]`); variables in the environment win.
+    #[arg(long, global = true, value_name = "FILE", env = "OUTBOX_CONFIG")]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print the effective configuration of `relay run`: every setting with
+    /// its value (secrets redacted) and where it came from (default, file,
+    /// environment). Exit 2 naming a bad setting.
+    Config,
     /// Apply the Postgres migrations (idempotent: records what it applied).
     Migrate,
     /// Relay the selected flows until SIGTERM or SIGINT.
@@ -57,8 +65,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    run_main(NAME, |env| async move {
+    run_main(NAME, cli.config, |env| async move {
         let outcome = match cli.command {
+            Command::Config => setting(RelayConfig::from_env(&env)).map(|_| {
+                flows::cli::print_effective(&env);
+                ExitCode::SUCCESS
+            }),
             Command::Migrate => migrate(&env).await,
             Command::Run => run(&env).await,
             Command::Status => status(&env).await,

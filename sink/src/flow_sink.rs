@@ -161,14 +161,14 @@ impl FlowSink {
                     };
                     let failed = received.is_err();
                     take(&mut batch, received);
-                    if failed && let Some((code, reason)) = consumer.client().fatal_error() {
-                        tracing::error!(flow, ?code, reason, "kafka consumer failed for good");
-                        let hint = if matches!(code, rdkafka::types::RDKafkaErrorCode::FencedInstanceId) {
-                            " (another sink runs with the same SINK_GROUP_INSTANCE_ID)"
-                        } else {
-                            ""
-                        };
-                        fatal = Some(format!("{code:?}: {reason}{hint}"));
+                    if failed
+                        && let crate::policy::Action::Stop(reason) = crate::policy::consumer(
+                            &KafkaError::Canceled,
+                            consumer.client().fatal_error(),
+                        )
+                    {
+                        tracing::error!(flow, reason, "kafka consumer failed for good");
+                        fatal = Some(reason);
                         break;
                     }
                     // Take what is already queued without a round through
@@ -265,7 +265,7 @@ impl FlowSink {
                     }
                     Err(error) => {
                         stats.insert_failures.inc();
-                        if let Some(reason) = crate::clickhouse::writer::refusal(&error) {
+                        if let crate::policy::Action::Hold(reason) = crate::policy::insert(&error) {
                             refused = true;
                             self.refused(plan, Some(&reason));
                         }
@@ -305,14 +305,12 @@ impl FlowSink {
                 tracing::warn!(flow, %error, letters = unsent.len(), retry_in_ms = delay.as_millis() as u64, "dead-letter publish failed; retrying the letters not acknowledged, nothing committed");
                 // Not ready while letters cannot be written: the stream
                 // stops here rather than skip them.
-                self.health.block(
-                    DEAD_LETTERS,
-                    &format!(
-                        "dead-letter topic {} cannot be written ({} letters waiting): {error}",
-                        topics.into_iter().collect::<Vec<_>>().join(", "),
-                        unsent.len()
-                    ),
-                );
+                let topics = topics.into_iter().collect::<Vec<_>>().join(", ");
+                if let crate::policy::Action::Hold(reason) =
+                    crate::policy::dead_letters(&error, &topics, unsent.len())
+                {
+                    self.health.block(DEAD_LETTERS, &reason);
+                }
                 blocked = true;
                 if !sleep_or_stop(delay, stop).await {
                     return false;
@@ -362,7 +360,8 @@ impl FlowSink {
             // The rows are stored; an uncommitted offset only means they are
             // read again (e.g. after a rebalance) and absorbed by the table.
             Ok(Err(error)) => {
-                tracing::warn!(flow, %error, "offset commit failed; rows will be re-read and deduplicated")
+                let action = crate::policy::offset_commit(&error);
+                tracing::warn!(flow, %error, ?action, "offset commit failed; rows will be re-read and deduplicated")
             }
             Err(error) => tracing::warn!(flow, %error, "offset commit task failed"),
         }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dashboard;
 pub mod dead_letter;
 pub mod flow_sink;
+pub mod policy;
 pub mod reconcile;
 pub mod stats;
 pub mod status;

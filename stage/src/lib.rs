@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod normalise;
+pub mod policy;
 pub mod stage_loop;
 
 use std::sync::Arc;

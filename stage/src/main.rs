@@ -19,23 +19,33 @@ const NAME: &str = "stage";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A TOML settings file (sections `[relay]`, `[sink]`, `[stage]`,
+    /// `[kafka]`, `[clickhouse]`); variables in the environment win.
+    #[arg(long, global = true, value_name = "FILE", env = "OUTBOX_CONFIG")]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print the effective configuration of `stage run`: every setting with
+    /// its value (secrets redacted) and where it came from (default, file,
+    /// environment). Exit 2 naming a bad setting.
+    Config,
     /// Run the selected flows' stages until SIGTERM or SIGINT.
     Run,
 }
 
 fn main() -> ExitCode {
-    let Cli {
-        command: Command::Run,
-    } = Cli::parse();
-    run_main(NAME, |env| async move {
+    let cli = Cli::parse();
+    run_main(NAME, cli.config, |env| async move {
         let config = match StageConfig::from_env(&env) {
             Ok(c) => c,
             Err(e) => return bad_setting(NAME, &e),
         };
+        if matches!(cli.command, Command::Config) {
+            flows::cli::print_effective(&env);
+            return ExitCode::SUCCESS;
+        }
         if let Err(code) = flows::cli::check_kafka(NAME, &config.kafka).await {
             return code;
         }

@@ -32,6 +32,9 @@ use crate::normalise::normalise;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The health cause of Kafka refusing the stage (see `policy`).
+const KAFKA_REFUSES: &str = "kafka-refuses";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     #[error("kafka: {0}")]
@@ -77,6 +80,9 @@ impl FlowStage {
                             &[("flow", &flow)],
                         )
                         .inc();
+                    if let crate::policy::Recovery::Hold(reason) = crate::policy::classify(&error) {
+                        self.health.block(KAFKA_REFUSES, &reason);
+                    }
                     let delay = backoff.next_delay();
                     tracing::warn!(flow, %error, retry_in_ms = delay.as_millis() as u64, "stage batch aborted; resuming from the last committed offsets");
                     tokio::select! {
@@ -166,6 +172,7 @@ impl FlowStage {
                 .await
                 .map_err(|_| StageError::Task)??;
             backoff.reset();
+            self.health.unblock(KAFKA_REFUSES);
             self.metrics
                 .counter(
                     "stage_records_total",

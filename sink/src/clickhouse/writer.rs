@@ -55,7 +55,11 @@ pub fn refusal(error: &clickhouse::error::Error) -> Option<String> {
         (60, "the table does not exist"),
         (81, "the database does not exist"),
         (164, "the server is read-only"),
+        (192, "ClickHouse does not know the user"),
+        (193, "ClickHouse refuses the password"),
+        (194, "ClickHouse requires a password"),
         (497, "the user may not insert"),
+        (516, "ClickHouse refuses the credentials"),
     ];
     let text = error.to_string();
     let code: u32 = text
