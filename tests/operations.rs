@@ -315,3 +315,67 @@ async fn sink_status_and_reconcile_report_what_is_stored() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// The pooled sessions (status, replay, reconcile, the probe …): a Postgres
+/// that accepts the connection and never answers makes `relay status` and
+/// `sink reconcile` give up after `POSTGRES_CONNECT_TIMEOUT_MS` (exit 1,
+/// saying so) instead of hanging; a pooled session carries
+/// `POSTGRES_STATEMENT_TIMEOUT_MS` as its `statement_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_sessions_time_out_on_a_silent_server_and_carry_the_statement_timeout()
+-> anyhow::Result<()> {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = silent.local_addr()?.port();
+    // Accepts (the kernel's backlog does) and never answers.
+    let url: &'static str = Box::leak(
+        format!("postgres://u:pw-secret@127.0.0.1:{port}/db?sslmode=disable").into_boxed_str(),
+    );
+    let env = [
+        ("DATABASE_URL", url),
+        ("KAFKA_BROKERS", "127.0.0.1:9"),
+        ("CLICKHOUSE_URL", "http://127.0.0.1:9"),
+        ("POSTGRES_CONNECT_TIMEOUT_MS", "1000"),
+        ("RELAY_METRICS_ADDR", "off"),
+        ("SINK_METRICS_ADDR", "off"),
+    ];
+    for (binary, command) in [("relay", "status"), ("sink", "reconcile")] {
+        let started = Instant::now();
+        let env = env.to_vec();
+        let (code, out, err) =
+            tokio::task::spawn_blocking(move || run_for_output(binary, &[command], &env)).await?;
+        let took = started.elapsed();
+        assert_eq!(code, Some(1), "{binary} {command}: {out}{err}");
+        assert!(
+            err.contains("no answer within 1s"),
+            "{binary} {command}: {err}"
+        );
+        assert!(!err.contains("pw-secret"), "{err}");
+        assert!(
+            took < Duration::from_secs(15),
+            "{binary} {command} took {took:?}"
+        );
+    }
+    drop(silent);
+
+    let stack = TestStack::start("pool").await?;
+    let config = flows::pg_pool::PoolConfig::from_env(&flows::Env::from_pairs([(
+        "POSTGRES_STATEMENT_TIMEOUT_MS",
+        "700",
+    )]))?;
+    let pool = flows::pg_pool::Pool::new(&stack.database_url, &config)?;
+    let session = pool.get().await?;
+    let shown: String = session
+        .query_one("SHOW statement_timeout", &[])
+        .await?
+        .get(0);
+    assert_eq!(shown, "700ms");
+    let slow = session.execute("SELECT pg_sleep(3)", &[]).await;
+    assert!(
+        slow.as_ref()
+            .err()
+            .and_then(|e| e.as_db_error())
+            .is_some_and(|db| db.message().contains("statement timeout")),
+        "{slow:?}"
+    );
+    Ok(())
+}

@@ -44,7 +44,7 @@ pub async fn backlog(bench: &Bench, n: u64) -> anyhow::Result<()> {
 pub async fn reset_pending(bench: &Bench) -> anyhow::Result<()> {
     let pg = bench.pg().await?;
     pg.execute(
-        "UPDATE user_logins SET sent_to_kafka = FALSE WHERE id <= $1",
+        "UPDATE user_logins SET sent_to_kafka = FALSE WHERE id <= $1 AND sent_to_kafka",
         &[&(bench.backlog as i32)],
     )
     .await?;

@@ -1,5 +1,11 @@
 //! Capped exponential backoff with jitter, used for every retry of an
 //! unreachable or failing service.
+//!
+//! Hand-made on purpose: the retry loops here are `select!`s that also
+//! watch shutdown, log each attempt's delay and report attempts to health;
+//! they need only "the next delay". Crates such as `backon` drive a retried
+//! future themselves, which would mean wrapping each loop body in a closure
+//! and losing the shutdown branch — more code than these 40 lines.
 
 use std::time::Duration;
 

@@ -15,6 +15,7 @@ pub mod lag;
 pub mod metrics;
 pub mod migrations;
 pub mod pg;
+pub mod pg_pool;
 pub mod settings;
 pub mod shutdown;
 pub mod systemd;

@@ -183,6 +183,20 @@ fn connector(target: &Target) -> Result<MakeTlsConnector, PgConnectError> {
     Ok(tls)
 }
 
+/// The tokio-postgres configuration of `url` (libpq's TLS parameters taken
+/// out) and the TLS connector they ask for.
+pub fn config_and_tls(
+    url: &str,
+) -> Result<(tokio_postgres::Config, MakeTlsConnector), PgConnectError> {
+    let target = parse(url).map_err(PgConnectError::Settings)?;
+    let tls = connector(&target)?;
+    let config: tokio_postgres::Config = target
+        .url
+        .parse()
+        .map_err(|e| PgConnectError::Settings(format!("cannot be parsed: {e}")))?;
+    Ok((config, tls))
+}
+
 /// A connection attempt (TCP, TLS and the server's start-up) that takes
 /// longer gives up: a server behind a dead network path never answers.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -201,12 +215,7 @@ pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// timeouts (see [`CONNECT_TIMEOUT`], [`KEEPALIVE_IDLE`]). The caller drives
 /// the returned connection.
 pub async fn connect_once(url: &str) -> Result<(Client, PgConnection), PgConnectError> {
-    let target = parse(url).map_err(PgConnectError::Settings)?;
-    let tls = connector(&target)?;
-    let mut config: tokio_postgres::Config = target
-        .url
-        .parse()
-        .map_err(|e| PgConnectError::Settings(format!("cannot be parsed: {e}")))?;
+    let (mut config, tls) = config_and_tls(url)?;
     config
         .connect_timeout(CONNECT_TIMEOUT)
         .keepalives(true)

@@ -10,6 +10,12 @@
 //! backlog not moving, e.g. a database that is down while the loop retries)
 //! is reported by `/readyz`, not by the watchdog: restarting would not cure
 //! a database that is down.
+//!
+//! The notify call is hand-made on purpose: the protocol is one datagram to
+//! a Unix socket, and `notify_to` takes the socket's path, so the tests
+//! check path and abstract sockets without setting `NOTIFY_SOCKET` in a
+//! multi-threaded test process (the `sd-notify` crate reads only the
+//! process environment). The watchdog logic ([`Beats`]) is the product's own.
 
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;

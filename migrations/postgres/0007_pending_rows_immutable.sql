@@ -3,10 +3,11 @@
 -- commits); if the row changed in between, the second copy carries new
 -- values, and a ClickHouse table ordered by a changed column (sales by
 -- event_time, the router's tables by timestamp) would keep both copies even
--- under FINAL. So an UPDATE that leaves a pending row pending is refused.
--- Flagging (the relay), setting aside, replaying a sent row and changing a
--- row already sent stay allowed. The WHEN clause is all the relay's flag
--- updates evaluate (no function call per row).
+-- under FINAL. So an UPDATE that changes a pending row and leaves it
+-- pending is refused. Flagging (the relay), setting aside, replaying a sent
+-- row, changing a row already sent and an update that changes nothing stay
+-- allowed. The WHEN clause is all the relay's flag updates evaluate (its
+-- first test ends it; no function call per row).
 CREATE OR REPLACE FUNCTION outbox_refuse_pending_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -25,7 +26,8 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS outbox_pending_immutable ON %s', source);
     EXECUTE format(
         'CREATE TRIGGER outbox_pending_immutable BEFORE UPDATE ON %s FOR EACH ROW '
-        'WHEN (OLD.sent_to_kafka IS NOT TRUE AND NEW.sent_to_kafka IS NOT TRUE) '
+        'WHEN (OLD.sent_to_kafka IS NOT TRUE AND NEW.sent_to_kafka IS NOT TRUE '
+        'AND OLD.* IS DISTINCT FROM NEW.*) '
         'EXECUTE FUNCTION outbox_refuse_pending_update()',
         source);
 END;

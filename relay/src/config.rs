@@ -46,6 +46,9 @@ pub struct PostgresConfig {
     /// server (`statement_timeout`). A lane past it is dropped and the
     /// relay reconnects, standing by if another relay took over meanwhile.
     pub query_timeout: Duration,
+    /// The pooled sessions (start-up check, backlog probe, the commands):
+    /// not the lanes, nor the `LISTEN` connection.
+    pub pool: flows::pg_pool::PoolConfig,
 }
 
 /// Shows the URL with its password replaced.
@@ -55,6 +58,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("url", &flows::settings::redact_url(&self.url))
             .field("session_timeout", &self.session_timeout)
             .field("query_timeout", &self.query_timeout)
+            .field("pool", &self.pool)
             .finish()
     }
 }
@@ -111,14 +115,19 @@ pub fn postgres_config(env: &Env) -> Result<PostgresConfig, SettingError> {
             env.positive_or("RELAY_SESSION_TIMEOUT_MS", 30_000)?,
         ),
         query_timeout: Duration::from_millis(env.positive_or("RELAY_QUERY_TIMEOUT_MS", 15_000)?),
+        pool: flows::pg_pool::PoolConfig::from_env(env)?,
     })
 }
 
 impl RelayConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
         env.reject_unknown(
-            &["RELAY_", "KAFKA_"],
-            &[KNOWN_VARS, flows::kafka::KNOWN_VARS],
+            &["RELAY_", "KAFKA_", "POSTGRES_"],
+            &[
+                KNOWN_VARS,
+                flows::kafka::KNOWN_VARS,
+                flows::pg_pool::KNOWN_VARS,
+            ],
         )?;
         flows::telemetry::log_format(env)?;
         let postgres = postgres_config(env)?;

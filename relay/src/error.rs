@@ -16,6 +16,8 @@ pub enum RelayError {
     Producer(#[from] rdkafka::error::KafkaError),
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("postgres: {0}")]
+    Connect(#[from] flows::pg::PgConnectError),
     /// A Postgres query had no answer within `RELAY_QUERY_TIMEOUT_MS`.
     #[error("postgres: no answer to {what} within {after:?}")]
     Stuck {
@@ -71,6 +73,7 @@ pub fn classify(err: &RelayError) -> Recovery {
         // No answer in time: the session is as good as dead (and the server
         // ends it by its own timeouts); its locks go to whoever asks next.
         RelayError::Stuck { .. } => Recovery::Reconnect,
+        RelayError::Connect(_) => Recovery::Reconnect,
         // Fenced: a standby with our transactional id took over while this
         // relay was frozen. Step down: drop the sessions (the transaction is
         // rolled back, nothing flagged) and stand by for the locks again —

@@ -40,8 +40,8 @@ pub async fn run(
     let config = Arc::new(config);
     let health = flows::health::Health::new(config.stall_after);
     flows::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
-    if let Some(client) = flows::pg::connect(&config.postgres.url, "startup check", &shutdown).await
-    {
+    let pool = flows::pg_pool::Pool::new(&config.postgres.url, &config.postgres.pool)?;
+    if let Some(client) = pool.get_retrying("startup check", &shutdown).await {
         for flow in &config.flows {
             for source in &flow.sources {
                 source::OutboxSource::inspect(&client, flow.name.as_str(), source).await?;
@@ -51,7 +51,7 @@ pub async fn run(
     }
     let probe = tokio::spawn(probe::run(
         config.flows.clone(),
-        config.postgres.url.clone(),
+        pool,
         metrics.clone(),
         health,
         flows::health::probe_interval(config.stall_after),

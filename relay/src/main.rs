@@ -85,18 +85,27 @@ fn setting<T>(result: Result<T, SettingError>) -> Result<T, ExitCode> {
     result.map_err(|e| bad_setting(NAME, &e))
 }
 
-/// A session on DATABASE_URL (retried while Postgres is unreachable), or the
-/// exit code: 0 if SIGTERM came first.
+/// A pooled session on DATABASE_URL, or the exit code: `migrate` waits
+/// for Postgres (retried while unreachable; 0 if SIGTERM came first), the
+/// other commands give up after `POSTGRES_CONNECT_TIMEOUT_MS` (exit 1).
 async fn connect(
     env: &Env,
     purpose: &str,
-) -> Result<(tokio_postgres::Client, tokio_util::sync::CancellationToken), ExitCode> {
+) -> Result<(flows::pg_pool::Session, tokio_util::sync::CancellationToken), ExitCode> {
     let pg = setting(relay::config::postgres_config(env))?;
     let shutdown = signals(NAME)?;
-    match flows::pg::connect(&pg.url, purpose, &shutdown).await {
-        Some(client) => Ok((client, shutdown)),
-        None => Err(ExitCode::SUCCESS),
-    }
+    let pool = flows::pg_pool::Pool::new(&pg.url, &pg.pool)
+        .map_err(|e| bad_setting(NAME, &SettingError::new("DATABASE_URL", e.to_string())))?;
+    let session = if purpose == "migrate" {
+        pool.get_retrying(purpose, &shutdown)
+            .await
+            .ok_or(ExitCode::SUCCESS)?
+    } else {
+        pool.get()
+            .await
+            .map_err(|e| failure(&format!("relay {purpose}"), &format!("postgres: {e}")))?
+    };
+    Ok((session, shutdown))
 }
 
 async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {

@@ -54,7 +54,7 @@ struct Watched {
 /// Probes every flow every `every` until `shutdown`.
 pub async fn run(
     flows: Vec<Flow>,
-    url: String,
+    pool: flows::pg_pool::Pool,
     metrics: Metrics,
     health: Health,
     every: Duration,
@@ -69,10 +69,10 @@ pub async fn run(
             oldest: HashMap::new(),
         })
         .collect();
-    let mut client: Option<Client> = None;
+    let mut client: Option<flows::pg_pool::Session> = None;
     loop {
-        if client.as_ref().is_none_or(Client::is_closed) {
-            client = flows::pg::connect(&url, "backlog probe", &shutdown).await;
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = pool.get_retrying("backlog probe", &shutdown).await;
         }
         let Some(pg) = &client else { return };
         for w in &mut watched {

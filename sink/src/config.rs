@@ -97,8 +97,12 @@ pub fn clickhouse_config(env: &Env) -> Result<ClickHouseConfig, SettingError> {
 impl SinkConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
         env.reject_unknown(
-            &["SINK_", "CLICKHOUSE_", "KAFKA_"],
-            &[KNOWN_VARS, flows::kafka::KNOWN_VARS],
+            &["SINK_", "CLICKHOUSE_", "KAFKA_", "POSTGRES_"],
+            &[
+                KNOWN_VARS,
+                flows::kafka::KNOWN_VARS,
+                flows::pg_pool::KNOWN_VARS,
+            ],
         )?;
         flows::telemetry::log_format(env)?;
         let clickhouse = clickhouse_config(env)?;

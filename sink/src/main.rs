@@ -136,12 +136,15 @@ async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
 async fn reconcile(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(SinkConfig::from_env(env))?;
     let url = setting(flows::pg::database_url(env, "DATABASE_URL"))?;
-    let shutdown = signals(NAME)?;
+    let pool_config = setting(flows::pg_pool::PoolConfig::from_env(env))?;
     let ch = &config.clickhouse;
     let client = sink::clickhouse::client::client(ch, Some(&ch.database));
-    let Some(pg) = flows::pg::connect(&url, "reconcile", &shutdown).await else {
-        return Ok(ExitCode::SUCCESS);
-    };
+    let pool = flows::pg_pool::Pool::new(&url, &pool_config)
+        .map_err(|e| bad_setting(NAME, &SettingError::new("DATABASE_URL", e.to_string())))?;
+    let pg = pool
+        .get()
+        .await
+        .map_err(|e| failure("sink reconcile", &format!("postgres: {e}")))?;
     let mut consistent = true;
     for (flow, source, target, column) in sink::reconcile::pairs(&config.flows) {
         let c = sink::reconcile::compare(&pg, &client, &flow, &source, &target, &column)
