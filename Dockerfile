@@ -9,7 +9,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p relay -p sink -p stage --bins \
+RUN cargo build --release --locked -p outbox-cli --bins \
  && strip target/release/relay target/release/sink target/release/stage
 
 FROM debian:bookworm-slim

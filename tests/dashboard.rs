@@ -63,9 +63,9 @@ async fn the_dashboard_shows_each_flow_and_draws_the_sales_charts() -> anyhow::R
     })
     .await;
 
-    let config = sink::dashboard::DashboardConfig::from_env(&Env::from_pairs(stack.daemon_env()))?;
+    let config = ops::dashboard::DashboardConfig::from_env(&Env::from_pairs(stack.daemon_env()))?;
     let shutdown = CancellationToken::new();
-    let addr = sink::dashboard::serve(config, shutdown.clone()).await?;
+    let addr = ops::dashboard::serve(config, shutdown.clone()).await?;
 
     // The status part: both daemons answer and call the flow ready.
     wait_until("relay and sink ready in the dashboard", ARRIVAL, || async {

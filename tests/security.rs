@@ -282,10 +282,7 @@ async fn the_daemons_work_with_exactly_the_documented_grants() -> anyhow::Result
         )
         .await?;
     let mut as_relay = as_relay;
-    assert_eq!(
-        relay::dead_rows::replay(&mut as_relay, &flow, None).await?,
-        1
-    );
+    assert_eq!(ops::replay::replay(&mut as_relay, &flow, None).await?, 1);
     // …and nothing more: the grants are the least, not merely enough.
     let denied = as_relay
         .execute("UPDATE user_logins SET username = 'x' WHERE id = 2", &[])

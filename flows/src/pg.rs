@@ -20,6 +20,15 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::settings::redact_url;
 
+/// tokio-postgres displays server errors as just "db error"; show the
+/// server's message (never a parameter value).
+pub fn detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
 /// A connection as `connect_once` returns it, to drive or poll for
 /// notifications.
 pub type PgConnection = Connection<Socket, TlsStream<Socket>>;

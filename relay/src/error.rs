@@ -6,7 +6,7 @@ use crate::source::SourceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("postgres: {}", pg_detail(.0))]
+    #[error("postgres: {}", flows::pg::detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Publish(#[from] PublishError),
@@ -39,15 +39,6 @@ where
     match tokio::time::timeout(after, call).await {
         Ok(result) => result.map_err(RelayError::from),
         Err(_) => Err(RelayError::Stuck { what, after }),
-    }
-}
-
-/// tokio-postgres displays server errors as just "db error"; show the
-/// server's message (never a parameter value).
-pub fn pg_detail(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
     }
 }
 

@@ -337,7 +337,7 @@ async fn limit_session(client: &Client, pg: &PostgresConfig) -> Result<(), Relay
             .batch_execute(&format!("SET {setting} = {value}"))
             .await
         {
-            tracing::warn!(setting, error = %crate::error::pg_detail(&error), "not available (PostgreSQL < 14): a relay frozen between batches keeps its locks until the server notices");
+            tracing::warn!(setting, error = %flows::pg::detail(&error), "not available (PostgreSQL < 14): a relay frozen between batches keeps its locks until the server notices");
         }
     }
     Ok(())

@@ -3,19 +3,16 @@
 //! contract.
 
 pub mod config;
-pub mod dead_rows;
-pub mod error;
-pub mod flow_relay;
-pub mod generate;
-pub mod listener;
+mod error;
+mod flow_relay;
+mod listener;
 pub mod migrate;
-pub mod pipeline;
+mod pipeline;
 pub mod probe;
-pub mod publisher;
-pub mod row_json;
+mod publisher;
+mod row_json;
 pub mod source;
-pub mod stats;
-pub mod status;
+mod stats;
 
 use std::sync::Arc;
 
@@ -25,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::RelayConfig;
 pub use error::RelayError;
+pub use flow_relay::leader_key;
+pub use listener::CHANNEL;
 
 use crate::flow_relay::FlowRelay;
 use crate::listener::Wakers;
@@ -118,7 +117,7 @@ async fn warn_if_pending_rows_mutable(
             source.table
         ),
         Err(err) => {
-            tracing::warn!(flow, table = %source.table, error = %crate::error::pg_detail(&err), "could not check the source table's update guard")
+            tracing::warn!(flow, table = %source.table, error = %flows::pg::detail(&err), "could not check the source table's update guard")
         }
     }
 }

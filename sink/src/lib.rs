@@ -2,17 +2,13 @@
 //! ClickHouse and commits offsets only after ClickHouse accepted the rows.
 //! See `flow_sink` for the delivery contract.
 
-pub mod batcher;
+mod batcher;
 pub mod clickhouse;
 pub mod config;
-pub mod dashboard;
-pub mod dead_letter;
-pub mod flow_sink;
-pub mod policy;
-pub mod reconcile;
-pub mod stats;
-pub mod status;
-pub mod watch;
+mod dead_letter;
+mod flow_sink;
+mod policy;
+mod stats;
 
 use std::sync::Arc;
 

@@ -1,10 +1,10 @@
 //! Kafka → Kafka stages. The built-in one is the `etl` flow's normaliser
 //! (seed 004, replacing a Flink job). See `stage_loop` for the guarantee.
 
-pub mod config;
-pub mod normalise;
-pub mod policy;
-pub mod stage_loop;
+mod config;
+mod normalise;
+mod policy;
+mod stage_loop;
 
 use std::sync::Arc;
 

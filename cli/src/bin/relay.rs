@@ -115,7 +115,7 @@ async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
     let (mut client, _) = connect(env, "migrate").await?;
     let applied = relay::migrate::migrate(&mut client, &migrations)
         .await
-        .map_err(|e| failure("relay migrate", &relay::error::pg_detail(&e)))?;
+        .map_err(|e| failure("relay migrate", &flows::pg::detail(&e)))?;
     tracing::info!(applied = ?applied, "postgres migrations up to date");
     Ok(ExitCode::SUCCESS)
 }
@@ -143,9 +143,9 @@ async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
         &env.string_or("RELAY_METRICS_ADDR", "127.0.0.1:9101"),
     ))?;
     let (client, _) = connect(env, "status").await?;
-    let report = relay::status::report(&client, &flows, daemon)
+    let report = ops::relay_status::report(&client, &flows, daemon)
         .await
-        .map_err(|e| failure("relay status", &relay::error::pg_detail(&e)))?;
+        .map_err(|e| failure("relay status", &flows::pg::detail(&e)))?;
     print!("{report}");
     Ok(ExitCode::SUCCESS)
 }
@@ -158,7 +158,7 @@ async fn generate(
 ) -> Result<ExitCode, ExitCode> {
     let catalog = setting(flows::settings::catalog(env))?;
     let target = setting(
-        relay::generate::source_flow(&catalog, flow).map_err(|e| SettingError::new("--flow", e)),
+        ops::generate::source_flow(&catalog, flow).map_err(|e| SettingError::new("--flow", e)),
     )?;
     if rate == 0 {
         return Err(bad_setting(
@@ -167,9 +167,9 @@ async fn generate(
         ));
     }
     let (client, shutdown) = connect(env, "generate").await?;
-    relay::generate::generate(&client, &target, rate, total, &shutdown)
+    ops::generate::generate(&client, &target, rate, total, &shutdown)
         .await
-        .map_err(|e| failure("relay generate", &relay::error::pg_detail(&e)))?;
+        .map_err(|e| failure("relay generate", &flows::pg::detail(&e)))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -182,9 +182,9 @@ async fn replay(env: &Env, flow: &str, id: Option<i64>) -> Result<ExitCode, Exit
     )?;
     let (mut client, _) = connect(env, "replay").await?;
     for flow in &flow {
-        let n = relay::dead_rows::replay(&mut client, flow, id)
+        let n = ops::replay::replay(&mut client, flow, id)
             .await
-            .map_err(|e| failure("relay replay", &relay::error::pg_detail(&e)))?;
+            .map_err(|e| failure("relay replay", &flows::pg::detail(&e)))?;
         println!("flow={} replayed={n}", flow.name);
     }
     Ok(ExitCode::SUCCESS)

@@ -21,7 +21,7 @@ use axum::routing::get;
 use flows::{Env, Flow, SettingError};
 use tokio_util::sync::CancellationToken;
 
-use crate::clickhouse::ClickHouseConfig;
+use sink::clickhouse::ClickHouseConfig;
 
 const PAGE: &str = include_str!("page.html");
 
@@ -41,7 +41,7 @@ impl DashboardConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
         env.reject_unknown(
             &["SINK_", "CLICKHOUSE_", "KAFKA_"],
-            &[crate::config::KNOWN_VARS, flows::kafka::KNOWN_VARS],
+            &[sink::config::KNOWN_VARS, flows::kafka::KNOWN_VARS],
         )?;
         let addr = flows::http::parse_addr(
             "SINK_DASHBOARD_ADDR",
@@ -51,7 +51,7 @@ impl DashboardConfig {
             SettingError::new("SINK_DASHBOARD_ADDR", "the dashboard needs an address")
         })?;
         Ok(Self {
-            clickhouse: crate::config::clickhouse_config(env)?,
+            clickhouse: sink::config::clickhouse_config(env)?,
             flows: flows::settings::selected_flows(env)?,
             addr,
             relay_metrics: endpoint(env, "RELAY_METRICS_ADDR", "127.0.0.1:9101")?,
@@ -82,7 +82,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let client =
-        crate::clickhouse::client::client(&config.clickhouse, Some(&config.clickhouse.database));
+        sink::clickhouse::client::client(&config.clickhouse, Some(&config.clickhouse.database));
     let addr = config.addr;
     let config = std::sync::Arc::new(config);
     let cache = std::sync::Arc::new(cache::SnapshotCache::new(cache::MAX_AGE));

@@ -121,7 +121,7 @@ async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(SinkConfig::from_env(env))?;
     let ch = &config.clickhouse;
     let client = sink::clickhouse::client::client(ch, Some(&ch.database));
-    let report = sink::status::report(
+    let report = ops::sink_status::report(
         &config.kafka.endpoint,
         &client,
         &config.flows,
@@ -146,8 +146,8 @@ async fn reconcile(env: &Env) -> Result<ExitCode, ExitCode> {
         .await
         .map_err(|e| failure("sink reconcile", &format!("postgres: {e}")))?;
     let mut consistent = true;
-    for (flow, source, target, column) in sink::reconcile::pairs(&config.flows) {
-        let c = sink::reconcile::compare(&pg, &client, &flow, &source, &target, &column)
+    for (flow, source, target, column) in ops::reconcile::pairs(&config.flows) {
+        let c = ops::reconcile::compare(&pg, &client, &flow, &source, &target, &column)
             .await
             .map_err(|e| failure("sink reconcile", &format!("{e:#}")))?;
         consistent &= c.consistent();
@@ -162,9 +162,9 @@ async fn reconcile(env: &Env) -> Result<ExitCode, ExitCode> {
 }
 
 async fn dashboard(env: &Env) -> Result<ExitCode, ExitCode> {
-    let config = setting(sink::dashboard::DashboardConfig::from_env(env))?;
+    let config = setting(ops::dashboard::DashboardConfig::from_env(env))?;
     let shutdown = signals(NAME)?;
-    let addr = sink::dashboard::serve(config, shutdown.clone())
+    let addr = ops::dashboard::serve(config, shutdown.clone())
         .await
         .map_err(|e| failure("sink dashboard", &format!("cannot serve: {e}")))?;
     tracing::info!(url = %format!("http://{addr}/"), "dashboard serving");
@@ -183,7 +183,7 @@ async fn watch(env: &Env, interval_secs: u64, from_start: bool) -> Result<ExitCo
     let shutdown = signals(NAME)?;
     let client = sink::clickhouse::client::client(&cfg, Some(&cfg.database));
     let interval = std::time::Duration::from_secs(interval_secs);
-    sink::watch::watch(
+    ops::watch::watch(
         &client,
         interval,
         from_start,

@@ -10,7 +10,7 @@ use flows::Flow;
 use flows::http::{DaemonView, metric_value};
 use tokio_postgres::Client;
 
-use crate::probe;
+use relay::probe;
 
 /// The report, one `key=value` line per fact.
 pub async fn report(
@@ -71,7 +71,7 @@ async fn active_relay(client: &Client, flow: &str) -> Result<String, tokio_postg
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
                AND ((l.classid::int8 << 32) | l.objid::int8) = hashtextextended($1, 0) \
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&crate::flow_relay::leader_key(flow, 0)],
+            &[&relay::leader_key(flow, 0)],
         )
         .await?;
     Ok(match row {

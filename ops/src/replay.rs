@@ -29,7 +29,7 @@ pub async fn replay(
         if n > 0 {
             tx.execute(
                 "SELECT pg_notify($1, $2)",
-                &[&crate::listener::CHANNEL, &source.table.as_str()],
+                &[&relay::CHANNEL, &source.table.as_str()],
             )
             .await?;
         }
