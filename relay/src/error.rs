@@ -51,6 +51,11 @@ pub enum Recovery {
     RecreateProducer,
     /// Back off, reconnect to Postgres (leadership must be won again), retry.
     Reconnect,
+    /// Kafka refused some rows of the batch for good (too large, invalid):
+    /// the transaction was aborted; move those rows to `outbox_dead_rows`
+    /// (flagged, so the flow goes on), retry the rest at once, and build a
+    /// new producer first (as after any aborted transaction).
+    SetAside,
     /// The flow's definition contradicts the database: stop with a message.
     Fatal,
 }
@@ -70,6 +75,7 @@ pub fn classify(err: &RelayError) -> Recovery {
         // rolled back, nothing flagged) and stand by for the locks again —
         // a new producer here would fence the active relay in turn.
         RelayError::Publish(PublishError::Fenced(_)) => Recovery::Reconnect,
+        RelayError::Publish(PublishError::Rejected(_)) => Recovery::SetAside,
         // Even a cleanly aborted transaction gets a new producer: librdkafka
         // may need an epoch bump after it (the next transaction then fails
         // with OUT_OF_ORDER_SEQUENCE_NUMBER, and its commit can hang until
@@ -79,5 +85,62 @@ pub fn classify(err: &RelayError) -> Recovery {
         RelayError::Source(SourceError::Postgres(_)) => Recovery::Reconnect,
         RelayError::Source(_) => Recovery::Fatal,
         RelayError::Join(_) => Recovery::RecreateProducer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+    #[test]
+    fn the_policy_table() {
+        let kafka = || KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut);
+        let table = [
+            (
+                RelayError::Stuck {
+                    what: "COMMIT",
+                    after: std::time::Duration::from_secs(1),
+                },
+                Recovery::Reconnect,
+            ),
+            (
+                RelayError::Publish(PublishError::Fenced(kafka())),
+                Recovery::Reconnect,
+            ),
+            (
+                RelayError::Publish(PublishError::Aborted(kafka())),
+                Recovery::RecreateProducer,
+            ),
+            (
+                RelayError::Publish(PublishError::Fatal(kafka())),
+                Recovery::RecreateProducer,
+            ),
+            (
+                RelayError::Publish(PublishError::CommitUnknown(kafka())),
+                Recovery::RecreateProducer,
+            ),
+            (
+                RelayError::Publish(PublishError::Rejected(vec![(1, "too large".into())])),
+                Recovery::SetAside,
+            ),
+            (RelayError::Producer(kafka()), Recovery::RecreateProducer),
+            (
+                RelayError::Connect(flows::pg::PgConnectError::Timeout(
+                    std::time::Duration::from_secs(1),
+                )),
+                Recovery::Reconnect,
+            ),
+            (
+                RelayError::Source(SourceError::MissingTable {
+                    flow: "f".into(),
+                    table: "t".into(),
+                }),
+                Recovery::Fatal,
+            ),
+        ];
+        for (error, recovery) in table {
+            assert_eq!(classify(&error), recovery, "{error}");
+        }
     }
 }

@@ -174,8 +174,8 @@ impl FlowRelay {
                         more |= drained.more;
                         backoff.reset();
                         if drained.set_aside > 0 {
-                            // The aborted transaction may leave the producer
-                            // needing an epoch bump (see error::classify).
+                            // Recovery::SetAside: the aborted transaction may
+                            // leave the producer needing an epoch bump.
                             *publisher =
                                 match self.beating(self.new_publisher(backoff, shutdown)).await {
                                     Some(p) => p,
@@ -184,7 +184,9 @@ impl FlowRelay {
                         }
                     }
                     Err(err) => match classify(&err) {
-                        Recovery::RecreateProducer => {
+                        // `drain` sets rows aside itself; a rejection that
+                        // still comes back is retried like an abort.
+                        Recovery::RecreateProducer | Recovery::SetAside => {
                             stats.failed.inc();
                             let delay = backoff.next_delay();
                             tracing::warn!(flow, table = %source.table, error = %err, retry_in_ms = delay.as_millis() as u64, "batch not published; nothing flagged, retrying with a new kafka producer");

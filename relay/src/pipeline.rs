@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{RelayError, within};
+use crate::error::{Recovery, RelayError, classify, within};
 use crate::publisher::{PublishError, PublishTimings, SharedPublisher};
 use crate::source::{OutboxBatch, OutboxSource};
 use crate::stats::{FlowStats, Republish, TableStats};
@@ -134,8 +134,12 @@ impl Lanes<'_> {
                     if next.is_some() {
                         self.rollback(other).await;
                     }
-                    let PublishError::Rejected(rejected) = err else {
-                        return Err(err.into());
+                    let err = RelayError::from(err);
+                    if classify(&err) != Recovery::SetAside {
+                        return Err(err);
+                    }
+                    let RelayError::Publish(PublishError::Rejected(rejected)) = err else {
+                        return Err(err);
                     };
                     drained.set_aside = self.set_aside(this, source, &batch, &rejected).await?;
                     table.set_aside.add(drained.set_aside as i64);
