@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use flows::metrics::Metrics;
+use daemon::metrics::Metrics;
 use outbox_tests::topic::{Isolation, Record, read_all};
 use outbox_tests::{Daemon, TestStack, wait_until};
 use rdkafka::consumer::{BaseConsumer, Consumer};

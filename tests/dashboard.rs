@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use daemon::metrics::Metrics;
 use flows::Env;
-use flows::metrics::Metrics;
 use outbox_tests::browser;
 use outbox_tests::{TestStack, wait_until};
 use serde_json::Value;
@@ -22,7 +22,7 @@ fn free_addr() -> anyhow::Result<String> {
 }
 
 async fn api(addr: std::net::SocketAddr) -> anyhow::Result<Value> {
-    let (status, body) = flows::http::fetch(&addr.to_string(), "/api/dashboard")
+    let (status, body) = daemon::http::fetch(&addr.to_string(), "/api/dashboard")
         .await
         .ok_or_else(|| anyhow::anyhow!("dashboard did not answer"))?;
     anyhow::ensure!(status == 200, "status {status}: {body}");

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use flows::metrics::Metrics;
+use daemon::metrics::Metrics;
 use outbox_tests::{Daemon, TestStack, wait_until};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -114,13 +114,13 @@ async fn raw_events_become_one_clean_shape() -> anyhow::Result<()> {
     // The stage's /readyz: its inputs read to the end, so ready with no
     // backlog, measured over its assigned partitions (stage_input_lag).
     wait_until("the stage ready with no input lag", ARRIVAL, || async {
-        let (status, body) = flows::http::fetch(&stage_addr, "/readyz")
+        let (status, body) = daemon::http::fetch(&stage_addr, "/readyz")
             .await
             .ok_or_else(|| anyhow::anyhow!("stage endpoint did not answer"))?;
-        let lag = flows::http::fetch(&stage_addr, "/metrics")
+        let lag = daemon::http::fetch(&stage_addr, "/metrics")
             .await
             .and_then(|(_, text)| {
-                flows::http::metric_sum(&text, "stage_input_lag", &[("flow", "etl")])
+                daemon::http::metric_sum(&text, "stage_input_lag", &[("flow", "etl")])
             });
         anyhow::ensure!(
             status == 200 && body.contains("flow=etl ready: backlog 0") && lag == Some(0.0),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use flows::metrics::Metrics;
+use daemon::metrics::Metrics;
 use outbox_tests::faults::{Load, long_mode, peak_rss_mib, rounds, verify};
 use outbox_tests::proxy::Proxy;
 use outbox_tests::stack::Kafka;
@@ -1245,11 +1245,11 @@ async fn a_flag_update_past_its_deadline_republishes_and_counts_it() -> anyhow::
         Ok(stack.pending("user_logins").await? == 0)
     })
     .await;
-    let text = flows::http::fetch_metrics(&addr)
+    let text = daemon::http::fetch_metrics(&addr)
         .await
         .context("the relay's /metrics")?;
     let counted = |reason: &str| {
-        flows::http::metric_value(
+        daemon::http::metric_value(
             &text,
             "relay_rows_republished_total",
             &[("flow", "user_logins"), ("reason", reason)],

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flows::metrics::Metrics;
+use daemon::metrics::Metrics;
 use outbox_tests::daemon::run_to_exit;
 use outbox_tests::{TestStack, wait_until};
 

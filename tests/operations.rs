@@ -5,7 +5,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use flows::metrics::Metrics;
+use daemon::metrics::Metrics;
 use outbox_tests::daemon::run_for_output;
 use outbox_tests::http::{free_addr, get};
 use outbox_tests::{Daemon, TestStack, wait_until};
@@ -358,11 +358,11 @@ async fn pooled_sessions_time_out_on_a_silent_server_and_carry_the_statement_tim
     drop(silent);
 
     let stack = TestStack::start("pool").await?;
-    let config = flows::pg_pool::PoolConfig::from_env(&flows::Env::from_pairs([(
+    let config = connections::pg_pool::PoolConfig::from_env(&flows::Env::from_pairs([(
         "POSTGRES_STATEMENT_TIMEOUT_MS",
         "700",
     )]))?;
-    let pool = flows::pg_pool::Pool::new(&stack.database_url, &config)?;
+    let pool = connections::pg_pool::Pool::new(&stack.database_url, &config)?;
     let session = pool.get().await?;
     let shown: String = session
         .query_one("SHOW statement_timeout", &[])

@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use daemon::metrics::Metrics;
 use flows::Env;
-use flows::metrics::Metrics;
 use outbox_tests::daemon::run_to_exit;
 use outbox_tests::tls_proxy::TlsProxy;
 use outbox_tests::{Daemon, TestStack, wait_until};
@@ -17,7 +17,7 @@ const ARRIVAL: Duration = Duration::from_secs(60);
 
 /// Whether the session `url` opens is encrypted (asked of the server).
 async fn encrypted(url: &str) -> anyhow::Result<bool> {
-    let (client, connection) = flows::pg::connect_once(url).await?;
+    let (client, connection) = connections::pg::connect_once(url).await?;
     tokio::spawn(connection);
     let row = client
         .query_one(

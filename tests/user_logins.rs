@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use flows::metrics::Metrics;
+use daemon::metrics::Metrics;
 use outbox_tests::daemon::run_to_exit;
 use outbox_tests::proxy::Proxy;
 use outbox_tests::{Daemon, TestStack, wait_until};

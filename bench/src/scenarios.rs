@@ -113,7 +113,7 @@ pub async fn relay_throughput(bench: &Bench, n: u64, measure: &str) -> anyhow::R
     .await?;
     let rss = relay.peak_rss_mib();
     let used = cpu.used();
-    let scraped = flows::http::fetch_metrics(&metrics_addr)
+    let scraped = daemon::http::fetch_metrics(&metrics_addr)
         .await
         .unwrap_or_default();
     relay.stop();
@@ -229,7 +229,7 @@ pub async fn sink_throughput(
     let steady = (took - to_first).as_secs_f64();
     let rss = sink.peak_rss_mib();
     let used = cpu.used();
-    let scraped = flows::http::fetch_metrics(&metrics_addr)
+    let scraped = daemon::http::fetch_metrics(&metrics_addr)
         .await
         .unwrap_or_default();
     sink.stop();
@@ -307,9 +307,9 @@ pub async fn consume_ceiling(bench: &Bench, n: u64) -> anyhow::Result<Figure> {
     let group = bench.topic("consume-ceiling");
     let (secs, seen) = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, u64)> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let kafka = flows::kafka::KafkaEndpoint::plaintext(&brokers);
+        let kafka = connections::kafka::KafkaEndpoint::plaintext(&brokers);
         let consumer: BaseConsumer =
-            flows::kafka::consumer_config(&kafka, &group, "bench").create()?;
+            connections::kafka::consumer_config(&kafka, &group, "bench").create()?;
         consumer.subscribe(&[&topic])?;
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut seen = 0u64;

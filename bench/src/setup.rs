@@ -42,7 +42,7 @@ impl Bench {
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await?;
-        let database_url = flows::pg::with_database(admin_url, name);
+        let database_url = connections::pg::with_database(admin_url, name);
         let prefix = format!("bench{}.", std::process::id());
         kafka
             .create_topic(&format!("{prefix}user_events"), partitions)

@@ -6,8 +6,8 @@
 use std::fmt::Write;
 use std::net::SocketAddr;
 
+use daemon::http::{DaemonView, metric_value};
 use flows::Flow;
-use flows::http::{DaemonView, metric_value};
 use tokio_postgres::Client;
 
 use relay::probe;

@@ -7,8 +7,8 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use daemon::http::DaemonView;
 use flows::Flow;
-use flows::http::DaemonView;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -17,7 +17,7 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 /// (partition, committed offset if any, end offset) of `topic` for `group`.
 /// Blocking.
 pub fn group_offsets(
-    kafka: &flows::kafka::KafkaEndpoint,
+    kafka: &connections::kafka::KafkaEndpoint,
     group: &str,
     topic: &str,
 ) -> Result<Vec<(i32, Option<i64>, i64)>, rdkafka::error::KafkaError> {
@@ -49,7 +49,7 @@ pub fn group_offsets(
 
 /// The report, one `key=value` line per fact.
 pub async fn report(
-    kafka: &flows::kafka::KafkaEndpoint,
+    kafka: &connections::kafka::KafkaEndpoint,
     ch: &clickhouse::Client,
     flows: &[Flow],
     daemon: Option<SocketAddr>,

@@ -53,7 +53,7 @@ pub async fn watch(
         match entries_after(client, last).await {
             Ok(entries) => {
                 for e in &entries {
-                    let at = flows::time::format_utc(i64::from(e.created_at)).unwrap_or_default();
+                    let at = daemon::time::format_utc(i64::from(e.created_at)).unwrap_or_default();
                     let _ = writeln!(
                         out,
                         "{at} event_id={} my_table_id={} type={} value={:?}",

@@ -8,7 +8,7 @@ use flows::{Env, Flow, SettingError};
 
 /// Every variable the relay reads. Variables starting with `RELAY_` or
 /// `KAFKA_` that are not listed here are refused as misspelt.
-/// `flows::kafka::KNOWN_VARS` adds the brokers and their security settings.
+/// `connections::kafka::KNOWN_VARS` adds the brokers and their security settings.
 pub const KNOWN_VARS: &[&str] = &[
     "DATABASE_URL",
     "KAFKA_TOPIC_PREFIX",
@@ -48,7 +48,7 @@ pub struct PostgresConfig {
     pub query_timeout: Duration,
     /// The pooled sessions (start-up check, backlog probe, the commands):
     /// not the lanes, nor the `LISTEN` connection.
-    pub pool: flows::pg_pool::PoolConfig,
+    pub pool: connections::pg_pool::PoolConfig,
 }
 
 /// Shows the URL with its password replaced.
@@ -66,7 +66,7 @@ impl std::fmt::Debug for PostgresConfig {
 #[derive(Clone, Debug)]
 pub struct KafkaConfig {
     /// The brokers and their security settings.
-    pub endpoint: flows::kafka::KafkaEndpoint,
+    pub endpoint: connections::kafka::KafkaEndpoint,
     /// `transactional.id` = prefix + "." + flow name: a restarted relay
     /// fences its predecessor's producer for the same flow.
     pub transactional_id_prefix: String,
@@ -110,12 +110,12 @@ pub struct RelayConfig {
 /// Settings the `migrate` command needs: only the database.
 pub fn postgres_config(env: &Env) -> Result<PostgresConfig, SettingError> {
     Ok(PostgresConfig {
-        url: flows::pg::database_url(env, "DATABASE_URL")?,
+        url: connections::pg::database_url(env, "DATABASE_URL")?,
         session_timeout: Duration::from_millis(
             env.positive_or("RELAY_SESSION_TIMEOUT_MS", 30_000)?,
         ),
         query_timeout: Duration::from_millis(env.positive_or("RELAY_QUERY_TIMEOUT_MS", 15_000)?),
-        pool: flows::pg_pool::PoolConfig::from_env(env)?,
+        pool: connections::pg_pool::PoolConfig::from_env(env)?,
     })
 }
 
@@ -125,13 +125,13 @@ impl RelayConfig {
             &["RELAY_", "KAFKA_", "POSTGRES_"],
             &[
                 KNOWN_VARS,
-                flows::kafka::KNOWN_VARS,
-                flows::pg_pool::KNOWN_VARS,
+                connections::kafka::KNOWN_VARS,
+                connections::pg_pool::KNOWN_VARS,
             ],
         )?;
-        flows::telemetry::log_format(env)?;
+        daemon::telemetry::log_format(env)?;
         let postgres = postgres_config(env)?;
-        let endpoint = flows::kafka::KafkaEndpoint::from_env(env)?;
+        let endpoint = connections::kafka::KafkaEndpoint::from_env(env)?;
         let acks = env.string_or("KAFKA_ACKS", "all");
         if acks != "all" && acks != "-1" {
             // Transactions need the idempotent producer, which needs acks=all.
@@ -192,7 +192,7 @@ impl RelayConfig {
                 standby_retry,
             },
             flows: selected_flows(env)?,
-            metrics_addr: flows::http::parse_addr(
+            metrics_addr: daemon::http::parse_addr(
                 "RELAY_METRICS_ADDR",
                 &env.string_or("RELAY_METRICS_ADDR", "127.0.0.1:9101"),
             )?,

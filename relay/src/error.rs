@@ -6,7 +6,7 @@ use crate::source::SourceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("postgres: {}", flows::pg::detail(.0))]
+    #[error("postgres: {}", connections::pg::detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Publish(#[from] PublishError),
@@ -17,7 +17,7 @@ pub enum RelayError {
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("postgres: {0}")]
-    Connect(#[from] flows::pg::PgConnectError),
+    Connect(#[from] connections::pg::PgConnectError),
     /// A Postgres query had no answer within `RELAY_QUERY_TIMEOUT_MS`.
     #[error("postgres: no answer to {what} within {after:?}")]
     Stuck {
@@ -126,7 +126,7 @@ mod tests {
             ),
             (RelayError::Producer(kafka()), Recovery::RecreateProducer),
             (
-                RelayError::Connect(flows::pg::PgConnectError::Timeout(
+                RelayError::Connect(connections::pg::PgConnectError::Timeout(
                     std::time::Duration::from_secs(1),
                 )),
                 Recovery::Reconnect,

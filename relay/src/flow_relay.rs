@@ -11,9 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use daemon::backoff::Backoff;
+use daemon::metrics::Metrics;
 use flows::Flow;
-use flows::backoff::Backoff;
-use flows::metrics::Metrics;
 use tokio::sync::Notify;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,7 @@ pub struct FlowRelay {
     pub wake: Arc<Notify>,
     pub metrics: Metrics,
     /// This flow's loop turning, for the systemd watchdog.
-    pub beats: flows::systemd::Beats,
+    pub beats: daemon::systemd::Beats,
 }
 
 /// Postgres connections per leader (see `pipeline`). Measured on 2 cores:
@@ -57,7 +57,7 @@ impl FlowRelay {
         while !shutdown.is_cancelled() {
             self.beats.beat(&flow);
             let Some(client) = self
-                .beating(flows::pg::connect(
+                .beating(connections::pg::connect(
                     &self.config.postgres.url,
                     &flow,
                     &shutdown,
@@ -106,7 +106,7 @@ impl FlowRelay {
         for lane in 0..LANES {
             if lane > 0 {
                 match self
-                    .beating(flows::pg::connect(
+                    .beating(connections::pg::connect(
                         &self.config.postgres.url,
                         &flow,
                         shutdown,
@@ -317,7 +317,7 @@ impl FlowRelay {
 async fn limit_session(client: &Client, pg: &PostgresConfig) -> Result<(), RelayError> {
     let idle = pg.session_timeout.as_millis();
     let query = pg.query_timeout.as_millis();
-    let user_timeout = flows::pg::TCP_USER_TIMEOUT.as_millis();
+    let user_timeout = connections::pg::TCP_USER_TIMEOUT.as_millis();
     client
         .batch_execute(&format!(
             "SET idle_in_transaction_session_timeout = {idle};
@@ -326,9 +326,9 @@ async fn limit_session(client: &Client, pg: &PostgresConfig) -> Result<(), Relay
              SET tcp_keepalives_interval = {};
              SET tcp_keepalives_count = {};
              SET tcp_user_timeout = {user_timeout}",
-            flows::pg::KEEPALIVE_IDLE.as_secs(),
-            flows::pg::KEEPALIVE_INTERVAL.as_secs(),
-            flows::pg::KEEPALIVE_RETRIES,
+            connections::pg::KEEPALIVE_IDLE.as_secs(),
+            connections::pg::KEEPALIVE_INTERVAL.as_secs(),
+            connections::pg::KEEPALIVE_RETRIES,
         ))
         .await?;
     for (setting, value) in [
@@ -339,7 +339,7 @@ async fn limit_session(client: &Client, pg: &PostgresConfig) -> Result<(), Relay
             .batch_execute(&format!("SET {setting} = {value}"))
             .await
         {
-            tracing::warn!(setting, error = %flows::pg::detail(&error), "not available (PostgreSQL < 14): a relay frozen between batches keeps its locks until the server notices");
+            tracing::warn!(setting, error = %connections::pg::detail(&error), "not available (PostgreSQL < 14): a relay frozen between batches keeps its locks until the server notices");
         }
     }
     Ok(())

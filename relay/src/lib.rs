@@ -16,7 +16,7 @@ mod stats;
 
 use std::sync::Arc;
 
-use flows::metrics::Metrics;
+use daemon::metrics::Metrics;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -37,9 +37,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
     let config = Arc::new(config);
-    let health = flows::health::Health::new(config.stall_after);
-    flows::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
-    let pool = flows::pg_pool::Pool::new(&config.postgres.url, &config.postgres.pool)?;
+    let health = daemon::health::Health::new(config.stall_after);
+    daemon::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
+    let pool = connections::pg_pool::Pool::new(&config.postgres.url, &config.postgres.pool)?;
     if let Some(client) = pool.get_retrying("startup check", &shutdown).await {
         for flow in &config.flows {
             for source in &flow.sources {
@@ -53,11 +53,11 @@ pub async fn run(
         pool,
         metrics.clone(),
         health,
-        flows::health::probe_interval(config.stall_after),
+        daemon::health::probe_interval(config.stall_after),
         shutdown.clone(),
     ));
-    let beats = flows::systemd::Beats::default();
-    flows::systemd::ready_watching(&shutdown, beats.clone(), config.stuck_after);
+    let beats = daemon::systemd::Beats::default();
+    daemon::systemd::ready_watching(&shutdown, beats.clone(), config.stuck_after);
     let mut wakers = Wakers::default();
     let mut workers = tokio::task::JoinSet::new();
     for flow in config.flows.iter().filter(|f| !f.sources.is_empty()) {
@@ -117,7 +117,7 @@ async fn warn_if_pending_rows_mutable(
             source.table
         ),
         Err(err) => {
-            tracing::warn!(flow, table = %source.table, error = %flows::pg::detail(&err), "could not check the source table's update guard")
+            tracing::warn!(flow, table = %source.table, error = %connections::pg::detail(&err), "could not check the source table's update guard")
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use flows::backoff::Backoff;
+use daemon::backoff::Backoff;
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio_postgres::AsyncMessage;
@@ -65,7 +65,7 @@ enum ListenError {
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
-    Connect(#[from] flows::pg::PgConnectError),
+    Connect(#[from] connections::pg::PgConnectError),
     #[error("connection closed")]
     Closed,
 }
@@ -76,7 +76,7 @@ async fn listen_once(
     wakers: &Wakers,
     shutdown: &CancellationToken,
 ) -> Result<(), ListenError> {
-    let (client, mut connection) = flows::pg::connect_once(url).await?;
+    let (client, mut connection) = connections::pg::connect_once(url).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Result<String, tokio_postgres::Error>>();
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -50,7 +50,7 @@ pub struct Lanes<'a> {
     /// Each Postgres call's deadline (`RELAY_QUERY_TIMEOUT_MS`).
     pub query_timeout: Duration,
     /// Beaten once per batch (the systemd watchdog's view of the loop).
-    pub beats: &'a flows::systemd::Beats,
+    pub beats: &'a daemon::systemd::Beats,
     pub publisher: &'a SharedPublisher,
     pub flow: &'a str,
     pub batch_size: u32,
@@ -147,7 +147,7 @@ impl Lanes<'_> {
                     return Ok(drained);
                 }
             };
-            flows::failpoint::hit("relay-after-kafka-commit");
+            daemon::failpoint::hit("relay-after-kafka-commit");
             previous = Some(Published {
                 lane: this,
                 batch,
@@ -267,7 +267,7 @@ impl Lanes<'_> {
         let limit = self.query_timeout;
         let marked = async {
             let flag = async {
-                flows::failpoint::hit_async("relay-before-flag").await;
+                daemon::failpoint::hit_async("relay-before-flag").await;
                 source.mark_sent(client, &done.batch).await
             };
             within(limit, "the flag update", flag).await?;

@@ -1,15 +1,15 @@
 //! The relay's view of each flow's backlog, every few seconds, on its own
 //! connection: pending rows (counted up to a cap, so a huge backlog costs a
 //! bounded scan), the oldest pending id and how long it has been the oldest.
-//! Feeds the metrics and `/readyz` (see `flows::health`). Standbys probe too:
+//! Feeds the metrics and `/readyz` (see `daemon::health`). Standbys probe too:
 //! their view of the database is the same.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use daemon::health::{FlowHealth, Health};
+use daemon::metrics::Metrics;
 use flows::Flow;
-use flows::health::{FlowHealth, Health};
-use flows::metrics::Metrics;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +54,7 @@ struct Watched {
 /// Probes every flow every `every` until `shutdown`.
 pub async fn run(
     flows: Vec<Flow>,
-    pool: flows::pg_pool::Pool,
+    pool: connections::pg_pool::Pool,
     metrics: Metrics,
     health: Health,
     every: Duration,
@@ -69,7 +69,7 @@ pub async fn run(
             oldest: HashMap::new(),
         })
         .collect();
-    let mut client: Option<flows::pg_pool::Session> = None;
+    let mut client: Option<connections::pg_pool::Session> = None;
     loop {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             client = pool.get_retrying("backlog probe", &shutdown).await;

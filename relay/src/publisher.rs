@@ -165,7 +165,7 @@ impl Publisher {
                 let send = start.elapsed();
                 match self.flush() {
                     Ok(()) => {
-                        flows::failpoint::hit("relay-before-kafka-commit");
+                        daemon::failpoint::hit("relay-before-kafka-commit");
                         match self.producer.commit_transaction(self.commit_timeout) {
                             Ok(()) => {
                                 return Ok(PublishTimings {

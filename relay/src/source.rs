@@ -69,7 +69,7 @@ pub enum SourceError {
         table: String,
         count: usize,
     },
-    #[error("postgres: {}", flows::pg::detail(.0))]
+    #[error("postgres: {}", connections::pg::detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flows::metrics::{Histogram, Metrics, ROWS, SECONDS, Series};
+use daemon::metrics::{Histogram, Metrics, ROWS, SECONDS, Series};
 
 use crate::publisher::PublishTimings;
 
@@ -140,7 +140,7 @@ impl FlowStats {
         self.kafka_commit.observe_duration(kafka.commit);
         self.mark.observe_duration(mark);
         self.pg_commit.observe_duration(commit);
-        self.last_publish.set(flows::time::unix_now());
+        self.last_publish.set(daemon::time::unix_now());
     }
 }
 

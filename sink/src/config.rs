@@ -8,7 +8,7 @@ use flows::{Env, Flow, SettingError};
 
 use crate::clickhouse::ClickHouseConfig;
 
-/// Every variable the sink reads besides `flows::kafka::KNOWN_VARS` (the
+/// Every variable the sink reads besides `connections::kafka::KNOWN_VARS` (the
 /// brokers and their security settings). Variables starting with `SINK_`,
 /// `CLICKHOUSE_` or `KAFKA_` that are not listed are refused as misspelt.
 pub const KNOWN_VARS: &[&str] = &[
@@ -46,7 +46,7 @@ pub struct FlushPolicy {
 #[derive(Clone, Debug)]
 pub struct KafkaConfig {
     /// The brokers and their security settings.
-    pub endpoint: flows::kafka::KafkaEndpoint,
+    pub endpoint: connections::kafka::KafkaEndpoint,
     /// Dead letters of topic T go to T + suffix.
     pub dlq_suffix: String,
     /// How long one attempt waits for Kafka to acknowledge a dead letter;
@@ -80,7 +80,8 @@ pub fn clickhouse_config(env: &Env) -> Result<ClickHouseConfig, SettingError> {
     check_url("CLICKHOUSE_URL", &url, &["http", "https"])?;
     let ca_file = env.get("CLICKHOUSE_CA_FILE").map(str::to_owned);
     if let Some(file) = &ca_file {
-        flows::tls::check_ca_file(file).map_err(|e| SettingError::new("CLICKHOUSE_CA_FILE", e))?;
+        connections::tls::check_ca_file(file)
+            .map_err(|e| SettingError::new("CLICKHOUSE_CA_FILE", e))?;
     }
     let database = env.string_or("CLICKHOUSE_DATABASE", "default");
     flows::ident::Ident::new(database.clone())
@@ -100,11 +101,11 @@ impl SinkConfig {
             &["SINK_", "CLICKHOUSE_", "KAFKA_", "POSTGRES_"],
             &[
                 KNOWN_VARS,
-                flows::kafka::KNOWN_VARS,
-                flows::pg_pool::KNOWN_VARS,
+                connections::kafka::KNOWN_VARS,
+                connections::pg_pool::KNOWN_VARS,
             ],
         )?;
-        flows::telemetry::log_format(env)?;
+        daemon::telemetry::log_format(env)?;
         let clickhouse = clickhouse_config(env)?;
         let max_rows = env.positive_or("SINK_BATCH_ROWS", 100_000)?;
         let max_bytes = env.positive_or("SINK_BATCH_BYTES", 16 * 1024 * 1024)?;
@@ -114,7 +115,7 @@ impl SinkConfig {
         Ok(Self {
             clickhouse,
             kafka: KafkaConfig {
-                endpoint: flows::kafka::KafkaEndpoint::from_env(env)?,
+                endpoint: connections::kafka::KafkaEndpoint::from_env(env)?,
                 dlq_suffix,
                 dlq_timeout: std::time::Duration::from_millis(
                     env.positive_or("SINK_DLQ_TIMEOUT_MS", 30_000)?,
@@ -139,7 +140,7 @@ impl SinkConfig {
             )
             .unwrap_or(usize::MAX),
             flows: flows::settings::selected_flows(env)?,
-            metrics_addr: flows::http::parse_addr(
+            metrics_addr: daemon::http::parse_addr(
                 "SINK_METRICS_ADDR",
                 &env.string_or("SINK_METRICS_ADDR", "127.0.0.1:9102"),
             )?,

@@ -47,7 +47,7 @@ impl DeadLetterQueue {
     /// `timeout`: how long one attempt waits for Kafka to acknowledge a
     /// letter (`SINK_DLQ_TIMEOUT_MS`).
     pub fn new(
-        kafka: &flows::kafka::KafkaEndpoint,
+        kafka: &connections::kafka::KafkaEndpoint,
         suffix: &str,
         timeout: Duration,
     ) -> Result<Self, KafkaError> {

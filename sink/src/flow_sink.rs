@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use connections::kafka::{GroupConsumer, Ownership};
+use daemon::backoff::Backoff;
+use daemon::metrics::Metrics;
 use flows::Flow;
-use flows::backoff::Backoff;
-use flows::kafka::{GroupConsumer, Ownership};
-use flows::metrics::Metrics;
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -42,7 +42,7 @@ const IDLE_COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(
 
 pub struct FlowSink {
     pub flow: Flow,
-    pub health: flows::health::FlowHealth,
+    pub health: daemon::health::FlowHealth,
     pub config: Arc<SinkConfig>,
     pub plans: Vec<TablePlan>,
     pub writer: Arc<ClickHouseWriter>,
@@ -61,15 +61,18 @@ pub enum SinkError {
     Fatal(String),
 }
 
-/// The flow's consumer (settings: `flows::kafka::consumer_config`), a
+/// The flow's consumer (settings: `connections::kafka::consumer_config`), a
 /// static member of its group when the sink has a `group_instance_id`.
 pub fn consumer(
     kafka: &crate::config::KafkaConfig,
     group: &str,
     flow: &str,
 ) -> Result<GroupConsumer, KafkaError> {
-    let mut config =
-        flows::kafka::consumer_config(&kafka.endpoint, group, &format!("outbox-sink-{group}"));
+    let mut config = connections::kafka::consumer_config(
+        &kafka.endpoint,
+        group,
+        &format!("outbox-sink-{group}"),
+    );
     if let Some(id) = &kafka.group_instance_id {
         config.set("group.instance.id", format!("{id}.{flow}"));
     }
@@ -99,10 +102,10 @@ impl FlowSink {
         consumer.subscribe(&names)?;
         tracing::info!(flow, group = %self.flow.consumer_group, topics = ?names, "sink consuming");
 
-        let lag_probe = tokio::spawn(flows::lag::run(
+        let lag_probe = tokio::spawn(connections::lag::run(
             Arc::clone(&consumer),
-            flows::lag::LagProbe {
-                from: flows::lag::LagFrom::Committed,
+            connections::lag::LagProbe {
+                from: connections::lag::LagFrom::Committed,
                 gauge: "sink_consumer_lag",
                 help: "Messages in the partition after the group's committed offset.",
                 marker: "sink_flushes_total",
@@ -110,7 +113,7 @@ impl FlowSink {
             flow.clone(),
             self.metrics.clone(),
             self.health.clone(),
-            flows::health::probe_interval(self.config.stall_after),
+            daemon::health::probe_interval(self.config.stall_after),
             shutdown.clone(),
         ));
         let policy = self.config.flush.clone();
@@ -123,7 +126,7 @@ impl FlowSink {
         let mut clean = true;
         // With nothing taken in and not yet stored, the consumer's position is
         // committed as it moves past transaction markers (see
-        // `flows::kafka::positions`): an idle sink's lag reaches 0.
+        // `connections::kafka::positions`): an idle sink's lag reaches 0.
         let mut idle_check = tokio::time::interval(IDLE_COMMIT_EVERY);
         idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle_committed = TopicPartitionList::new();
@@ -134,7 +137,7 @@ impl FlowSink {
                 biased;
                 () = shutdown.cancelled() => break,
                 _ = idle_check.tick(), if storing.is_none() && batch.is_empty() => {
-                    flows::kafka::commit_position_if_moved(&consumer, &mut idle_committed, &flow).await;
+                    connections::kafka::commit_position_if_moved(&consumer, &mut idle_committed, &flow).await;
                     continue;
                 }
                 stored = async { storing.as_mut().expect("guarded").await }, if storing.is_some() => {
@@ -321,10 +324,10 @@ impl FlowSink {
                 self.health.unblock(DEAD_LETTERS);
             }
         }
-        flows::failpoint::hit_async("sink-after-insert").await;
+        daemon::failpoint::hit_async("sink-after-insert").await;
         let inserted = Instant::now();
         stats.insert.observe_duration(inserted - started);
-        stats.last_insert.set(flows::time::unix_now());
+        stats.last_insert.set(daemon::time::unix_now());
         let mut offsets = TopicPartitionList::new();
         for (topic, partition, next) in batch.offsets() {
             if let Err(error) = offsets.add_partition_offset(topic, partition, Offset::Offset(next))

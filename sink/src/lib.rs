@@ -12,7 +12,7 @@ mod stats;
 
 use std::sync::Arc;
 
-use flows::backoff::Backoff;
+use daemon::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 pub use config::SinkConfig;
@@ -36,12 +36,12 @@ pub enum RunError {
 /// against its tables, then runs one consumer per flow until `shutdown`.
 pub async fn run(
     config: SinkConfig,
-    metrics: flows::metrics::Metrics,
+    metrics: daemon::metrics::Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
-    let health = flows::health::Health::new(config.stall_after);
-    flows::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
+    let health = daemon::health::Health::new(config.stall_after);
+    daemon::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
     let ch = client::client(&config.clickhouse, Some(&config.clickhouse.database));
     let writer = Arc::new(ClickHouseWriter::new(ch));
     let mut sinks = Vec::new();
@@ -72,7 +72,7 @@ pub async fn run(
             metrics: metrics.clone(),
         });
     }
-    flows::systemd::ready(&shutdown);
+    daemon::systemd::ready(&shutdown);
     let mut tasks = tokio::task::JoinSet::new();
     for sink in sinks {
         tasks.spawn(sink.run(shutdown.clone()));

@@ -1,7 +1,7 @@
 //! The sink's per-flow metrics, registered once so the loop only touches
 //! atomics.
 
-use flows::metrics::{Histogram, Metrics, ROWS, SECONDS, Series};
+use daemon::metrics::{Histogram, Metrics, ROWS, SECONDS, Series};
 
 pub struct SinkStats {
     /// Messages taken from Kafka (dead-lettered ones included).

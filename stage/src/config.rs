@@ -5,7 +5,7 @@ use std::time::Duration;
 use flows::settings::selected_flows;
 use flows::{Env, Flow, SettingError};
 
-/// The stage's own variables; `flows::kafka::KNOWN_VARS` adds the brokers
+/// The stage's own variables; `connections::kafka::KNOWN_VARS` adds the brokers
 /// and their security settings.
 pub const KNOWN_VARS: &[&str] = &[
     "KAFKA_TOPIC_PREFIX",
@@ -22,7 +22,7 @@ pub const KNOWN_VARS: &[&str] = &[
 
 #[derive(Clone, Debug)]
 pub struct StageConfig {
-    pub kafka: flows::kafka::KafkaEndpoint,
+    pub kafka: connections::kafka::KafkaEndpoint,
     /// Stripped from input topic names before the transform sees them.
     pub topic_prefix: String,
     /// `transactional.id` = prefix + "." + flow: a restarted stage fences
@@ -44,9 +44,9 @@ impl StageConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
         env.reject_unknown(
             &["STAGE_", "KAFKA_"],
-            &[KNOWN_VARS, flows::kafka::KNOWN_VARS],
+            &[KNOWN_VARS, connections::kafka::KNOWN_VARS],
         )?;
-        flows::telemetry::log_format(env)?;
+        daemon::telemetry::log_format(env)?;
         let flows: Vec<Flow> = selected_flows(env)?
             .into_iter()
             .filter(|f| f.stage.is_some())
@@ -58,14 +58,14 @@ impl StageConfig {
             ));
         }
         Ok(Self {
-            kafka: flows::kafka::KafkaEndpoint::from_env(env)?,
+            kafka: connections::kafka::KafkaEndpoint::from_env(env)?,
             topic_prefix: env.string_or("KAFKA_TOPIC_PREFIX", ""),
             transactional_id_prefix: env.string_or("STAGE_TRANSACTIONAL_ID_PREFIX", "outbox-stage"),
             batch_size: usize::try_from(env.positive_or("STAGE_BATCH_SIZE", 10_000)?)
                 .unwrap_or(10_000),
             flush_interval: Duration::from_millis(env.positive_or("STAGE_FLUSH_INTERVAL_MS", 100)?),
             flows,
-            metrics_addr: flows::http::parse_addr(
+            metrics_addr: daemon::http::parse_addr(
                 "STAGE_METRICS_ADDR",
                 &env.string_or("STAGE_METRICS_ADDR", "127.0.0.1:9103"),
             )?,

@@ -8,7 +8,7 @@ mod stage_loop;
 
 use std::sync::Arc;
 
-use flows::metrics::Metrics;
+use daemon::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 pub use config::StageConfig;
@@ -18,9 +18,9 @@ use crate::stage_loop::FlowStage;
 /// Runs every selected flow's stage until `shutdown`.
 pub async fn run(config: StageConfig, metrics: Metrics, shutdown: CancellationToken) {
     let config = Arc::new(config);
-    let health = flows::health::Health::new(config.stall_after);
-    flows::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
-    flows::systemd::ready(&shutdown);
+    let health = daemon::health::Health::new(config.stall_after);
+    daemon::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
+    daemon::systemd::ready(&shutdown);
     let mut tasks = tokio::task::JoinSet::new();
     for flow in &config.flows {
         let Some(stage) = flow.stage.clone() else {

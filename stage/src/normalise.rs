@@ -31,13 +31,13 @@ pub fn normalise(topic: &str, payload: Option<&[u8]>) -> Result<Normalised, Stri
     };
     let event_type = topic.strip_prefix("user_").unwrap_or(topic).to_uppercase();
     let seconds = match raw.get("timestamp") {
-        Some(Value::String(s)) => flows::time::parse_time(s).map(|(secs, _)| secs),
+        Some(Value::String(s)) => daemon::time::parse_time(s).map(|(secs, _)| secs),
         Some(Value::Number(n)) => n.as_f64().map(|f| f.floor() as i64),
         _ => None,
     }
     .ok_or("field timestamp: missing or not a date-time")?;
     let event_timestamp =
-        flows::time::format_utc(seconds).ok_or("field timestamp: out of range")?;
+        daemon::time::format_utc(seconds).ok_or("field timestamp: out of range")?;
     let user_id = match raw.get("user_id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => return Err("field user_id: missing or not a string".into()),

@@ -15,11 +15,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use connections::kafka::{GroupConsumer, Ownership};
+use daemon::backoff::Backoff;
+use daemon::metrics::Metrics;
 use flows::Flow;
-use flows::backoff::Backoff;
 use flows::definition::{StageDef, Transform};
-use flows::kafka::{GroupConsumer, Ownership};
-use flows::metrics::Metrics;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -62,7 +62,7 @@ pub struct FlowStage {
     pub config: Arc<StageConfig>,
     pub metrics: Metrics,
     /// `/readyz`: the inputs' lag and whether records move.
-    pub health: flows::health::FlowHealth,
+    pub health: daemon::health::FlowHealth,
 }
 
 impl FlowStage {
@@ -104,7 +104,7 @@ impl FlowStage {
     ) -> Result<(), StageError> {
         let flow = self.flow.name.to_string();
         let consumer: Arc<GroupConsumer> = Arc::new(
-            flows::kafka::consumer_config(
+            connections::kafka::consumer_config(
                 &self.config.kafka,
                 &self.stage.consumer_group,
                 &format!("outbox-stage-{flow}"),
@@ -136,10 +136,10 @@ impl FlowStage {
         let probe_stop = shutdown.child_token();
         // Dropped with the session: a new session probes its new consumer.
         let _probe_guard = probe_stop.clone().drop_guard();
-        tokio::spawn(flows::lag::run(
+        tokio::spawn(connections::lag::run(
             Arc::clone(&consumer),
-            flows::lag::LagProbe {
-                from: flows::lag::LagFrom::Committed,
+            connections::lag::LagProbe {
+                from: connections::lag::LagFrom::Committed,
                 gauge: "stage_input_lag",
                 help: "Input messages in the partition after the stage's committed offset.",
                 marker: "stage_records_total",
@@ -147,7 +147,7 @@ impl FlowStage {
             flow.clone(),
             self.metrics.clone(),
             self.health.clone(),
-            flows::health::probe_interval(self.config.stall_after),
+            daemon::health::probe_interval(self.config.stall_after),
             probe_stop,
         ));
 
@@ -223,7 +223,7 @@ impl FlowStage {
                 // committed in an earlier transaction, so the position (past
                 // transaction markers) may be committed as is.
                 _ = idle_check.tick(), if records.is_empty() => {
-                    flows::kafka::commit_position_if_moved(consumer, idle_committed, self.flow.name.as_str()).await;
+                    connections::kafka::commit_position_if_moved(consumer, idle_committed, self.flow.name.as_str()).await;
                 }
                 received = consumer.recv() => {
                     let message = match received {
@@ -254,10 +254,10 @@ impl FlowStage {
             &mut deadline,
         );
         // Everything delivered is in this batch, so the consumer's position
-        // (past transaction markers, see `flows::kafka::positions`) commits
+        // (past transaction markers, see `connections::kafka::positions`) commits
         // with it where it is ahead of the last record + 1.
         let mut offsets = TopicPartitionList::new();
-        if let Ok(at) = flows::kafka::positions(consumer.as_ref()) {
+        if let Ok(at) = connections::kafka::positions(consumer.as_ref()) {
             for e in at.elements() {
                 if let Offset::Offset(o) = e.offset() {
                     let key = (e.topic().to_owned(), e.partition());
@@ -380,7 +380,7 @@ fn commit_batch(
             }
         }
         producer.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT)?;
-        flows::failpoint::hit("stage-before-commit");
+        daemon::failpoint::hit("stage-before-commit");
         producer.commit_transaction(TXN_TIMEOUT)
     })();
     if result.is_err() {

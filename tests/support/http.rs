@@ -8,7 +8,7 @@ pub fn free_addr() -> anyhow::Result<String> {
 
 /// (status code, body) of `GET path`.
 pub async fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    flows::http::fetch(addr, path)
+    daemon::http::fetch(addr, path)
         .await
         .ok_or_else(|| anyhow::anyhow!("{addr} did not answer {path}"))
 }

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use daemon::metrics::Metrics;
 use devstack::MockKafka;
 use flows::Env;
-use flows::metrics::Metrics;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -105,7 +105,7 @@ impl TestStack {
             }
         };
         Ok(Self {
-            database_url: flows::pg::with_database(&ep.admin_url, &name),
+            database_url: connections::pg::with_database(&ep.admin_url, &name),
             clickhouse_url: ep.clickhouse_url,
             kafka_brokers,
             mock,

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use flows::cli::{bad_setting, failure, run_main, signals};
 use flows::{Env, SettingError};
+use outbox_cli::{bad_setting, failure, run_main, signals};
 use relay::{RelayConfig, RelayError};
 
 const NAME: &str = "relay";
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
     run_main(NAME, cli.config, |env| async move {
         let outcome = match cli.command {
             Command::Config => setting(RelayConfig::from_env(&env)).map(|_| {
-                flows::cli::print_effective(&env);
+                outbox_cli::print_effective(&env);
                 ExitCode::SUCCESS
             }),
             Command::Migrate => migrate(&env).await,
@@ -91,10 +91,16 @@ fn setting<T>(result: Result<T, SettingError>) -> Result<T, ExitCode> {
 async fn connect(
     env: &Env,
     purpose: &str,
-) -> Result<(flows::pg_pool::Session, tokio_util::sync::CancellationToken), ExitCode> {
+) -> Result<
+    (
+        connections::pg_pool::Session,
+        tokio_util::sync::CancellationToken,
+    ),
+    ExitCode,
+> {
     let pg = setting(relay::config::postgres_config(env))?;
     let shutdown = signals(NAME)?;
-    let pool = flows::pg_pool::Pool::new(&pg.url, &pg.pool)
+    let pool = connections::pg_pool::Pool::new(&pg.url, &pg.pool)
         .map_err(|e| bad_setting(NAME, &SettingError::new("DATABASE_URL", e.to_string())))?;
     let session = if purpose == "migrate" {
         pool.get_retrying(purpose, &shutdown)
@@ -115,17 +121,17 @@ async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
     let (mut client, _) = connect(env, "migrate").await?;
     let applied = relay::migrate::migrate(&mut client, &migrations)
         .await
-        .map_err(|e| failure("relay migrate", &flows::pg::detail(&e)))?;
+        .map_err(|e| failure("relay migrate", &connections::pg::detail(&e)))?;
     tracing::info!(applied = ?applied, "postgres migrations up to date");
     Ok(ExitCode::SUCCESS)
 }
 
 async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(RelayConfig::from_env(env))?;
-    flows::cli::check_kafka(NAME, &config.kafka.endpoint).await?;
+    outbox_cli::check_kafka(NAME, &config.kafka.endpoint).await?;
     let shutdown = signals(NAME)?;
     tracing::info!(flows = ?config.flows.iter().map(|f| f.name.to_string()).collect::<Vec<_>>(), "relay starting");
-    match relay::run(config, flows::metrics::Metrics::default(), shutdown).await {
+    match relay::run(config, daemon::metrics::Metrics::default(), shutdown).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // A flow contradicting its tables is a configuration error.
         Err(RelayError::Source(e)) => Err(bad_setting(
@@ -138,14 +144,14 @@ async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
 
 async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
     let flows = setting(flows::settings::selected_flows(env))?;
-    let daemon = setting(flows::http::parse_addr(
+    let daemon = setting(daemon::http::parse_addr(
         "RELAY_METRICS_ADDR",
         &env.string_or("RELAY_METRICS_ADDR", "127.0.0.1:9101"),
     ))?;
     let (client, _) = connect(env, "status").await?;
     let report = ops::relay_status::report(&client, &flows, daemon)
         .await
-        .map_err(|e| failure("relay status", &flows::pg::detail(&e)))?;
+        .map_err(|e| failure("relay status", &connections::pg::detail(&e)))?;
     print!("{report}");
     Ok(ExitCode::SUCCESS)
 }
@@ -169,7 +175,7 @@ async fn generate(
     let (client, shutdown) = connect(env, "generate").await?;
     ops::generate::generate(&client, &target, rate, total, &shutdown)
         .await
-        .map_err(|e| failure("relay generate", &flows::pg::detail(&e)))?;
+        .map_err(|e| failure("relay generate", &connections::pg::detail(&e)))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -184,7 +190,7 @@ async fn replay(env: &Env, flow: &str, id: Option<i64>) -> Result<ExitCode, Exit
     for flow in &flow {
         let n = ops::replay::replay(&mut client, flow, id)
             .await
-            .map_err(|e| failure("relay replay", &flows::pg::detail(&e)))?;
+            .map_err(|e| failure("relay replay", &connections::pg::detail(&e)))?;
         println!("flow={} replayed={n}", flow.name);
     }
     Ok(ExitCode::SUCCESS)

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use flows::cli::{bad_setting, failure, run_main, signals};
 use flows::{Env, SettingError};
+use outbox_cli::{bad_setting, failure, run_main, signals};
 use sink::{RunError, SinkConfig};
 
 const NAME: &str = "sink";
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     run_main(NAME, cli.config, |env| async move {
         let outcome = match cli.command {
             Command::Config => setting(SinkConfig::from_env(&env)).map(|_| {
-                flows::cli::print_effective(&env);
+                outbox_cli::print_effective(&env);
                 ExitCode::SUCCESS
             }),
             Command::Migrate => migrate(&env).await,
@@ -103,10 +103,10 @@ async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
 
 async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(SinkConfig::from_env(env))?;
-    flows::cli::check_kafka(NAME, &config.kafka.endpoint).await?;
+    outbox_cli::check_kafka(NAME, &config.kafka.endpoint).await?;
     let shutdown = signals(NAME)?;
     tracing::info!(flows = ?config.flows.iter().map(|f| f.name.to_string()).collect::<Vec<_>>(), "sink starting");
-    match sink::run(config, flows::metrics::Metrics::default(), shutdown).await {
+    match sink::run(config, daemon::metrics::Metrics::default(), shutdown).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // A flow contradicting its tables is a configuration error.
         Err(RunError::Schema(e)) => Err(bad_setting(
@@ -135,11 +135,11 @@ async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
 
 async fn reconcile(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(SinkConfig::from_env(env))?;
-    let url = setting(flows::pg::database_url(env, "DATABASE_URL"))?;
-    let pool_config = setting(flows::pg_pool::PoolConfig::from_env(env))?;
+    let url = setting(connections::pg::database_url(env, "DATABASE_URL"))?;
+    let pool_config = setting(connections::pg_pool::PoolConfig::from_env(env))?;
     let ch = &config.clickhouse;
     let client = sink::clickhouse::client::client(ch, Some(&ch.database));
-    let pool = flows::pg_pool::Pool::new(&url, &pool_config)
+    let pool = connections::pg_pool::Pool::new(&url, &pool_config)
         .map_err(|e| bad_setting(NAME, &SettingError::new("DATABASE_URL", e.to_string())))?;
     let pg = pool
         .get()

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use flows::cli::{bad_setting, run_main, signals};
+use outbox_cli::{bad_setting, run_main, signals};
 use stage::StageConfig;
 
 const NAME: &str = "stage";
@@ -43,17 +43,17 @@ fn main() -> ExitCode {
             Err(e) => return bad_setting(NAME, &e),
         };
         if matches!(cli.command, Command::Config) {
-            flows::cli::print_effective(&env);
+            outbox_cli::print_effective(&env);
             return ExitCode::SUCCESS;
         }
-        if let Err(code) = flows::cli::check_kafka(NAME, &config.kafka).await {
+        if let Err(code) = outbox_cli::check_kafka(NAME, &config.kafka).await {
             return code;
         }
         let shutdown = match signals(NAME) {
             Ok(s) => s,
             Err(code) => return code,
         };
-        stage::run(config, flows::metrics::Metrics::default(), shutdown).await;
+        stage::run(config, daemon::metrics::Metrics::default(), shutdown).await;
         ExitCode::SUCCESS
     })
 }

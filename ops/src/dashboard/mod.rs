@@ -41,9 +41,9 @@ impl DashboardConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
         env.reject_unknown(
             &["SINK_", "CLICKHOUSE_", "KAFKA_"],
-            &[sink::config::KNOWN_VARS, flows::kafka::KNOWN_VARS],
+            &[sink::config::KNOWN_VARS, connections::kafka::KNOWN_VARS],
         )?;
-        let addr = flows::http::parse_addr(
+        let addr = daemon::http::parse_addr(
             "SINK_DASHBOARD_ADDR",
             &env.string_or("SINK_DASHBOARD_ADDR", "127.0.0.1:9180"),
         )?
@@ -106,7 +106,7 @@ pub async fn serve(
         .route("/api/dashboard", get(api))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
-    flows::http::serve_router(addr, router, shutdown).await
+    daemon::http::serve_router(addr, router, shutdown).await
 }
 
 /// Everything the page shows, as one JSON document. A part that cannot be
@@ -122,7 +122,7 @@ pub async fn snapshot(config: &DashboardConfig, client: &clickhouse::Client) -> 
         serde_json::Value::Null
     };
     serde_json::json!({
-        "generated_at": flows::time::format_utc(flows::time::unix_now()).map(|t| format!("{t} UTC")),
+        "generated_at": daemon::time::format_utc(daemon::time::unix_now()).map(|t| format!("{t} UTC")),
         "daemons": status.daemons,
         "flows": status.flows,
         "sales": sales,

@@ -42,7 +42,7 @@ pub async fn dashboard(client: &clickhouse::Client) -> anyhow::Result<Value> {
         .query("SELECT count() FROM stock_movements FINAL")
         .fetch_one()
         .await?;
-    let time = |t: u32| flows::time::format_utc(i64::from(t));
+    let time = |t: u32| daemon::time::format_utc(i64::from(t));
     Ok(json!({
         "hours": HOURS,
         "hourly": hourly

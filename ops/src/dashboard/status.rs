@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use flows::http::{DaemonView, fetch, metric_sum};
+use daemon::http::{DaemonView, fetch, metric_sum};
 use serde_json::{Value, json};
 
 use super::DashboardConfig;

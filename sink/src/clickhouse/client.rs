@@ -43,9 +43,9 @@ impl std::fmt::Debug for ClickHouseConfig {
 fn https(
     mut http: HttpConnector,
     ca_file: Option<&str>,
-) -> Result<HttpsConnector<HttpConnector>, flows::tls::TrustError> {
+) -> Result<HttpsConnector<HttpConnector>, connections::tls::TrustError> {
     let mut ssl = SslConnector::builder(SslMethod::tls_client())?;
-    flows::tls::trust(&mut ssl, ca_file)?;
+    connections::tls::trust(&mut ssl, ca_file)?;
     // ClickHouse speaks HTTP/1.1 only.
     ssl.set_alpn_protos(b"\x08http/1.1")?;
     http.enforce_http(false);

@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use bytes::{BufMut, BytesMut};
-use flows::time::parse_time;
+use daemon::time::parse_time;
 use serde_json::{Map, Value};
 
 use super::types::ChType;

@@ -17,8 +17,8 @@ use postgres_openssl::{MakeTlsConnector, TlsStream};
 use tokio_postgres::{Client, Connection, Socket};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::settings::redact_url;
+use daemon::backoff::Backoff;
+use flows::settings::redact_url;
 
 /// tokio-postgres displays server errors as just "db error"; show the
 /// server's message (never a parameter value).
@@ -150,10 +150,10 @@ fn parse(url: &str) -> Result<Target, String> {
 /// The Postgres URL setting `name` (`DATABASE_URL`): required, a
 /// `postgres://` URL, and TLS parameters that make sense — checked at start
 /// so a bad one exits 2, naming the setting and never echoing the URL.
-pub fn database_url(env: &crate::Env, name: &str) -> Result<String, crate::SettingError> {
+pub fn database_url(env: &flows::Env, name: &str) -> Result<String, flows::SettingError> {
     let url = env.required(name)?;
-    crate::settings::check_url(name, &url, &["postgres", "postgresql"])?;
-    parse(&url).map_err(|e| crate::SettingError::new(name, e))?;
+    flows::settings::check_url(name, &url, &["postgres", "postgresql"])?;
+    parse(&url).map_err(|e| flows::SettingError::new(name, e))?;
     Ok(url)
 }
 

@@ -17,8 +17,8 @@ use rdkafka::consumer::Consumer;
 use crate::kafka::GroupConsumer;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::FlowHealth;
-use crate::metrics::Metrics;
+use daemon::health::FlowHealth;
+use daemon::metrics::Metrics;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(5);
 

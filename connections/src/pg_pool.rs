@@ -11,9 +11,9 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, RecyclingMethod, Runtime};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::pg::PgConnectError;
-use crate::settings::{Env, SettingError, redact_url};
+use daemon::backoff::Backoff;
+use flows::settings::{Env, SettingError, redact_url};
 
 /// The settings of the pool (README, *Settings*).
 pub const KNOWN_VARS: &[&str] = &[

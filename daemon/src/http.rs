@@ -259,12 +259,12 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64
 }
 
 /// Parses a `host:port` setting; `off` disables the endpoint (`None`).
-pub fn parse_addr(name: &str, value: &str) -> Result<Option<SocketAddr>, crate::SettingError> {
+pub fn parse_addr(name: &str, value: &str) -> Result<Option<SocketAddr>, flows::SettingError> {
     if value == "off" {
         return Ok(None);
     }
     value.parse().map(Some).map_err(|_| {
-        crate::SettingError::new(name, "expected host:port (e.g. 127.0.0.1:9101) or `off`")
+        flows::SettingError::new(name, "expected host:port (e.g. 127.0.0.1:9101) or `off`")
     })
 }
 

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::{Env, SettingError, Source};
+use flows::settings::{Env, SettingError, Source};
 
 /// Where the settings file's values came from (variable → `key in FILE`),
 /// so that a bad value is reported under the name the operator wrote.
@@ -23,7 +23,7 @@ pub fn settings(config: Option<PathBuf>) -> Result<Env, SettingError> {
     let mut env = Env::from_process();
     let file = config.or_else(|| env.get("OUTBOX_CONFIG").map(PathBuf::from));
     if let Some(path) = file {
-        let from_file = crate::config_file::read(&path)?;
+        let from_file = flows::config_file::read(&path)?;
         let _ = ORIGINS.set(
             from_file
                 .iter()
@@ -46,11 +46,11 @@ where
         Ok(env) => env,
         Err(e) => return bad_setting(name, &e),
     };
-    let format = match crate::telemetry::log_format(&env) {
+    let format = match daemon::telemetry::log_format(&env) {
         Ok(f) => f,
         Err(e) => return bad_setting(name, &e),
     };
-    crate::telemetry::init(format);
+    daemon::telemetry::init(format);
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(body(env)),
         Err(e) => {
@@ -93,14 +93,17 @@ pub fn failure(name: &str, e: &dyn std::fmt::Display) -> ExitCode {
 
 /// The SIGTERM/SIGINT token, or the exit code to return.
 pub fn signals(name: &str) -> Result<CancellationToken, ExitCode> {
-    crate::shutdown::on_signals()
+    daemon::shutdown::on_signals()
         .map_err(|e| failure(name, &format!("cannot install signal handlers: {e}")))
 }
 
 /// Exit code 2 naming the setting when Kafka refuses the credentials or
 /// certificates (see `KafkaEndpoint::check_credentials`); brokers that do
 /// not answer within 10 s are left to the daemon's retries.
-pub async fn check_kafka(name: &str, kafka: &crate::kafka::KafkaEndpoint) -> Result<(), ExitCode> {
+pub async fn check_kafka(
+    name: &str,
+    kafka: &connections::kafka::KafkaEndpoint,
+) -> Result<(), ExitCode> {
     let endpoint = kafka.clone();
     match tokio::task::spawn_blocking(move || {
         endpoint.check_credentials(std::time::Duration::from_secs(10))

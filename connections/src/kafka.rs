@@ -8,7 +8,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use crate::settings::{Env, SettingError};
+use flows::settings::{Env, SettingError};
 
 /// The Kafka variables every daemon knows, besides its own.
 pub const KNOWN_VARS: &[&str] = &[
@@ -109,7 +109,7 @@ impl KafkaEndpoint {
                     "must be host:port[,host:port…] with no empty entry",
                 ));
             }
-            crate::settings::check_port("KAFKA_BROKERS", address)?;
+            flows::settings::check_port("KAFKA_BROKERS", address)?;
         }
         let protocol = env
             .string_or("KAFKA_SECURITY_PROTOCOL", "plaintext")
