@@ -241,20 +241,38 @@ pub async fn connect_once(url: &str) -> Result<(Client, PgConnection), PgConnect
 /// Connects, retrying with backoff until it succeeds or `shutdown` fires
 /// (then `None`). The connection is driven by a spawned task.
 pub async fn connect(url: &str, purpose: &str, shutdown: &CancellationToken) -> Option<Client> {
+    let (client, connection) =
+        until_reachable(url, purpose, shutdown, || connect_once(url)).await?;
+    let owner = purpose.to_owned();
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, purpose = owner, "postgres connection closed");
+        }
+    });
+    Some(client)
+}
+
+/// Runs `attempt` until it succeeds, backing off and logging (password
+/// redacted) while Postgres is unreachable; `None` once `shutdown` fires.
+/// Shared by direct connections and the pool (`pg_pool::Pool::get_retrying`).
+pub(crate) async fn until_reachable<T, F, Fut>(
+    url: &str,
+    purpose: &str,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, PgConnectError>>,
+{
     let mut backoff = Backoff::default();
     loop {
-        match connect_once(url).await {
-            Ok((client, connection)) => {
-                let owner = purpose.to_owned();
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::warn!(%error, purpose = owner, "postgres connection closed");
-                    }
-                });
+        match attempt().await {
+            Ok(connected) => {
                 if backoff.attempts() > 0 {
                     tracing::info!(url = %redact_url(url), purpose, "postgres reachable again");
                 }
-                return Some(client);
+                return Some(connected);
             }
             Err(error) => {
                 let delay = backoff.next_delay();

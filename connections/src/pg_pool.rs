@@ -12,8 +12,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, RecyclingMethod, Runtime
 use tokio_util::sync::CancellationToken;
 
 use crate::pg::PgConnectError;
-use daemon::backoff::Backoff;
-use flows::settings::{Env, SettingError, redact_url};
+use flows::settings::{Env, SettingError};
 
 /// The settings of the pool (README, *Settings*).
 pub const KNOWN_VARS: &[&str] = &[
@@ -116,25 +115,7 @@ impl Pool {
         purpose: &str,
         shutdown: &CancellationToken,
     ) -> Option<Session> {
-        let mut backoff = Backoff::default();
-        loop {
-            match self.get().await {
-                Ok(session) => {
-                    if backoff.attempts() > 0 {
-                        tracing::info!(url = %redact_url(&self.url), purpose, "postgres reachable again");
-                    }
-                    return Some(session);
-                }
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(url = %redact_url(&self.url), purpose, %error, retry_in_ms = delay.as_millis() as u64, "postgres unreachable");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shutdown.cancelled() => return None,
-                    }
-                }
-            }
-        }
+        crate::pg::until_reachable(&self.url, purpose, shutdown, || self.get()).await
     }
 }
 
