@@ -64,9 +64,10 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("backlog of {rows} rows");
     scenarios::backlog(&bench, rows).await?;
     if run("ceiling") {
-        figures.push(scenarios::ceiling(&bench, rows, 10_000).await?);
+        figures.extend(scenarios::ceiling(&bench, rows, 10_000).await?);
     }
     if run("relay") {
+        scenarios::reset_pending(&bench).await?;
         figures.extend(
             scenarios::relay_throughput(&bench, rows, "relay: backlog drained into Kafka").await?,
         );

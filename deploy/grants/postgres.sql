@@ -20,6 +20,8 @@ GRANT SELECT, UPDATE (sent_to_kafka)
 GRANT SELECT ON outbox_schema_migrations TO outbox_relay;
 GRANT SELECT, INSERT, DELETE, UPDATE (payload, error, set_aside_at) ON outbox_dead_rows TO outbox_relay;
 GRANT USAGE ON SEQUENCE outbox_dead_rows_id_seq TO outbox_relay;
+GRANT SELECT, INSERT, UPDATE ON outbox_scan_positions TO outbox_relay;
+GRANT SELECT, INSERT, DELETE ON outbox_scan_rescans TO outbox_relay;
 
 -- `sink reconcile`: reads which ids are flagged sent, nothing else.
 CREATE ROLE outbox_reconcile LOGIN;

@@ -23,6 +23,7 @@ const POSTGRES: &[(&str, &str)] = embed!(
     "0005_sales",
     "0006_outbox_dead_rows",
     "0007_pending_rows_immutable",
+    "0008_keyset_relay",
 );
 const CLICKHOUSE: &[(&str, &str)] = embed!(
     "clickhouse",

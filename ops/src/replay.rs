@@ -5,7 +5,8 @@ use flows::Flow;
 use tokio_postgres::Client;
 
 /// Deletes the flow's set-aside rows (only `source_id` if given), flags their
-/// source rows pending again and wakes the relay. Returns how many rows.
+/// source rows pending again, asks the relay to rescan them (they are behind
+/// its position: `relay/src/scan.rs`) and wakes it. Returns how many rows.
 pub async fn replay(
     client: &mut Client,
     flow: &Flow,
@@ -16,7 +17,9 @@ pub async fn replay(
     for source in &flow.sources {
         let sql = format!(
             "WITH d AS (DELETE FROM outbox_dead_rows WHERE flow = $1 AND source_table = $2 \
-             AND ($3::int8 IS NULL OR source_id = $3) RETURNING source_id) \
+             AND ($3::int8 IS NULL OR source_id = $3) RETURNING source_id), \
+             r AS (INSERT INTO outbox_scan_rescans (source_table, id) SELECT $2, source_id FROM d \
+             ON CONFLICT DO NOTHING) \
              UPDATE {} SET sent_to_kafka = FALSE WHERE \"id\" IN (SELECT source_id FROM d)",
             source.table.pg()
         );

@@ -21,6 +21,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "RELAY_BATCH_SIZE",
     "RELAY_POLL_INTERVAL_MS",
     "RELAY_STANDBY_RETRY_MS",
+    "RELAY_SWEEP_INTERVAL_MS",
     "RELAY_QUERY_TIMEOUT_MS",
     "RELAY_STUCK_AFTER_MS",
     "RELAY_SESSION_TIMEOUT_MS",
@@ -88,6 +89,9 @@ pub struct BatchConfig {
     pub poll_interval: Duration,
     /// How often a standby tries to take over a flow.
     pub standby_retry: Duration,
+    /// How often the active relay scans each source table whole for
+    /// pending rows its keyset scan cannot see (see `scan`).
+    pub sweep_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -190,6 +194,9 @@ impl RelayConfig {
                 batch_size: u32::try_from(batch_size).unwrap_or(100_000),
                 poll_interval,
                 standby_retry,
+                sweep_interval: Duration::from_millis(
+                    env.positive_or("RELAY_SWEEP_INTERVAL_MS", 60_000)?,
+                ),
             },
             flows: selected_flows(env)?,
             metrics_addr: daemon::http::parse_addr(

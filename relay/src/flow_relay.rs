@@ -8,8 +8,8 @@
 //! leaves the rows pending, so they are published again (at-least-once); the
 //! sink's tables are keyed by source id and absorb the repeat.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use daemon::backoff::Backoff;
 use daemon::metrics::Metrics;
@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{PostgresConfig, RelayConfig};
 use crate::error::{Recovery, RelayError, classify, within};
-use crate::pipeline::Lanes;
+use crate::pipeline::{Lanes, Source};
 use crate::publisher::{Publisher, SharedPublisher};
+use crate::scan::Scan;
 use crate::source::OutboxSource;
 use crate::stats::{FlowStats, TableStats};
 
@@ -32,6 +33,16 @@ pub struct FlowRelay {
     pub metrics: Metrics,
     /// This flow's loop turning, for the systemd watchdog.
     pub beats: daemon::systemd::Beats,
+    /// Sessions for the sweep (see `scan`).
+    pub pool: connections::pg_pool::Pool,
+}
+
+/// A source table of the flow this relay leads: checked, with its metrics
+/// and where its scan stands.
+struct Led {
+    table: OutboxSource,
+    stats: TableStats,
+    scan: Mutex<Scan>,
 }
 
 /// Postgres connections per leader (see `pipeline`). Measured on 2 cores:
@@ -102,6 +113,7 @@ impl FlowRelay {
             let stats = TableStats::new(&self.metrics, &flow, &checked.table);
             sources.push((checked, stats));
         }
+        let sources = sources;
         let mut lanes = vec![first];
         for lane in 0..LANES {
             if lane > 0 {
@@ -130,6 +142,21 @@ impl FlowRelay {
                 return Ok(());
             }
         }
+        let mut led = Vec::with_capacity(sources.len());
+        for (table, stats) in sources {
+            let scan = within(
+                self.config.postgres.query_timeout,
+                "the scan's starting position",
+                table.starting_scan(&lanes[0]),
+            )
+            .await?;
+            tracing::info!(flow, table = %table.table, after_id = scan.cursor(), open_holes = scan.open_holes(), "scan starts");
+            led.push(Led {
+                table,
+                stats,
+                scan: Mutex::new(scan),
+            });
+        }
         tracing::info!(flow, "active relay for this flow");
         let Some(mut publisher) = self.beating(self.new_publisher(backoff, shutdown)).await else {
             return Ok(());
@@ -137,7 +164,7 @@ impl FlowRelay {
         let stats = FlowStats::new(&self.metrics, &flow);
         stats.leader.set(1);
         let result = self
-            .relay_until_error(&lanes, &sources, &mut publisher, backoff, shutdown, &stats)
+            .relay_until_error(&lanes, &led, &mut publisher, backoff, shutdown, &stats)
             .await;
         stats.leader.set(0);
         result
@@ -146,20 +173,28 @@ impl FlowRelay {
     async fn relay_until_error(
         &self,
         lanes: &[Client],
-        sources: &[(OutboxSource, TableStats)],
+        sources: &[Led],
         publisher: &mut SharedPublisher,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
         stats: &FlowStats,
     ) -> Result<(), RelayError> {
         let flow = self.flow.name.to_string();
+        let mut sweep = Sweep::default();
         loop {
             self.beats.beat(&flow);
             if shutdown.is_cancelled() {
                 return Ok(());
             }
+            sweep.collect(sources).await;
+            sweep.start_if_due(&self.pool, &flow, sources, self.config.batch.sweep_interval);
             let mut more = false;
-            for (source, table) in sources {
+            for led in sources {
+                let source = Source {
+                    table: &led.table,
+                    stats: &led.stats,
+                    scan: &led.scan,
+                };
                 let pipeline = Lanes {
                     lanes,
                     beats: &self.beats,
@@ -169,7 +204,7 @@ impl FlowRelay {
                     batch_size: self.config.batch.batch_size,
                     stats,
                 };
-                match pipeline.drain(source, table, shutdown).await {
+                match pipeline.drain(&source, shutdown).await {
                     Ok(drained) => {
                         more |= drained.more;
                         backoff.reset();
@@ -189,7 +224,7 @@ impl FlowRelay {
                         Recovery::RecreateProducer | Recovery::SetAside => {
                             stats.failed.inc();
                             let delay = backoff.next_delay();
-                            tracing::warn!(flow, table = %source.table, error = %err, retry_in_ms = delay.as_millis() as u64, "batch not published; nothing flagged, retrying with a new kafka producer");
+                            tracing::warn!(flow, table = %led.table.table, error = %err, retry_in_ms = delay.as_millis() as u64, "batch not published; nothing flagged, retrying with a new kafka producer");
                             if !sleep_or_shutdown(delay, shutdown).await {
                                 return Ok(());
                             }
@@ -351,4 +386,75 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> boo
         () = tokio::time::sleep(delay) => true,
         () = shutdown.cancelled() => false,
     }
+}
+
+/// The sweep of a led flow's tables (see `scan`): one at a time, on a pooled
+/// session, so a whole-table scan never holds up a lane.
+#[derive(Default)]
+struct Sweep {
+    running: Option<tokio::task::JoinHandle<Vec<Vec<i64>>>>,
+    last: Option<Instant>,
+}
+
+impl Sweep {
+    /// Hands what a finished sweep found to the scans.
+    async fn collect(&mut self, sources: &[Led]) {
+        if !self.running.as_ref().is_some_and(|r| r.is_finished()) {
+            return;
+        }
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        if let Ok(found) = running.await {
+            for (led, strays) in sources.iter().zip(found) {
+                if !strays.is_empty() {
+                    tracing::info!(table = %led.table.table, rows = strays.len(), "the sweep found pending rows behind the scan");
+                    lock_scan(&led.scan).add_strays(&strays);
+                }
+            }
+        }
+    }
+
+    fn start_if_due(
+        &mut self,
+        pool: &connections::pg_pool::Pool,
+        flow: &str,
+        sources: &[Led],
+        every: Duration,
+    ) {
+        if self.running.is_some() || self.last.is_some_and(|at| at.elapsed() < every) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let work: Vec<(OutboxSource, i64)> = sources
+            .iter()
+            .map(|led| (led.table.clone(), lock_scan(&led.scan).cursor()))
+            .collect();
+        let (pool, flow) = (pool.clone(), flow.to_owned());
+        self.running = Some(tokio::spawn(async move {
+            let session = match pool.get().await {
+                Ok(session) => session,
+                Err(error) => {
+                    tracing::warn!(flow, %error, "sweep skipped: no database session");
+                    return Vec::new();
+                }
+            };
+            let mut found = Vec::with_capacity(work.len());
+            for (table, upto) in work {
+                match table.sweep(&**session, upto).await {
+                    Ok(strays) => found.push(strays),
+                    Err(error) => {
+                        tracing::warn!(flow, table = %table.table, error = %connections::pg::detail(&error), "sweep failed");
+                        found.push(Vec::new());
+                    }
+                }
+            }
+            found
+        }));
+    }
+}
+
+fn lock_scan(scan: &Mutex<Scan>) -> std::sync::MutexGuard<'_, Scan> {
+    scan.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -11,6 +11,7 @@ mod pipeline;
 pub mod probe;
 mod publisher;
 mod row_json;
+pub mod scan;
 pub mod source;
 mod stats;
 
@@ -45,12 +46,13 @@ pub async fn run(
             for source in &flow.sources {
                 source::OutboxSource::inspect(&client, flow.name.as_str(), source).await?;
                 warn_if_pending_rows_mutable(&client, flow.name.as_str(), source).await;
+                warn_if_not_tuned(&client, flow.name.as_str(), source).await;
             }
         }
     }
     let probe = tokio::spawn(probe::run(
         config.flows.clone(),
-        pool,
+        pool.clone(),
         metrics.clone(),
         health,
         daemon::health::probe_interval(config.stall_after),
@@ -71,6 +73,7 @@ pub async fn run(
             wake,
             metrics: metrics.clone(),
             beats: beats.clone(),
+            pool: pool.clone(),
         };
         workers.spawn(relay.run(shutdown.clone()));
     }
@@ -118,6 +121,28 @@ async fn warn_if_pending_rows_mutable(
         ),
         Err(err) => {
             tracing::warn!(flow, table = %source.table, error = %connections::pg::detail(&err), "could not check the source table's update guard")
+        }
+    }
+}
+
+/// A source table with an index on the flag, or no free room on its pages,
+/// makes every flag flip write index entries and a row version on another
+/// page (migration `0008_keyset_relay`): said once at start-up.
+async fn warn_if_not_tuned(
+    client: &tokio_postgres::Client,
+    flow: &str,
+    source: &flows::SourceTable,
+) {
+    match source::source_tuned(client, &source.table).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            flow,
+            table = %source.table,
+            "flag flips on this source table are not HOT updates (an index names sent_to_kafka, or fillfactor is above 70): the relay is slower than it can be; tune it with SELECT outbox_tune_source('{}')",
+            source.table
+        ),
+        Err(err) => {
+            tracing::warn!(flow, table = %source.table, error = %connections::pg::detail(&err), "could not check the source table's tuning (run relay migrate)")
         }
     }
 }

@@ -17,7 +17,7 @@
 //!   the batches before it (a repeat, which the sinks' keyed tables absorb),
 //!   never before them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Recovery, RelayError, classify, within};
 use crate::publisher::{PublishError, PublishTimings, SharedPublisher};
+use crate::scan::{Range, Scan};
 use crate::source::{OutboxBatch, OutboxSource};
 use crate::stats::{FlowStats, Republish, TableStats};
 
@@ -57,10 +58,19 @@ pub struct Lanes<'a> {
     pub stats: &'a FlowStats,
 }
 
+/// A source table and where its scan stands.
+pub struct Source<'a> {
+    pub table: &'a OutboxSource,
+    pub stats: &'a TableStats,
+    pub scan: &'a Mutex<Scan>,
+}
+
 /// A batch locked in an open transaction on a lane.
 struct Locked {
     lane: usize,
     batch: OutboxBatch,
+    /// Where the scan's cursor stands once it commits (keyset batches).
+    end: Option<i64>,
 }
 
 /// A batch whose Kafka transaction committed, awaiting its flag and commit.
@@ -68,16 +78,70 @@ struct Published {
     lane: usize,
     batch: OutboxBatch,
     kafka: PublishTimings,
+    end: Option<i64>,
 }
 
 impl Lanes<'_> {
-    /// Drains up to [`MAX_BATCHES_PER_TURN`] batches of `source`.
+    /// Looks into the scan's holes, drains up to [`MAX_BATCHES_PER_TURN`]
+    /// batches, and saves the scan's position. A failed turn rewinds the
+    /// scan to its last committed batch.
     pub async fn drain(
         &self,
-        source: &OutboxSource,
-        table: &TableStats,
+        source: &Source<'_>,
         shutdown: &CancellationToken,
     ) -> Result<Drained, RelayError> {
+        let rescans_due = scan_of(source).rescans_due();
+        if rescans_due {
+            let taken = within(
+                self.query_timeout,
+                "reading the rescans",
+                source
+                    .table
+                    .take_rescans(&self.lanes[0], self.flow, source.scan),
+            )
+            .await?;
+            if taken > 0 {
+                tracing::info!(flow = self.flow, table = %source.table.table, rows = taken, "rows set pending again behind the scan (relay replay) taken up");
+            }
+        }
+        let holes = scan_of(source).holes();
+        if !holes.0.is_empty() {
+            let look = within(
+                self.query_timeout,
+                "the look into the scan's holes",
+                source.table.look(&self.lanes[0], &holes),
+            )
+            .await?;
+            scan_of(source).looked(&look);
+        }
+        let drained = self.drain_batches(source, shutdown).await;
+        // A failure, or rows set aside (their batch rolled back first).
+        if drained.as_ref().map_or(true, |d| d.set_aside > 0) {
+            scan_of(source).rewind();
+        }
+        let open_holes = scan_of(source).open_holes();
+        source.stats.open_holes.set(open_holes as i64);
+        let unsaved = scan_of(source).unsaved();
+        if let Some(position) = unsaved {
+            within(
+                self.query_timeout,
+                "saving the scan's position",
+                source
+                    .table
+                    .save_position(&self.lanes[0], self.flow, position),
+            )
+            .await?;
+            scan_of(source).saved(position);
+        }
+        drained
+    }
+
+    async fn drain_batches(
+        &self,
+        source: &Source<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<Drained, RelayError> {
+        let (table, stats) = (source.table, source.stats);
         let mut drained = Drained::default();
         let mut current = match self.lock_batch(0, source).await {
             Ok(Some(locked)) => locked,
@@ -96,8 +160,8 @@ impl Lanes<'_> {
             let this = current.lane;
             let other = (this + 1) % self.lanes.len();
             let ((batch, published), behind) = tokio::join!(
-                self.publish(source, current.batch),
-                self.finish_then_lock(previous.take(), prefetch.then_some(other), source, table),
+                self.publish(table, current.batch),
+                self.finish_then_lock(previous.take(), prefetch.then_some(other), source),
             );
             let next = match behind {
                 Ok((committed, next)) => {
@@ -141,8 +205,8 @@ impl Lanes<'_> {
                     let RelayError::Publish(PublishError::Rejected(rejected)) = err else {
                         return Err(err);
                     };
-                    drained.set_aside = self.set_aside(this, source, &batch, &rejected).await?;
-                    table.set_aside.add(drained.set_aside as i64);
+                    drained.set_aside = self.set_aside(this, table, &batch, &rejected).await?;
+                    stats.set_aside.add(drained.set_aside as i64);
                     drained.more = true;
                     return Ok(drained);
                 }
@@ -152,6 +216,7 @@ impl Lanes<'_> {
                 lane: this,
                 batch,
                 kafka,
+                end: current.end,
             });
             match next {
                 Some(locked) => current = locked,
@@ -164,7 +229,7 @@ impl Lanes<'_> {
         }
         if let Some(last) = previous {
             let rows = last.batch.len();
-            match self.finish(last, source, table).await {
+            match self.finish(last, source).await {
                 Ok(rows) => drained.sent += rows,
                 Err((lane, err)) => {
                     self.stats.republished(Republish::Postgres, rows);
@@ -176,29 +241,40 @@ impl Lanes<'_> {
         Ok(drained)
     }
 
-    /// BEGIN on `lane` and lock the next pending rows; `None` (transaction
-    /// closed) when there are none.
+    /// BEGIN on `lane` and lock the next pending rows (a due hole's, else
+    /// the keyset's); `None` (transaction closed) when there are none.
     async fn lock_batch(
         &self,
         lane: usize,
-        source: &OutboxSource,
+        source: &Source<'_>,
     ) -> Result<Option<Locked>, RelayError> {
         let client = &self.lanes[lane];
         let start = Instant::now();
         let limit = self.query_timeout;
         within(limit, "BEGIN", client.batch_execute("BEGIN")).await?;
-        let batch = within(
-            limit,
-            "the pending rows' fetch",
-            source.fetch_pending(client, self.batch_size),
-        )
-        .await?;
-        if batch.is_empty() {
-            within(limit, "COMMIT", client.batch_execute("COMMIT")).await?;
-            return Ok(None);
+        loop {
+            let range = scan_of(source).next_range();
+            let batch = within(
+                limit,
+                "the pending rows' fetch",
+                source.table.fetch_pending(client, self.batch_size, range),
+            )
+            .await?;
+            let end = scan_of(source).locked(range, &batch.ids());
+            if batch.is_empty() {
+                if let Range::Hole { .. } = range {
+                    continue;
+                }
+                let last = within(limit, "the last id", source.table.last_id(client)).await?;
+                within(limit, "COMMIT", client.batch_execute("COMMIT")).await?;
+                if let Some(last) = last {
+                    scan_of(source).skip_to(last);
+                }
+                return Ok(None);
+            }
+            self.stats.fetched(batch.len(), start.elapsed());
+            return Ok(Some(Locked { lane, batch, end }));
         }
-        self.stats.fetched(batch.len(), start.elapsed());
-        Ok(Some(Locked { lane, batch }))
     }
 
     /// Publishes on a blocking thread; hands the batch back either way.
@@ -233,13 +309,12 @@ impl Lanes<'_> {
         &self,
         previous: Option<Published>,
         lane: Option<usize>,
-        source: &OutboxSource,
-        table: &TableStats,
+        source: &Source<'_>,
     ) -> Result<(usize, Option<Locked>), (RelayError, usize)> {
         let committed = match previous {
             Some(done) => {
                 let rows = done.batch.len();
-                self.finish(done, source, table)
+                self.finish(done, source)
                     .await
                     .map_err(|(_, err)| (err, rows))?
             }
@@ -259,16 +334,16 @@ impl Lanes<'_> {
     async fn finish(
         &self,
         done: Published,
-        source: &OutboxSource,
-        table: &TableStats,
+        source: &Source<'_>,
     ) -> Result<usize, (usize, RelayError)> {
+        let (table, stats) = (source.table, source.stats);
         let client = &self.lanes[done.lane];
         let start = Instant::now();
         let limit = self.query_timeout;
         let marked = async {
             let flag = async {
                 daemon::failpoint::hit_async("relay-before-flag").await;
-                source.mark_sent(client, &done.batch).await
+                table.mark_sent(client, &done.batch).await
             };
             within(limit, "the flag update", flag).await?;
             let mark = start.elapsed();
@@ -277,10 +352,13 @@ impl Lanes<'_> {
         }
         .await;
         let mark = marked.map_err(|err| (done.lane, err))?;
+        if let Some(end) = done.end {
+            scan_of(source).committed(end);
+        }
         let rows = done.batch.len();
         self.stats
             .published(rows, done.kafka, mark, start.elapsed() - mark);
-        table.published.add(rows as i64);
+        stats.published.add(rows as i64);
         Ok(rows)
     }
 
@@ -316,4 +394,12 @@ impl Lanes<'_> {
         .await?;
         Ok(dead.len())
     }
+}
+
+/// The scan, locked for a moment (never across an await).
+fn scan_of<'a>(source: &'a Source<'_>) -> std::sync::MutexGuard<'a, Scan> {
+    source
+        .scan
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

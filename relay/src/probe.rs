@@ -24,18 +24,27 @@ pub struct Pending {
 }
 
 /// Counts pending rows (up to [`BACKLOG_COUNT_CAP`]) and finds the oldest,
-/// both through the pending-id index.
+/// from the relay's saved position on, through the primary key (rows set
+/// pending again behind it are the sweep's, see `scan`; a table never
+/// relayed is read whole).
 pub async fn pending(client: &Client, table: &str) -> Result<Pending, tokio_postgres::Error> {
     let t = flows::ident::Ident::new(table)
         .map(|i| i.pg())
         .unwrap_or_else(|_| table.to_owned());
+    let from: i64 = client
+        .query_opt(
+            "SELECT safe_below FROM outbox_scan_positions WHERE source_table = $1",
+            &[&table],
+        )
+        .await?
+        .map_or(i64::MIN, |row| row.get(0));
     let row = client
         .query_one(
             &format!(
-                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {t} WHERE sent_to_kafka IS NOT TRUE LIMIT {BACKLOG_COUNT_CAP}) p), \
-                 (SELECT min(\"id\")::int8 FROM {t} WHERE sent_to_kafka IS NOT TRUE)"
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {t} WHERE \"id\" >= $1::int8 AND sent_to_kafka IS NOT TRUE LIMIT {BACKLOG_COUNT_CAP}) p), \
+                 (SELECT min(\"id\")::int8 FROM {t} WHERE \"id\" >= $1::int8 AND sent_to_kafka IS NOT TRUE)"
             ),
-            &[],
+            &[&from],
         )
         .await?;
     Ok(Pending {

@@ -6,6 +6,7 @@ use flows::SourceTable;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::row_json::{self, Field};
+use crate::scan::{Look, Range, Scan};
 
 /// One pending row, ready to publish.
 #[derive(Clone, Debug)]
@@ -40,6 +41,10 @@ pub struct OutboxSource {
     pub topic: String,
     fetch_sql: String,
     mark_sql: String,
+    look_sql: String,
+    sweep_sql: String,
+    by_flag_sql: String,
+    last_id_sql: String,
     /// The message's fields, in the order `fetch_sql` selects them after
     /// the id and the key.
     fields: Vec<Field>,
@@ -87,6 +92,21 @@ pub async fn pending_rows_protected(
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// Whether `table` has no index naming the flag and room on its pages for
+/// HOT flag flips (`outbox_source_tuned`, migration `0008_keyset_relay`).
+pub async fn source_tuned(
+    client: &Client,
+    table: &flows::ident::Ident,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT outbox_source_tuned(to_regclass($1))",
+            &[&table.pg()],
+        )
+        .await?;
+    Ok(row.get::<_, Option<bool>>(0).unwrap_or(false))
 }
 
 impl OutboxSource {
@@ -160,34 +180,76 @@ impl OutboxSource {
             .map(|k| k.pg())
             .unwrap_or_else(|_| "\"id\"".into());
         let t = source.table.pg();
-        // The partial index on pending ids (migrations) keeps this an index
-        // scan however many rows were already sent.
+        // A range of the primary key (see `scan`): an index scan however
+        // many rows were already sent, with no index on the flag.
         let fetch_sql = format!(
+            "SELECT src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, {} FROM {t} AS src \
+             WHERE src.\"id\" > $2::int8 AND src.\"id\" <= $3::int8 AND src.sent_to_kafka IS NOT TRUE \
+             ORDER BY src.\"id\" LIMIT $1 FOR UPDATE SKIP LOCKED",
+            exprs.join(", ")
+        );
+        let by_flag_sql = format!(
             "SELECT src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, {} FROM {t} AS src \
              WHERE src.sent_to_kafka IS NOT TRUE ORDER BY src.\"id\" LIMIT $1 FOR UPDATE SKIP LOCKED",
             exprs.join(", ")
         );
         let mark_sql =
             format!("UPDATE {t} SET sent_to_kafka = TRUE WHERE \"id\" = ANY($1::int8[])");
+        // One snapshot for the whole statement: its xmin/xmax and what it
+        // sees in each hole belong together (see `scan::Look`).
+        let look_sql = format!(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8, \
+             pg_snapshot_xmax(pg_current_snapshot())::text::int8, \
+             ARRAY(SELECT EXISTS (SELECT 1 FROM {t} AS src WHERE src.\"id\" BETWEEN g.lo AND g.hi \
+             AND src.sent_to_kafka IS NOT TRUE) \
+             FROM unnest($1::int8[], $2::int8[]) WITH ORDINALITY AS g(lo, hi, n) ORDER BY g.n)"
+        );
+        let sweep_sql = format!(
+            "SELECT src.\"id\"::int8 FROM {t} AS src \
+             WHERE src.sent_to_kafka IS NOT TRUE AND src.\"id\" <= $1::int8 LIMIT 1000"
+        );
         Ok(Self {
             table: table.into(),
             topic: source.topic.clone(),
             fetch_sql,
             mark_sql,
+            look_sql,
+            sweep_sql,
+            by_flag_sql,
+            last_id_sql: format!("SELECT max(src.\"id\")::int8 FROM {t} AS src"),
             fields,
         })
     }
 
-    /// Locks up to `limit` pending rows in id order (call inside a
-    /// transaction); rows locked by another transaction are skipped.
+    /// Locks up to `limit` pending rows of `range` in id order (call inside
+    /// a transaction); rows locked by another transaction are skipped.
     pub async fn fetch_pending(
         &self,
         tx: &impl GenericClient,
         limit: u32,
+        range: Range,
     ) -> Result<OutboxBatch, tokio_postgres::Error> {
-        let rows = tx.query(&self.fetch_sql, &[&i64::from(limit)]).await?;
+        let (after, upto) = range.bounds();
+        let rows = tx
+            .query(&self.fetch_sql, &[&i64::from(limit), &after, &upto])
+            .await?;
+        Ok(self.batch_of(&rows))
+    }
+
+    /// The statement before the keyset scan: pending rows through an index
+    /// on the flag. Kept as the benchmark's reference (its old-SQL row).
+    pub async fn fetch_pending_by_flag(
+        &self,
+        tx: &impl GenericClient,
+        limit: u32,
+    ) -> Result<OutboxBatch, tokio_postgres::Error> {
+        let rows = tx.query(&self.by_flag_sql, &[&i64::from(limit)]).await?;
+        Ok(self.batch_of(&rows))
+    }
+
+    fn batch_of(&self, rows: &[tokio_postgres::Row]) -> OutboxBatch {
         let mut messages = Vec::with_capacity(rows.len());
-        for row in &rows {
+        for row in rows {
             let mut payload = String::with_capacity(64 * self.fields.len());
             let values = (2..row.len()).map(|i| row.get::<_, Option<&str>>(i));
             row_json::write_object(&mut payload, &self.fields, values);
@@ -197,7 +259,142 @@ impl OutboxSource {
                 payload,
             });
         }
-        Ok(OutboxBatch { messages })
+        OutboxBatch { messages }
+    }
+
+    /// The table's highest id (a primary-key lookup).
+    pub async fn last_id(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<Option<i64>, tokio_postgres::Error> {
+        let row = client.query_one(&self.last_id_sql, &[]).await?;
+        Ok(row.get(0))
+    }
+
+    /// Looks into the scan's holes (outside a transaction).
+    pub async fn look(
+        &self,
+        client: &impl GenericClient,
+        holes: &(Vec<i64>, Vec<i64>),
+    ) -> Result<Look, tokio_postgres::Error> {
+        let row = client
+            .query_one(&self.look_sql, &[&holes.0, &holes.1])
+            .await?;
+        Ok(Look {
+            xmin: row.get(0),
+            xmax: row.get(1),
+            pending: row.get(2),
+        })
+    }
+
+    /// Pending rows at or below `upto` (a scan of the whole table: see
+    /// `scan`, "the sweep").
+    pub async fn sweep(
+        &self,
+        client: &impl GenericClient,
+        upto: i64,
+    ) -> Result<Vec<i64>, tokio_postgres::Error> {
+        let rows = client.query(&self.sweep_sql, &[&upto]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Where the active relay starts: after the saved position, or — for a
+    /// table it never relayed — after a search for the first pending row.
+    pub async fn starting_scan(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<Scan, tokio_postgres::Error> {
+        let saved = client
+            .query_opt(
+                "SELECT safe_below FROM outbox_scan_positions WHERE source_table = $1",
+                &[&self.table],
+            )
+            .await?;
+        if let Some(row) = saved {
+            return Ok(Scan::starting_below(row.get(0)));
+        }
+        let t = flows::ident::Ident::new(&self.table)
+            .map(|i| i.pg())
+            .unwrap_or_else(|_| self.table.clone());
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT min(\"id\")::int8, max(\"id\")::int8, \
+                     (SELECT min(\"id\")::int8 FROM {t} WHERE sent_to_kafka IS NOT TRUE) FROM {t}"
+                ),
+                &[],
+            )
+            .await?;
+        let (first, last, pending): (Option<i64>, Option<i64>, Option<i64>) =
+            (row.get(0), row.get(1), row.get(2));
+        Ok(match (first, last) {
+            (Some(first), Some(last)) => {
+                Scan::unsettled(first, pending.map_or(last, |p| p.saturating_sub(1)))
+            }
+            _ => Scan::starting_below(i64::MIN),
+        })
+    }
+
+    /// Takes the rows `relay replay` set pending again and saves the
+    /// position with them in it, in one transaction (so they are never
+    /// both taken and above a saved position).
+    pub async fn take_rescans(
+        &self,
+        client: &Client,
+        flow: &str,
+        scan: &std::sync::Mutex<Scan>,
+    ) -> Result<usize, tokio_postgres::Error> {
+        client.batch_execute("BEGIN").await?;
+        let taken = async {
+            let rows = client
+                .query(
+                    "DELETE FROM outbox_scan_rescans WHERE source_table = $1 RETURNING id",
+                    &[&self.table],
+                )
+                .await?;
+            if rows.is_empty() {
+                return Ok(0);
+            }
+            let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+            let position = {
+                let mut scan = scan
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                scan.add_strays(&ids);
+                scan.safe_below()
+            };
+            self.save_position(client, flow, position).await?;
+            Ok::<usize, tokio_postgres::Error>(ids.len())
+        }
+        .await;
+        match taken {
+            Ok(n) => {
+                client.batch_execute("COMMIT").await?;
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Saves where the next leader may start (see `scan`).
+    pub async fn save_position(
+        &self,
+        client: &impl GenericClient,
+        flow: &str,
+        safe_below: i64,
+    ) -> Result<(), tokio_postgres::Error> {
+        client
+            .execute(
+                "INSERT INTO outbox_scan_positions (source_table, flow, safe_below) VALUES ($1, $2, $3) \
+                 ON CONFLICT (source_table) DO UPDATE \
+                 SET flow = EXCLUDED.flow, safe_below = EXCLUDED.safe_below, updated_at = now()",
+                &[&self.table, &flow, &safe_below],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Flags exactly the rows of `batch` sent, in the transaction that

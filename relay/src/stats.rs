@@ -60,6 +60,8 @@ const REPUBLISHED_HELP: &str = "Rows committed (or, for kafka_commit_outcome_unk
 pub struct TableStats {
     pub published: Series,
     pub set_aside: Series,
+    /// The keyset scan's open holes (see `scan`).
+    pub open_holes: Series,
 }
 
 const PHASE_HELP: &str = "Time per batch in each phase: fetch (lock rows and build JSON), send (hand to the producer), kafka_commit, mark (flag sent), pg_commit.";
@@ -156,6 +158,11 @@ impl TableStats {
             set_aside: metrics.counter(
                 "relay_rows_set_aside_total",
                 "Rows Kafka refused for good, moved to outbox_dead_rows.",
+                &labels,
+            ),
+            open_holes: metrics.gauge(
+                "relay_scan_open_holes",
+                "Id ranges the active relay's keyset scan passed without locking every row, still watched (transactions running, rolled-back ids).",
                 &labels,
             ),
         }

@@ -1,0 +1,192 @@
+//! The relay's keyset scan (`relay/src/scan.rs`) under the writers it must
+//! not lose a row to: many concurrent inserting transactions, some rolled
+//! back, and long transactions whose ids the scan passes long before they
+//! commit. On the real broker; the whole-table sweep is kept out of the way
+//! (an hour's interval), so what is proven is the normal path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use outbox_tests::topic::{Isolation, read_all};
+use outbox_tests::{Daemon, TestStack, wait_until};
+use rand::Rng;
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// Committed ids, shared by the writers.
+type Ids = Arc<Mutex<BTreeSet<i64>>>;
+
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn insert(
+    tx: &tokio_postgres::Transaction<'_>,
+    writer: usize,
+    rows: i32,
+) -> anyhow::Result<Vec<i64>> {
+    let inserted = tx
+        .query(
+            "INSERT INTO user_logins (username, event_type, event_time)
+             SELECT 'writer-' || $1::int, 'login', now() FROM generate_series(1, $2::int)
+             RETURNING id::int8",
+            &[&(writer as i32), &rows],
+        )
+        .await?;
+    Ok(inserted.iter().map(|r| r.get(0)).collect())
+}
+
+/// Short transactions until `until`: 1–20 rows, a pause of up to 30 ms
+/// inside the transaction, one in five rolled back.
+async fn short_writer(url: &str, writer: usize, until: Instant, ids: Ids) -> anyhow::Result<usize> {
+    let mut pg = connect(url).await?;
+    let mut rolled_back = 0;
+    while Instant::now() < until {
+        let (rows, pause, commit) = {
+            let mut rng = rand::rng();
+            (
+                rng.random_range(1..=20),
+                rng.random_range(0..30u64),
+                rng.random_range(0..5) > 0,
+            )
+        };
+        let tx = pg.transaction().await?;
+        let new = insert(&tx, writer, rows).await?;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        if commit {
+            tx.commit().await?;
+            ids.lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .extend(new);
+        } else {
+            tx.rollback().await?;
+            rolled_back += 1;
+        }
+    }
+    Ok(rolled_back)
+}
+
+/// A long transaction: rows inserted early (low ids), more rows later, held
+/// `hold`, then committed or rolled back. Returns its ids and how many rows
+/// with higher ids were already flagged sent when it ended — proof that the
+/// scan had passed over it.
+async fn long_writer(
+    url: &str,
+    writer: usize,
+    hold: Duration,
+    commit: bool,
+    ids: Ids,
+) -> anyhow::Result<(Vec<i64>, i64)> {
+    let mut pg = connect(url).await?;
+    let watcher = connect(url).await?;
+    let tx = pg.transaction().await?;
+    let mut new = insert(&tx, writer, 50).await?;
+    tokio::time::sleep(hold / 2).await;
+    new.extend(insert(&tx, writer, 50).await?);
+    tokio::time::sleep(hold / 2).await;
+    let first = *new.first().ok_or_else(|| anyhow::anyhow!("no ids"))?;
+    let passed: i64 = watcher
+        .query_one(
+            "SELECT count(*) FROM user_logins WHERE id > $1::int8 AND sent_to_kafka",
+            &[&first],
+        )
+        .await?
+        .get(0);
+    if commit {
+        tx.commit().await?;
+        ids.lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .extend(new.iter().copied());
+    } else {
+        tx.rollback().await?;
+    }
+    Ok((new, passed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_long_and_rolled_back_inserts_are_each_published_once() -> anyhow::Result<()> {
+    let stack = TestStack::start("k_writers").await?;
+    stack.migrate().await?;
+    let mut env = stack.daemon_env();
+    env.retain(|(k, _)| k != "RELAY_BATCH_SIZE");
+    env.push(("RELAY_BATCH_SIZE".into(), "50".into()));
+    env.push(("RELAY_SWEEP_INTERVAL_MS".into(), "3600000".into()));
+    let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
+
+    let ids: Ids = Arc::default();
+    let until = Instant::now() + Duration::from_secs(8);
+    let mut short = tokio::task::JoinSet::new();
+    for writer in 0..8 {
+        let (url, ids) = (stack.database_url.clone(), Arc::clone(&ids));
+        short.spawn(async move { short_writer(&url, writer, until, ids).await });
+    }
+    let long = [
+        (100, Duration::from_secs(4), true),
+        (101, Duration::from_secs(6), false),
+        (102, Duration::from_secs(7), true),
+    ];
+    let mut longs = tokio::task::JoinSet::new();
+    for (writer, hold, commit) in long {
+        let (url, ids) = (stack.database_url.clone(), Arc::clone(&ids));
+        longs.spawn(async move { long_writer(&url, writer, hold, commit, ids).await });
+    }
+    let mut rolled_back = 0;
+    while let Some(done) = short.join_next().await {
+        rolled_back += done??;
+    }
+    let mut long_ids = Vec::new();
+    while let Some(done) = longs.join_next().await {
+        let (new, passed) = done??;
+        assert!(
+            passed > 0,
+            "rows after the long transaction's first id were published before it ended (the scan passed over it)"
+        );
+        long_ids.push(new);
+    }
+    assert!(rolled_back > 0, "some short transactions rolled back");
+
+    wait_until("every committed row flagged", SETTLE, || async {
+        Ok(stack.pending("user_logins").await? == 0)
+    })
+    .await;
+    relay.terminate(Duration::from_secs(15));
+
+    let committed: BTreeSet<i64> = ids.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let brokers = stack.kafka_brokers.clone();
+    let topics = vec![stack.topic("user_events")];
+    let records =
+        tokio::task::spawn_blocking(move || read_all(&brokers, &topics, Isolation::Committed))
+            .await??;
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for record in &records {
+        *counts.entry(record.id().unwrap_or(-1)).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "rows published twice: {twice:?}");
+    let published: BTreeSet<i64> = counts.keys().copied().collect();
+    let missing: Vec<_> = committed.difference(&published).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "committed rows never published: {missing:?} (of {})",
+        committed.len()
+    );
+    let extra: Vec<_> = published.difference(&committed).take(5).collect();
+    assert!(extra.is_empty(), "rolled-back rows published: {extra:?}");
+    for new in &long_ids[..] {
+        let rolled = !new.iter().any(|id| committed.contains(id));
+        assert_eq!(
+            new.iter().filter(|id| published.contains(id)).count(),
+            if rolled { 0 } else { new.len() },
+            "a long transaction's rows: all published if it committed, none if it rolled back"
+        );
+    }
+    assert!(
+        committed.len() > 1_000,
+        "a real load: {} rows committed",
+        committed.len()
+    );
+    Ok(())
+}
