@@ -101,10 +101,9 @@ pub async fn ceiling(bench: &Bench, n: u64, batch: u32) -> anyhow::Result<Vec<Fi
         &[&(bench.backlog as i32)],
     )
     .await?;
-    pg.batch_execute(
-        "UPDATE bench_old_sql SET sent_to_kafka = FALSE; VACUUM ANALYZE bench_old_sql",
-    )
-    .await?;
+    pg.execute("UPDATE bench_old_sql SET sent_to_kafka = FALSE", &[])
+        .await?;
+    pg.batch_execute("VACUUM ANALYZE bench_old_sql").await?;
     let mut old = flow.sources[0].clone();
     old.table = flows::ident::Ident::new("bench_old_sql")?;
     let old = relay::source::OutboxSource::inspect(&pg, "bench", &old).await?;
@@ -117,7 +116,7 @@ pub async fn ceiling(bench: &Bench, n: u64, batch: u32) -> anyhow::Result<Vec<Fi
             pg.batch_execute("COMMIT").await?;
             break;
         }
-        old.mark_sent(&pg, &rows).await?;
+        old.mark_sent_by_ids(&pg, &rows).await?;
         pg.batch_execute("COMMIT").await?;
         done += rows.len() as u64;
     }
