@@ -100,8 +100,12 @@ async fn main() -> anyhow::Result<()> {
         figures.extend(scenarios::growth(&bench, rows, sent).await?);
     }
     if run("latency") {
-        figures
-            .extend(scenarios::latency(&bench, 1000, latency_secs, scenarios::Loader::Sink).await?);
+        // The default flush interval (100 ms: at most ten inserts a second
+        // per table), then one tuned for latency.
+        for flush_ms in [None, Some(20)] {
+            let loader = scenarios::Loader::Sink { flush_ms };
+            figures.extend(scenarios::latency(&bench, 1000, latency_secs, loader).await?);
+        }
     }
     if run("engine-latency") {
         let label = bench.kafka.label().to_owned();

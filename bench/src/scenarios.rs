@@ -448,8 +448,9 @@ fn topic_messages(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result
 
 /// What loads the latency run's topic into ClickHouse.
 pub enum Loader<'a> {
-    /// The product's sink (into `user_logins`).
-    Sink,
+    /// The product's sink (into `user_logins`), with its flush interval
+    /// (`SINK_FLUSH_INTERVAL_MS`) set when given.
+    Sink { flush_ms: Option<u64> },
     /// ClickHouse's Kafka table engine + materialized view on the brokers
     /// given (into `peer_engine_rows`), the relay publishing there too.
     KafkaEngine { brokers: &'a str },
@@ -464,7 +465,8 @@ pub async fn latency(
     loader: Loader<'_>,
 ) -> anyhow::Result<Vec<Figure>> {
     let run = match loader {
-        Loader::Sink => "latency.",
+        Loader::Sink { flush_ms: None } => "latency.",
+        Loader::Sink { flush_ms: Some(_) } => "latency-tuned.",
         Loader::KafkaEngine { .. } => "engine-latency.",
     };
     let mut env = bench.env(run);
@@ -472,18 +474,24 @@ pub async fn latency(
     env.retain(|(k, _)| k != "KAFKA_TOPIC_PREFIX");
     env.push(("KAFKA_TOPIC_PREFIX".into(), prefix.clone()));
     let topic = format!("{prefix}user_events");
+    let relay_metrics = free_addr()?;
+    let sink_metrics = free_addr()?;
+    env.push(("RELAY_METRICS_ADDR".into(), relay_metrics.clone()));
+    env.push(("SINK_METRICS_ADDR".into(), sink_metrics.clone()));
     let ch = match loader {
-        Loader::Sink => bench.ch(),
+        Loader::Sink { .. } => bench.ch(),
         Loader::KafkaEngine { .. } => bench.peer_ch().await?,
     };
     let (table, sink, label) = match loader {
-        Loader::Sink => {
+        Loader::Sink { flush_ms } => {
             bench.kafka.create_topic(&topic, 4).await?;
-            (
-                "user_logins",
-                Some(Daemon::spawn("sink", &env)?),
-                "end-to-end latency".to_owned(),
-            )
+            let mut label = "end-to-end latency".to_owned();
+            if let Some(ms) = flush_ms {
+                env.retain(|(k, _)| k != "SINK_FLUSH_INTERVAL_MS");
+                env.push(("SINK_FLUSH_INTERVAL_MS".into(), ms.to_string()));
+                label = format!("end-to-end latency with SINK_FLUSH_INTERVAL_MS={ms}");
+            }
+            ("user_logins", Some(Daemon::spawn("sink", &env)?), label)
         }
         Loader::KafkaEngine { brokers } => {
             env.retain(|(k, _)| k != "KAFKA_BROKERS");
@@ -596,6 +604,16 @@ pub async fn latency(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     inserter.await??;
+    // Where the time goes: each daemon's own phase histograms over the run.
+    let relay_phases = daemon::http::fetch_metrics(&relay_metrics)
+        .await
+        .unwrap_or_default();
+    let sink_phases = match loader {
+        Loader::Sink { .. } => daemon::http::fetch_metrics(&sink_metrics)
+            .await
+            .unwrap_or_default(),
+        Loader::KafkaEngine { .. } => String::new(),
+    };
     let relay_rss = relay.peak_rss_mib();
     relay.stop();
     let sink_rss = sink.map(|sink| {
@@ -638,8 +656,29 @@ pub async fn latency(
         ),
     ];
     if let Some(sink_rss) = sink_rss {
-        figures.push(figure("latency run: relay peak RSS", relay_rss, "MiB", ""));
-        figures.push(figure("latency run: sink peak RSS", sink_rss, "MiB", ""));
+        figures.push(figure(
+            &format!("{label}: relay peak RSS"),
+            relay_rss,
+            "MiB",
+            "",
+        ));
+        figures.push(figure(
+            &format!("{label}: sink peak RSS"),
+            sink_rss,
+            "MiB",
+            "",
+        ));
     }
+    let stage = |side: &str| format!("{label}, stage: {side}");
+    figures.extend(phase_figures(
+        &stage("relay"),
+        &relay_phases,
+        "relay_batch_phase_seconds",
+    ));
+    figures.extend(phase_figures(
+        &stage("sink"),
+        &sink_phases,
+        "sink_batch_phase_seconds",
+    ));
     Ok(figures)
 }
