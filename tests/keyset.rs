@@ -190,3 +190,58 @@ async fn concurrent_long_and_rolled_back_inserts_are_each_published_once() -> an
     );
     Ok(())
 }
+
+/// `relay run` says at start-up which source tables are not tuned for the
+/// keyset scan (or lack the pending-row guard), naming them and the fix; a
+/// tuned table gets no such line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_run_warns_about_an_untuned_source_table_naming_it() -> anyhow::Result<()> {
+    let stack = TestStack::start("k_untuned").await?;
+    stack.migrate().await?;
+    let pg = stack.pg().await?;
+    let log_of = |d: &Daemon| std::fs::read_to_string(&d.log).unwrap_or_default();
+    let env = stack.daemon_env();
+
+    let mut tuned = Daemon::spawn("relay", &["run"], &env, &format!("{}-tuned", stack.name));
+    wait_until("the tuned relay leading", SETTLE, || async {
+        Ok(log_of(&tuned).contains("active relay for this flow"))
+    })
+    .await;
+    tuned.terminate(Duration::from_secs(15));
+    assert!(
+        !log_of(&tuned).contains("not HOT updates"),
+        "{}",
+        log_of(&tuned)
+    );
+
+    pg.batch_execute(
+        "CREATE INDEX user_logins_pending ON user_logins (id) WHERE sent_to_kafka IS NOT TRUE;
+         ALTER TABLE user_logins RESET (fillfactor);",
+    )
+    .await?;
+    let mut untuned = Daemon::spawn("relay", &["run"], &env, &format!("{}-untuned", stack.name));
+    wait_until("the warning naming the table", SETTLE, || async {
+        Ok(log_of(&untuned).contains("not HOT updates"))
+    })
+    .await;
+    untuned.terminate(Duration::from_secs(15));
+    let line = log_of(&untuned)
+        .lines()
+        .find(|l| l.contains("not HOT updates"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        line.contains("user_logins") && line.contains("outbox_tune_source('user_logins')"),
+        "{line}"
+    );
+
+    // The helper puts it right.
+    pg.batch_execute("SELECT outbox_tune_source('user_logins')")
+        .await?;
+    let tuned: bool = pg
+        .query_one("SELECT outbox_source_tuned('user_logins')", &[])
+        .await?
+        .get(0);
+    assert!(tuned);
+    Ok(())
+}

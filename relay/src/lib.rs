@@ -45,8 +45,7 @@ pub async fn run(
         for flow in &config.flows {
             for source in &flow.sources {
                 source::OutboxSource::inspect(&client, flow.name.as_str(), source).await?;
-                warn_if_pending_rows_mutable(&client, flow.name.as_str(), source).await;
-                warn_if_not_tuned(&client, flow.name.as_str(), source).await;
+                warn_about_source(&client, flow.name.as_str(), source).await;
             }
         }
     }
@@ -103,46 +102,43 @@ pub async fn run(
     outcome
 }
 
-/// A source table whose pending rows can be updated can show a row twice in
-/// a target table ordered by the updated column (see migration
-/// `0007_pending_rows_immutable`): said once at start-up, not refused.
-async fn warn_if_pending_rows_mutable(
+/// What `relay run` checks of each source table at start-up: said once as
+/// a warning, never refused.
+/// - Pending rows that can be updated can show a row twice in a target
+///   table ordered by the updated column (migration
+///   `0007_pending_rows_immutable`).
+/// - An index on the flag, or no free room on the pages, makes every flag
+///   flip write index entries and a row version on another page (migration
+///   `0008_keyset_relay`).
+async fn warn_about_source(
     client: &tokio_postgres::Client,
     flow: &str,
     source: &flows::SourceTable,
 ) {
-    match source::pending_rows_protected(client, &source.table).await {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            flow,
-            table = %source.table,
-            "pending rows of this source table can be updated: a row changed between a crash and its re-delivery can appear twice in a target table ordered by the changed column; protect it with SELECT outbox_protect_pending('{}')",
-            source.table
+    let table = &source.table;
+    let checks = [
+        (
+            source::pending_rows_protected(client, table).await,
+            "the update guard",
+            format!(
+                "pending rows of this source table can be updated: a row changed between a crash and its re-delivery can appear twice in a target table ordered by the changed column; protect it with SELECT outbox_protect_pending('{table}')"
+            ),
         ),
-        Err(err) => {
-            tracing::warn!(flow, table = %source.table, error = %connections::pg::detail(&err), "could not check the source table's update guard")
-        }
-    }
-}
-
-/// A source table with an index on the flag, or no free room on its pages,
-/// makes every flag flip write index entries and a row version on another
-/// page (migration `0008_keyset_relay`): said once at start-up.
-async fn warn_if_not_tuned(
-    client: &tokio_postgres::Client,
-    flow: &str,
-    source: &flows::SourceTable,
-) {
-    match source::source_tuned(client, &source.table).await {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            flow,
-            table = %source.table,
-            "flag flips on this source table are not HOT updates (an index names sent_to_kafka, or fillfactor is above 70): the relay is slower than it can be; tune it with SELECT outbox_tune_source('{}')",
-            source.table
+        (
+            source::source_tuned(client, table).await,
+            "the tuning (run relay migrate)",
+            format!(
+                "flag flips on this source table are not HOT updates (an index names sent_to_kafka, or fillfactor is above 70): the relay is slower than it can be; tune it with SELECT outbox_tune_source('{table}')"
+            ),
         ),
-        Err(err) => {
-            tracing::warn!(flow, table = %source.table, error = %connections::pg::detail(&err), "could not check the source table's tuning (run relay migrate)")
+    ];
+    for (checked, what, advice) in checks {
+        match checked {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(flow, %table, "{advice}"),
+            Err(err) => {
+                tracing::warn!(flow, %table, error = %connections::pg::detail(&err), "could not check the source table's {what}")
+            }
         }
     }
 }
