@@ -420,6 +420,11 @@ pub fn consumer_config(kafka: &KafkaEndpoint, group: &str, client_id: &str) -> C
         // new data: Kafka's 500 ms default sets the floor of end-to-end
         // latency at low rates.
         ("fetch.wait.max.ms", "20"),
+        // When the prefetch queue is at its bound, fetching pauses this long
+        // (librdkafka's default 1 s): a sink that stores a batch empties the
+        // queue well before that and then waited for it, idle. Measured:
+        // BENCHMARKS.md, the sink rows.
+        ("fetch.queue.backoff.ms", "10"),
     ] {
         config.set(key, value);
     }
