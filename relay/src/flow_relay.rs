@@ -409,7 +409,7 @@ impl Sweep {
             for (led, strays) in sources.iter().zip(found) {
                 if !strays.is_empty() {
                     tracing::info!(table = %led.table.table, rows = strays.len(), "the sweep found pending rows behind the scan");
-                    lock_scan(&led.scan).add_strays(&strays);
+                    crate::scan::lock(&led.scan).add_strays(&strays);
                 }
             }
         }
@@ -428,7 +428,7 @@ impl Sweep {
         self.last = Some(Instant::now());
         let work: Vec<(OutboxSource, i64)> = sources
             .iter()
-            .map(|led| (led.table.clone(), lock_scan(&led.scan).cursor()))
+            .map(|led| (led.table.clone(), crate::scan::lock(&led.scan).cursor()))
             .collect();
         let (pool, flow) = (pool.clone(), flow.to_owned());
         self.running = Some(tokio::spawn(async move {
@@ -452,9 +452,4 @@ impl Sweep {
             found
         }));
     }
-}
-
-fn lock_scan(scan: &Mutex<Scan>) -> std::sync::MutexGuard<'_, Scan> {
-    scan.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -396,10 +396,6 @@ impl Lanes<'_> {
     }
 }
 
-/// The scan, locked for a moment (never across an await).
 fn scan_of<'a>(source: &'a Source<'_>) -> std::sync::MutexGuard<'a, Scan> {
-    source
-        .scan
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    crate::scan::lock(source.scan)
 }

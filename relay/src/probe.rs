@@ -31,13 +31,9 @@ pub async fn pending(client: &Client, table: &str) -> Result<Pending, tokio_post
     let t = flows::ident::Ident::new(table)
         .map(|i| i.pg())
         .unwrap_or_else(|_| table.to_owned());
-    let from: i64 = client
-        .query_opt(
-            "SELECT safe_below FROM outbox_scan_positions WHERE source_table = $1",
-            &[&table],
-        )
+    let from = crate::source::saved_position(client, table)
         .await?
-        .map_or(i64::MIN, |row| row.get(0));
+        .unwrap_or(i64::MIN);
     let row = client
         .query_one(
             &format!(

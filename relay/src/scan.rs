@@ -47,6 +47,13 @@ struct Hole {
     guard: Option<i64>,
 }
 
+/// The scan shared by a flow's lanes and its sweep, locked for a moment
+/// (never across an await); a panic elsewhere does not poison it for good.
+pub fn lock(scan: &std::sync::Mutex<Scan>) -> std::sync::MutexGuard<'_, Scan> {
+    scan.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What to lock next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Range {

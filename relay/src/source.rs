@@ -46,6 +46,8 @@ pub struct OutboxSource {
     sweep_sql: String,
     by_flag_sql: String,
     last_id_sql: String,
+    /// First id, last id and first pending id (a table never relayed).
+    extent_sql: String,
     /// The message's fields, in the order `fetch_sql` selects them after
     /// the id and the key.
     fields: Vec<Field>,
@@ -108,6 +110,41 @@ pub async fn source_tuned(
         )
         .await?;
     Ok(row.get::<_, Option<bool>>(0).unwrap_or(false))
+}
+
+/// Where the active relay of `table` saved its position (`safe_below`, see
+/// `scan`), if it ever did.
+pub async fn saved_position(
+    client: &impl GenericClient,
+    table: &str,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT safe_below FROM outbox_scan_positions WHERE source_table = $1",
+            &[&table],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Runs `work` (a future not yet polled, on `client`) between BEGIN and
+/// COMMIT, rolling back when it fails. For sessions shared by reference
+/// (the lanes), where `Client::transaction`'s `&mut` is not at hand.
+async fn in_transaction<T>(
+    client: &Client,
+    work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, tokio_postgres::Error> {
+    client.batch_execute("BEGIN").await?;
+    match work.await {
+        Ok(done) => {
+            client.batch_execute("COMMIT").await?;
+            Ok(done)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
 }
 
 impl OutboxSource {
@@ -224,6 +261,10 @@ impl OutboxSource {
             sweep_sql,
             by_flag_sql,
             last_id_sql: format!("SELECT max(src.\"id\")::int8 FROM {t} AS src"),
+            extent_sql: format!(
+                "SELECT min(\"id\")::int8, max(\"id\")::int8, \
+                 (SELECT min(\"id\")::int8 FROM {t} WHERE sent_to_kafka IS NOT TRUE) FROM {t}"
+            ),
             fields,
         })
     }
@@ -311,27 +352,10 @@ impl OutboxSource {
         &self,
         client: &impl GenericClient,
     ) -> Result<Scan, tokio_postgres::Error> {
-        let saved = client
-            .query_opt(
-                "SELECT safe_below FROM outbox_scan_positions WHERE source_table = $1",
-                &[&self.table],
-            )
-            .await?;
-        if let Some(row) = saved {
-            return Ok(Scan::starting_below(row.get(0)));
+        if let Some(safe_below) = saved_position(client, &self.table).await? {
+            return Ok(Scan::starting_below(safe_below));
         }
-        let t = flows::ident::Ident::new(&self.table)
-            .map(|i| i.pg())
-            .unwrap_or_else(|_| self.table.clone());
-        let row = client
-            .query_one(
-                &format!(
-                    "SELECT min(\"id\")::int8, max(\"id\")::int8, \
-                     (SELECT min(\"id\")::int8 FROM {t} WHERE sent_to_kafka IS NOT TRUE) FROM {t}"
-                ),
-                &[],
-            )
-            .await?;
+        let row = client.query_one(&self.extent_sql, &[]).await?;
         let (first, last, pending): (Option<i64>, Option<i64>, Option<i64>) =
             (row.get(0), row.get(1), row.get(2));
         Ok(match (first, last) {
@@ -351,8 +375,7 @@ impl OutboxSource {
         flow: &str,
         scan: &std::sync::Mutex<Scan>,
     ) -> Result<usize, tokio_postgres::Error> {
-        client.batch_execute("BEGIN").await?;
-        let taken = async {
+        in_transaction(client, async {
             let rows = client
                 .query(
                     "DELETE FROM outbox_scan_rescans WHERE source_table = $1 RETURNING id",
@@ -364,26 +387,14 @@ impl OutboxSource {
             }
             let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
             let position = {
-                let mut scan = scan
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut scan = crate::scan::lock(scan);
                 scan.add_strays(&ids);
                 scan.safe_below()
             };
             self.save_position(client, flow, position).await?;
-            Ok::<usize, tokio_postgres::Error>(ids.len())
-        }
-        .await;
-        match taken {
-            Ok(n) => {
-                client.batch_execute("COMMIT").await?;
-                Ok(n)
-            }
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                Err(e)
-            }
-        }
+            Ok(ids.len())
+        })
+        .await
     }
 
     /// Saves where the next leader may start (see `scan`).
@@ -451,8 +462,7 @@ impl OutboxSource {
         flow: &str,
         rows: &[(i64, &str, &str)],
     ) -> Result<(), tokio_postgres::Error> {
-        client.batch_execute("BEGIN").await?;
-        let result = async {
+        in_transaction(client, async {
             for (id, payload, error) in rows {
                 client
                     .execute(
@@ -465,15 +475,8 @@ impl OutboxSource {
             }
             let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
             client.execute(&self.mark_sql, &[&ids]).await?;
-            Ok::<(), tokio_postgres::Error>(())
-        }
-        .await;
-        match result {
-            Ok(()) => client.batch_execute("COMMIT").await,
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                Err(e)
-            }
-        }
+            Ok(())
+        })
+        .await
     }
 }
