@@ -272,8 +272,13 @@ async fn the_daemons_work_with_exactly_the_documented_grants() -> anyhow::Result
     let (as_relay, connection) = tokio_postgres::connect(&role_url(&relay_role), NoTls).await?;
     tokio::spawn(connection);
     let flow = flows::settings::selected_flows(&Env::from_pairs(stack.daemon_env()))?.remove(0);
-    let source =
-        relay::source::OutboxSource::inspect(&as_relay, "user_logins", &flow.sources[0]).await?;
+    let source = relay::source::OutboxSource::inspect(
+        &as_relay,
+        "user_logins",
+        &flow.sources[0],
+        relay::shard::Shard::WHOLE,
+    )
+    .await?;
     source
         .set_aside(
             &as_relay,

@@ -106,7 +106,8 @@ pub async fn ceiling(bench: &Bench, n: u64, batch: u32) -> anyhow::Result<Vec<Fi
     pg.batch_execute("VACUUM ANALYZE bench_old_sql").await?;
     let mut old = flow.sources[0].clone();
     old.table = flows::ident::Ident::new("bench_old_sql")?;
-    let old = relay::source::OutboxSource::inspect(&pg, "bench", &old).await?;
+    let old = relay::source::OutboxSource::inspect(&pg, "bench", &old, relay::shard::Shard::WHOLE)
+        .await?;
     let start = Instant::now();
     let mut done = 0u64;
     loop {
@@ -125,7 +126,13 @@ pub async fn ceiling(bench: &Bench, n: u64, batch: u32) -> anyhow::Result<Vec<Fi
     pg.batch_execute("DROP TABLE bench_old_sql").await?;
 
     reset_pending(bench).await?;
-    let source = relay::source::OutboxSource::inspect(&pg, "user_logins", &flow.sources[0]).await?;
+    let source = relay::source::OutboxSource::inspect(
+        &pg,
+        "user_logins",
+        &flow.sources[0],
+        relay::shard::Shard::WHOLE,
+    )
+    .await?;
     let start = Instant::now();
     let mut done = 0u64;
     let mut after = i64::MIN;

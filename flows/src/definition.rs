@@ -31,6 +31,17 @@ pub struct Flow {
     /// A Kafka → Kafka stage (consume, transform, produce, exactly once).
     #[serde(default)]
     pub stage: Option<StageDef>,
+    /// The relay's work split by message key into this many shards, each
+    /// led by one relay process (see `relay::shard`). 1 = not split.
+    #[serde(default = "one_shard")]
+    pub shards: u16,
+}
+
+/// Shards a flow may be split into at most.
+pub const MAX_SHARDS: u16 = 64;
+
+fn one_shard() -> u16 {
+    1
 }
 
 /// How time columns travel in messages.
@@ -211,6 +222,12 @@ impl FlowCatalog {
             }
             check_kafka_name(&flow.consumer_group)
                 .map_err(|e| invalid(format!("consumer_group: {e}")))?;
+            if !(1..=MAX_SHARDS).contains(&flow.shards) {
+                return Err(invalid(format!(
+                    "shards must be between 1 and {MAX_SHARDS}, not {}",
+                    flow.shards
+                )));
+            }
             for source in &flow.sources {
                 check_kafka_name(&source.topic).map_err(|e| invalid(format!("topic: {e}")))?;
                 if !source.columns.iter().any(|c| c.as_str() == "id") {

@@ -25,14 +25,21 @@ pub async fn report(
     }
     for flow in flows.iter().filter(|f| !f.sources.is_empty()) {
         let name = flow.name.as_str();
-        let _ = writeln!(
-            out,
-            "flow={name} active_relay={}",
-            active_relay(client, name).await?
-        );
+        for shard in relay::shard::Shard::all(flow.shards) {
+            let key = shard.lane_key(name, 0);
+            let active = active_relay(client, &key).await?;
+            let _ = match shard.is_whole() {
+                true => writeln!(out, "flow={name} active_relay={active}"),
+                false => writeln!(
+                    out,
+                    "flow={name} shard={}/{} active_relay={active}",
+                    shard.index, shard.count
+                ),
+            };
+        }
         for source in &flow.sources {
             let table = source.table.as_str();
-            let pending = probe::pending(client, table).await?;
+            let pending = probe::pending(client, table, flow.shards).await?;
             let rows = if pending.rows >= probe::BACKLOG_COUNT_CAP {
                 format!("{}+", pending.rows)
             } else {
@@ -61,8 +68,9 @@ pub async fn report(
     Ok(out)
 }
 
-/// "pid N from ADDR since TIME", or "none", from the flow's first-lane lock.
-async fn active_relay(client: &Client, flow: &str) -> Result<String, tokio_postgres::Error> {
+/// "pid N from ADDR since TIME", or "none", from a flow's (shard's)
+/// first-lane lock, `key`.
+async fn active_relay(client: &Client, key: &str) -> Result<String, tokio_postgres::Error> {
     let row = client
         .query_opt(
             "SELECT a.pid, coalesce(host(a.client_addr), 'local'), \
@@ -71,7 +79,7 @@ async fn active_relay(client: &Client, flow: &str) -> Result<String, tokio_postg
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
                AND ((l.classid::int8 << 32) | l.objid::int8) = hashtextextended($1, 0) \
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&relay::leader_key(flow, 0)],
+            &[&key],
         )
         .await?;
     Ok(match row {

@@ -22,6 +22,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "RELAY_POLL_INTERVAL_MS",
     "RELAY_STANDBY_RETRY_MS",
     "RELAY_SWEEP_INTERVAL_MS",
+    "RELAY_SHARDS",
     "RELAY_QUERY_TIMEOUT_MS",
     "RELAY_STUCK_AFTER_MS",
     "RELAY_SESSION_TIMEOUT_MS",
@@ -100,6 +101,8 @@ pub struct RelayConfig {
     pub kafka: KafkaConfig,
     pub batch: BatchConfig,
     pub flows: Vec<Flow>,
+    /// The shards of split flows this relay leads first (see `shard`).
+    pub shards: crate::shard::Preferred,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` = off.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// A flow with pending rows and nothing moving for this long is not
@@ -199,6 +202,7 @@ impl RelayConfig {
                 ),
             },
             flows: selected_flows(env)?,
+            shards: crate::shard::Preferred::parse(&env.string_or("RELAY_SHARDS", "all"))?,
             metrics_addr: daemon::http::parse_addr(
                 "RELAY_METRICS_ADDR",
                 &env.string_or("RELAY_METRICS_ADDR", "127.0.0.1:9101"),

@@ -23,11 +23,17 @@ use crate::error::{Recovery, RelayError, classify, within};
 use crate::pipeline::{Lanes, Source};
 use crate::publisher::{Publisher, SharedPublisher};
 use crate::scan::Scan;
+use crate::shard::Shard;
 use crate::source::OutboxSource;
 use crate::stats::{FlowStats, TableStats};
 
 pub struct FlowRelay {
     pub flow: Flow,
+    /// The part of the flow this loop relays (see `shard`).
+    pub shard: Shard,
+    /// Whether this relay prefers the shard (`RELAY_SHARDS`): else it leads
+    /// it only while no live relay claims it.
+    pub preferred: bool,
     pub config: Arc<RelayConfig>,
     pub wake: Arc<Notify>,
     pub metrics: Metrics,
@@ -50,20 +56,29 @@ struct Led {
 /// the two statements then slow each other down.
 const LANES: usize = 2;
 
-/// The advisory-lock key of a flow's lane: a relay leads a flow only while
-/// it holds every lane's key, so one active relay per flow per database.
+/// How often a relay leading a shard it does not prefer checks whether a
+/// relay that prefers it is back (see `shard`).
+const CLAIM_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The advisory-lock key of a flow's lane: a relay leads a flow (a shard)
+/// only while it holds every lane's key, so one active relay per flow
+/// (shard) per database.
 pub fn leader_key(flow: &str, lane: usize) -> String {
-    match lane {
-        0 => format!("outbox-relay/{flow}"),
-        n => format!("outbox-relay/{flow}/lane-{}", n + 1),
-    }
+    Shard::WHOLE.lane_key(flow, lane)
+}
+
+/// Why leading ended without an error.
+enum Ended {
+    Shutdown,
+    /// A relay that prefers this shard claims it again.
+    HandedBack,
 }
 
 impl FlowRelay {
     /// Runs until `shutdown`. Returns Err only when the flow's definition
     /// contradicts the database.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
-        let flow = self.flow.name.to_string();
+        let flow = self.unit();
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
             self.beats.beat(&flow);
@@ -80,7 +95,13 @@ impl FlowRelay {
             // Dropping the clients (either way out) closes both sessions,
             // which releases their advisory locks.
             match self.lead(client, &mut backoff, &shutdown).await {
-                Ok(()) => break,
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::HandedBack) => {
+                    tracing::info!(
+                        flow,
+                        "a relay that prefers this shard is back; handed it over, standing by"
+                    );
+                }
                 Err(err) if classify(&err) == Recovery::Fatal => return Err(err),
                 Err(error) => {
                     let delay = backoff.next_delay();
@@ -93,21 +114,28 @@ impl FlowRelay {
         Ok(())
     }
 
-    /// Waits to become the flow's leader (both lanes' locks), then relays
-    /// until shutdown (Ok) or until a session is unusable (Err).
+    /// `flow`, or `flow/shard-1-of-4`: how logs and the watchdog name it.
+    fn unit(&self) -> String {
+        self.shard.unit(self.flow.name.as_str())
+    }
+
+    /// Waits to become the flow's (shard's) leader (both lanes' locks),
+    /// then relays until shutdown or hand-over (Ok) or until a session is
+    /// unusable (Err).
     async fn lead(
         &self,
         first: Client,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
-    ) -> Result<(), RelayError> {
+    ) -> Result<Ended, RelayError> {
         let flow = self.flow.name.to_string();
+        let unit = self.unit();
         let mut sources = Vec::new();
         for source in &self.flow.sources {
             let checked = within(
                 self.config.postgres.query_timeout,
                 "the source table's inspection",
-                OutboxSource::inspect(&first, &flow, source),
+                OutboxSource::inspect(&first, &flow, source, self.shard),
             )
             .await?;
             let stats = TableStats::new(&self.metrics, &flow, &checked.table);
@@ -126,7 +154,7 @@ impl FlowRelay {
                     .await
                 {
                     Some(client) => lanes.push(client),
-                    None => return Ok(()),
+                    None => return Ok(Ended::Shutdown),
                 }
             }
             within(
@@ -135,11 +163,21 @@ impl FlowRelay {
                 limit_session(&lanes[lane], &self.config.postgres),
             )
             .await?;
+            if lane == 0 && self.preferred && !self.shard.is_whole() {
+                // Held while this session lives: standing by and leading.
+                self.try_lock(&lanes[0], &self.shard.claim_key(&flow))
+                    .await?;
+            }
             if !self
-                .acquire_lock(&lanes[lane], &leader_key(&flow, lane), shutdown)
+                .acquire_lock(
+                    &lanes[lane],
+                    &self.shard.lane_key(&flow, lane),
+                    lane == 0,
+                    shutdown,
+                )
                 .await?
             {
-                return Ok(());
+                return Ok(Ended::Shutdown);
             }
         }
         let mut led = Vec::with_capacity(sources.len());
@@ -150,23 +188,30 @@ impl FlowRelay {
                 table.starting_scan(&lanes[0]),
             )
             .await?;
-            tracing::info!(flow, table = %table.table, after_id = scan.cursor(), open_holes = scan.open_holes(), "scan starts");
+            tracing::info!(flow = unit, table = %table.table, after_id = scan.cursor(), open_holes = scan.open_holes(), "scan starts");
             led.push(Led {
                 table,
                 stats,
                 scan: Mutex::new(scan),
             });
         }
-        tracing::info!(flow, "active relay for this flow");
+        tracing::info!(
+            flow = unit,
+            preferred = self.preferred,
+            "active relay for this flow"
+        );
         let Some(mut publisher) = self.beating(self.new_publisher(backoff, shutdown)).await else {
-            return Ok(());
+            return Ok(Ended::Shutdown);
         };
         let stats = FlowStats::new(&self.metrics, &flow);
-        stats.leader.set(1);
+        stats.leader.inc();
         let result = self
             .relay_until_error(&lanes, &led, &mut publisher, backoff, shutdown, &stats)
             .await;
-        stats.leader.set(0);
+        stats.leader.add(-1);
+        for led in &led {
+            led.stats.show_open_holes(0);
+        }
         result
     }
 
@@ -178,13 +223,21 @@ impl FlowRelay {
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
         stats: &FlowStats,
-    ) -> Result<(), RelayError> {
+    ) -> Result<Ended, RelayError> {
         let flow = self.flow.name.to_string();
+        let unit = self.unit();
         let mut sweep = Sweep::default();
+        let mut claim_checked = Instant::now();
         loop {
-            self.beats.beat(&flow);
+            self.beats.beat(&unit);
             if shutdown.is_cancelled() {
-                return Ok(());
+                return Ok(Ended::Shutdown);
+            }
+            if !self.preferred && claim_checked.elapsed() >= CLAIM_CHECK_EVERY {
+                claim_checked = Instant::now();
+                if self.claimed(&lanes[0]).await? {
+                    return Ok(Ended::HandedBack);
+                }
             }
             sweep.collect(sources).await;
             sweep.start_if_due(&self.pool, &flow, sources, self.config.batch.sweep_interval);
@@ -214,7 +267,7 @@ impl FlowRelay {
                             *publisher =
                                 match self.beating(self.new_publisher(backoff, shutdown)).await {
                                     Some(p) => p,
-                                    None => return Ok(()),
+                                    None => return Ok(Ended::Shutdown),
                                 };
                         }
                     }
@@ -226,12 +279,12 @@ impl FlowRelay {
                             let delay = backoff.next_delay();
                             tracing::warn!(flow, table = %led.table.table, error = %err, retry_in_ms = delay.as_millis() as u64, "batch not published; nothing flagged, retrying with a new kafka producer");
                             if !sleep_or_shutdown(delay, shutdown).await {
-                                return Ok(());
+                                return Ok(Ended::Shutdown);
                             }
                             *publisher =
                                 match self.beating(self.new_publisher(backoff, shutdown)).await {
                                     Some(p) => p,
-                                    None => return Ok(()),
+                                    None => return Ok(Ended::Shutdown),
                                 };
                         }
                         Recovery::Reconnect | Recovery::Fatal => {
@@ -255,7 +308,7 @@ impl FlowRelay {
                 tokio::select! {
                     () = self.wake.notified() => {}
                     () = tokio::time::sleep(self.config.batch.poll_interval) => {}
-                    () = shutdown.cancelled() => return Ok(()),
+                    () = shutdown.cancelled() => return Ok(Ended::Shutdown),
                 }
             }
         }
@@ -263,28 +316,22 @@ impl FlowRelay {
 
     /// Session-level advisory lock: held until this connection ends, so a
     /// killed leader's locks are released by Postgres and a standby takes
-    /// over at its next attempt. Returns false on shutdown.
+    /// over at its next attempt. A shard this relay does not prefer is
+    /// tried (at `first`, the lane-0 lock) only while nobody claims it.
+    /// Returns false on shutdown.
     async fn acquire_lock(
         &self,
         client: &Client,
         key: &str,
+        first: bool,
         shutdown: &CancellationToken,
     ) -> Result<bool, RelayError> {
-        let flow = self.flow.name.to_string();
+        let flow = self.unit();
         let mut announced = false;
         loop {
-            self.beats.beat(&self.flow.name.to_string());
-            let won: bool = within(
-                self.config.postgres.query_timeout,
-                "the leader lock",
-                client.query_one(
-                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                    &[&key],
-                ),
-            )
-            .await?
-            .get(0);
-            if won {
+            self.beats.beat(&flow);
+            let yielding = first && !self.preferred && self.claimed(client).await?;
+            if !yielding && self.try_lock(client, key).await? {
                 return Ok(true);
             }
             if !announced {
@@ -298,11 +345,41 @@ impl FlowRelay {
         }
     }
 
+    /// `pg_try_advisory_lock` at session level: whether it is held now.
+    async fn try_lock(&self, client: &Client, key: &str) -> Result<bool, RelayError> {
+        let row = within(
+            self.config.postgres.query_timeout,
+            "the leader lock",
+            client.query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&key],
+            ),
+        )
+        .await?;
+        Ok(row.get(0))
+    }
+
+    /// Whether a live relay that prefers this shard holds its claim (the
+    /// claim is tried and, when free, let go at once).
+    async fn claimed(&self, client: &Client) -> Result<bool, RelayError> {
+        let row = within(
+            self.config.postgres.query_timeout,
+            "the shard's claim",
+            client.query_one(
+                "SELECT CASE WHEN pg_try_advisory_lock(hashtextextended($1, 0)) \
+                 THEN NOT pg_advisory_unlock(hashtextextended($1, 0)) ELSE true END",
+                &[&self.shard.claim_key(self.flow.name.as_str())],
+            ),
+        )
+        .await?;
+        Ok(row.get(0))
+    }
+
     /// Runs `wait` — a retry loop whose every attempt is bounded — beating
     /// for the watchdog meanwhile: waiting out an unreachable service is
     /// not being stuck.
     async fn beating<T>(&self, wait: impl std::future::Future<Output = T>) -> T {
-        let flow = self.flow.name.to_string();
+        let flow = self.unit();
         let mut wait = std::pin::pin!(wait);
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -318,11 +395,13 @@ impl FlowRelay {
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Option<SharedPublisher> {
-        let flow = self.flow.name.to_string();
+        let flow = self.unit();
         loop {
             let kafka = self.config.kafka.clone();
-            let name = flow.clone();
-            match tokio::task::spawn_blocking(move || Publisher::connect(&kafka, &name)).await {
+            let (name, shard) = (self.flow.name.to_string(), self.shard);
+            match tokio::task::spawn_blocking(move || Publisher::connect(&kafka, &name, shard))
+                .await
+            {
                 Ok(Ok(p)) => return Some(Arc::new(p)),
                 Ok(Err(error)) => {
                     let delay = backoff.next_delay();

@@ -12,6 +12,7 @@ pub mod probe;
 mod publisher;
 mod row_json;
 pub mod scan;
+pub mod shard;
 pub mod source;
 mod stats;
 
@@ -44,7 +45,13 @@ pub async fn run(
     if let Some(client) = pool.get_retrying("startup check", &shutdown).await {
         for flow in &config.flows {
             for source in &flow.sources {
-                source::OutboxSource::inspect(&client, flow.name.as_str(), source).await?;
+                source::OutboxSource::inspect(
+                    &client,
+                    flow.name.as_str(),
+                    source,
+                    shard::Shard::WHOLE,
+                )
+                .await?;
                 warn_about_source(&client, flow.name.as_str(), source).await;
             }
         }
@@ -62,19 +69,23 @@ pub async fn run(
     let mut wakers = Wakers::default();
     let mut workers = tokio::task::JoinSet::new();
     for flow in config.flows.iter().filter(|f| !f.sources.is_empty()) {
-        let wake = Arc::new(Notify::new());
-        for source in &flow.sources {
-            wakers.register(source.table.as_str(), Arc::clone(&wake));
+        for shard in shard::Shard::all(flow.shards) {
+            let wake = Arc::new(Notify::new());
+            for source in &flow.sources {
+                wakers.register(source.table.as_str(), Arc::clone(&wake));
+            }
+            let relay = FlowRelay {
+                flow: flow.clone(),
+                shard,
+                preferred: config.shards.prefers(shard),
+                config: Arc::clone(&config),
+                wake,
+                metrics: metrics.clone(),
+                beats: beats.clone(),
+                pool: pool.clone(),
+            };
+            workers.spawn(relay.run(shutdown.clone()));
         }
-        let relay = FlowRelay {
-            flow: flow.clone(),
-            config: Arc::clone(&config),
-            wake,
-            metrics: metrics.clone(),
-            beats: beats.clone(),
-            pool: pool.clone(),
-        };
-        workers.spawn(relay.run(shutdown.clone()));
     }
     let listener = tokio::spawn(listener::listen(
         config.postgres.url.clone(),

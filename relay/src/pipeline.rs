@@ -104,12 +104,15 @@ impl Lanes<'_> {
                 tracing::info!(flow = self.flow, table = %source.table.table, rows = taken, "rows set pending again behind the scan (relay replay) taken up");
             }
         }
-        let holes = scan_of(source).holes();
+        let (holes, needs_guard) = {
+            let scan = scan_of(source);
+            (scan.holes(), scan.needs_guard())
+        };
         if !holes.0.is_empty() {
             let look = within(
                 self.query_timeout,
                 "the look into the scan's holes",
-                source.table.look(&self.lanes[0], &holes),
+                source.table.look(&self.lanes[0], &holes, needs_guard),
             )
             .await?;
             scan_of(source).looked(&look);
@@ -120,7 +123,7 @@ impl Lanes<'_> {
             scan_of(source).rewind();
         }
         let open_holes = scan_of(source).open_holes();
-        source.stats.open_holes.set(open_holes as i64);
+        source.stats.show_open_holes(open_holes);
         let unsaved = scan_of(source).unsaved();
         if let Some(position) = unsaved {
             within(
@@ -260,7 +263,28 @@ impl Lanes<'_> {
                 source.table.fetch_pending(client, self.batch_size, range),
             )
             .await?;
-            let end = scan_of(source).locked(range, &batch.ids());
+            // The holes before this fetch: all below its ids.
+            let holes = scan_of(source).holes();
+            let end = scan_of(source).locked(range, &batch.ids(), &batch.passed);
+            let mut batch = batch;
+            if matches!(range, Range::Keyset { .. }) && !holes.0.is_empty() {
+                within(
+                    limit,
+                    "the fetch from the scan's holes",
+                    source
+                        .table
+                        .fetch_in_holes(client, self.batch_size, &holes, &mut batch),
+                )
+                .await?;
+                if batch.from_holes >= self.batch_size as usize && batch.len() > batch.from_holes {
+                    // The holes may hold more than one batch: the keyset's
+                    // rows wait for them (a hole now, left pending).
+                    let keyset = batch.messages.split_off(batch.from_holes);
+                    if let (Some(lo), Some(hi)) = (keyset.first(), keyset.last()) {
+                        scan_of(source).left_pending(lo.id, hi.id);
+                    }
+                }
+            }
             if batch.is_empty() {
                 if let Range::Hole { .. } = range {
                     continue;

@@ -27,11 +27,15 @@ pub struct Pending {
 /// from the relay's saved position on, through the primary key (rows set
 /// pending again behind it are the sweep's, see `scan`; a table never
 /// relayed is read whole).
-pub async fn pending(client: &Client, table: &str) -> Result<Pending, tokio_postgres::Error> {
+pub async fn pending(
+    client: &Client,
+    table: &str,
+    shards: u16,
+) -> Result<Pending, tokio_postgres::Error> {
     let t = flows::ident::Ident::new(table)
         .map(|i| i.pg())
         .unwrap_or_else(|_| table.to_owned());
-    let from = crate::source::saved_position(client, table)
+    let from = crate::source::position_floor(client, table, shards)
         .await?
         .unwrap_or(i64::MIN);
     let row = client
@@ -96,7 +100,7 @@ async fn probe_flow(pg: &Client, w: &mut Watched, metrics: &Metrics) {
     let mut marker = 0i64;
     for source in &w.flow.sources {
         let table = source.table.as_str();
-        let seen = match pending(pg, table).await {
+        let seen = match pending(pg, table, w.flow.shards).await {
             Ok(seen) => seen,
             Err(error) => {
                 tracing::warn!(flow, table, %error, "backlog probe failed");

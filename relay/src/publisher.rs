@@ -5,6 +5,7 @@
 //! read_committed consumers. Any error leaves the transaction aborted (or the
 //! producer due for re-creation) and the caller flips nothing.
 
+use crate::shard::Shard;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,14 +115,16 @@ pub struct Publisher {
 impl Publisher {
     /// Creates the producer and initialises transactions, fencing any earlier
     /// producer with the same transactional id. Blocking.
-    pub fn connect(cfg: &KafkaConfig, flow: &str) -> Result<Self, KafkaError> {
+    pub fn connect(cfg: &KafkaConfig, flow: &str, shard: Shard) -> Result<Self, KafkaError> {
+        // `flow`, or `flow.shard-1-of-4`: one transactional id per shard.
+        let unit = shard.unit(flow).replace('/', ".");
         let producer: ThreadedProducer<DeliveryTracker> = cfg
             .endpoint
             .client_config()
-            .set("client.id", format!("outbox-relay-{flow}"))
+            .set("client.id", format!("outbox-relay-{unit}"))
             .set(
                 "transactional.id",
-                format!("{}.{flow}", cfg.transactional_id_prefix),
+                format!("{}.{unit}", cfg.transactional_id_prefix),
             )
             .set("enable.idempotence", "true")
             .set("acks", &cfg.acks)

@@ -7,6 +7,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::row_json::{self, Field};
 use crate::scan::{Look, Range, Scan};
+use crate::shard::Shard;
 
 /// One pending row, ready to publish.
 #[derive(Clone, Debug)]
@@ -20,6 +21,12 @@ pub struct OutboxMessage {
 #[derive(Debug, Default)]
 pub struct OutboxBatch {
     pub messages: Vec<OutboxMessage>,
+    /// Ids of other shards' rows the fetch passed over (a shard's fetch
+    /// only): seen, so not holes of this shard's scan.
+    pub passed: Vec<i64>,
+    /// How many of the first messages came from the scan's holes (see
+    /// [`OutboxSource::fetch_in_holes`]); the rest are one id range.
+    pub from_holes: usize,
 }
 
 impl OutboxBatch {
@@ -39,6 +46,10 @@ impl OutboxBatch {
 pub struct OutboxSource {
     pub table: String,
     pub topic: String,
+    /// The shard of the table this relays (every row: `Shard::WHOLE`).
+    pub shard: Shard,
+    /// Its row in `outbox_scan_positions`.
+    position_key: String,
     fetch_sql: String,
     mark_sql: String,
     mark_range_sql: String,
@@ -48,8 +59,10 @@ pub struct OutboxSource {
     last_id_sql: String,
     /// First id, last id and first pending id (a table never relayed).
     extent_sql: String,
+    rescans_sql: String,
+    holes_sql: String,
     /// The message's fields, in the order `fetch_sql` selects them after
-    /// the id and the key.
+    /// the id and the key (and before a shard's passed ids).
     fields: Vec<Field>,
 }
 
@@ -112,19 +125,43 @@ pub async fn source_tuned(
     Ok(row.get::<_, Option<bool>>(0).unwrap_or(false))
 }
 
-/// Where the active relay of `table` saved its position (`safe_below`, see
-/// `scan`), if it ever did.
+/// The position saved under `key` (`safe_below`, see `scan`; a table's
+/// name, or a shard's `Shard::position_key`), if one ever was.
 pub async fn saved_position(
     client: &impl GenericClient,
-    table: &str,
+    key: &str,
 ) -> Result<Option<i64>, tokio_postgres::Error> {
     let row = client
         .query_opt(
             "SELECT safe_below FROM outbox_scan_positions WHERE source_table = $1",
-            &[&table],
+            &[&key],
         )
         .await?;
     Ok(row.map(|r| r.get(0)))
+}
+
+/// Below it, every row of `table` is settled for a flow split in `shards`:
+/// the lowest of its shards' positions when each saved one, else the
+/// whole table's position (from before it was split), if any.
+pub async fn position_floor(
+    client: &impl GenericClient,
+    table: &str,
+    shards: u16,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let keys: Vec<String> = Shard::all(shards).map(|s| s.position_key(table)).collect();
+    let row = client
+        .query_one(
+            "SELECT count(*), min(safe_below) FROM outbox_scan_positions WHERE source_table = ANY($1)",
+            &[&keys],
+        )
+        .await?;
+    if row.get::<_, i64>(0) == keys.len() as i64 {
+        return Ok(row.get(1));
+    }
+    if shards > 1 {
+        return saved_position(client, table).await;
+    }
+    Ok(None)
 }
 
 /// Runs `work` (a future not yet polled, on `client`) between BEGIN and
@@ -153,6 +190,7 @@ impl OutboxSource {
         client: &Client,
         flow: &str,
         source: &SourceTable,
+        shard: Shard,
     ) -> Result<Self, SourceError> {
         let table = source.table.as_str();
         let rows = client
@@ -218,14 +256,32 @@ impl OutboxSource {
             .map(|k| k.pg())
             .unwrap_or_else(|_| "\"id\"".into());
         let t = source.table.pg();
+        let mine = |alias: &str| {
+            shard
+                .condition(alias, &key)
+                .map_or_else(String::new, |c| format!(" AND {c}"))
+        };
+        let src_shard = mine("src");
         // A range of the primary key (see `scan`): an index scan however
         // many rows were already sent, with no index on the flag.
-        let fetch_sql = format!(
+        let locking = format!(
             "SELECT src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, {} FROM {t} AS src \
-             WHERE src.\"id\" > $2::int8 AND src.\"id\" <= $3::int8 AND src.sent_to_kafka IS NOT TRUE \
+             WHERE src.\"id\" > $2::int8 AND src.\"id\" <= $3::int8 AND src.sent_to_kafka IS NOT TRUE{src_shard} \
              ORDER BY src.\"id\" LIMIT $1 FOR UPDATE SKIP LOCKED",
             exprs.join(", ")
         );
+        // A shard's fetch also returns the other shards' ids it passed (in
+        // the same snapshot), so only ids it did not see become holes.
+        let fetch_sql = match shard.condition("o", &key) {
+            None => locking,
+            Some(theirs) => format!(
+                "WITH locked AS MATERIALIZED ({locking}) \
+                 SELECT locked.*, ARRAY(SELECT o.\"id\"::int8 FROM {t} AS o \
+                 WHERE o.\"id\" > $2::int8 AND o.\"id\" <= (SELECT max(outbox_id) FROM locked) \
+                 AND NOT ({theirs}) ORDER BY o.\"id\") AS outbox_passed \
+                 FROM locked ORDER BY outbox_id"
+            ),
+        };
         let by_flag_sql = format!(
             "SELECT src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, {} FROM {t} AS src \
              WHERE src.sent_to_kafka IS NOT TRUE ORDER BY src.\"id\" LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -238,22 +294,49 @@ impl OutboxSource {
             "UPDATE {t} SET sent_to_kafka = TRUE WHERE \"id\" BETWEEN $1::int8 AND $2::int8 \
              AND sent_to_kafka IS NOT TRUE AND xmax = pg_current_xact_id()::xid"
         );
-        // One snapshot for the whole statement: its xmin/xmax and what it
-        // sees in each hole belong together (see `scan::Look`).
+        // One snapshot for the whole statement: its xmin and what it sees
+        // in each hole belong together; the guard is an id assigned during
+        // the statement, so above every transaction that wrote before it
+        // (see `scan::Look`). Assigning it costs a commit record, so only
+        // when a hole needs one ($3).
         let look_sql = format!(
             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8, \
-             pg_snapshot_xmax(pg_current_snapshot())::text::int8, \
+             CASE WHEN $3 THEN pg_current_xact_id()::text::int8 ELSE 0 END, \
              ARRAY(SELECT EXISTS (SELECT 1 FROM {t} AS src WHERE src.\"id\" BETWEEN g.lo AND g.hi \
-             AND src.sent_to_kafka IS NOT TRUE) \
+             AND src.sent_to_kafka IS NOT TRUE{src_shard}) \
              FROM unnest($1::int8[], $2::int8[]) WITH ORDINALITY AS g(lo, hi, n) ORDER BY g.n)"
         );
         let sweep_sql = format!(
             "SELECT src.\"id\"::int8 FROM {t} AS src \
-             WHERE src.sent_to_kafka IS NOT TRUE AND src.\"id\" <= $1::int8 LIMIT 1000"
+             WHERE src.sent_to_kafka IS NOT TRUE AND src.\"id\" <= $1::int8{src_shard} LIMIT 1000"
         );
+        // Committed pending rows in the scan's holes: a primary-key range
+        // probe per hole.
+        let holes_sql = format!(
+            "SELECT src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, {} \
+             FROM unnest($2::int8[], $3::int8[]) AS h(lo, hi) JOIN {t} AS src ON src.\"id\" BETWEEN h.lo AND h.hi \
+             WHERE src.sent_to_kafka IS NOT TRUE{src_shard} \
+             ORDER BY src.\"id\" LIMIT $1 FOR UPDATE OF src SKIP LOCKED",
+            exprs.join(", ")
+        );
+        // Rows `relay replay` set pending again: a shard takes its own
+        // (and ids whose row is gone, which then close at once).
+        let rescans_sql = match shard.condition("src", &key) {
+            None => {
+                "DELETE FROM outbox_scan_rescans WHERE source_table = $1 RETURNING id".to_owned()
+            }
+            Some(theirs) => format!(
+                "DELETE FROM outbox_scan_rescans r WHERE r.source_table = $1 AND NOT EXISTS \
+                 (SELECT 1 FROM {t} AS src WHERE src.\"id\" = r.id AND NOT ({theirs})) RETURNING r.id"
+            ),
+        };
         Ok(Self {
             table: table.into(),
             topic: source.topic.clone(),
+            shard,
+            position_key: shard.position_key(table),
+            rescans_sql,
+            holes_sql,
             fetch_sql,
             mark_sql,
             mark_range_sql,
@@ -263,7 +346,7 @@ impl OutboxSource {
             last_id_sql: format!("SELECT max(src.\"id\")::int8 FROM {t} AS src"),
             extent_sql: format!(
                 "SELECT min(\"id\")::int8, max(\"id\")::int8, \
-                 (SELECT min(\"id\")::int8 FROM {t} WHERE sent_to_kafka IS NOT TRUE) FROM {t}"
+                 (SELECT min(src.\"id\")::int8 FROM {t} AS src WHERE src.sent_to_kafka IS NOT TRUE{src_shard}) FROM {t}"
             ),
             fields,
         })
@@ -297,9 +380,10 @@ impl OutboxSource {
 
     fn batch_of(&self, rows: &[tokio_postgres::Row]) -> OutboxBatch {
         let mut messages = Vec::with_capacity(rows.len());
+        let end = 2 + self.fields.len();
         for row in rows {
             let mut payload = String::with_capacity(64 * self.fields.len());
-            let values = (2..row.len()).map(|i| row.get::<_, Option<&str>>(i));
+            let values = (2..end).map(|i| row.get::<_, Option<&str>>(i));
             row_json::write_object(&mut payload, &self.fields, values);
             messages.push(OutboxMessage {
                 id: row.get(0),
@@ -307,7 +391,46 @@ impl OutboxSource {
                 payload,
             });
         }
-        OutboxBatch { messages }
+        let passed = match rows.first() {
+            Some(row) if row.len() > end => row.get(end),
+            _ => Vec::new(),
+        };
+        OutboxBatch {
+            messages,
+            passed,
+            from_holes: 0,
+        }
+    }
+
+    /// Locks up to `limit` committed pending rows in `holes` (the scan's
+    /// holes, as lows and highs) in id order and puts them before
+    /// `batch`'s: called right after a keyset fetch, in its transaction.
+    ///
+    /// Why: a row that committed before a later row of the same key became
+    /// visible is then published with it or before it, never after — the
+    /// keyset alone would publish the later row and leave the earlier one
+    /// to the next look into the holes. This statement's snapshot is newer
+    /// than the keyset fetch's, so it sees every row committed before any
+    /// row that fetch saw.
+    pub async fn fetch_in_holes(
+        &self,
+        tx: &impl GenericClient,
+        limit: u32,
+        holes: &(Vec<i64>, Vec<i64>),
+        batch: &mut OutboxBatch,
+    ) -> Result<(), tokio_postgres::Error> {
+        let rows = tx
+            .query(&self.holes_sql, &[&i64::from(limit), &holes.0, &holes.1])
+            .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut found = self.batch_of(&rows);
+        found.from_holes = found.messages.len();
+        found.messages.append(&mut batch.messages);
+        batch.messages = found.messages;
+        batch.from_holes += found.from_holes;
+        Ok(())
     }
 
     /// The table's highest id (a primary-key lookup).
@@ -324,9 +447,10 @@ impl OutboxSource {
         &self,
         client: &impl GenericClient,
         holes: &(Vec<i64>, Vec<i64>),
+        needs_guard: bool,
     ) -> Result<Look, tokio_postgres::Error> {
         let row = client
-            .query_one(&self.look_sql, &[&holes.0, &holes.1])
+            .query_one(&self.look_sql, &[&holes.0, &holes.1, &needs_guard])
             .await?;
         Ok(Look {
             xmin: row.get(0),
@@ -352,8 +476,14 @@ impl OutboxSource {
         &self,
         client: &impl GenericClient,
     ) -> Result<Scan, tokio_postgres::Error> {
-        if let Some(safe_below) = saved_position(client, &self.table).await? {
+        if let Some(safe_below) = saved_position(client, &self.position_key).await? {
             return Ok(Scan::starting_below(safe_below));
+        }
+        if !self.shard.is_whole() {
+            // Settled for every row is settled for the shard's.
+            if let Some(safe_below) = saved_position(client, &self.table).await? {
+                return Ok(Scan::starting_below(safe_below));
+            }
         }
         let row = client.query_one(&self.extent_sql, &[]).await?;
         let (first, last, pending): (Option<i64>, Option<i64>, Option<i64>) =
@@ -376,12 +506,7 @@ impl OutboxSource {
         scan: &std::sync::Mutex<Scan>,
     ) -> Result<usize, tokio_postgres::Error> {
         in_transaction(client, async {
-            let rows = client
-                .query(
-                    "DELETE FROM outbox_scan_rescans WHERE source_table = $1 RETURNING id",
-                    &[&self.table],
-                )
-                .await?;
+            let rows = client.query(&self.rescans_sql, &[&self.table]).await?;
             if rows.is_empty() {
                 return Ok(0);
             }
@@ -409,7 +534,7 @@ impl OutboxSource {
                 "INSERT INTO outbox_scan_positions (source_table, flow, safe_below) VALUES ($1, $2, $3) \
                  ON CONFLICT (source_table) DO UPDATE \
                  SET flow = EXCLUDED.flow, safe_below = EXCLUDED.safe_below, updated_at = now()",
-                &[&self.table, &flow, &safe_below],
+                &[&self.position_key, &flow, &safe_below],
             )
             .await?;
         Ok(())
@@ -418,7 +543,8 @@ impl OutboxSource {
     /// Flags exactly the rows of `batch` sent, in the transaction that
     /// locked them. Called only after Kafka committed them.
     ///
-    /// One range scan over the batch's ids, flipping the rows this
+    /// One range scan over the batch's ids (those from holes by their ids
+    /// first), flipping the rows this
     /// transaction holds locked (`xmax` is its id) — a third cheaper than
     /// probing the key for every id; rows of the range this transaction did
     /// not lock (committed after the fetch, locked by others) are left
@@ -430,10 +556,16 @@ impl OutboxSource {
         tx: &impl GenericClient,
         batch: &OutboxBatch,
     ) -> Result<u64, tokio_postgres::Error> {
-        let (Some(first), Some(last)) = (batch.messages.first(), batch.messages.last()) else {
-            return Ok(0);
+        let (holes, range) = batch.messages.split_at(batch.from_holes.min(batch.len()));
+        let mut flipped = 0;
+        if !holes.is_empty() {
+            let ids: Vec<i64> = holes.iter().map(|m| m.id).collect();
+            flipped += tx.execute(&self.mark_sql, &[&ids]).await?;
+        }
+        let (Some(first), Some(last)) = (range.first(), range.last()) else {
+            return Ok(flipped);
         };
-        let flipped = tx
+        flipped += tx
             .execute(&self.mark_range_sql, &[&first.id, &last.id])
             .await?;
         if flipped == batch.len() as u64 {

@@ -60,8 +60,10 @@ const REPUBLISHED_HELP: &str = "Rows committed (or, for kafka_commit_outcome_unk
 pub struct TableStats {
     pub published: Series,
     pub set_aside: Series,
-    /// The keyset scan's open holes (see `scan`).
-    pub open_holes: Series,
+    /// The keyset scan's open holes (see `scan`), summed over the shards
+    /// this relay leads: each adds what its count changed by.
+    open_holes: Series,
+    holes_shown: std::sync::atomic::AtomicI64,
 }
 
 const PHASE_HELP: &str = "Time per batch in each phase: fetch (lock rows and build JSON), send (hand to the producer), kafka_commit, mark (flag sent), pg_commit.";
@@ -94,7 +96,7 @@ impl FlowStats {
             ),
             leader: metrics.gauge(
                 "relay_leader",
-                "1 while this relay is the flow's active instance.",
+                "Shards of the flow this relay leads (1 while it is the active instance of a flow not split).",
                 &[("flow", flow)],
             ),
             batches: metrics.counter(
@@ -162,9 +164,19 @@ impl TableStats {
             ),
             open_holes: metrics.gauge(
                 "relay_scan_open_holes",
-                "Id ranges the active relay's keyset scan passed without locking every row, still watched (transactions running, rolled-back ids).",
+                "Id ranges the active relay's keyset scan passed without locking every row, still watched (transactions running, rolled-back ids); summed over the shards it leads.",
                 &labels,
             ),
+            holes_shown: std::sync::atomic::AtomicI64::new(0),
         }
+    }
+
+    /// This scan's open holes now (0 once it stops leading).
+    pub fn show_open_holes(&self, holes: usize) {
+        let holes = holes as i64;
+        let before = self
+            .holes_shown
+            .swap(holes, std::sync::atomic::Ordering::Relaxed);
+        self.open_holes.add(holes - before);
     }
 }
