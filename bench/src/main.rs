@@ -5,6 +5,7 @@
 
 mod cluster;
 mod peers;
+mod scale;
 mod scenarios;
 mod setup;
 
@@ -20,9 +21,9 @@ struct Cli {
     /// Backlog size for the throughput runs (default 1,000,000; smoke 20,000).
     #[arg(long)]
     rows: Option<u64>,
-    /// Run only these measurements (comma-separated: ceiling, relay, sink,
-    /// peers, growth, latency, engine-latency). The sink loads what the relay
-    /// run published.
+    /// Run only these measurements (comma-separated: ceiling, relay, shards,
+    /// sink, members, peers, growth, latency, engine-latency). The sink loads
+    /// what the relay run published.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the JSON results.
@@ -72,9 +73,19 @@ async fn main() -> anyhow::Result<()> {
             scenarios::relay_throughput(&bench, rows, "relay: backlog drained into Kafka").await?,
         );
     }
+    if run("shards") {
+        for shards in [1, 2, 4] {
+            figures.extend(scale::relay_shards(&bench, rows, shards).await?);
+        }
+    }
     if run("sink") {
         figures.push(scenarios::consume_ceiling(&bench, rows).await?);
         figures.extend(scenarios::sink_throughput(&bench, rows, "sink.").await?);
+    }
+    if run("members") {
+        for members in [1, 2] {
+            figures.push(scale::sink_members(&bench, rows, members).await?);
+        }
     }
     if run("peers") {
         let budget = std::time::Duration::from_secs(if cli.smoke { 2 } else { 10 });

@@ -51,7 +51,7 @@ pub async fn reset_pending(bench: &Bench) -> anyhow::Result<()> {
     )
     .await?;
     pg.execute(
-        "DELETE FROM outbox_scan_positions WHERE source_table = 'user_logins'",
+        "DELETE FROM outbox_scan_positions WHERE source_table = 'user_logins' OR source_table LIKE 'user\\_logins/shard-%'",
         &[],
     )
     .await?;
@@ -64,7 +64,7 @@ pub async fn reset_pending(bench: &Bench) -> anyhow::Result<()> {
 /// call, on a held connection, so watching costs the measured run next to
 /// nothing. (The backlog is flagged in id order; no row behind `from`
 /// becomes pending again during a run.)
-async fn any_pending(pg: &tokio_postgres::Client, from: &mut i64) -> anyhow::Result<bool> {
+pub async fn any_pending(pg: &tokio_postgres::Client, from: &mut i64) -> anyhow::Result<bool> {
     let first = pg
         .query_opt(
             "SELECT id::int8 FROM user_logins WHERE id >= $1::int8 AND sent_to_kafka IS NOT TRUE ORDER BY id LIMIT 1",

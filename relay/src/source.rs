@@ -272,13 +272,13 @@ impl OutboxSource {
         );
         // A shard's fetch also returns the other shards' ids it passed (in
         // the same snapshot), so only ids it did not see become holes.
-        let fetch_sql = match shard.condition("o", &key) {
+        let fetch_sql = match shard.others_condition("o", &key) {
             None => locking,
             Some(theirs) => format!(
                 "WITH locked AS MATERIALIZED ({locking}) \
                  SELECT locked.*, ARRAY(SELECT o.\"id\"::int8 FROM {t} AS o \
                  WHERE o.\"id\" > $2::int8 AND o.\"id\" <= (SELECT max(outbox_id) FROM locked) \
-                 AND NOT ({theirs}) ORDER BY o.\"id\") AS outbox_passed \
+                 AND {theirs} ORDER BY o.\"id\") AS outbox_passed \
                  FROM locked ORDER BY outbox_id"
             ),
         };
@@ -321,13 +321,13 @@ impl OutboxSource {
         );
         // Rows `relay replay` set pending again: a shard takes its own
         // (and ids whose row is gone, which then close at once).
-        let rescans_sql = match shard.condition("src", &key) {
+        let rescans_sql = match shard.others_condition("src", &key) {
             None => {
                 "DELETE FROM outbox_scan_rescans WHERE source_table = $1 RETURNING id".to_owned()
             }
             Some(theirs) => format!(
                 "DELETE FROM outbox_scan_rescans r WHERE r.source_table = $1 AND NOT EXISTS \
-                 (SELECT 1 FROM {t} AS src WHERE src.\"id\" = r.id AND NOT ({theirs})) RETURNING r.id"
+                 (SELECT 1 FROM {t} AS src WHERE src.\"id\" = r.id AND {theirs}) RETURNING r.id"
             ),
         };
         Ok(Self {
