@@ -268,7 +268,7 @@ impl Lanes<'_> {
             let end = scan_of(source).locked(range, &batch.ids(), &batch.passed);
             let mut batch = batch;
             if matches!(range, Range::Keyset { .. }) && !holes.0.is_empty() {
-                within(
+                let full = within(
                     limit,
                     "the fetch from the scan's holes",
                     source
@@ -276,7 +276,7 @@ impl Lanes<'_> {
                         .fetch_in_holes(client, self.batch_size, &holes, &mut batch),
                 )
                 .await?;
-                if batch.from_holes >= self.batch_size as usize && batch.len() > batch.from_holes {
+                if full && batch.len() > batch.from_holes {
                     // The holes may hold more than one batch: the keyset's
                     // rows wait for them (a hole now, left pending).
                     let keyset = batch.messages.split_off(batch.from_holes);

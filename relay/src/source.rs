@@ -60,6 +60,7 @@ pub struct OutboxSource {
     /// First id, last id and first pending id (a table never relayed).
     extent_sql: String,
     rescans_sql: String,
+    hole_candidates_sql: String,
     holes_sql: String,
     /// The message's fields, in the order `fetch_sql` selects them after
     /// the id and the key (and before a shard's passed ids).
@@ -182,6 +183,25 @@ async fn in_transaction<T>(
             Err(e)
         }
     }
+}
+
+/// `ranges` (lows, highs) as disjoint ranges in ascending order.
+fn disjoint(ranges: &(Vec<i64>, Vec<i64>)) -> (Vec<i64>, Vec<i64>) {
+    let mut sorted: Vec<(i64, i64)> = ranges
+        .0
+        .iter()
+        .copied()
+        .zip(ranges.1.iter().copied())
+        .collect();
+    sorted.sort_unstable();
+    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(sorted.len());
+    for (lo, hi) in sorted {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    merged.into_iter().unzip()
 }
 
 impl OutboxSource {
@@ -311,13 +331,23 @@ impl OutboxSource {
             "SELECT src.\"id\"::int8 FROM {t} AS src \
              WHERE src.sent_to_kafka IS NOT TRUE AND src.\"id\" <= $1::int8{src_shard} LIMIT 1000"
         );
-        // Committed pending rows in the scan's holes: a primary-key range
-        // probe per hole.
+        // Committed pending rows in the scan's holes, in two statements:
+        // the lowest candidates (a primary-key probe per hole, lateral so
+        // the plan is that whatever the estimates — a plain join of the
+        // holes with the table was planned as a walk of the whole table,
+        // seconds per batch on 1M rows), then those locked in id order.
+        // Locking as the rows are taken (not per hole) leaves no row locked
+        // and left out of the batch.
+        let hole_candidates_sql = format!(
+            "SELECT ARRAY(SELECT s.id FROM unnest($2::int8[], $3::int8[]) AS h(lo, hi) CROSS JOIN LATERAL \
+             (SELECT src.\"id\"::int8 AS id FROM {t} AS src \
+             WHERE src.\"id\" BETWEEN h.lo AND h.hi AND src.sent_to_kafka IS NOT TRUE{src_shard} \
+             ORDER BY src.\"id\" LIMIT $1) AS s ORDER BY s.id LIMIT $1)"
+        );
         let holes_sql = format!(
-            "SELECT src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, {} \
-             FROM unnest($2::int8[], $3::int8[]) AS h(lo, hi) JOIN {t} AS src ON src.\"id\" BETWEEN h.lo AND h.hi \
-             WHERE src.sent_to_kafka IS NOT TRUE{src_shard} \
-             ORDER BY src.\"id\" LIMIT $1 FOR UPDATE OF src SKIP LOCKED",
+            "SELECT src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, {} FROM {t} AS src \
+             WHERE src.\"id\" = ANY($1::int8[]) AND src.sent_to_kafka IS NOT TRUE \
+             ORDER BY src.\"id\"::int8 + 0 FOR UPDATE SKIP LOCKED",
             exprs.join(", ")
         );
         // Rows `relay replay` set pending again: a shard takes its own
@@ -337,6 +367,7 @@ impl OutboxSource {
             shard,
             position_key: shard.position_key(table),
             rescans_sql,
+            hole_candidates_sql,
             holes_sql,
             fetch_sql,
             mark_sql,
@@ -414,26 +445,36 @@ impl OutboxSource {
     /// keyset alone would publish the later row and leave the earlier one
     /// to the next look into the holes. This statement's snapshot is newer
     /// than the keyset fetch's, so it sees every row committed before any
-    /// row that fetch saw.
+    /// row that fetch saw. Returns true when the holes may hold more than
+    /// `limit` such rows: the keyset's rows must then wait.
     pub async fn fetch_in_holes(
         &self,
         tx: &impl GenericClient,
         limit: u32,
         holes: &(Vec<i64>, Vec<i64>),
         batch: &mut OutboxBatch,
-    ) -> Result<(), tokio_postgres::Error> {
-        let rows = tx
-            .query(&self.holes_sql, &[&i64::from(limit), &holes.0, &holes.1])
-            .await?;
+    ) -> Result<bool, tokio_postgres::Error> {
+        // Holes may overlap (a rewound range over older holes): probed as
+        // they were, a row in two would be locked and published twice.
+        let (lo, hi) = disjoint(holes);
+        let candidates: Vec<i64> = tx
+            .query_one(&self.hole_candidates_sql, &[&i64::from(limit), &lo, &hi])
+            .await?
+            .get(0);
+        let full = candidates.len() >= limit as usize;
+        if candidates.is_empty() {
+            return Ok(false);
+        }
+        let rows = tx.query(&self.holes_sql, &[&candidates]).await?;
         if rows.is_empty() {
-            return Ok(());
+            return Ok(full);
         }
         let mut found = self.batch_of(&rows);
         found.from_holes = found.messages.len();
         found.messages.append(&mut batch.messages);
         batch.messages = found.messages;
         batch.from_holes += found.from_holes;
-        Ok(())
+        Ok(full)
     }
 
     /// The table's highest id (a primary-key lookup).
@@ -613,5 +654,14 @@ impl OutboxSource {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn overlapping_holes_are_probed_once() {
+        let holes = (vec![10, 1, 4, 20], vec![12, 5, 11, 20]);
+        assert_eq!(super::disjoint(&holes), (vec![1, 20], vec![12, 20]));
     }
 }
