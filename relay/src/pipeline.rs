@@ -257,33 +257,52 @@ impl Lanes<'_> {
         within(limit, "BEGIN", client.batch_execute("BEGIN")).await?;
         loop {
             let range = scan_of(source).next_range();
-            let batch = within(
+            // The holes before this fetch: all below its ids.
+            let holes = scan_of(source).holes();
+            let with_holes = matches!(range, Range::Keyset { .. }) && !holes.0.is_empty();
+            if with_holes {
+                within(limit, "SAVEPOINT", client.batch_execute("SAVEPOINT keyset")).await?;
+            }
+            let mut batch = within(
                 limit,
                 "the pending rows' fetch",
                 source.table.fetch_pending(client, self.batch_size, range),
             )
             .await?;
-            // The holes before this fetch: all below its ids.
-            let holes = scan_of(source).holes();
             let end = scan_of(source).locked(range, &batch.ids(), &batch.passed);
-            let mut batch = batch;
-            if matches!(range, Range::Keyset { .. }) && !holes.0.is_empty() {
-                let full = within(
+            if with_holes {
+                let candidates = within(
                     limit,
-                    "the fetch from the scan's holes",
+                    "the look for rows in the scan's holes",
                     source
                         .table
-                        .fetch_in_holes(client, self.batch_size, &holes, &mut batch),
+                        .hole_candidates(client, self.batch_size, &holes),
                 )
                 .await?;
-                if full && batch.len() > batch.from_holes {
+                if candidates.len() >= self.batch_size as usize && !batch.is_empty() {
                     // The holes may hold more than one batch: the keyset's
-                    // rows wait for them (a hole now, left pending).
-                    let keyset = batch.messages.split_off(batch.from_holes);
+                    // rows wait for them, unlocked (rolled back to before
+                    // their fetch) so no other lane passes them by; a hole
+                    // now.
+                    within(
+                        limit,
+                        "ROLLBACK TO SAVEPOINT",
+                        client.batch_execute("ROLLBACK TO SAVEPOINT keyset"),
+                    )
+                    .await?;
+                    let keyset = std::mem::take(&mut batch.messages);
                     if let (Some(lo), Some(hi)) = (keyset.first(), keyset.last()) {
                         scan_of(source).left_pending(lo.id, hi.id);
                     }
                 }
+                within(
+                    limit,
+                    "the fetch from the scan's holes",
+                    source
+                        .table
+                        .lock_from_holes(client, &candidates, &mut batch),
+                )
+                .await?;
             }
             if batch.is_empty() {
                 if let Range::Hole { .. } = range {

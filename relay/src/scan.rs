@@ -173,8 +173,9 @@ impl Scan {
         Some(self.cursor)
     }
 
-    /// Rows `lo..=hi` the keyset locked but leaves pending (rows in the
-    /// holes go first): a hole, looked into like any other.
+    /// Rows `lo..=hi` the keyset fetched but left pending, their locks
+    /// rolled back (rows in the holes go first): a hole, looked into like
+    /// any other.
     pub fn left_pending(&mut self, lo: i64, hi: i64) {
         self.add_hole(lo, hi, None);
     }

@@ -436,45 +436,53 @@ impl OutboxSource {
         }
     }
 
-    /// Locks up to `limit` committed pending rows in `holes` (the scan's
-    /// holes, as lows and highs) in id order and puts them before
-    /// `batch`'s: called right after a keyset fetch, in its transaction.
+    /// The lowest `limit` committed pending rows in `holes` (the scan's
+    /// holes, as lows and highs), not locked: called right after a keyset
+    /// fetch, in its transaction, then locked by [`Self::lock_from_holes`].
     ///
     /// Why: a row that committed before a later row of the same key became
     /// visible is then published with it or before it, never after — the
     /// keyset alone would publish the later row and leave the earlier one
     /// to the next look into the holes. This statement's snapshot is newer
     /// than the keyset fetch's, so it sees every row committed before any
-    /// row that fetch saw. Returns true when the holes may hold more than
-    /// `limit` such rows: the keyset's rows must then wait.
-    pub async fn fetch_in_holes(
+    /// row that fetch saw. As many as `limit` means the holes may hold
+    /// more: the keyset's rows must then wait.
+    pub async fn hole_candidates(
         &self,
         tx: &impl GenericClient,
         limit: u32,
         holes: &(Vec<i64>, Vec<i64>),
-        batch: &mut OutboxBatch,
-    ) -> Result<bool, tokio_postgres::Error> {
+    ) -> Result<Vec<i64>, tokio_postgres::Error> {
         // Holes may overlap (a rewound range over older holes): probed as
         // they were, a row in two would be locked and published twice.
         let (lo, hi) = disjoint(holes);
-        let candidates: Vec<i64> = tx
+        Ok(tx
             .query_one(&self.hole_candidates_sql, &[&i64::from(limit), &lo, &hi])
             .await?
-            .get(0);
-        let full = candidates.len() >= limit as usize;
+            .get(0))
+    }
+
+    /// Locks the `candidates` still pending and unlocked and puts them
+    /// before `batch`'s rows.
+    pub async fn lock_from_holes(
+        &self,
+        tx: &impl GenericClient,
+        candidates: &[i64],
+        batch: &mut OutboxBatch,
+    ) -> Result<(), tokio_postgres::Error> {
         if candidates.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
         let rows = tx.query(&self.holes_sql, &[&candidates]).await?;
         if rows.is_empty() {
-            return Ok(full);
+            return Ok(());
         }
         let mut found = self.batch_of(&rows);
         found.from_holes = found.messages.len();
         found.messages.append(&mut batch.messages);
         batch.messages = found.messages;
         batch.from_holes += found.from_holes;
-        Ok(full)
+        Ok(())
     }
 
     /// The table's highest id (a primary-key lookup).
