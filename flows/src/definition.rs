@@ -35,6 +35,30 @@ pub struct Flow {
     /// led by one relay process (see `relay::shard`). 1 = not split.
     #[serde(default = "one_shard")]
     pub shards: u16,
+    /// How long sent rows are kept in the source tables (`7d`, `12h`;
+    /// off when absent): the active relay deletes older ones (see
+    /// `relay::prune`). Needs each source's `time_column`.
+    #[serde(default, deserialize_with = "retention")]
+    pub retention: Option<std::time::Duration>,
+}
+
+fn retention<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_age(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// An age such as `7d`, `36h`, `90m` (whole units: s, m, h, d, w).
+pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let age = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not an age like 7d, 12h or 30m: {e}"))?;
+    if age.is_zero() {
+        return Err(format!(
+            "`{text}` is zero: leave retention out to keep rows"
+        ));
+    }
+    Ok(age)
 }
 
 /// Shards a flow may be split into at most.
@@ -91,6 +115,10 @@ pub struct SourceTable {
     /// How `timestamp`, `timestamptz` and `date` columns travel.
     #[serde(default)]
     pub times: TimeFormat,
+    /// A `timestamptz`, `timestamp` or `date` column giving a row's age:
+    /// what the flow's `retention` and `relay resend --since` go by.
+    #[serde(default)]
+    pub time_column: Option<Ident>,
 }
 
 /// A ClickHouse table fed from a topic. Every column of the table without a
@@ -233,6 +261,12 @@ impl FlowCatalog {
                 if !source.columns.iter().any(|c| c.as_str() == "id") {
                     return Err(invalid(format!(
                         "source table {} must list the `id` column",
+                        source.table
+                    )));
+                }
+                if flow.retention.is_some() && source.time_column.is_none() {
+                    return Err(invalid(format!(
+                        "retention needs a time_column on source table {} (the column giving a row's age)",
                         source.table
                     )));
                 }

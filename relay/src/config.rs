@@ -22,6 +22,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "RELAY_POLL_INTERVAL_MS",
     "RELAY_STANDBY_RETRY_MS",
     "RELAY_SWEEP_INTERVAL_MS",
+    "RELAY_PRUNE_INTERVAL_MS",
     "RELAY_SHARDS",
     "RELAY_QUERY_TIMEOUT_MS",
     "RELAY_STUCK_AFTER_MS",
@@ -93,6 +94,9 @@ pub struct BatchConfig {
     /// How often the active relay scans each source table whole for
     /// pending rows its keyset scan cannot see (see `scan`).
     pub sweep_interval: Duration,
+    /// How often the active relay deletes a flow's sent rows older than its
+    /// `retention` (flows with one; see `prune`).
+    pub prune_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -199,6 +203,9 @@ impl RelayConfig {
                 standby_retry,
                 sweep_interval: Duration::from_millis(
                     env.positive_or("RELAY_SWEEP_INTERVAL_MS", 60_000)?,
+                ),
+                prune_interval: Duration::from_millis(
+                    env.positive_or("RELAY_PRUNE_INTERVAL_MS", 300_000)?,
                 ),
             },
             flows: selected_flows(env)?,

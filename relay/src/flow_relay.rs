@@ -227,6 +227,7 @@ impl FlowRelay {
         let flow = self.flow.name.to_string();
         let unit = self.unit();
         let mut sweep = Sweep::default();
+        let mut prune = crate::prune::Scheduled::default();
         let mut claim_checked = Instant::now();
         loop {
             self.beats.beat(&unit);
@@ -241,6 +242,14 @@ impl FlowRelay {
             }
             sweep.collect(sources).await;
             sweep.start_if_due(&self.pool, &flow, sources, self.config.batch.sweep_interval);
+            if self.shard.index == 0 {
+                prune.start_if_due(
+                    &self.pool,
+                    &self.flow,
+                    self.config.batch.prune_interval,
+                    &self.metrics,
+                );
+            }
             let mut more = false;
             for led in sources {
                 let source = Source {

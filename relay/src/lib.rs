@@ -9,6 +9,7 @@ mod listener;
 pub mod migrate;
 mod pipeline;
 pub mod probe;
+pub mod prune;
 mod publisher;
 mod row_json;
 pub mod scan;

@@ -215,6 +215,7 @@ impl Lanes<'_> {
                 }
             };
             daemon::failpoint::hit("relay-after-kafka-commit");
+            tracing::debug!(unit = %table.position_key, lane = this, from_holes = batch.from_holes, ids = %batch.id_runs(), "batch committed in kafka");
             previous = Some(Published {
                 lane: this,
                 batch,
@@ -257,11 +258,14 @@ impl Lanes<'_> {
         within(limit, "BEGIN", client.batch_execute("BEGIN")).await?;
         loop {
             let range = scan_of(source).next_range();
-            // The holes before this fetch: all below its ids.
-            let holes = scan_of(source).holes();
-            let with_holes = matches!(range, Range::Keyset { .. }) && !holes.0.is_empty();
+            // The holes below this range, as they stood before its fetch.
+            let below = scan_of(source).holes_below(range.bounds().0);
+            let with_holes = !below.0.is_empty();
             if with_holes {
-                within(limit, "SAVEPOINT", client.batch_execute("SAVEPOINT keyset")).await?;
+                within(limit, "SAVEPOINT", client.batch_execute("SAVEPOINT batch")).await?;
+            }
+            if let Range::Hole { .. } = range {
+                daemon::failpoint::hit_async("relay-before-hole-lock").await;
             }
             let mut batch = within(
                 limit,
@@ -269,55 +273,97 @@ impl Lanes<'_> {
                 source.table.fetch_pending(client, self.batch_size, range),
             )
             .await?;
-            let end = scan_of(source).locked(range, &batch.ids(), &batch.passed);
-            if with_holes {
-                let candidates = within(
-                    limit,
-                    "the look for rows in the scan's holes",
-                    source
-                        .table
-                        .hole_candidates(client, self.batch_size, &holes),
-                )
-                .await?;
-                if candidates.len() >= self.batch_size as usize && !batch.is_empty() {
-                    // The holes may hold more than one batch: the keyset's
-                    // rows wait for them, unlocked (rolled back to before
-                    // their fetch) so no other lane passes them by; a hole
-                    // now.
-                    within(
-                        limit,
-                        "ROLLBACK TO SAVEPOINT",
-                        client.batch_execute("ROLLBACK TO SAVEPOINT keyset"),
-                    )
-                    .await?;
-                    let keyset = std::mem::take(&mut batch.messages);
-                    if let (Some(lo), Some(hi)) = (keyset.first(), keyset.last()) {
-                        scan_of(source).left_pending(lo.id, hi.id);
-                    }
-                }
-                within(
-                    limit,
-                    "the fetch from the scan's holes",
-                    source
-                        .table
-                        .lock_from_holes(client, &candidates, &mut batch),
-                )
-                .await?;
-            }
+            let end = if with_holes {
+                self.take_lower_holes(client, source, range, &below, &mut batch)
+                    .await?
+            } else {
+                scan_of(source).locked(range, &batch.ids(), &batch.passed)
+            };
             if batch.is_empty() {
                 if let Range::Hole { .. } = range {
                     continue;
                 }
-                let last = within(limit, "the last id", source.table.last_id(client)).await?;
-                within(limit, "COMMIT", client.batch_execute("COMMIT")).await?;
-                if let Some(last) = last {
-                    scan_of(source).skip_to(last);
-                }
-                return Ok(None);
+                return self.nothing_pending(client, source).await;
             }
             self.stats.fetched(batch.len(), start.elapsed());
             return Ok(Some(Locked { lane, batch, end }));
         }
+    }
+
+    /// After a range's fetch (in a savepoint): locks the committed rows of
+    /// the holes below it and puts them first. Any transaction with a row
+    /// in the batch has committed, so its rows in lower holes are visible
+    /// now (a newer snapshot than the fetch's); without this a later row of
+    /// a key could go out before an earlier one waiting in a hole (found by
+    /// `tests/shards.rs`, pinned by `tests/keyset.rs`). When the holes hold
+    /// a full batch, the range's rows are rolled back and wait. Returns
+    /// where the cursor stands once the batch commits (see [`Scan::locked`]).
+    async fn take_lower_holes(
+        &self,
+        client: &Client,
+        source: &Source<'_>,
+        range: Range,
+        below: &(Vec<i64>, Vec<i64>),
+        batch: &mut OutboxBatch,
+    ) -> Result<Option<i64>, RelayError> {
+        let limit = self.query_timeout;
+        let candidates = within(
+            limit,
+            "the look for rows in the scan's holes",
+            source.table.hole_candidates(client, self.batch_size, below),
+        )
+        .await?;
+        let end = if candidates.len() >= self.batch_size as usize && !batch.is_empty() {
+            // The holes may hold more than one batch: this range's rows
+            // wait for them, unlocked (rolled back to before their
+            // fetch) so no other lane passes them by.
+            within(
+                limit,
+                "ROLLBACK TO SAVEPOINT",
+                client.batch_execute("ROLLBACK TO SAVEPOINT batch"),
+            )
+            .await?;
+            let waiting = std::mem::take(&mut batch.messages);
+            match range {
+                Range::Keyset { .. } => {
+                    let ids: Vec<i64> = waiting.iter().map(|m| m.id).collect();
+                    let mut scan = scan_of(source);
+                    let end = scan.locked(range, &ids, &batch.passed);
+                    // A hole now, looked into like any other.
+                    if let (Some(lo), Some(hi)) = (ids.first(), ids.last()) {
+                        scan.left_pending(*lo, *hi);
+                    }
+                    end
+                }
+                // Still a hole: the next look finds its rows again.
+                Range::Hole { .. } => None,
+            }
+        } else {
+            scan_of(source).locked(range, &batch.ids(), &batch.passed)
+        };
+        within(
+            limit,
+            "the fetch from the scan's holes",
+            source.table.lock_from_holes(client, &candidates, batch),
+        )
+        .await?;
+        Ok(end)
+    }
+
+    /// A keyset fetch found nothing: the cursor moves to the table's last
+    /// id (see [`Scan::skip_to`]) and the lane's transaction ends.
+    async fn nothing_pending(
+        &self,
+        client: &Client,
+        source: &Source<'_>,
+    ) -> Result<Option<Locked>, RelayError> {
+        let limit = self.query_timeout;
+        let last = within(limit, "the last id", source.table.last_id(client)).await?;
+        within(limit, "COMMIT", client.batch_execute("COMMIT")).await?;
+        if let Some(last) = last {
+            scan_of(source).skip_to(last);
+        }
+        Ok(None)
     }
 
     /// Publishes on a blocking thread; hands the batch back either way.

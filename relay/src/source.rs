@@ -39,6 +39,26 @@ impl OutboxBatch {
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
     }
+    /// The ids as runs, `1-5,9,12-14` (in batch order): for debug logs.
+    pub fn id_runs(&self) -> String {
+        let mut runs: Vec<(i64, i64)> = Vec::new();
+        for id in self.messages.iter().map(|m| m.id) {
+            match runs.last_mut() {
+                Some((_, hi)) if *hi + 1 == id => *hi = id,
+                _ => runs.push((id, id)),
+            }
+        }
+        runs.iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// A source table whose definition was checked against the live table.
@@ -49,7 +69,7 @@ pub struct OutboxSource {
     /// The shard of the table this relays (every row: `Shard::WHOLE`).
     pub shard: Shard,
     /// Its row in `outbox_scan_positions`.
-    position_key: String,
+    pub position_key: String,
     fetch_sql: String,
     mark_sql: String,
     mark_range_sql: String,
@@ -541,9 +561,7 @@ impl OutboxSource {
         let (first, last, pending): (Option<i64>, Option<i64>, Option<i64>) =
             (row.get(0), row.get(1), row.get(2));
         Ok(match (first, last) {
-            (Some(first), Some(last)) => {
-                Scan::unsettled(first, pending.map_or(last, |p| p.saturating_sub(1)))
-            }
+            (Some(_), Some(last)) => Scan::unsettled(pending.map_or(last, |p| p.saturating_sub(1))),
             _ => Scan::starting_below(i64::MIN),
         })
     }

@@ -48,6 +48,20 @@ enum Command {
         #[arg(long)]
         id: Option<i64>,
     },
+    /// Delete a flow's sent rows older than its `retention` (or
+    /// --older-than), in short statements that never touch a pending row;
+    /// what the active relay does every RELAY_PRUNE_INTERVAL_MS.
+    Prune {
+        /// The flow whose source tables to prune.
+        #[arg(long)]
+        flow: String,
+        /// An age such as 7d, 12h or 30m (default: the flow's retention).
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<String>,
+        /// Count what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Insert realistic rows into a flow's source tables at a steady rate
     /// (the demos' emitters, through Postgres); prints the rate every second.
     Generate {
@@ -75,6 +89,11 @@ fn main() -> ExitCode {
             Command::Run => run(&env).await,
             Command::Status => status(&env).await,
             Command::Replay { flow, id } => replay(&env, &flow, id).await,
+            Command::Prune {
+                flow,
+                older_than,
+                dry_run,
+            } => prune(&env, &flow, older_than.as_deref(), dry_run).await,
             Command::Generate { flow, rate, total } => generate(&env, &flow, rate, total).await,
         };
         outcome.unwrap_or_else(|code| code)
@@ -192,6 +211,70 @@ async fn replay(env: &Env, flow: &str, id: Option<i64>) -> Result<ExitCode, Exit
             .await
             .map_err(|e| failure("relay replay", &connections::pg::detail(&e)))?;
         println!("flow={} replayed={n}", flow.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn prune(
+    env: &Env,
+    flow: &str,
+    older_than: Option<&str>,
+    dry_run: bool,
+) -> Result<ExitCode, ExitCode> {
+    let catalog = setting(flows::settings::catalog(env))?;
+    let flows = setting(
+        catalog
+            .select(Some(&[flow.to_owned()]))
+            .map_err(|e| SettingError::new("--flow", e.to_string())),
+    )?;
+    let Some(flow) = flows.first() else {
+        return Err(bad_setting(
+            NAME,
+            &SettingError::new("--flow", "no such flow"),
+        ));
+    };
+    let age = match (older_than, flow.retention) {
+        (Some(text), _) => {
+            setting(flows::parse_age(text).map_err(|e| SettingError::new("--older-than", e)))?
+        }
+        (None, Some(retention)) => retention,
+        (None, None) => {
+            return Err(bad_setting(
+                NAME,
+                &SettingError::new(
+                    "--older-than",
+                    format!("flow {} has no retention: give --older-than", flow.name),
+                ),
+            ));
+        }
+    };
+    let mut prunes = Vec::new();
+    for source in &flow.sources {
+        let prune = relay::prune::Prune::of(source, dry_run).ok_or_else(|| {
+            bad_setting(
+                NAME,
+                &SettingError::new(
+                    "--flow",
+                    format!(
+                        "source table {} of flow {} has no time_column to tell a row's age",
+                        source.table, flow.name
+                    ),
+                ),
+            )
+        })?;
+        prunes.push(prune);
+    }
+    let (client, _) = connect(env, "prune").await?;
+    for prune in &prunes {
+        let done = prune
+            .run(&**client, age, |_| {})
+            .await
+            .map_err(|e| failure("relay prune", &connections::pg::detail(&e)))?;
+        let verb = if dry_run { "would_prune" } else { "pruned" };
+        println!(
+            "flow={} table={} {verb}={} partitions={} statements={}",
+            flow.name, prune.table, done.rows, done.partitions, done.stretches
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,283 @@
+//! Retention of sent rows: deleting a source table's rows that are flagged
+//! sent and older than the flow's `retention`, so an outbox does not grow
+//! for ever.
+//!
+//! The table is walked along its primary key from the lowest id, a few
+//! thousand ids per statement, each its own short transaction: a statement
+//! deletes the rows of its stretch that are sent *and* older than the
+//! cutoff (both checked again on the row it deletes, so a row flagged back
+//! to pending meanwhile stays), and locks nothing else — inserts go on, and
+//! the relay never waits on it (it locks pending rows only). The walk stops
+//! at the first stretch holding a row inside the window: ids grow with
+//! time, so what follows is younger. A pending row is never deleted,
+//! however old. Rows older than the cutoff that sit after a younger one
+//! (an id taken long before its row was written) wait for a later prune
+//! after the younger row ages out.
+//!
+//! A table partitioned by its time column loses whole partitions first: a
+//! partition whose rows are all sent and older than the cutoff, and whose
+//! range lies wholly before it (the cutoff itself does not fit its
+//! constraint), is detached `CONCURRENTLY` (no lock that stops inserts) and
+//! dropped. The default partition is never dropped.
+
+use std::time::{Duration, SystemTime};
+
+use flows::SourceTable;
+use tokio_postgres::GenericClient;
+
+/// Ids one statement walks: short enough that a statement takes
+/// milliseconds, long enough that a million rows take a few hundred.
+pub const STRETCH: i64 = 5_000;
+
+/// What a prune of one table did (or, dry, would do).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Rows deleted (dry: rows that would be).
+    pub rows: u64,
+    /// Statements run.
+    pub stretches: u64,
+    /// Whole partitions dropped (dry: that would be); their rows are
+    /// counted in `rows`.
+    pub partitions: u64,
+}
+
+/// One source table's prune statements.
+pub struct Prune {
+    pub table: String,
+    /// The table, quoted, and its time column (quoted and as is).
+    quoted: String,
+    time: (String, String),
+    dry_run: bool,
+    walk_sql: String,
+}
+
+impl Prune {
+    /// `None` when the source has no `time_column`.
+    pub fn of(source: &SourceTable, dry_run: bool) -> Option<Self> {
+        let time = source.time_column.as_ref()?.pg();
+        let t = source.table.pg();
+        let old = format!("src.sent_to_kafka IS TRUE AND src.{time} < $3::timestamptz");
+        let walk = format!(
+            "SELECT src.\"id\"::int8 AS id, ({old}) AS old, (src.{time} >= $3::timestamptz) AS young \
+             FROM {t} AS src WHERE src.\"id\" > $1::int8 AND src.tableoid <> ALL($4::oid[]) \
+             ORDER BY src.\"id\" LIMIT $2"
+        );
+        let walk_sql = if dry_run {
+            format!(
+                "WITH walk AS ({walk}) SELECT (SELECT max(id) FROM walk), \
+                 (SELECT count(*) FROM walk WHERE old)::int8, \
+                 EXISTS (SELECT 1 FROM walk WHERE young)"
+            )
+        } else {
+            format!(
+                "WITH walk AS MATERIALIZED ({walk}), \
+                 gone AS (DELETE FROM {t} AS src USING walk WHERE src.\"id\" = walk.id AND walk.old \
+                 AND {old} RETURNING 1) \
+                 SELECT (SELECT max(id) FROM walk), (SELECT count(*) FROM gone)::int8, \
+                 EXISTS (SELECT 1 FROM walk WHERE young)"
+            )
+        };
+        Some(Self {
+            table: source.table.to_string(),
+            quoted: t,
+            time: (time, source.time_column.as_ref()?.to_string()),
+            dry_run,
+            walk_sql,
+        })
+    }
+
+    /// Deletes (dry: counts) the table's sent rows older than `older_than`,
+    /// a stretch per statement, until the first stretch holding a row
+    /// inside the window. `each` hears every stretch's count (metrics,
+    /// progress).
+    pub async fn run(
+        &self,
+        client: &impl GenericClient,
+        older_than: Duration,
+        mut each: impl FnMut(u64),
+    ) -> Result<Pruned, tokio_postgres::Error> {
+        let cutoff = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut after = i64::MIN;
+        // Dry, the partitions that would go are still there: the walk
+        // passes over their rows, counted already.
+        let (mut pruned, dropped) = self.drop_partitions(client, cutoff).await?;
+        each(pruned.rows);
+        loop {
+            let row = client
+                .query_one(&self.walk_sql, &[&after, &STRETCH, &cutoff, &dropped])
+                .await?;
+            let (last, rows, younger): (Option<i64>, i64, bool) =
+                (row.get(0), row.get(1), row.get(2));
+            pruned.stretches += 1;
+            pruned.rows += rows as u64;
+            each(rows as u64);
+            match last {
+                Some(last) if !younger => after = last,
+                _ => return Ok(pruned),
+            }
+        }
+    }
+}
+
+impl Prune {
+    /// Detaches and drops (dry: counts) the partitions wholly before
+    /// `cutoff` holding only sent rows (see the module doc).
+    async fn drop_partitions(
+        &self,
+        client: &impl GenericClient,
+        cutoff: SystemTime,
+    ) -> Result<(Pruned, Vec<u32>), tokio_postgres::Error> {
+        let mut pruned = Pruned::default();
+        let mut dropped = Vec::new();
+        let partitions = client
+            .query(
+                "SELECT c.oid::regclass::text, pg_get_partition_constraintdef(c.oid), \
+                 format_type(a.atttypid, a.atttypmod), c.oid \
+                 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped \
+                 WHERE i.inhparent = $1::text::regclass AND c.relkind = 'r' \
+                 AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT' ORDER BY 1",
+                &[&self.quoted, &self.time.1],
+            )
+            .await?;
+        let time = &self.time.0;
+        for row in partitions {
+            let (part, constraint, kind, oid): (String, Option<String>, String, u32) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let Some(constraint) = constraint else {
+                continue;
+            };
+            // The constraint names its columns unqualified: evaluated on a
+            // one-column row holding the cutoff (a constraint on other
+            // columns fails here, and the partition is left to the walk).
+            let check = format!(
+                "SELECT EXISTS (SELECT 1 FROM {part}) \
+                 AND NOT EXISTS (SELECT 1 FROM {part} AS src WHERE src.sent_to_kafka IS NOT TRUE \
+                 OR src.{time} IS NULL OR src.{time} >= $1::timestamptz) \
+                 AND NOT coalesce((SELECT {constraint} FROM (SELECT $1::timestamptz::{kind} AS {time}) AS probe), false), \
+                 (SELECT count(*) FROM {part})::int8"
+            );
+            let (droppable, rows): (bool, i64) = match client.query_one(&check, &[&cutoff]).await {
+                Ok(row) => (row.get(0), row.get(1)),
+                Err(error) => {
+                    tracing::debug!(partition = part, error = %connections::pg::detail(&error), "partition not judged by its range; pruned row by row");
+                    continue;
+                }
+            };
+            if !droppable {
+                continue;
+            }
+            if !self.dry_run {
+                let detach = format!(
+                    "ALTER TABLE {} DETACH PARTITION {part} CONCURRENTLY",
+                    self.quoted
+                );
+                if let Err(error) = client.batch_execute(&detach).await {
+                    // E.g. a default partition exists (CONCURRENTLY is
+                    // refused then): the walk deletes its rows instead.
+                    tracing::warn!(table = self.table, partition = part, error = %connections::pg::detail(&error), "partition not detached; pruned row by row");
+                    continue;
+                }
+                client.batch_execute(&format!("DROP TABLE {part}")).await?;
+                tracing::info!(
+                    table = self.table,
+                    partition = part,
+                    rows,
+                    "partition older than the retention dropped"
+                );
+            }
+            pruned.partitions += 1;
+            pruned.rows += rows as u64;
+            dropped.push(oid);
+        }
+        Ok((pruned, dropped))
+    }
+}
+
+/// The active relay's prune of a flow with `retention` (the leader of its
+/// first shard only: the statements cover the whole table): one run at a
+/// time, on a pooled session, every `RELAY_PRUNE_INTERVAL_MS`, the first
+/// one interval after taking the lead.
+pub struct Scheduled {
+    running: Option<tokio::task::JoinHandle<()>>,
+    last: std::time::Instant,
+}
+
+impl Default for Scheduled {
+    fn default() -> Self {
+        Self {
+            running: None,
+            last: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Scheduled {
+    pub fn start_if_due(
+        &mut self,
+        pool: &connections::pg_pool::Pool,
+        flow: &flows::Flow,
+        every: Duration,
+        metrics: &daemon::metrics::Metrics,
+    ) {
+        let Some(retention) = flow.retention else {
+            return;
+        };
+        if self.running.as_ref().is_some_and(|r| !r.is_finished()) || self.last.elapsed() < every {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        let (pool, flow, metrics) = (pool.clone(), flow.clone(), metrics.clone());
+        self.running = Some(tokio::spawn(async move {
+            let name = flow.name.to_string();
+            let session = match pool.get().await {
+                Ok(session) => session,
+                Err(error) => {
+                    tracing::warn!(flow = name, %error, "prune skipped: no database session");
+                    return;
+                }
+            };
+            let mut failed = false;
+            for prune in flow.sources.iter().filter_map(|s| Prune::of(s, false)) {
+                let counter = metrics.counter(
+                    "relay_pruned_rows_total",
+                    "Sent rows deleted from a source table for being older than the flow's retention.",
+                    &[("flow", &name), ("table", &prune.table)],
+                );
+                match prune
+                    .run(&**session, retention, |n| counter.add(n as i64))
+                    .await
+                {
+                    Ok(done) if done.rows > 0 => {
+                        tracing::info!(
+                            flow = name,
+                            table = prune.table,
+                            rows = done.rows,
+                            statements = done.stretches,
+                            "sent rows older than the retention deleted"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        failed = true;
+                        tracing::warn!(flow = name, table = prune.table, error = %connections::pg::detail(&error), "prune failed; tried again next interval");
+                    }
+                }
+            }
+            if !failed {
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                metrics
+                    .gauge(
+                        "relay_last_prune_timestamp_seconds",
+                        "When the flow's last prune finished (Unix seconds).",
+                        &[("flow", &name)],
+                    )
+                    .set(now);
+            }
+        }));
+    }
+}
