@@ -40,7 +40,11 @@ table = "user_logins"
     Ok(path)
 }
 
-fn env_with(stack: &TestStack, flows: &PathBuf, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+fn env_with(
+    stack: &TestStack,
+    flows: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
     let mut env = stack.daemon_env();
     env.push(("FLOWS_FILE".into(), flows.display().to_string()));
     for (k, v) in extra {

@@ -49,6 +49,22 @@ fn retention<'de, D: serde::Deserializer<'de>>(
     parse_age(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
+/// A point in time on the command line: `2026-11-23T10:00:00Z` (RFC 3339,
+/// UTC; the `T`, zone and fraction optional) or an age meaning that long
+/// ago (`2h`, `7d`).
+pub fn parse_time(text: &str) -> Result<std::time::SystemTime, String> {
+    let text = text.trim();
+    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+        return Ok(at);
+    }
+    let ago = parse_age(text).map_err(|_| {
+        format!("`{text}` is neither a time like 2026-11-23T10:00:00Z nor an age like 2h")
+    })?;
+    Ok(std::time::SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(std::time::UNIX_EPOCH))
+}
+
 /// An age such as `7d`, `36h`, `90m` (whole units: s, m, h, d, w).
 pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
     let age = humantime::parse_duration(text.trim())

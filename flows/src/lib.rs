@@ -10,5 +10,5 @@ pub mod ident;
 pub mod migrations;
 pub mod settings;
 
-pub use definition::{Flow, FlowCatalog, SourceTable, TargetTable, parse_age};
+pub use definition::{Flow, FlowCatalog, SourceTable, TargetTable, parse_age, parse_time};
 pub use settings::{Env, SettingError};

@@ -24,6 +24,7 @@ const POSTGRES: &[(&str, &str)] = embed!(
     "0006_outbox_dead_rows",
     "0007_pending_rows_immutable",
     "0008_keyset_relay",
+    "0009_rescan_ranges",
 );
 const CLICKHOUSE: &[(&str, &str)] = embed!(
     "clickhouse",

@@ -497,7 +497,8 @@ impl Sweep {
             for (led, strays) in sources.iter().zip(found) {
                 if !strays.is_empty() {
                     tracing::info!(table = %led.table.table, rows = strays.len(), "the sweep found pending rows behind the scan");
-                    crate::scan::lock(&led.scan).add_strays(&strays);
+                    let ids: Vec<(i64, i64)> = strays.iter().map(|&id| (id, id)).collect();
+                    crate::scan::lock(&led.scan).add_strays(&ids);
                 }
             }
         }

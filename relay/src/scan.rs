@@ -215,12 +215,14 @@ impl Scan {
         }
     }
 
-    /// Rows a sweep found pending below the cursor: looked into like holes,
-    /// closable as soon as a look finds them sent.
-    pub fn add_strays(&mut self, ids: &[i64]) {
+    /// Id ranges (`lo..=hi`) holding rows pending again below the cursor (a
+    /// sweep's finds, one id each; `relay replay`, `relay resend`): looked
+    /// into like holes, closable as soon as a look finds them sent. The
+    /// part above the cursor is the keyset's anyway.
+    pub fn add_strays(&mut self, ranges: &[(i64, i64)]) {
         let cursor = self.cursor;
-        for &id in ids.iter().filter(|&&id| id <= cursor) {
-            self.add_hole(id, id, Some(i64::MIN));
+        for &(lo, hi) in ranges.iter().filter(|&&(lo, _)| lo <= cursor) {
+            self.add_hole(lo, hi.min(cursor), Some(i64::MIN));
         }
     }
 
@@ -470,12 +472,14 @@ mod tests {
     #[test]
     fn strays_below_the_cursor_are_looked_into_and_close_once_sent() {
         let mut scan = Scan::starting_below(101);
-        scan.add_strays(&[7, 500]);
+        scan.add_strays(&[(7, 7), (90, 120), (500, 500)]);
         assert_eq!(
             scan.holes(),
-            (vec![7], vec![7]),
-            "500 is ahead of the cursor"
+            (vec![7, 90], vec![7, 100]),
+            "a range up to the cursor; 500 is ahead of it"
         );
+        scan.looked(&look(1, 2, &[false, false]));
+        scan.add_strays(&[(7, 7)]);
         assert_eq!(scan.safe_below(), 7);
         scan.looked(&look(1, 2, &[true]));
         assert_eq!(scan.next_range(), Range::Hole { lo: 7, hi: 7 });

@@ -370,17 +370,22 @@ impl OutboxSource {
              ORDER BY src.\"id\"::int8 + 0 FOR UPDATE SKIP LOCKED",
             exprs.join(", ")
         );
-        // Rows `relay replay` set pending again: a shard takes its own
-        // (and ids whose row is gone, which then close at once).
-        let rescans_sql = match shard.others_condition("src", &key) {
-            None => {
-                "DELETE FROM outbox_scan_rescans WHERE source_table = $1 RETURNING id".to_owned()
-            }
-            Some(theirs) => format!(
-                "DELETE FROM outbox_scan_rescans r WHERE r.source_table = $1 AND NOT EXISTS \
-                 (SELECT 1 FROM {t} AS src WHERE src.\"id\" = r.id AND {theirs}) RETURNING r.id"
-            ),
-        };
+        // Rows `relay replay` set pending again, one id each: a shard takes
+        // its own (and ids whose row is gone, which then close at once);
+        // ranges `relay resend` set pending again, addressed to this scan.
+        let mine_of_replayed = shard
+            .others_condition("src", &key)
+            .map_or_else(String::new, |theirs| {
+                format!(
+                    " AND NOT EXISTS (SELECT 1 FROM {t} AS src WHERE src.\"id\" = r.id AND {theirs})"
+                )
+            });
+        let rescans_sql = format!(
+            "DELETE FROM outbox_scan_rescans r WHERE \
+             (r.source_table = $1 AND r.last_id IS NULL{mine_of_replayed}) \
+             OR (r.source_table = $2 AND r.last_id IS NOT NULL) \
+             RETURNING r.id, coalesce(r.last_id, r.id)"
+        );
         Ok(Self {
             table: table.into(),
             topic: source.topic.clone(),
@@ -566,9 +571,9 @@ impl OutboxSource {
         })
     }
 
-    /// Takes the rows `relay replay` set pending again and saves the
-    /// position with them in it, in one transaction (so they are never
-    /// both taken and above a saved position).
+    /// Takes the rows `relay replay` and `relay resend` set pending again
+    /// and saves the position with them in it, in one transaction (so they
+    /// are never both taken and above a saved position).
     pub async fn take_rescans(
         &self,
         client: &Client,
@@ -576,18 +581,20 @@ impl OutboxSource {
         scan: &std::sync::Mutex<Scan>,
     ) -> Result<usize, tokio_postgres::Error> {
         in_transaction(client, async {
-            let rows = client.query(&self.rescans_sql, &[&self.table]).await?;
+            let rows = client
+                .query(&self.rescans_sql, &[&self.table, &self.position_key])
+                .await?;
             if rows.is_empty() {
                 return Ok(0);
             }
-            let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+            let ranges: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
             let position = {
                 let mut scan = crate::scan::lock(scan);
-                scan.add_strays(&ids);
+                scan.add_strays(&ranges);
                 scan.safe_below()
             };
             self.save_position(client, flow, position).await?;
-            Ok(ids.len())
+            Ok(ranges.len())
         })
         .await
     }

@@ -48,6 +48,25 @@ enum Command {
         #[arg(long)]
         id: Option<i64>,
     },
+    /// Publish rows already sent once more (through the normal
+    /// transactional path; the sinks' tables absorb the repeat): an id
+    /// range, or the rows since a time (by the sources' `time_column`).
+    Resend {
+        /// The flow whose rows to resend.
+        #[arg(long)]
+        flow: String,
+        /// Ids A..B (both included).
+        #[arg(
+            long,
+            value_name = "A..B",
+            conflicts_with = "since",
+            required_unless_present = "since"
+        )]
+        ids: Option<String>,
+        /// A time (2026-11-23T10:00:00Z) or an age (2h: that long ago).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+    },
     /// Delete a flow's sent rows older than its `retention` (or
     /// --older-than), in short statements that never touch a pending row;
     /// what the active relay does every RELAY_PRUNE_INTERVAL_MS.
@@ -89,6 +108,9 @@ fn main() -> ExitCode {
             Command::Run => run(&env).await,
             Command::Status => status(&env).await,
             Command::Replay { flow, id } => replay(&env, &flow, id).await,
+            Command::Resend { flow, ids, since } => {
+                resend(&env, &flow, ids.as_deref(), since.as_deref()).await
+            }
             Command::Prune {
                 flow,
                 older_than,
@@ -275,6 +297,64 @@ async fn prune(
             "flow={} table={} {verb}={} partitions={} statements={}",
             flow.name, prune.table, done.rows, done.partitions, done.stretches
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn resend(
+    env: &Env,
+    flow: &str,
+    ids: Option<&str>,
+    since: Option<&str>,
+) -> Result<ExitCode, ExitCode> {
+    let catalog = setting(flows::settings::catalog(env))?;
+    let flows = setting(
+        catalog
+            .select(Some(&[flow.to_owned()]))
+            .map_err(|e| SettingError::new("--flow", e.to_string())),
+    )?;
+    let Some(flow) = flows.first() else {
+        return Err(bad_setting(
+            NAME,
+            &SettingError::new("--flow", "no such flow"),
+        ));
+    };
+    let which = match (ids, since) {
+        (Some(ids), _) => {
+            let (lo, hi) =
+                setting(ops::resend::parse_ids(ids).map_err(|e| SettingError::new("--ids", e)))?;
+            ops::resend::Which::Ids(lo, hi)
+        }
+        (None, Some(since)) => {
+            if let Some(source) = flow.sources.iter().find(|s| s.time_column.is_none()) {
+                return Err(bad_setting(
+                    NAME,
+                    &SettingError::new(
+                        "--since",
+                        format!(
+                            "source table {} of flow {} has no time_column; give --ids",
+                            source.table, flow.name
+                        ),
+                    ),
+                ));
+            }
+            ops::resend::Which::Since(setting(
+                flows::parse_time(since).map_err(|e| SettingError::new("--since", e)),
+            )?)
+        }
+        (None, None) => {
+            return Err(bad_setting(
+                NAME,
+                &SettingError::new("--ids", "give --ids A..B or --since WHEN"),
+            ));
+        }
+    };
+    let (mut client, _) = connect(env, "resend").await?;
+    let resent = ops::resend::resend(&mut client, flow, which)
+        .await
+        .map_err(|e| failure("relay resend", &connections::pg::detail(&e)))?;
+    for (table, rows) in resent {
+        println!("flow={} table={table} resent={rows}", flow.name);
     }
     Ok(ExitCode::SUCCESS)
 }

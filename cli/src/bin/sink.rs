@@ -44,6 +44,18 @@ enum Command {
     /// the distinct source ids in ClickHouse, with sample ids of any
     /// difference. Exit 0 when they match, 1 when they differ.
     Reconcile,
+    /// Move a flow's consumer-group offsets back, so the sink reads its
+    /// topics again (ClickHouse rebuilt from them). Refused while a sink of
+    /// the group runs.
+    Rewind {
+        /// The flow whose group to move.
+        #[arg(long)]
+        flow: String,
+        /// `earliest`, a time (2026-11-23T10:00:00Z) or an age (2h: that
+        /// long ago).
+        #[arg(long, value_name = "WHEN")]
+        to: String,
+    },
     /// The web dashboard on SINK_DASHBOARD_ADDR (default 127.0.0.1:9180):
     /// each flow's pipeline status (read from the daemons' endpoints and
     /// ClickHouse) and the seed 002 sales dashboard.
@@ -73,6 +85,7 @@ fn main() -> ExitCode {
             Command::Status => status(&env).await,
             Command::Reconcile => reconcile(&env).await,
             Command::Dashboard => dashboard(&env).await,
+            Command::Rewind { flow, to } => rewind(&env, &flow, &to).await,
             Command::Watch {
                 interval_secs,
                 from_start,
@@ -192,5 +205,33 @@ async fn watch(env: &Env, interval_secs: u64, from_start: bool) -> Result<ExitCo
     )
     .await
     .map_err(|e| failure("sink watch", &e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rewind(env: &Env, flow: &str, to: &str) -> Result<ExitCode, ExitCode> {
+    let config = setting(SinkConfig::from_env(env))?;
+    let to = setting(ops::rewind::To::parse(to).map_err(|e| SettingError::new("--to", e)))?;
+    let Some(flow) = config.flows.iter().find(|f| f.name.as_str() == flow) else {
+        return Err(bad_setting(
+            NAME,
+            &SettingError::new("--flow", format!("no flow {flow} among the selected flows")),
+        ));
+    };
+    let mut topics: Vec<String> = flow.targets.iter().map(|t| t.topic.clone()).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    let (kafka, group) = (config.kafka.endpoint.clone(), flow.consumer_group.clone());
+    let moved =
+        tokio::task::spawn_blocking(move || ops::rewind::rewind(&kafka, &group, &topics, to))
+            .await
+            .map_err(|e| failure("sink rewind", &e))?
+            .map_err(|e| failure("sink rewind", &e))?;
+    for m in moved {
+        let from = m.from.map_or_else(|| "none".to_owned(), |o| o.to_string());
+        println!(
+            "flow={} group={} topic={} partition={} from={from} to={}",
+            flow.name, flow.consumer_group, m.topic, m.partition, m.to
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

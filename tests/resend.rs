@@ -1,0 +1,246 @@
+//! Resend and rewind, on the real broker: `relay resend` publishes rows
+//! already sent once more through the running relay (an id range, or rows
+//! since a time, a sharded flow's shards each taking theirs), and `sink
+//! rewind` moves a stopped sink's group back so ClickHouse is loaded from
+//! the topic again — refused while the sink runs.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use outbox_tests::daemon::run_for_output;
+use outbox_tests::topic::{Isolation, read_all};
+use outbox_tests::{Daemon, TestStack, wait_until};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn cli(name: &str, env: &[(String, String)], args: &[&str]) -> (Option<i32>, String, String) {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    run_for_output(name, args, &env)
+}
+
+/// `rows` rows of `user_logins`, `age_hours` old; their ids.
+async fn insert(
+    pg: &tokio_postgres::Client,
+    rows: i64,
+    age_hours: i32,
+) -> anyhow::Result<Vec<i64>> {
+    Ok(pg
+        .query(
+            "INSERT INTO user_logins (username, event_type, event_time)
+             SELECT 'user-' || (g % 7), 'login', now() - make_interval(hours => $2)
+             FROM generate_series(1, $1::int8) AS g RETURNING id::int8",
+            &[&rows, &age_hours],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+async fn deliveries(stack: &TestStack) -> anyhow::Result<BTreeMap<i64, usize>> {
+    let brokers = stack.kafka_brokers.clone();
+    let topics = vec![stack.topic("user_events")];
+    let records =
+        tokio::task::spawn_blocking(move || read_all(&brokers, &topics, Isolation::Committed))
+            .await??;
+    let mut counts = BTreeMap::new();
+    for r in &records {
+        *counts.entry(r.id().unwrap_or(-1)).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_resend_publishes_sent_rows_again_through_the_running_relay() -> anyhow::Result<()> {
+    let stack = TestStack::start("resend").await?;
+    stack.migrate().await?;
+    let pg = stack.pg().await?;
+    // Split in two shards, with a time column: each shard takes its rows
+    // of a range back.
+    let flows = std::env::temp_dir().join(format!("{}-flows.toml", stack.name));
+    std::fs::write(
+        &flows,
+        r#"[[flows]]
+name = "user_logins"
+consumer_group = "user-logins-consumer"
+shards = 2
+
+[[flows.sources]]
+table = "user_logins"
+topic = "user_events"
+key = "username"
+columns = ["id", "username", "event_type", "event_time"]
+time_column = "event_time"
+"#,
+    )?;
+    let mut env = stack.daemon_env();
+    env.push(("FLOWS_FILE".into(), flows.display().to_string()));
+    env.push(("RELAY_SWEEP_INTERVAL_MS".into(), "3600000".into()));
+    let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
+    let old = insert(&pg, 60, 48).await?;
+    let new = insert(&pg, 40, 0).await?;
+    let flagged = || async { Ok(stack.pending("user_logins").await? == 0) };
+    wait_until("every row published", SETTLE, flagged).await;
+
+    let (lo, hi) = (old[10], old[29]);
+    let (code, out, err) = cli(
+        "relay",
+        &env,
+        &[
+            "resend",
+            "--flow",
+            "user_logins",
+            "--ids",
+            &format!("{lo}..{hi}"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("table=user_logins resent=20"), "{out}");
+    wait_until("the range published again", SETTLE, || async {
+        Ok(deliveries(&stack).await?.values().sum::<usize>() == 120)
+    })
+    .await;
+    let (code, out, err) = cli(
+        "relay",
+        &env,
+        &["resend", "--flow", "user_logins", "--since", "1d"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("resent=40"), "the rows of the last day: {out}");
+    wait_until("the last day published again", SETTLE, || async {
+        Ok(deliveries(&stack).await?.values().sum::<usize>() == 160)
+    })
+    .await;
+    wait_until("every row flagged again", SETTLE, flagged).await;
+    relay.terminate(Duration::from_secs(15));
+    let counts = deliveries(&stack).await?;
+    for id in old.iter().chain(&new) {
+        let expected = if (lo..=hi).contains(id) || new.contains(id) {
+            2
+        } else {
+            1
+        };
+        assert_eq!(counts.get(id), Some(&expected), "deliveries of {id}");
+    }
+    assert_eq!(counts.len(), 100, "nothing else");
+
+    // Bad requests name the option (exit 2); --since needs a time column.
+    let (code, _, err) = cli(
+        "relay",
+        &env,
+        &["resend", "--flow", "user_logins", "--ids", "9..1"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--ids"), "{err}");
+    let (code, _, err) = cli(
+        "relay",
+        &stack.daemon_env(),
+        &["resend", "--flow", "user_logins", "--since", "1h"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("time_column"), "{err}");
+    let _ = std::fs::remove_file(&flows);
+    Ok(())
+}
+
+/// (partition → committed offset) of the user_logins group, and the sum.
+fn committed(stack: &TestStack) -> anyhow::Result<(Vec<Option<i64>>, i64)> {
+    let kafka = connections::kafka::KafkaEndpoint::plaintext(&stack.kafka_brokers);
+    let offsets = ops::sink_status::group_offsets(
+        &kafka,
+        &stack.group("user-logins-consumer"),
+        &stack.topic("user_events"),
+    )?;
+    let ends = offsets.iter().map(|(_, _, end)| end).sum();
+    Ok((offsets.iter().map(|(_, c, _)| *c).collect(), ends))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_rewind_is_refused_while_the_sink_runs_and_reloads_the_topic_after()
+-> anyhow::Result<()> {
+    let stack = TestStack::start("rewind").await?;
+    stack.migrate().await?;
+    let pg = stack.pg().await?;
+    let env = stack.daemon_env();
+    let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
+    let mut sink = Daemon::spawn("sink", &["run"], &env, &format!("{}-sink", stack.name));
+    insert(&pg, 50, 0).await?;
+    wait_until("the first rows loaded", SETTLE, || async {
+        Ok(stack.ch_count_raw("user_logins").await? == 50)
+    })
+    .await;
+    let between = SystemTime::now();
+    wait_until("the clock past the first rows", SETTLE, || async {
+        Ok(SystemTime::now().duration_since(between)? > Duration::from_millis(20))
+    })
+    .await;
+    let since = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    insert(&pg, 30, 0).await?;
+    wait_until("the later rows loaded", SETTLE, || async {
+        Ok(stack.ch_count_raw("user_logins").await? == 80)
+    })
+    .await;
+
+    let (code, _, err) = cli(
+        "sink",
+        &env,
+        &["rewind", "--flow", "user_logins", "--to", "earliest"],
+    );
+    assert_eq!(code, Some(1), "refused while the sink runs: {err}");
+    assert!(err.contains("active member"), "{err}");
+    sink.terminate(Duration::from_secs(15));
+    let (before, end) = committed(&stack)?;
+    assert_eq!(before.iter().flatten().sum::<i64>(), end, "all consumed");
+
+    // Back to the later rows only: 30 read again.
+    let (code, out, err) = cli(
+        "sink",
+        &env,
+        &["rewind", "--flow", "user_logins", "--to", &since],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (after, _) = committed(&stack)?;
+    assert!(
+        after.iter().flatten().sum::<i64>() < end,
+        "moved back: {out}"
+    );
+    let mut again = Daemon::spawn(
+        "sink",
+        &["run"],
+        &env,
+        &format!("{}-sink-since", stack.name),
+    );
+    wait_until("the later rows loaded again", SETTLE, || async {
+        Ok(stack.ch_count_raw("user_logins").await? == 110)
+    })
+    .await;
+    again.terminate(Duration::from_secs(15));
+    // Then to the start: everything again.
+    let (code, out, err) = cli(
+        "sink",
+        &env,
+        &["rewind", "--flow", "user_logins", "--to", "earliest"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (after, _) = committed(&stack)?;
+    assert!(after.iter().all(|c| *c == Some(0)), "{out}");
+    let _sink = Daemon::spawn(
+        "sink",
+        &["run"],
+        &env,
+        &format!("{}-sink-again", stack.name),
+    );
+    wait_until("the topic loaded again", SETTLE, || async {
+        Ok(stack.ch_count_raw("user_logins").await? == 190)
+    })
+    .await;
+    assert_eq!(
+        stack.ch_count_final("user_logins").await?,
+        80,
+        "once each in FINAL"
+    );
+    relay.terminate(Duration::from_secs(15));
+    let (code, out, err) = cli("sink", &env, &["reconcile"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    Ok(())
+}
