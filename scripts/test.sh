@@ -5,7 +5,8 @@
 # missing, and Chromium for the dashboard test; builds the binaries the crash
 # tests run, then `cargo test --workspace`. Extra arguments go to `cargo test`.
 # The few fault-injection tests that need librdkafka's mock cluster start it
-# themselves (their names say so).
+# themselves (their names say so). Then the current-ClickHouse check
+# (scripts/chdb-check.sh: a current engine from PyPI's chdb, in-process).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -35,3 +36,5 @@ ensure_build_deps
 cargo build --workspace --bins --quiet
 log "testing"
 cargo test --workspace "$@"
+log "checking what the sink sends a current ClickHouse (chdb)"
+scripts/chdb-check.sh

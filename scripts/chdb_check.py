@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""What the sink sends a current ClickHouse, checked on a current engine.
+
+CI's server is Debian's 18.16; users run current releases. PyPI's `chdb`
+carries a current ClickHouse engine in-process (no HTTP server), so this
+feeds it what the sink would send a server of that version:
+
+1. every embedded migration, as `sink migrate` would send it to a server of
+   chdb's version (`sink/examples/chdb_fixture.rs migrations`);
+2. one row per case of every column type the sink's encoder writes, encoded
+   by the encoder itself (`chdb_fixture encode`) and read back through
+   `FORMAT RowBinary`: each value must come back as the message meant it;
+3. a batch of `user_logins` rows inserted twice (a redelivery): the raw
+   count doubles, `FINAL` shows each row once.
+
+Usage: chdb_check.py FIXTURE_BINARY. Exit 0 when every check holds, 1
+naming each that does not.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import chdb
+from chdb import session
+
+FIXTURE = sys.argv[1]
+failures = []
+
+
+def check(what, ok, detail=""):
+    print(("ok   " if ok else "FAIL ") + what + ("" if ok else f": {detail}"))
+    if not ok:
+        failures.append(what)
+
+
+def encode(columns, messages):
+    spec = json.dumps({"columns": columns, "messages": messages})
+    out = subprocess.run([FIXTURE, "encode"], input=spec.encode(), capture_output=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.decode())
+    return out.stdout
+
+
+def rows(sess, sql):
+    text = sess.query(
+        sql + " FORMAT JSONEachRow SETTINGS output_format_json_quote_64bit_integers = 1, "
+        "output_format_json_quote_decimals = 1, session_timezone = 'UTC'",
+        "CSV",
+    )
+    return [json.loads(line) for line in str(text).splitlines() if line.strip()]
+
+
+def insert_rowbinary(sess, table, columns, data, workdir):
+    path = os.path.join(workdir, f"{table}.bin")
+    with open(path, "wb") as f:
+        f.write(data)
+    structure = ", ".join(f"`{n}` {t}" for n, t in columns).replace("'", "\\'")
+    names = ", ".join(f"`{n}`" for n, _ in columns)
+    sess.query(
+        f"INSERT INTO chk.{table} ({names}) SELECT * FROM file('{path}', 'RowBinary', '{structure}') "
+        "SETTINGS session_timezone = 'UTC'"
+    )
+
+
+# Every type the encoder writes, with messages as the relay writes them:
+# times as Unix seconds (fractional) or text, decimals as text or numbers.
+TYPES = [
+    ("id", "UInt64"), ("u8", "UInt8"), ("u16", "UInt16"), ("u32", "UInt32"),
+    ("i8", "Int8"), ("i16", "Int16"), ("i32", "Int32"), ("i64", "Int64"),
+    ("f32", "Float32"), ("f64", "Float64"), ("b", "Bool"),
+    ("s", "String"), ("fs", "FixedString(4)"), ("lc", "LowCardinality(String)"),
+    ("d", "Date"), ("dt", "DateTime"), ("dt64", "DateTime64(3)"), ("dtz", "DateTime('UTC')"),
+    ("dec", "Decimal(18, 4)"), ("dec32", "Decimal32(2)"), ("dec128", "Decimal128(6)"),
+    ("ip", "IPv4"), ("uid", "UUID"),
+    ("ns", "Nullable(String)"), ("ni", "Nullable(Int32)"), ("ndt", "Nullable(DateTime)"),
+]
+MESSAGES = [
+    {
+        "id": 1, "u8": 255, "u16": 65535, "u32": 4294967295, "i8": -128, "i16": -32768,
+        "i32": -2147483648, "i64": -9223372036854775808, "f32": 1.5, "f64": -2.25, "b": True,
+        "s": "h\u00e9llo \"q\"\ttab", "fs": "abcd", "lc": "low", "d": "2026-11-23",
+        "dt": 1700000000, "dt64": 1700000000.123, "dtz": "2023-11-14 22:13:20",
+        "dec": "12345678901234.5678", "dec32": "-1234567.89", "dec128": "123456789012.345678",
+        "ip": "192.168.1.20", "uid": "6f1c2b8e-0000-4000-8000-00000000abcd",
+        "ns": "x", "ni": 42, "ndt": 1700000000,
+    },
+    {
+        "id": 2, "u8": 0, "u16": 0, "u32": 0, "i8": 127, "i16": 32767, "i32": 2147483647,
+        "i64": 9223372036854775807, "f32": 0, "f64": 1e300, "b": False, "s": "", "fs": "ab",
+        "lc": "", "d": "1970-01-02", "dt": "2026-11-23 10:00:00", "dt64": 0, "dtz": 0,
+        "dec": 0.5, "dec32": 7, "dec128": "-0.000001", "ip": "0.0.0.0",
+        "uid": "00000000-0000-0000-0000-000000000000", "ns": None, "ni": None, "ndt": None,
+    },
+]
+EXPECTED = [
+    {
+        "id": "1", "u8": 255, "u16": 65535, "u32": 4294967295, "i8": -128, "i16": -32768,
+        "i32": -2147483648, "i64": "-9223372036854775808", "f32": 1.5, "f64": -2.25, "b": True,
+        "s": "h\u00e9llo \"q\"\ttab", "fs": "abcd", "lc": "low", "d": "2026-11-23",
+        "dt": "2023-11-14 22:13:20", "dt64": "2023-11-14 22:13:20.123",
+        "dtz": "2023-11-14 22:13:20", "dec": "12345678901234.5678", "dec32": "-1234567.89",
+        "dec128": "123456789012.345678", "ip": "192.168.1.20",
+        "uid": "6f1c2b8e-0000-4000-8000-00000000abcd", "ns": "x", "ni": 42,
+        "ndt": "2023-11-14 22:13:20",
+    },
+    {
+        "id": "2", "u8": 0, "u16": 0, "u32": 0, "i8": 127, "i16": 32767, "i32": 2147483647,
+        "i64": "9223372036854775807", "f32": 0, "f64": 1e300, "b": False, "s": "",
+        "fs": "ab\u0000\u0000", "lc": "", "d": "1970-01-02", "dt": "2026-11-23 10:00:00",
+        "dt64": "1970-01-01 00:00:00.000", "dtz": "1970-01-01 00:00:00", "dec": "0.5",
+        "dec32": "7", "dec128": "-0.000001", "ip": "0.0.0.0",
+        "uid": "00000000-0000-0000-0000-000000000000", "ns": None, "ni": None, "ndt": None,
+    },
+]
+
+
+def main():
+    with tempfile.TemporaryDirectory() as workdir:
+        sess = session.Session(os.path.join(workdir, "db"))
+        version = str(sess.query("SELECT version()", "CSV")).strip().strip('"')
+        print(f"chdb {chdb.__version__}: ClickHouse {version}")
+        sess.query("CREATE DATABASE chk")
+        sess.query("USE chk")
+
+        # 1. The migrations a server of this version gets.
+        out = subprocess.run([FIXTURE, "migrations", version], capture_output=True, check=True)
+        statements = [s.strip() for s in out.stdout.decode().split("-- ;;") if s.strip()]
+        for statement in statements:
+            name = statement.splitlines()[0].removeprefix("-- ")
+            try:
+                sess.query(statement)
+                check(f"migration {name}: {statement.splitlines()[1][:60]}", True)
+            except Exception as e:  # noqa: BLE001 - report any refusal
+                check(f"migration {name}", False, str(e)[:300])
+        uses_ipv4 = any("IPv4" in s for s in statements)
+        check("the current-server branch uses IPv4 columns", uses_ipv4)
+
+        # 2. Every type, encoded by the sink, read back.
+        cols = ", ".join(f"`{n}` {t}" for n, t in TYPES)
+        sess.query(f"CREATE TABLE chk.types ({cols}) ENGINE = MergeTree ORDER BY id")
+        insert_rowbinary(sess, "types", TYPES, encode(TYPES, MESSAGES), workdir)
+        got = rows(sess, "SELECT * FROM chk.types ORDER BY id")
+        check("every typed row read back", len(got) == len(EXPECTED), f"{len(got)} rows")
+        for want, have in zip(EXPECTED, got):
+            for column, _ in TYPES:
+                check(
+                    f"row {want['id']} {column}",
+                    have.get(column) == want[column],
+                    f"sent {MESSAGES[int(want['id']) - 1][column]!r}, got {have.get(column)!r}, "
+                    f"expected {want[column]!r}",
+                )
+
+        # 3. A redelivered batch collapses in FINAL.
+        logins = [
+            ["id", "UInt64"], ["username", "Nullable(String)"],
+            ["event_type", "Nullable(String)"], ["event_time", "Nullable(DateTime)"],
+        ]
+        batch = [
+            {"id": i, "username": f"user-{i % 7}", "event_type": "login", "event_time": 1700000000 + i}
+            for i in range(1, 101)
+        ]
+        data = encode(logins, batch)
+        insert_rowbinary(sess, "user_logins", logins, data, workdir)
+        insert_rowbinary(sess, "user_logins", logins, data, workdir)
+        raw = rows(sess, "SELECT count() AS n FROM chk.user_logins")[0]["n"]
+        final = rows(sess, "SELECT count() AS n FROM chk.user_logins FINAL")[0]["n"]
+        check("a redelivered batch: stored twice", raw == "200", raw)
+        check("a redelivered batch: once in FINAL", final == "100", final)
+
+    if failures:
+        print(f"{len(failures)} check(s) failed", file=sys.stderr)
+        return 1
+    print("current ClickHouse: every check holds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

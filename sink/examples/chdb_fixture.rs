@@ -1,0 +1,85 @@
+//! The sink's side of the current-ClickHouse check (`scripts/chdb-check.sh`,
+//! run by `scripts/test.sh`): PyPI's `chdb` carries a current ClickHouse
+//! engine in-process but serves no HTTP, so this prints what the sink would
+//! send a server and the Python side feeds it to that engine.
+//!
+//! - `chdb_fixture migrations VERSION`: every embedded ClickHouse migration's
+//!   statements as `sink migrate` sends them to a server of that version
+//!   (`caps.rs` decides), one per line group, separated by `-- ;;` lines.
+//! - `chdb_fixture encode`: reads `{"columns": [[name, type], …],
+//!   "messages": [{…}, …]}` on stdin and writes the rows as RowBinary on
+//!   stdout, encoded by the sink's encoder exactly as for an insert; a
+//!   message the encoder refuses exits 1 naming it.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use bytes::BytesMut;
+use serde_json::Value;
+use sink::clickhouse::caps::ServerCaps;
+use sink::clickhouse::encode::{ColumnPlan, encode_row};
+use sink::clickhouse::types::ChType;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.first().map(String::as_str) {
+        Some("migrations") => migrations(args.get(1).map_or("", String::as_str)),
+        Some("encode") => encode(),
+        _ => Err("usage: chdb_fixture migrations VERSION | encode".to_owned()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chdb_fixture: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrations(version: &str) -> Result<(), String> {
+    let caps = ServerCaps::from_version(version);
+    let all = flows::migrations::all("clickhouse", None).map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    for migration in all {
+        for statement in flows::migrations::statements(&caps.substitute(&migration.sql)) {
+            writeln!(out, "-- {}\n{statement}\n-- ;;", migration.name).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn encode() -> Result<(), String> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| e.to_string())?;
+    let spec: Value = serde_json::from_str(&input).map_err(|e| e.to_string())?;
+    let columns = spec["columns"]
+        .as_array()
+        .ok_or("no columns")?
+        .iter()
+        .map(|c| {
+            let (name, ty) = (c[0].as_str().unwrap_or(""), c[1].as_str().unwrap_or(""));
+            let ty = ChType::parse(ty).map_err(|e| format!("column {name}: {e}"))?;
+            Ok(ColumnPlan {
+                column: name.to_owned(),
+                field: name.to_owned(),
+                ty,
+                constant: None,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let mut out = BytesMut::new();
+    for (i, message) in spec["messages"]
+        .as_array()
+        .ok_or("no messages")?
+        .iter()
+        .enumerate()
+    {
+        let message = message.as_object().ok_or("a message is not an object")?;
+        encode_row(&columns, message, &mut out).map_err(|e| format!("message {i}: {e}"))?;
+    }
+    std::io::stdout()
+        .write_all(&out)
+        .map_err(|e| e.to_string())
+}
