@@ -111,8 +111,23 @@ mod tests {
     fn id_ranges_parse_and_bad_ones_say_why() {
         assert_eq!(parse_ids("100..200"), Ok((100, 200)));
         assert_eq!(parse_ids("7..7"), Ok((7, 7)));
-        assert!(parse_ids("200..100").err().unwrap_or_default().contains("above"));
-        assert!(parse_ids("100-200").err().unwrap_or_default().contains("like 100..200"));
-        assert!(parse_ids("a..b").err().unwrap_or_default().contains("not an id"));
+        assert!(
+            parse_ids("200..100")
+                .err()
+                .unwrap_or_default()
+                .contains("above")
+        );
+        assert!(
+            parse_ids("100-200")
+                .err()
+                .unwrap_or_default()
+                .contains("like 100..200")
+        );
+        assert!(
+            parse_ids("a..b")
+                .err()
+                .unwrap_or_default()
+                .contains("not an id")
+        );
     }
 }

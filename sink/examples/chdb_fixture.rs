@@ -42,7 +42,8 @@ fn migrations(version: &str) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     for migration in all {
         for statement in flows::migrations::statements(&caps.substitute(&migration.sql)) {
-            writeln!(out, "-- {}\n{statement}\n-- ;;", migration.name).map_err(|e| e.to_string())?;
+            writeln!(out, "-- {}\n{statement}\n-- ;;", migration.name)
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(())
@@ -79,7 +80,5 @@ fn encode() -> Result<(), String> {
         let message = message.as_object().ok_or("a message is not an object")?;
         encode_row(&columns, message, &mut out).map_err(|e| format!("message {i}: {e}"))?;
     }
-    std::io::stdout()
-        .write_all(&out)
-        .map_err(|e| e.to_string())
+    std::io::stdout().write_all(&out).map_err(|e| e.to_string())
 }

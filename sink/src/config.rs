@@ -27,6 +27,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "SINK_MAX_MESSAGE_BYTES",
     "SINK_METRICS_ADDR",
     "SINK_STALL_AFTER_MS",
+    "SINK_SCHEMA_CHECK_MS",
     "SINK_DASHBOARD_ADDR",
     "SINK_GROUP_INSTANCE_ID",
     "FLOWS",
@@ -72,6 +73,10 @@ pub struct SinkConfig {
     /// A flow with consumer lag and nothing stored for this long is not
     /// ready (`/readyz`).
     pub stall_after: std::time::Duration,
+    /// How often each target table's columns are read again, so a column
+    /// added is loaded and one dropped or narrowed is refused (see
+    /// `clickhouse::schema::judge`).
+    pub schema_check: std::time::Duration,
 }
 
 /// Settings the `migrate` command needs: only ClickHouse.
@@ -144,6 +149,9 @@ impl SinkConfig {
                 "SINK_METRICS_ADDR",
                 &env.string_or("SINK_METRICS_ADDR", "127.0.0.1:9102"),
             )?,
+            schema_check: std::time::Duration::from_millis(
+                env.positive_or("SINK_SCHEMA_CHECK_MS", 5_000)?,
+            ),
             stall_after: std::time::Duration::from_millis(
                 env.positive_or("SINK_STALL_AFTER_MS", 60_000)?,
             ),

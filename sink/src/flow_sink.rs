@@ -119,6 +119,17 @@ impl FlowSink {
         let policy = self.config.flush.clone();
         let stats = SinkStats::new(&self.metrics, &flow);
         let mut batch = PendingBatch::new(self.plans.len(), self.config.max_message_bytes);
+        // The plans messages are encoded with; a batch is flushed with the
+        // plans it was encoded with, and a table change is adopted between
+        // batches (see `check_schema`).
+        let mut plans: Arc<Vec<TablePlan>> = Arc::new(self.plans.clone());
+        let mut adopted: Option<Vec<TablePlan>> = None;
+        let mut refusals: HashMap<String, String> = HashMap::new();
+        let mut schema_check = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.schema_check,
+            self.config.schema_check,
+        );
+        schema_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // One batch may be storing while the next fills: flushes run one at
         // a time and in order, so offsets are still committed in order, and
         // a flush that gave up (shutdown) stops everything after it.
@@ -140,6 +151,9 @@ impl FlowSink {
                     connections::kafka::commit_position_if_moved(&consumer, &mut idle_committed, &flow).await;
                     continue;
                 }
+                _ = schema_check.tick() => {
+                    adopted = self.check_schema(&plans, &mut refusals).await;
+                }
                 stored = async { storing.as_mut().expect("guarded").await }, if storing.is_some() => {
                     storing = None;
                     if !stored {
@@ -158,7 +172,7 @@ impl FlowSink {
                                 key: message.key(),
                             };
                             let targets = topics.get(message.topic()).map_or(&[][..], Vec::as_slice);
-                            batch.add_message(&self.plans, targets, origin, message.payload());
+                            batch.add_message(&plans, targets, origin, message.payload());
                         }
                         Err(error) => tracing::warn!(flow, %error, "kafka consumer error"),
                     };
@@ -188,7 +202,8 @@ impl FlowSink {
                 }
                 () = sleep_until(deadline) => {}
             }
-            if batch.should_flush(&policy, Instant::now()) {
+            let replan = adopted.is_some() && !batch.is_empty();
+            if replan || batch.should_flush(&policy, Instant::now()) {
                 if let Some(previous) = storing.take()
                     && !previous.await
                 {
@@ -199,9 +214,17 @@ impl FlowSink {
                     &mut batch,
                     PendingBatch::new(self.plans.len(), self.config.max_message_bytes),
                 );
-                storing = Some(Box::pin(
-                    self.flush(full, &consumer, &dlq, &shutdown, &stats),
-                ));
+                storing = Some(Box::pin(self.flush(
+                    full,
+                    Arc::clone(&plans),
+                    &consumer,
+                    &dlq,
+                    &shutdown,
+                    &stats,
+                )));
+            }
+            if let Some(new) = adopted.take() {
+                plans = Arc::new(new);
             }
         }
         // Shutdown: finish the batch being stored, then store and commit
@@ -222,7 +245,8 @@ impl FlowSink {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 stop_retrying.cancel();
             });
-            self.flush(batch, &consumer, &dlq, &finishing, &stats).await;
+            self.flush(batch, plans, &consumer, &dlq, &finishing, &stats)
+                .await;
             grace.abort();
         }
         lag_probe.abort();
@@ -236,6 +260,7 @@ impl FlowSink {
     async fn flush(
         &self,
         mut batch: PendingBatch,
+        plans: Arc<Vec<TablePlan>>,
         consumer: &Arc<GroupConsumer>,
         dlq: &DeadLetterQueue,
         stop: &CancellationToken,
@@ -245,7 +270,7 @@ impl FlowSink {
         let started = Instant::now();
         stats.fill.observe_duration(batch.age(started));
         let mut backoff = Backoff::default();
-        for (i, plan) in self.plans.iter().enumerate() {
+        for (i, plan) in plans.iter().enumerate() {
             if batch.rows_per_table[i] == 0 {
                 continue;
             }
@@ -383,6 +408,80 @@ impl FlowSink {
 }
 
 impl FlowSink {
+    /// Reads each target table's columns again and judges the change
+    /// against the plan in use (`schema::judge`): returns the new plans when
+    /// one is adopted (a Nullable column added, a type widened); a change
+    /// that would lose data holds the flow not ready, with the reason, and
+    /// the old plan stays (its inserts fail if a column it fills is gone:
+    /// nothing is committed until the column is back or the sink restarts).
+    async fn check_schema(
+        &self,
+        plans: &[TablePlan],
+        refusals: &mut HashMap<String, String>,
+    ) -> Option<Vec<TablePlan>> {
+        use crate::clickhouse::schema::{Change, SchemaError, judge, plan_table};
+        let flow = self.flow.name.as_str();
+        let mut next = plans.to_vec();
+        let mut changed = false;
+        for (i, plan) in plans.iter().enumerate() {
+            let Some(target) = self
+                .flow
+                .targets
+                .iter()
+                .find(|t| t.table.as_str() == plan.table && t.topic == plan.topic)
+            else {
+                continue;
+            };
+            let cause = format!("schema:{}", plan.table);
+            let now = plan_table(
+                self.writer.client(),
+                &self.config.clickhouse.database,
+                flow,
+                target,
+                None,
+            )
+            .await;
+            let refusal = match now {
+                Ok(now) => match judge(plan, &now) {
+                    Change::Same => None,
+                    Change::Adopt(what) => {
+                        tracing::info!(flow, table = %plan.table, changes = ?what, "target table changed; loading with its new columns from the next batch");
+                        self.metrics
+                            .counter(
+                                "sink_schema_changes_total",
+                                "Target table changes the sink adopted without a restart (a Nullable column added, a type widened).",
+                                &[("flow", flow), ("table", &plan.table)],
+                            )
+                            .inc();
+                        next[i] = now;
+                        changed = true;
+                        None
+                    }
+                    Change::Refuse(reason) => Some(reason),
+                },
+                // Unreachable: the inserts retry and say so.
+                Err(SchemaError::ClickHouse(_)) => continue,
+                Err(other) => Some(other.to_string()),
+            };
+            match refusal {
+                Some(reason) => {
+                    if refusals.get(&cause) != Some(&reason) {
+                        tracing::error!(flow, table = %plan.table, reason, "target table changed in a way that would lose data; flow not ready");
+                    }
+                    self.health.block(&cause, &reason);
+                    refusals.insert(cause, reason);
+                }
+                None => {
+                    if refusals.remove(&cause).is_some() {
+                        tracing::info!(flow, table = %plan.table, "target table fits the flow again");
+                    }
+                    self.health.unblock(&cause);
+                }
+            }
+        }
+        changed.then_some(next)
+    }
+
     /// ClickHouse refuses `plan`'s table for good (`Some(reason)`: the flow
     /// is not ready, saying why, and `sink_insert_refused` is 1) or accepts
     /// it again (`None`). Nothing is committed meanwhile: the batch is
