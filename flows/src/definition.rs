@@ -131,6 +131,15 @@ pub struct SourceTable {
     /// How `timestamp`, `timestamptz` and `date` columns travel.
     #[serde(default)]
     pub times: TimeFormat,
+    /// A column whose value is the message body as is (`json`, `jsonb` or
+    /// `text`; not wrapped in an object, not re-escaped) instead of the
+    /// row's columns as a JSON object.
+    #[serde(default)]
+    pub body: Option<Ident>,
+    /// Columns sent as Kafka headers (header name = column name, value its
+    /// text; a NULL is a header without a value).
+    #[serde(default)]
+    pub headers: Vec<Ident>,
     /// A `timestamptz`, `timestamp` or `date` column giving a row's age:
     /// what the flow's `retention` and `relay resend --since` go by.
     #[serde(default)]
@@ -151,12 +160,52 @@ pub struct TargetTable {
     /// ClickHouse column -> a fixed text value for every row.
     #[serde(default)]
     pub constants: BTreeMap<Ident, String>,
+    /// ClickHouse column -> the Kafka header whose value fills it (text;
+    /// a missing header is NULL).
+    #[serde(default)]
+    pub headers: BTreeMap<Ident, String>,
 }
 
 impl SourceTable {
     pub fn key_column(&self) -> &str {
         self.key.as_ref().map_or("id", Ident::as_str)
     }
+
+    /// The topic as pieces: text, and column names whose value is put in
+    /// their place per row (`topic = "events.{aggregatetype}"`). Err names
+    /// what is wrong with the template.
+    pub fn topic_parts(&self) -> Result<Vec<TopicPart>, String> {
+        let mut parts = Vec::new();
+        let mut rest = self.topic.as_str();
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(TopicPart::Text(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("topic {}: `{{` without `}}`", self.topic))?;
+            let column = Ident::new(&rest[open + 1..open + close])
+                .map_err(|e| format!("topic {}: {e}", self.topic))?;
+            parts.push(TopicPart::Column(column));
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(TopicPart::Text(rest.to_owned()));
+        }
+        Ok(parts)
+    }
+
+    /// Whether the topic is chosen per row from a column.
+    pub fn routed(&self) -> bool {
+        self.topic.contains('{')
+    }
+}
+
+/// A piece of a source's topic (see [`SourceTable::topic_parts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TopicPart {
+    Text(String),
+    Column(Ident),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -273,7 +322,38 @@ impl FlowCatalog {
                 )));
             }
             for source in &flow.sources {
-                check_kafka_name(&source.topic).map_err(|e| invalid(format!("topic: {e}")))?;
+                let parts = source.topic_parts().map_err(invalid)?;
+                // A routed topic: its text with each column's place taken
+                // by a safe name must be a topic name.
+                let sample: String = parts
+                    .iter()
+                    .map(|p| match p {
+                        TopicPart::Text(t) => t.as_str(),
+                        TopicPart::Column(_) => "x",
+                    })
+                    .collect();
+                check_kafka_name(&sample).map_err(|e| invalid(format!("topic: {e}")))?;
+                let listed = |c: &Ident, what: &str| -> Result<(), FlowError> {
+                    if source.columns.contains(c) {
+                        Ok(())
+                    } else {
+                        Err(invalid(format!(
+                            "{what} column {c} of source table {} is not among its columns",
+                            source.table
+                        )))
+                    }
+                };
+                for part in &parts {
+                    if let TopicPart::Column(c) = part {
+                        listed(c, "topic")?;
+                    }
+                }
+                if let Some(body) = &source.body {
+                    listed(body, "body")?;
+                }
+                for header in &source.headers {
+                    listed(header, "header")?;
+                }
                 if !source.columns.iter().any(|c| c.as_str() == "id") {
                     return Err(invalid(format!(
                         "source table {} must list the `id` column",
@@ -300,6 +380,7 @@ impl FlowCatalog {
                 if let Some(c) = target
                     .constants
                     .keys()
+                    .chain(target.headers.keys())
                     .find(|c| target.columns.contains_key(*c))
                 {
                     return Err(invalid(format!(

@@ -10,5 +10,7 @@ pub mod ident;
 pub mod migrations;
 pub mod settings;
 
-pub use definition::{Flow, FlowCatalog, SourceTable, TargetTable, parse_age, parse_time};
+pub use definition::{
+    Flow, FlowCatalog, SourceTable, TargetTable, TopicPart, parse_age, parse_time,
+};
 pub use settings::{Env, SettingError};

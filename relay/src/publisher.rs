@@ -93,6 +93,8 @@ fn is_fenced(err: &KafkaError) -> bool {
 enum SendError {
     /// This row can never be produced.
     Rejected(i64, KafkaError),
+    /// This row's topic column makes no topic (a routed source).
+    Unroutable(i64, String),
     Kafka(KafkaError),
 }
 
@@ -186,6 +188,10 @@ impl Publisher {
                 let _ = self.abort_after(KafkaError::Canceled);
                 return Err(PublishError::Rejected(vec![(id, err.to_string())]));
             }
+            Err(SendError::Unroutable(id, reason)) => {
+                let _ = self.abort_after(KafkaError::Canceled);
+                return Err(PublishError::Rejected(vec![(id, reason)]));
+            }
             Err(SendError::Kafka(err)) => self.abort_after(err),
         };
         let rejected: Vec<(i64, String)> = self
@@ -210,7 +216,12 @@ impl Publisher {
     fn send_all(&self, topic: &str, table: &str, batch: &OutboxBatch) -> Result<(), SendError> {
         for message in &batch.messages {
             let id = message.id.to_string();
-            let headers = OwnedHeaders::new_with_capacity(3)
+            let topic = match &message.topic {
+                None => topic,
+                Some(Ok(routed)) => routed.as_str(),
+                Some(Err(reason)) => return Err(SendError::Unroutable(message.id, reason.clone())),
+            };
+            let mut headers = OwnedHeaders::new_with_capacity(3 + message.headers.len())
                 .insert(Header {
                     key: "flow",
                     value: Some(self.flow.as_bytes()),
@@ -223,6 +234,12 @@ impl Publisher {
                     key: "source_id",
                     value: Some(id.as_bytes()),
                 });
+            for (key, value) in &message.headers {
+                headers = headers.insert(Header {
+                    key: key.as_str(),
+                    value: value.as_deref().map(str::as_bytes),
+                });
+            }
             let mut record =
                 BaseRecord::with_opaque_to(topic, usize::try_from(message.id).unwrap_or(0))
                     .payload(message.payload.as_bytes())

@@ -15,6 +15,11 @@ pub struct OutboxMessage {
     pub id: i64,
     pub key: Option<String>,
     pub payload: String,
+    /// The topic chosen from the row's columns (a routed source), or why
+    /// none could be: the row is then set aside. `None`: the source's topic.
+    pub topic: Option<Result<String, String>>,
+    /// Columns sent as headers: (name, text value).
+    pub headers: Vec<(String, Option<String>)>,
 }
 
 /// The rows one transaction publishes, in id order.
@@ -61,6 +66,58 @@ impl OutboxBatch {
     }
 }
 
+/// A piece of a routed source's topic: text, or the value of the select's
+/// extra column at this index.
+#[derive(Clone, Debug)]
+enum RoutePart {
+    Text(String),
+    Column(usize),
+}
+
+/// How a source's messages are made besides the row's object: its body
+/// from one column, its topic from columns, headers from columns. Their
+/// values are extra text columns after the object's fields.
+#[derive(Clone, Debug, Default)]
+struct Shape {
+    /// The body is extra column 0.
+    body: bool,
+    route: Vec<RoutePart>,
+    headers: Vec<String>,
+    /// Extra column of the first header.
+    headers_at: usize,
+    extras: usize,
+}
+
+impl Shape {
+    /// The row's topic, or why it has none: a NULL or a value outside the
+    /// topic alphabet (letters, digits, `.`, `_`, `-`) in a routed column.
+    fn topic<'a>(&self, extra: &impl Fn(usize) -> Option<&'a str>) -> Result<String, String> {
+        let mut topic = String::new();
+        for part in &self.route {
+            match part {
+                RoutePart::Text(text) => topic.push_str(text),
+                RoutePart::Column(i) => {
+                    let value = extra(*i).ok_or("the topic column is NULL")?;
+                    if value.is_empty()
+                        || !value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                    {
+                        return Err(format!(
+                            "`{value}` makes no topic name (letters, digits, `.`, `_`, `-` only)"
+                        ));
+                    }
+                    topic.push_str(value);
+                }
+            }
+        }
+        if topic.len() > 249 {
+            return Err(format!("topic `{topic}` is longer than 249 characters"));
+        }
+        Ok(topic)
+    }
+}
+
 /// A source table whose definition was checked against the live table.
 #[derive(Clone, Debug)]
 pub struct OutboxSource {
@@ -70,6 +127,8 @@ pub struct OutboxSource {
     pub shard: Shard,
     /// Its row in `outbox_scan_positions`.
     pub position_key: String,
+    /// What a message is made of besides the row's object (see [`Shape`]).
+    shape: Shape,
     fetch_sql: String,
     mark_sql: String,
     mark_range_sql: String,
@@ -89,6 +148,8 @@ pub struct OutboxSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    #[error("flow `{flow}`: {reason}")]
+    Route { flow: String, reason: String },
     #[error("flow `{flow}`: source table {table} does not exist")]
     MissingTable { flow: String, table: String },
     #[error("flow `{flow}`: source table {table} has no column {column}")]
@@ -286,12 +347,55 @@ impl OutboxSource {
         let mut exprs = Vec::with_capacity(source.columns.len());
         for column in &source.columns {
             expect(column.as_str(), "", &[])?;
+            if source.body.is_some() {
+                // The body is one column's value: no object to build.
+                continue;
+            }
             let data_type = type_of(column.as_str()).unwrap_or_default();
             let (expr, kind) =
                 row_json::select(&format!("src.{}", column.pg()), data_type, source.times);
             exprs.push(expr);
             fields.push(Field::new(column.as_str(), kind));
         }
+        // After the object's fields: the body, the route's and the headers'
+        // columns, as text.
+        let mut extras = Vec::new();
+        if let Some(body) = &source.body {
+            expect(
+                body.as_str(),
+                "json, jsonb or text",
+                &["json", "jsonb", "text", "character varying"],
+            )?;
+            extras.push(body.clone());
+        }
+        let route = if source.routed() {
+            let parts = source.topic_parts().map_err(|reason| SourceError::Route {
+                flow: flow.into(),
+                reason,
+            })?;
+            parts
+                .into_iter()
+                .map(|part| match part {
+                    flows::TopicPart::Text(text) => RoutePart::Text(text),
+                    flows::TopicPart::Column(column) => {
+                        extras.push(column);
+                        RoutePart::Column(extras.len() - 1)
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let headers_at = extras.len();
+        extras.extend(source.headers.iter().cloned());
+        exprs.extend(extras.iter().map(|c| format!("(src.{})::text", c.pg())));
+        let shape = Shape {
+            body: source.body.is_some(),
+            route,
+            headers: source.headers.iter().map(ToString::to_string).collect(),
+            headers_at,
+            extras: extras.len(),
+        };
         let key = flows::ident::Ident::new(source.key_column())
             .map(|k| k.pg())
             .unwrap_or_else(|_| "\"id\"".into());
@@ -400,6 +504,7 @@ impl OutboxSource {
             look_sql,
             sweep_sql,
             by_flag_sql,
+            shape,
             last_id_sql: format!("SELECT max(src.\"id\")::int8 FROM {t} AS src"),
             extent_sql: format!(
                 "SELECT min(\"id\")::int8, max(\"id\")::int8, \
@@ -437,15 +542,37 @@ impl OutboxSource {
 
     fn batch_of(&self, rows: &[tokio_postgres::Row]) -> OutboxBatch {
         let mut messages = Vec::with_capacity(rows.len());
-        let end = 2 + self.fields.len();
+        let extras = 2 + self.fields.len();
+        let end = extras + self.shape.extras;
         for row in rows {
-            let mut payload = String::with_capacity(64 * self.fields.len());
-            let values = (2..end).map(|i| row.get::<_, Option<&str>>(i));
-            row_json::write_object(&mut payload, &self.fields, values);
+            let extra = |i: usize| row.get::<_, Option<&str>>(extras + i);
+            let payload = if self.shape.body {
+                extra(0).unwrap_or("null").to_owned()
+            } else {
+                let mut payload = String::with_capacity(64 * self.fields.len());
+                let values = (2..extras).map(|i| row.get::<_, Option<&str>>(i));
+                row_json::write_object(&mut payload, &self.fields, values);
+                payload
+            };
+            let topic = (!self.shape.route.is_empty()).then(|| self.shape.topic(&extra));
+            let headers = self
+                .shape
+                .headers
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    (
+                        name.clone(),
+                        extra(self.shape.headers_at + i).map(str::to_owned),
+                    )
+                })
+                .collect();
             messages.push(OutboxMessage {
                 id: row.get(0),
                 key: row.get(1),
                 payload,
+                topic,
+                headers,
             });
         }
         let passed = match rows.first() {

@@ -14,12 +14,14 @@ use crate::config::FlushPolicy;
 use crate::dead_letter::DeadLetter;
 
 /// Where a consumed message came from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Origin<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<&'a [u8]>,
+    /// Looked at only when a target takes a column from a header.
+    pub headers: Option<&'a rdkafka::message::BorrowedHeaders>,
 }
 
 /// Rows, dead letters and offsets accumulated since the last flush.
@@ -71,7 +73,7 @@ impl PendingBatch {
         };
         let o = partitions.entry(origin.partition).or_insert(next);
         *o = (*o).max(next);
-        if let Err(reason) = self.encode(plans, targets, payload) {
+        if let Err(reason) = self.encode(plans, targets, payload, origin.headers) {
             self.bytes += payload.map_or(0, <[u8]>::len);
             self.dead_letters.push(DeadLetter {
                 topic: origin.topic.to_owned(),
@@ -90,6 +92,7 @@ impl PendingBatch {
         plans: &[TablePlan],
         targets: &[usize],
         payload: Option<&[u8]>,
+        headers: Option<&rdkafka::message::BorrowedHeaders>,
     ) -> Result<(), String> {
         let payload = payload.ok_or_else(|| "empty message (no payload)".to_owned())?;
         if payload.len() > self.max_message_bytes {
@@ -99,11 +102,27 @@ impl PendingBatch {
                 self.max_message_bytes
             ));
         }
-        let message: Map<String, Value> = match serde_json::from_slice(payload) {
+        let mut message: Map<String, Value> = match serde_json::from_slice(payload) {
             Ok(Value::Object(map)) => map,
             Ok(_) => return Err("message is JSON but not an object".to_owned()),
             Err(e) => return Err(format!("malformed JSON: {e}")),
         };
+        for &t in targets {
+            for name in &plans[t].headers {
+                let value = headers.and_then(|h| {
+                    use rdkafka::message::Headers;
+                    h.iter()
+                        .find(|header| header.key == name.as_str())
+                        .and_then(|header| header.value)
+                });
+                let value = match value.map(std::str::from_utf8) {
+                    Some(Ok(text)) => Value::String(text.to_owned()),
+                    Some(Err(_)) => return Err(format!("header {name} is not UTF-8")),
+                    None => Value::Null,
+                };
+                message.insert(crate::clickhouse::schema::header_field(name), value);
+            }
+        }
         let marks: Vec<usize> = targets.iter().map(|&t| self.tables[t].len()).collect();
         for &t in targets {
             if let Err(EncodeError { column, reason }) =
@@ -189,12 +208,14 @@ mod tests {
                 topic: "t".into(),
                 columns: vec![col("id", ChType::UInt64)],
                 insert_sql: String::new(),
+                headers: Vec::new(),
             },
             TablePlan {
                 table: "b".into(),
                 topic: "t".into(),
                 columns: vec![col("id", ChType::UInt64), col("v", ChType::String)],
                 insert_sql: String::new(),
+                headers: Vec::new(),
             },
         ]
     }
@@ -205,6 +226,7 @@ mod tests {
             partition: 0,
             offset,
             key: None,
+            headers: None,
         }
     }
 

@@ -170,6 +170,7 @@ impl FlowSink {
                                 partition: message.partition(),
                                 offset: message.offset(),
                                 key: message.key(),
+                                headers: message.headers(),
                             };
                             let targets = topics.get(message.topic()).map_or(&[][..], Vec::as_slice);
                             batch.add_message(&plans, targets, origin, message.payload());

@@ -46,6 +46,15 @@ pub struct TablePlan {
     pub columns: Vec<ColumnPlan>,
     /// `INSERT INTO t (cols) FORMAT RowBinary`, identifiers quoted.
     pub insert_sql: String,
+    /// Kafka headers some column is filled from (their values join the
+    /// message's fields as [`header_field`]).
+    pub headers: Vec<String>,
+}
+
+/// The message field a header's value is decoded into: a name no JSON body
+/// field can collide with.
+pub fn header_field(header: &str) -> String {
+    format!("\u{1}header:{header}")
 }
 
 /// `fields`: the message fields the topic is known to carry (the columns of
@@ -73,7 +82,12 @@ pub async fn plan_table(
             table,
         });
     }
-    for mapped in target.columns.keys().chain(target.constants.keys()) {
+    for mapped in target
+        .columns
+        .keys()
+        .chain(target.constants.keys())
+        .chain(target.headers.keys())
+    {
         if !rows.iter().any(|(name, _, _)| name == mapped.as_str()) {
             return Err(SchemaError::MissingColumn {
                 flow: flow.into(),
@@ -84,11 +98,17 @@ pub async fn plan_table(
     }
     let mut columns = Vec::new();
     for (name, type_name, default_kind) in rows {
+        let header = target
+            .headers
+            .iter()
+            .find(|(c, _)| c.as_str() == name)
+            .map(|(_, h)| h.clone());
         let mapped = target
             .columns
             .iter()
             .find(|(c, _)| c.as_str() == name)
-            .map(|(_, f)| f.clone());
+            .map(|(_, f)| f.clone())
+            .or_else(|| header.as_deref().map(header_field));
         let constant = target
             .constants
             .iter()
@@ -103,6 +123,7 @@ pub async fn plan_table(
             None => name.clone(),
         };
         if constant.is_none()
+            && header.is_none()
             && let Some(known) = fields
             && !known.iter().any(|f| f == &field)
         {
@@ -136,6 +157,7 @@ pub async fn plan_table(
         names.join(", ")
     );
     Ok(TablePlan {
+        headers: target.headers.values().cloned().collect(),
         table,
         topic: target.topic.clone(),
         columns,
@@ -258,6 +280,7 @@ mod tests {
                 })
                 .collect(),
             insert_sql: String::new(),
+            headers: Vec::new(),
         }
     }
 
