@@ -48,6 +48,17 @@ ensure_postgres() {
             as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
         fi
     fi
+    # The relay stamps each message with its row's commit time where
+    # Postgres keeps it (README, "Freshness").
+    local conf=/etc/postgresql/$version/main/conf.d/outbox-relay.conf
+    if ! as_root grep -qs '^track_commit_timestamp = on' "$conf"; then
+        log "PostgreSQL $version: track_commit_timestamp = on ($conf)"
+        as_root mkdir -p "$(dirname "$conf")"
+        echo 'track_commit_timestamp = on' | as_root tee "$conf" >/dev/null
+        if pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; then
+            as_root pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+        fi
+    fi
     if pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; then return 0; fi
     log "starting PostgreSQL $version"
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true

@@ -676,6 +676,33 @@ pub async fn latency(
             "",
         ));
     }
+    // The product's own figure beside the outside one: the sink's
+    // `sink_freshness_seconds` (commit time stamped by the relay to
+    // ClickHouse accepting the row), warm-up row included.
+    if let Some((_, sum, count)) =
+        crate::setup::histogram_means(&sink_phases, "sink_freshness_seconds", "table")
+            .into_iter()
+            .find(|(_, _, count)| *count > 0.0)
+    {
+        figures.push(figure(
+            &format!("{label}: the sink's own freshness, mean"),
+            sum / count * 1000.0,
+            "ms",
+            format!("{count} rows, from sink_freshness_seconds"),
+        ));
+        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+            if let Some(le) =
+                crate::setup::bucket_quantile(&sink_phases, "sink_freshness_seconds", q)
+            {
+                figures.push(figure(
+                    &format!("{label}: the sink's own freshness, {name} (bucket bound)"),
+                    le * 1000.0,
+                    "ms",
+                    "",
+                ));
+            }
+        }
+    }
     let stage = |side: &str| format!("{label}, stage: {side}");
     figures.extend(phase_figures(
         &stage("relay"),

@@ -244,6 +244,9 @@ impl Publisher {
                 BaseRecord::with_opaque_to(topic, usize::try_from(message.id).unwrap_or(0))
                     .payload(message.payload.as_bytes())
                     .headers(headers);
+            if let Some(stamp) = message.stamp {
+                record = record.timestamp(stamp);
+            }
             if let Some(key) = &message.key {
                 record = record.key(key.as_bytes());
             }

@@ -20,6 +20,9 @@ pub struct OutboxMessage {
     pub topic: Option<Result<String, String>>,
     /// Columns sent as headers: (name, text value).
     pub headers: Vec<(String, Option<String>)>,
+    /// The record's timestamp, Unix ms: the row's commit time, or when the
+    /// relay read it (see `OutboxSource::inspect`).
+    pub stamp: Option<i64>,
 }
 
 /// The rows one transaction publishes, in id order.
@@ -85,6 +88,8 @@ struct Shape {
     headers: Vec<String>,
     /// Extra column of the first header.
     headers_at: usize,
+    /// Extra column of the message's timestamp (Unix ms).
+    stamp_at: usize,
     extras: usize,
 }
 
@@ -389,12 +394,29 @@ impl OutboxSource {
         let headers_at = extras.len();
         extras.extend(source.headers.iter().cloned());
         exprs.extend(extras.iter().map(|c| format!("(src.{})::text", c.pg())));
+        // The message's timestamp (the sink's freshness measure): the row's
+        // commit time where Postgres keeps it (`track_commit_timestamp`),
+        // else when this fetch began — at most the wake-up after the commit.
+        let commit_times: bool = client
+            .query_one(
+                "SELECT current_setting('track_commit_timestamp') = 'on'",
+                &[],
+            )
+            .await?
+            .get(0);
+        let stamp = if commit_times {
+            "coalesce(pg_xact_commit_timestamp(src.xmin), statement_timestamp())"
+        } else {
+            "statement_timestamp()"
+        };
+        exprs.push(format!("(extract(epoch FROM {stamp}) * 1000)::int8::text"));
         let shape = Shape {
             body: source.body.is_some(),
             route,
             headers: source.headers.iter().map(ToString::to_string).collect(),
             headers_at,
-            extras: extras.len(),
+            stamp_at: extras.len(),
+            extras: extras.len() + 1,
         };
         let key = flows::ident::Ident::new(source.key_column())
             .map(|k| k.pg())
@@ -573,6 +595,7 @@ impl OutboxSource {
                 payload,
                 topic,
                 headers,
+                stamp: extra(self.shape.stamp_at).and_then(|t| t.parse().ok()),
             });
         }
         let passed = match rows.first() {

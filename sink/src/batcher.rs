@@ -22,12 +22,16 @@ pub struct Origin<'a> {
     pub key: Option<&'a [u8]>,
     /// Looked at only when a target takes a column from a header.
     pub headers: Option<&'a rdkafka::message::BorrowedHeaders>,
+    /// The record's timestamp, Unix ms (the relay's: the row's commit).
+    pub timestamp: Option<i64>,
 }
 
 /// Rows, dead letters and offsets accumulated since the last flush.
 pub struct PendingBatch {
     pub tables: Vec<BytesMut>,
     pub rows_per_table: Vec<usize>,
+    /// Per table, the timestamps of its rows (freshness, see `flow_sink`).
+    pub stamps: Vec<Vec<i64>>,
     pub dead_letters: Vec<DeadLetter>,
     /// topic → partition → next offset to commit.
     offsets: BTreeMap<String, BTreeMap<i32, i64>>,
@@ -43,6 +47,7 @@ impl PendingBatch {
         Self {
             tables: (0..tables).map(|_| BytesMut::new()).collect(),
             rows_per_table: vec![0; tables],
+            stamps: vec![Vec::new(); tables],
             dead_letters: Vec::new(),
             offsets: BTreeMap::new(),
             rows: 0,
@@ -73,7 +78,13 @@ impl PendingBatch {
         };
         let o = partitions.entry(origin.partition).or_insert(next);
         *o = (*o).max(next);
-        if let Err(reason) = self.encode(plans, targets, payload, origin.headers) {
+        let encoded = self.encode(plans, targets, payload, origin.headers);
+        if let (Ok(()), Some(stamp)) = (&encoded, origin.timestamp) {
+            for &t in targets {
+                self.stamps[t].push(stamp);
+            }
+        }
+        if let Err(reason) = encoded {
             self.bytes += payload.map_or(0, <[u8]>::len);
             self.dead_letters.push(DeadLetter {
                 topic: origin.topic.to_owned(),
@@ -144,6 +155,11 @@ impl PendingBatch {
         }
         self.rows += 1;
         Ok(())
+    }
+
+    /// The oldest row timestamp in the batch, Unix ms.
+    pub fn oldest_stamp(&self) -> Option<i64> {
+        self.stamps.iter().flatten().min().copied()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -227,6 +243,7 @@ mod tests {
             offset,
             key: None,
             headers: None,
+            timestamp: None,
         }
     }
 

@@ -28,6 +28,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "SINK_METRICS_ADDR",
     "SINK_STALL_AFTER_MS",
     "SINK_SCHEMA_CHECK_MS",
+    "SINK_MAX_FRESHNESS_MS",
     "SINK_DASHBOARD_ADDR",
     "SINK_GROUP_INSTANCE_ID",
     "FLOWS",
@@ -77,6 +78,9 @@ pub struct SinkConfig {
     /// added is loaded and one dropped or narrowed is refused (see
     /// `clickhouse::schema::judge`).
     pub schema_check: std::time::Duration,
+    /// Rows loaded later than this after their commit, for `stall_after`,
+    /// make the flow not ready (`None`: off).
+    pub max_freshness: Option<std::time::Duration>,
 }
 
 /// Settings the `migrate` command needs: only ClickHouse.
@@ -149,6 +153,16 @@ impl SinkConfig {
                 "SINK_METRICS_ADDR",
                 &env.string_or("SINK_METRICS_ADDR", "127.0.0.1:9102"),
             )?,
+            max_freshness: match env.parse_or::<u64>("SINK_MAX_FRESHNESS_MS", 0) {
+                Ok(0) => None,
+                Ok(ms) => Some(std::time::Duration::from_millis(ms)),
+                Err(_) => {
+                    return Err(flows::SettingError::new(
+                        "SINK_MAX_FRESHNESS_MS",
+                        "expected a whole number of milliseconds (0: off)",
+                    ));
+                }
+            },
             schema_check: std::time::Duration::from_millis(
                 env.positive_or("SINK_SCHEMA_CHECK_MS", 5_000)?,
             ),

@@ -130,6 +130,13 @@ impl FlowSink {
             self.config.schema_check,
         );
         schema_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Freshness against SINK_MAX_FRESHNESS_MS: the worst of the last
+        // stored batch, and the oldest row not yet stored.
+        let last_freshness = std::sync::atomic::AtomicI64::new(0);
+        let mut storing_oldest: Option<i64> = None;
+        let mut late_since: Option<Instant> = None;
+        let mut freshness_check = tokio::time::interval(FRESHNESS_CHECK_EVERY);
+        freshness_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // One batch may be storing while the next fills: flushes run one at
         // a time and in order, so offsets are still committed in order, and
         // a flush that gave up (shutdown) stops everything after it.
@@ -154,8 +161,13 @@ impl FlowSink {
                 _ = schema_check.tick() => {
                     adopted = self.check_schema(&plans, &mut refusals).await;
                 }
+                _ = freshness_check.tick(), if self.config.max_freshness.is_some() => {
+                    let oldest = [storing_oldest, batch.oldest_stamp()].into_iter().flatten().min();
+                    self.judge_freshness(oldest, &last_freshness, &mut late_since);
+                }
                 stored = async { storing.as_mut().expect("guarded").await }, if storing.is_some() => {
                     storing = None;
+                    storing_oldest = None;
                     if !stored {
                         clean = false;
                         break;
@@ -171,6 +183,7 @@ impl FlowSink {
                                 offset: message.offset(),
                                 key: message.key(),
                                 headers: message.headers(),
+                                timestamp: message.timestamp().to_millis(),
                             };
                             let targets = topics.get(message.topic()).map_or(&[][..], Vec::as_slice);
                             batch.add_message(&plans, targets, origin, message.payload());
@@ -211,6 +224,7 @@ impl FlowSink {
                     clean = false;
                     break;
                 }
+                storing_oldest = batch.oldest_stamp();
                 let full = std::mem::replace(
                     &mut batch,
                     PendingBatch::new(self.plans.len(), self.config.max_message_bytes),
@@ -218,6 +232,7 @@ impl FlowSink {
                 storing = Some(Box::pin(self.flush(
                     full,
                     Arc::clone(&plans),
+                    &last_freshness,
                     &consumer,
                     &dlq,
                     &shutdown,
@@ -246,8 +261,16 @@ impl FlowSink {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 stop_retrying.cancel();
             });
-            self.flush(batch, plans, &consumer, &dlq, &finishing, &stats)
-                .await;
+            self.flush(
+                batch,
+                plans,
+                &last_freshness,
+                &consumer,
+                &dlq,
+                &finishing,
+                &stats,
+            )
+            .await;
             grace.abort();
         }
         lag_probe.abort();
@@ -262,6 +285,7 @@ impl FlowSink {
         &self,
         mut batch: PendingBatch,
         plans: Arc<Vec<TablePlan>>,
+        freshness: &std::sync::atomic::AtomicI64,
         consumer: &Arc<GroupConsumer>,
         dlq: &DeadLetterQueue,
         stop: &CancellationToken,
@@ -271,6 +295,7 @@ impl FlowSink {
         let started = Instant::now();
         stats.fill.observe_duration(batch.age(started));
         let mut backoff = Backoff::default();
+        let mut worst_ms = 0;
         for (i, plan) in plans.iter().enumerate() {
             if batch.rows_per_table[i] == 0 {
                 continue;
@@ -283,6 +308,7 @@ impl FlowSink {
                         if refused {
                             self.refused(plan, None);
                         }
+                        worst_ms = worst_ms.max(self.observe_freshness(plan, &batch.stamps[i]));
                         self.metrics
                             .counter(
                                 "sink_rows_inserted_total",
@@ -350,6 +376,7 @@ impl FlowSink {
                 self.health.unblock(DEAD_LETTERS);
             }
         }
+        freshness.store(worst_ms, std::sync::atomic::Ordering::Relaxed);
         daemon::failpoint::hit_async("sink-after-insert").await;
         let inserted = Instant::now();
         stats.insert.observe_duration(inserted - started);
@@ -409,6 +436,63 @@ impl FlowSink {
 }
 
 impl FlowSink {
+    /// Records, per row just accepted by ClickHouse, the time since its
+    /// commit (`sink_freshness_seconds`); returns the worst, in ms.
+    fn observe_freshness(&self, plan: &TablePlan, stamps: &[i64]) -> i64 {
+        if stamps.is_empty() {
+            return 0;
+        }
+        let histogram = self.metrics.histogram(
+            "sink_freshness_seconds",
+            "Per row loaded: time from its commit in Postgres (the relay's record timestamp) to ClickHouse accepting it.",
+            FRESHNESS_SECONDS,
+            &[("flow", self.flow.name.as_str()), ("table", &plan.table)],
+        );
+        let now = unix_ms();
+        let mut worst = 0;
+        for &stamp in stamps {
+            let ms = (now - stamp).max(0);
+            worst = worst.max(ms);
+            histogram.observe(ms as f64 / 1000.0);
+        }
+        worst
+    }
+
+    /// Holds the flow not ready while rows arrive later than
+    /// SINK_MAX_FRESHNESS_MS after their commit — the last batch stored, or
+    /// the oldest row still waiting (`oldest`, Unix ms) — for the stall
+    /// window; clears it once they are on time.
+    fn judge_freshness(
+        &self,
+        oldest: Option<i64>,
+        last_freshness: &std::sync::atomic::AtomicI64,
+        late_since: &mut Option<Instant>,
+    ) {
+        let Some(bound) = self.config.max_freshness else {
+            return;
+        };
+        let waiting = oldest.map_or(0, |o| (unix_ms() - o).max(0));
+        let worst = waiting.max(last_freshness.load(std::sync::atomic::Ordering::Relaxed));
+        let bound_ms = bound.as_millis() as i64;
+        if worst <= bound_ms {
+            if late_since.take().is_some() {
+                tracing::info!(flow = %self.flow.name, worst_ms = worst, "rows arrive within SINK_MAX_FRESHNESS_MS again");
+            }
+            self.health.unblock(FRESHNESS);
+            return;
+        }
+        let since = *late_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.config.stall_after {
+            self.health.block(
+                FRESHNESS,
+                &format!(
+                    "rows loaded {worst} ms after their commit, over SINK_MAX_FRESHNESS_MS ({bound_ms} ms), for {} s",
+                    since.elapsed().as_secs()
+                ),
+            );
+        }
+    }
+
     /// Reads each target table's columns again and judges the change
     /// against the plan in use (`schema::judge`): returns the new plans when
     /// one is adopted (a Nullable column added, a type widened); a change
@@ -514,6 +598,20 @@ impl FlowSink {
 
 /// The health cause of dead letters that cannot be written.
 const DEAD_LETTERS: &str = "dead-letters";
+/// The health cause of rows arriving later than SINK_MAX_FRESHNESS_MS.
+const FRESHNESS: &str = "freshness";
+/// How often freshness is judged against its bound.
+const FRESHNESS_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// Bucket bounds of `sink_freshness_seconds`: milliseconds to a minute.
+const FRESHNESS_SECONDS: &[f64] = &[
+    0.005, 0.01, 0.02, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
