@@ -89,6 +89,13 @@ async fn the_dashboard_shows_each_flow_and_draws_the_sales_charts() -> anyhow::R
     assert_eq!(flow["relay"]["published"], 9.0, "{flow}");
     assert!(flow["relay"]["last_publish"].is_string(), "{flow}");
     assert!(flow["sink"]["last_insert"].is_string(), "{flow}");
+    // Freshness over the last minutes, from the sink's histogram: the 9
+    // rows, with a p99 bound.
+    let fresh = &flow["sink"]["freshness"];
+    assert!(
+        fresh["rows"].as_f64() == Some(9.0) && fresh["p99_ms"].is_number(),
+        "{flow}"
+    );
     let tables = flow["sink"]["tables"].to_string();
     assert!(
         tables.contains(r#"{"rows":5,"table":"sales"}"#)

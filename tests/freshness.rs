@@ -28,7 +28,12 @@ fn histogram(text: &str) -> (f64, f64, Vec<(f64, f64)>) {
         } else if line.starts_with("sink_freshness_seconds_sum") {
             sum = value;
         } else if line.starts_with("sink_freshness_seconds_bucket")
-            && let Some(le) = line.split("le=\"").nth(1).and_then(|r| r.split('"').next())
+            && let Some(le) = line
+                .split('{')
+                .nth(1)
+                .and_then(|l| l.split('}').next())
+                .and_then(|l| l.split(',').find_map(|pair| pair.strip_prefix("le=")))
+                .map(|le| le.trim_matches('"'))
         {
             let le = if le == "+Inf" {
                 f64::INFINITY

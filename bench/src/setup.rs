@@ -265,7 +265,12 @@ pub fn bucket_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
         .lines()
         .filter(|l| l.starts_with(&format!("{name}_bucket")))
     {
-        let le = line.split("le=\"").nth(1)?.split('"').next()?;
+        // `le` exactly (`table="…"` ends in `le=` too).
+        let labels = line.split('{').nth(1)?.split('}').next()?;
+        let le = labels
+            .split(',')
+            .find_map(|pair| pair.strip_prefix("le="))?
+            .trim_matches('"');
         let le = if le == "+Inf" {
             f64::INFINITY
         } else {

@@ -132,7 +132,6 @@ impl FlowSink {
         schema_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Freshness against SINK_MAX_FRESHNESS_MS: the worst of the last
         // stored batch, and the oldest row not yet stored.
-        let last_freshness = std::sync::atomic::AtomicI64::new(0);
         let mut storing_oldest: Option<i64> = None;
         let mut late_since: Option<Instant> = None;
         let mut freshness_check = tokio::time::interval(FRESHNESS_CHECK_EVERY);
@@ -163,7 +162,7 @@ impl FlowSink {
                 }
                 _ = freshness_check.tick(), if self.config.max_freshness.is_some() => {
                     let oldest = [storing_oldest, batch.oldest_stamp()].into_iter().flatten().min();
-                    self.judge_freshness(oldest, &last_freshness, &mut late_since);
+                    self.judge_freshness(oldest, &stats.last_freshness_ms, &mut late_since);
                 }
                 stored = async { storing.as_mut().expect("guarded").await }, if storing.is_some() => {
                     storing = None;
@@ -232,7 +231,6 @@ impl FlowSink {
                 storing = Some(Box::pin(self.flush(
                     full,
                     Arc::clone(&plans),
-                    &last_freshness,
                     &consumer,
                     &dlq,
                     &shutdown,
@@ -261,16 +259,8 @@ impl FlowSink {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 stop_retrying.cancel();
             });
-            self.flush(
-                batch,
-                plans,
-                &last_freshness,
-                &consumer,
-                &dlq,
-                &finishing,
-                &stats,
-            )
-            .await;
+            self.flush(batch, plans, &consumer, &dlq, &finishing, &stats)
+                .await;
             grace.abort();
         }
         lag_probe.abort();
@@ -285,7 +275,6 @@ impl FlowSink {
         &self,
         mut batch: PendingBatch,
         plans: Arc<Vec<TablePlan>>,
-        freshness: &std::sync::atomic::AtomicI64,
         consumer: &Arc<GroupConsumer>,
         dlq: &DeadLetterQueue,
         stop: &CancellationToken,
@@ -376,7 +365,9 @@ impl FlowSink {
                 self.health.unblock(DEAD_LETTERS);
             }
         }
-        freshness.store(worst_ms, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .last_freshness_ms
+            .store(worst_ms, std::sync::atomic::Ordering::Relaxed);
         daemon::failpoint::hit_async("sink-after-insert").await;
         let inserted = Instant::now();
         stats.insert.observe_duration(inserted - started);

@@ -14,6 +14,9 @@ pub struct SinkStats {
     pub fill: Histogram,
     pub insert: Histogram,
     pub commit: Histogram,
+    /// The worst freshness of the last batch stored, ms (judged against
+    /// SINK_MAX_FRESHNESS_MS, see `flow_sink`).
+    pub last_freshness_ms: std::sync::atomic::AtomicI64,
 }
 
 const PHASE_HELP: &str = "Time per batch in each phase: fill (first message to flush), insert (ClickHouse, all tables, retries included), commit (Kafka offsets).";
@@ -29,6 +32,7 @@ impl SinkStats {
             )
         };
         Self {
+            last_freshness_ms: std::sync::atomic::AtomicI64::new(0),
             messages_read: metrics.counter(
                 "sink_messages_read_total",
                 "Messages taken from Kafka (dead-lettered ones included; a message read again after a restart counts again).",

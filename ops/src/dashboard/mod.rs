@@ -10,6 +10,7 @@
 //! many pages are open.
 
 mod cache;
+mod freshness;
 mod sales;
 mod status;
 
@@ -86,11 +87,17 @@ pub async fn serve(
     let addr = config.addr;
     let config = std::sync::Arc::new(config);
     let cache = std::sync::Arc::new(cache::SnapshotCache::new(cache::MAX_AGE));
+    let recent = std::sync::Arc::new(freshness::Recent::default());
     let api = move || {
-        let (config, client, cache) = (config.clone(), client.clone(), cache.clone());
+        let (config, client, cache, recent) = (
+            config.clone(),
+            client.clone(),
+            cache.clone(),
+            recent.clone(),
+        );
         async move {
             let body = cache
-                .get(|| async { snapshot(&config, &client).await.to_string() })
+                .get(|| async { snapshot(&config, &client, &recent).await.to_string() })
                 .await;
             (
                 [(header::CONTENT_TYPE, "application/json")],
@@ -111,8 +118,12 @@ pub async fn serve(
 
 /// Everything the page shows, as one JSON document. A part that cannot be
 /// read says why in its `error` field instead of failing the whole page.
-pub async fn snapshot(config: &DashboardConfig, client: &clickhouse::Client) -> serde_json::Value {
-    let status = status::flows(config, client).await;
+async fn snapshot(
+    config: &DashboardConfig,
+    client: &clickhouse::Client,
+    recent: &freshness::Recent,
+) -> serde_json::Value {
+    let status = status::flows(config, client, recent).await;
     let sales = if config.flows.iter().any(|f| f.name.as_str() == "sales") {
         match sales::dashboard(client).await {
             Ok(v) => v,

@@ -87,13 +87,18 @@ async fn table_rows(
     Ok(rows.into_iter().collect())
 }
 
-pub async fn flows(config: &DashboardConfig, client: &clickhouse::Client) -> Status {
+pub async fn flows(
+    config: &DashboardConfig,
+    client: &clickhouse::Client,
+    recent: &super::freshness::Recent,
+) -> Status {
     let (relay, sink, rows) = tokio::join!(
         DaemonReport::read("relay", config.relay_metrics.as_deref()),
         DaemonReport::read("sink", config.sink_metrics.as_deref()),
         table_rows(client),
     );
     let rows_error = rows.as_ref().err().map(|e| e.to_string());
+    let freshness = recent.observe(sink.view.metrics.as_deref());
     let rows = rows.unwrap_or_default();
     let flows = config
         .flows
@@ -124,6 +129,13 @@ pub async fn flows(config: &DashboardConfig, client: &clickhouse::Client) -> Sta
                     "inserted": sink.sum("sink_rows_inserted_total", &f),
                     "dead_letters": sink.sum("sink_dead_letters_total", &f),
                     "last_insert": sink.time("sink_last_insert_timestamp_seconds", name),
+                    "freshness": freshness.get(name).map(|f| json!({
+                        "rows": f.rows,
+                        "p50_ms": f.p50_ms.filter(|v| v.is_finite()),
+                        "p99_ms": f.p99_ms.filter(|v| v.is_finite()),
+                        "over_60s": f.p99_ms.is_some_and(f64::is_infinite),
+                        "window_s": f.window_s,
+                    })),
                     "tables": tables
                         .iter()
                         .map(|t| json!({ "table": t, "rows": rows.get(*t).copied().unwrap_or(0) }))
