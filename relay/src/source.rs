@@ -409,7 +409,9 @@ impl OutboxSource {
         } else {
             "statement_timestamp()"
         };
-        exprs.push(format!("(extract(epoch FROM {stamp}) * 1000)::int8::text"));
+        // As a timestamptz, not text: numeric epoch arithmetic per row cost
+        // as much as the commit-time lookup itself.
+        exprs.push(stamp.to_owned());
         let shape = Shape {
             body: source.body.is_some(),
             route,
@@ -595,7 +597,10 @@ impl OutboxSource {
                 payload,
                 topic,
                 headers,
-                stamp: extra(self.shape.stamp_at).and_then(|t| t.parse().ok()),
+                stamp: row
+                    .get::<_, Option<std::time::SystemTime>>(extras + self.shape.stamp_at)
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as i64),
             });
         }
         let passed = match rows.first() {
