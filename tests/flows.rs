@@ -3,20 +3,13 @@
 //! their ClickHouse tables. Also a user's own flow from config and SQL alone,
 //! and flows that contradict their tables.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use daemon::metrics::Metrics;
 use outbox_tests::daemon::run_to_exit;
-use outbox_tests::{TestStack, wait_until};
+use outbox_tests::{TestStack, repo_path, wait_until};
 
 const ARRIVAL: Duration = Duration::from_secs(30);
-
-fn repo_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(rel)
-}
 
 async fn wait_rows(stack: &TestStack, table: &str, n: u64) {
     wait_until(&format!("{n} rows in {table}"), ARRIVAL, || async {

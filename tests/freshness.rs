@@ -15,35 +15,13 @@ const SETTLE: Duration = Duration::from_secs(60);
 /// (count, sum, cumulative count per upper bound) of the user_logins
 /// freshness histogram.
 fn histogram(text: &str) -> (f64, f64, Vec<(f64, f64)>) {
-    let labels = r#"flow="user_logins",table="user_logins""#;
-    let (mut count, mut sum, mut buckets) = (0.0, 0.0, Vec::new());
-    for line in text.lines().filter(|l| l.contains(labels)) {
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN);
-        if line.starts_with("sink_freshness_seconds_count") {
-            count = value;
-        } else if line.starts_with("sink_freshness_seconds_sum") {
-            sum = value;
-        } else if line.starts_with("sink_freshness_seconds_bucket")
-            && let Some(le) = line
-                .split('{')
-                .nth(1)
-                .and_then(|l| l.split('}').next())
-                .and_then(|l| l.split(',').find_map(|pair| pair.strip_prefix("le=")))
-                .map(|le| le.trim_matches('"'))
-        {
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().unwrap_or(f64::NAN)
-            };
-            buckets.push((le, value));
-        }
-    }
-    (count, sum, buckets)
+    let labels = [("flow", "user_logins"), ("table", "user_logins")];
+    let value = |name: &str| daemon::http::metric_value(text, name, &labels).unwrap_or(0.0);
+    (
+        value("sink_freshness_seconds_count"),
+        value("sink_freshness_seconds_sum"),
+        daemon::http::histogram_buckets(text, "sink_freshness_seconds", &labels),
+    )
 }
 
 fn env(stack: &TestStack, addr: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -9,15 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use outbox_tests::topic::{Isolation, read_all};
-use outbox_tests::{Daemon, TestStack, wait_until};
+use outbox_tests::{Daemon, TestStack, repo_path, wait_until};
 
 const SETTLE: Duration = Duration::from_secs(60);
-
-fn repo_path(p: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(p)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_outbox_table_routed_to_topics_by_column_and_loaded() -> anyhow::Result<()> {

@@ -690,10 +690,9 @@ pub async fn latency(
             "ms",
             format!("{count} rows, from sink_freshness_seconds"),
         ));
+        let buckets = daemon::http::histogram_buckets(&sink_phases, "sink_freshness_seconds", &[]);
         for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
-            if let Some(le) =
-                crate::setup::bucket_quantile(&sink_phases, "sink_freshness_seconds", q)
-            {
+            if let Some(le) = daemon::http::bucket_quantile(&buckets, q) {
                 figures.push(figure(
                     &format!("{label}: the sink's own freshness, {name} (bucket bound)"),
                     le * 1000.0,

@@ -256,40 +256,6 @@ pub fn free_addr() -> anyhow::Result<String> {
 
 /// Sum and count of every series of histogram `name` whose labels contain
 /// `label="…"`, keyed by that label's value.
-/// The upper bound of the bucket holding quantile `q` of histogram `name`
-/// (all its series summed): what a Prometheus `histogram_quantile` would
-/// round up to, in the histogram's unit.
-pub fn bucket_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
-    let mut buckets: Vec<(f64, f64)> = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}_bucket")))
-    {
-        // `le` exactly (`table="…"` ends in `le=` too).
-        let labels = line.split('{').nth(1)?.split('}').next()?;
-        let le = labels
-            .split(',')
-            .find_map(|pair| pair.strip_prefix("le="))?
-            .trim_matches('"');
-        let le = if le == "+Inf" {
-            f64::INFINITY
-        } else {
-            le.parse().ok()?
-        };
-        let n: f64 = line.rsplit(' ').next()?.parse().ok()?;
-        match buckets.iter_mut().find(|(b, _)| *b == le) {
-            Some((_, total)) => *total += n,
-            None => buckets.push((le, n)),
-        }
-    }
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let count = buckets.last()?.1;
-    buckets
-        .iter()
-        .find(|(_, n)| *n >= q * count)
-        .map(|(le, _)| *le)
-}
-
 pub fn histogram_means(text: &str, name: &str, label: &str) -> Vec<(String, f64, f64)> {
     let value_of = |line: &str| -> Option<(String, f64)> {
         let (series, value) = line.rsplit_once(' ')?;

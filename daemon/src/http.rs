@@ -232,30 +232,77 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
 /// The sum of every series of `name` whose labels include `labels` (e.g.
 /// a flow's lag over all its partitions); none when there is no such series.
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     let mut sum = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (labelset, value) = match rest.strip_prefix('{') {
-            Some(r) => match r.split_once("} ") {
-                Some(parts) => parts,
-                None => continue,
-            },
-            None => match rest.strip_prefix(' ') {
-                Some(v) => ("", v),
-                None => continue,
-            },
-        };
-        let present: Vec<&str> = labelset.split(',').collect();
-        if wanted.iter().all(|w| present.contains(&w.as_str()))
-            && let Ok(v) = value.trim().parse::<f64>()
-        {
-            *sum.get_or_insert(0.0) += v;
-        }
+    for (_, v) in series(text, name, labels) {
+        *sum.get_or_insert(0.0) += v;
     }
     sum
+}
+
+/// The series of `name` carrying all of `labels`: (their label set, value).
+fn series<'a>(
+    text: &'a str,
+    name: &'a str,
+    labels: &[(&str, &str)],
+) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    text.lines().filter_map(move |line| {
+        let rest = line.strip_prefix(name)?;
+        let (labelset, value) = match rest.strip_prefix('{') {
+            Some(r) => r.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        let present: Vec<&str> = labelset.split(',').collect();
+        if !wanted.iter().all(|w| present.contains(&w.as_str())) {
+            return None;
+        }
+        Some((labelset, value.trim().parse::<f64>().ok()?))
+    })
+}
+
+/// Histogram `name`'s buckets over the series carrying `labels`, summed:
+/// (upper bound, cumulative count), ascending (`+Inf` last).
+pub fn histogram_buckets(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    let bucket = format!("{name}_bucket");
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for (labelset, n) in series(text, &bucket, labels) {
+        // `le` exactly (`table="…"` ends in `le=` too).
+        let Some(le) = labelset
+            .split(',')
+            .find_map(|pair| pair.strip_prefix("le="))
+            .map(|le| le.trim_matches('"'))
+        else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            match le.parse() {
+                Ok(le) => le,
+                Err(_) => continue,
+            }
+        };
+        match buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, total)) => *total += n,
+            None => buckets.push((le, n)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The upper bound of the bucket holding quantile `q` of `buckets` (as
+/// from [`histogram_buckets`]): what Prometheus' `histogram_quantile`
+/// rounds up to. `None` without observations.
+pub fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let count = buckets.last()?.1;
+    if count <= 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, n)| *n >= q * count)
+        .map(|(le, _)| *le)
 }
 
 /// Parses a `host:port` setting; `off` disables the endpoint (`None`).
@@ -271,6 +318,21 @@ pub fn parse_addr(name: &str, value: &str) -> Result<Option<SocketAddr>, flows::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_buckets_sum_matching_series_and_read_le_exactly() {
+        let text = "h_bucket{flow=\"f\",table=\"t\",le=\"0.05\"} 90\n\
+                    h_bucket{flow=\"f\",table=\"u\",le=\"0.05\"} 10\n\
+                    h_bucket{flow=\"f\",table=\"t\",le=\"+Inf\"} 100\n\
+                    h_bucket{flow=\"f\",table=\"u\",le=\"+Inf\"} 100\n\
+                    h_bucket{flow=\"g\",table=\"t\",le=\"+Inf\"} 7\n";
+        let buckets = histogram_buckets(text, "h", &[("flow", "f")]);
+        assert_eq!(buckets, vec![(0.05, 100.0), (f64::INFINITY, 200.0)]);
+        assert_eq!(bucket_quantile(&buckets, 0.5), Some(0.05));
+        assert_eq!(bucket_quantile(&buckets, 0.99), Some(f64::INFINITY));
+        assert_eq!(bucket_quantile(&[], 0.5), None);
+        assert_eq!(metric_sum(text, "h_bucket", &[("table", "u")]), Some(110.0));
+    }
 
     #[tokio::test]
     async fn serves_metrics_and_health() {

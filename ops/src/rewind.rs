@@ -80,12 +80,7 @@ pub fn rewind(
     }
     let mut partitions = TopicPartitionList::new();
     for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)?;
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                partitions.add_partition(topic, p.id());
-            }
-        }
+        crate::sink_status::add_partitions(&consumer, topic, &mut partitions)?;
     }
     let committed = consumer.committed_offsets(partitions.clone(), KAFKA_TIMEOUT)?;
     let by_time = match to {

@@ -26,13 +26,8 @@ pub fn group_offsets(
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)?;
     let mut partitions = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            partitions.add_partition(topic, p.id());
-        }
-    }
+    add_partitions(&consumer, topic, &mut partitions)?;
     let committed = consumer.committed_offsets(partitions, KAFKA_TIMEOUT)?;
     let mut out = Vec::new();
     for e in committed.elements() {
@@ -45,6 +40,22 @@ pub fn group_offsets(
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// Adds every partition of `topic` (from the broker's metadata) to `list`.
+/// Blocking.
+pub fn add_partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    list: &mut TopicPartitionList,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)?;
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            list.add_partition(topic, p.id());
+        }
+    }
+    Ok(())
 }
 
 /// The report, one `key=value` line per fact.

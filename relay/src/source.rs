@@ -617,16 +617,17 @@ impl OutboxSource {
     }
 
     /// The lowest `limit` committed pending rows in `holes` (the scan's
-    /// holes, as lows and highs), not locked: called right after a keyset
-    /// fetch, in its transaction, then locked by [`Self::lock_from_holes`].
+    /// holes below a batch's range, as lows and highs), not locked: called
+    /// right after the batch's fetch (keyset or hole), in its transaction,
+    /// then locked by [`Self::lock_from_holes`].
     ///
     /// Why: a row that committed before a later row of the same key became
     /// visible is then published with it or before it, never after — the
-    /// keyset alone would publish the later row and leave the earlier one
+    /// fetch alone would publish the later row and leave the earlier one
     /// to the next look into the holes. This statement's snapshot is newer
-    /// than the keyset fetch's, so it sees every row committed before any
-    /// row that fetch saw. As many as `limit` means the holes may hold
-    /// more: the keyset's rows must then wait.
+    /// than the fetch's, so it sees every row committed before any row that
+    /// fetch saw. As many as `limit` means the holes may hold more: the
+    /// range's rows must then wait.
     pub async fn hole_candidates(
         &self,
         tx: &impl GenericClient,

@@ -29,6 +29,13 @@ pub mod topic;
 pub mod wait;
 
 pub use daemon::Daemon;
+
+/// A path in the repository (`rel` from its root), e.g. an example.
+pub fn repo_path(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+}
 pub use stack::TestStack;
 pub use wait::wait_until;
 

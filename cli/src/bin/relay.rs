@@ -221,19 +221,12 @@ async fn generate(
 }
 
 async fn replay(env: &Env, flow: &str, id: Option<i64>) -> Result<ExitCode, ExitCode> {
-    let catalog = setting(flows::settings::catalog(env))?;
-    let flow = setting(
-        catalog
-            .select(Some(&[flow.to_owned()]))
-            .map_err(|e| SettingError::new("--flow", e.to_string())),
-    )?;
+    let flow = one_flow(env, flow)?;
     let (mut client, _) = connect(env, "replay").await?;
-    for flow in &flow {
-        let n = ops::replay::replay(&mut client, flow, id)
-            .await
-            .map_err(|e| failure("relay replay", &connections::pg::detail(&e)))?;
-        println!("flow={} replayed={n}", flow.name);
-    }
+    let n = ops::replay::replay(&mut client, &flow, id)
+        .await
+        .map_err(|e| failure("relay replay", &connections::pg::detail(&e)))?;
+    println!("flow={} replayed={n}", flow.name);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -243,18 +236,7 @@ async fn prune(
     older_than: Option<&str>,
     dry_run: bool,
 ) -> Result<ExitCode, ExitCode> {
-    let catalog = setting(flows::settings::catalog(env))?;
-    let flows = setting(
-        catalog
-            .select(Some(&[flow.to_owned()]))
-            .map_err(|e| SettingError::new("--flow", e.to_string())),
-    )?;
-    let Some(flow) = flows.first() else {
-        return Err(bad_setting(
-            NAME,
-            &SettingError::new("--flow", "no such flow"),
-        ));
-    };
+    let flow = &one_flow(env, flow)?;
     let age = match (older_than, flow.retention) {
         (Some(text), _) => {
             setting(flows::parse_age(text).map_err(|e| SettingError::new("--older-than", e)))?
@@ -307,18 +289,7 @@ async fn resend(
     ids: Option<&str>,
     since: Option<&str>,
 ) -> Result<ExitCode, ExitCode> {
-    let catalog = setting(flows::settings::catalog(env))?;
-    let flows = setting(
-        catalog
-            .select(Some(&[flow.to_owned()]))
-            .map_err(|e| SettingError::new("--flow", e.to_string())),
-    )?;
-    let Some(flow) = flows.first() else {
-        return Err(bad_setting(
-            NAME,
-            &SettingError::new("--flow", "no such flow"),
-        ));
-    };
+    let flow = &one_flow(env, flow)?;
     let which = match (ids, since) {
         (Some(ids), _) => {
             let (lo, hi) =
@@ -357,4 +328,18 @@ async fn resend(
         println!("flow={} table={table} resent={rows}", flow.name);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The flow `--flow` names, from the catalog (exit 2 naming `--flow` when
+/// there is none).
+fn one_flow(env: &Env, name: &str) -> Result<flows::Flow, ExitCode> {
+    let catalog = setting(flows::settings::catalog(env))?;
+    setting(
+        catalog
+            .select(Some(&[name.to_owned()]))
+            .map_err(|e| SettingError::new("--flow", e.to_string())),
+    )?
+    .into_iter()
+    .next()
+    .ok_or_else(|| bad_setting(NAME, &SettingError::new("--flow", "no such flow")))
 }

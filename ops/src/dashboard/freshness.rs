@@ -34,11 +34,27 @@ pub struct Figures {
 }
 
 impl Recent {
-    /// Takes a snapshot of the sink's metrics text and returns each flow's
-    /// figures over the window (since the oldest snapshot in it).
-    pub fn observe(&self, metrics: Option<&str>) -> BTreeMap<String, Figures> {
+    /// Takes a snapshot of the sink's metrics text and returns the figures
+    /// over the window (since the oldest snapshot in it) of each of `flows`
+    /// the sink reports on.
+    pub fn observe(&self, metrics: Option<&str>, flows: &[&str]) -> BTreeMap<String, Figures> {
         let now = Instant::now();
-        let current = metrics.map(parse).unwrap_or_default();
+        let current: Buckets = metrics
+            .map(|text| {
+                flows
+                    .iter()
+                    .map(|flow| {
+                        let buckets = daemon::http::histogram_buckets(
+                            text,
+                            "sink_freshness_seconds",
+                            &[("flow", flow)],
+                        );
+                        ((*flow).to_owned(), buckets)
+                    })
+                    .filter(|(_, buckets)| !buckets.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut snapshots = self
             .snapshots
             .lock()
@@ -77,12 +93,8 @@ impl Recent {
                     window_s = None;
                 }
                 let rows = delta.last().map_or(0.0, |(_, n)| *n);
-                let quantile = |q: f64| {
-                    (rows > 0.0)
-                        .then(|| delta.iter().find(|(_, n)| *n >= q * rows))
-                        .flatten()
-                        .map(|(le, _)| le * 1000.0)
-                };
+                let quantile =
+                    |q: f64| daemon::http::bucket_quantile(&delta, q).map(|le| le * 1000.0);
                 let figures = Figures {
                     rows,
                     p50_ms: quantile(0.5),
@@ -93,48 +105,6 @@ impl Recent {
             })
             .collect()
     }
-}
-
-/// The `sink_freshness_seconds` buckets per flow.
-fn parse(text: &str) -> Buckets {
-    let mut out = Buckets::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("sink_freshness_seconds_bucket{"))
-    {
-        // Label values here are plain names and numbers (no `,` or `"`).
-        let label = |name: &str| {
-            let labels = line.split('{').nth(1)?.split('}').next()?;
-            labels.split(',').find_map(|pair| {
-                let (key, value) = pair.split_once('=')?;
-                (key == name).then(|| value.trim_matches('"'))
-            })
-        };
-        let (Some(flow), Some(le), Some(n)) = (
-            label("flow"),
-            label("le"),
-            line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
-        ) else {
-            continue;
-        };
-        let le = if le == "+Inf" {
-            f64::INFINITY
-        } else {
-            match le.parse() {
-                Ok(le) => le,
-                Err(_) => continue,
-            }
-        };
-        let buckets = out.entry(flow.to_owned()).or_default();
-        match buckets.iter_mut().find(|(l, _)| *l == le) {
-            Some((_, total)) => *total += n,
-            None => buckets.push((le, n)),
-        }
-    }
-    for buckets in out.values_mut() {
-        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -153,21 +123,24 @@ mod tests {
     #[test]
     fn quantiles_of_what_changed_in_the_window() {
         let recent = Recent::default();
-        let first = recent.observe(Some(&text([90, 100, 100])));
+        let first = recent.observe(Some(&text([90, 100, 100])), &["f"]);
         assert_eq!(first["f"].rows, 100.0);
         assert_eq!(first["f"].p50_ms, Some(50.0));
         assert_eq!(first["f"].p99_ms, Some(100.0));
         // Since then: 100 rows, all slower than 100 ms.
-        let later = recent.observe(Some(&text([90, 100, 200])));
+        let later = recent.observe(Some(&text([90, 100, 200])), &["f"]);
         assert_eq!(later["f"].rows, 100.0);
         assert_eq!(later["f"].p50_ms, Some(f64::INFINITY));
         assert!(later["f"].window_s.is_some());
         // Nothing loaded across the window: the figures since the sink
         // started.
         let quiet = Recent::default();
-        quiet.observe(Some(&text([90, 100, 200])));
-        let again = quiet.observe(Some(&text([90, 100, 200])));
+        quiet.observe(Some(&text([90, 100, 200])), &["f"]);
+        let again = quiet.observe(Some(&text([90, 100, 200])), &["f"]);
         assert_eq!((again["f"].rows, again["f"].window_s), (200.0, None));
-        assert!(recent.observe(None).is_empty(), "no sink: no figures");
+        assert!(
+            recent.observe(None, &["f"]).is_empty(),
+            "no sink: no figures"
+        );
     }
 }

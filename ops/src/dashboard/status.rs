@@ -98,7 +98,8 @@ pub async fn flows(
         table_rows(client),
     );
     let rows_error = rows.as_ref().err().map(|e| e.to_string());
-    let freshness = recent.observe(sink.view.metrics.as_deref());
+    let names: Vec<&str> = config.flows.iter().map(|f| f.name.as_str()).collect();
+    let freshness = recent.observe(sink.view.metrics.as_deref(), &names);
     let rows = rows.unwrap_or_default();
     let flows = config
         .flows
