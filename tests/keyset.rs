@@ -1,8 +1,10 @@
-//! The relay's keyset scan (`relay/src/scan.rs`) under the writers it must
-//! not lose a row to: many concurrent inserting transactions, some rolled
-//! back, and long transactions whose ids the scan passes long before they
-//! commit. On the real broker; the whole-table sweep is kept out of the way
-//! (an hour's interval), so what is proven is the normal path.
+//! The relay's transaction-id windows (`relay/src/window.rs`) under the
+//! writers it must not lose a row to: many concurrent inserting
+//! transactions, some rolled back, and long transactions whose ids the
+//! relay passes long before they commit; a relay starting while an insert
+//! is open; and the start-up check of a source table. On the real broker
+//! (the relay has no sweep: what is proven is the normal path). Rows whose
+//! ids are not in commit order: `commit_order.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -191,9 +193,10 @@ async fn concurrent_long_and_rolled_back_inserts_are_each_published_once() -> an
     Ok(())
 }
 
-/// `relay run` says at start-up which source tables are not tuned for the
-/// keyset scan (or lack the pending-row guard), naming them and the fix; a
-/// tuned table gets no such line.
+/// `relay run` says at start-up which source tables are not tuned (an index
+/// on the flag, a full fillfactor: flag flips not HOT), naming them and the
+/// fix; a tuned table gets no such line; a table without `outbox_txid` is
+/// refused (exit 2, naming the fix).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_run_warns_about_an_untuned_source_table_naming_it() -> anyhow::Result<()> {
     let stack = TestStack::start("k_untuned").await?;
@@ -243,125 +246,29 @@ async fn relay_run_warns_about_an_untuned_source_table_naming_it() -> anyhow::Re
         .await?
         .get(0);
     assert!(tuned);
+
+    // Without the column the relay reads by, it refuses to start.
+    pg.batch_execute("ALTER TABLE user_logins DROP COLUMN outbox_txid")
+        .await?;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (code, out) = outbox_tests::daemon::run_to_exit("relay", &["run"], &env);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("outbox_txid") && out.contains("outbox_tune_source('user_logins')"),
+        "{out}"
+    );
     Ok(())
 }
 
 /// One row of `key` in `tx`, its id.
 async fn insert_one(tx: &tokio_postgres::Transaction<'_>, key: &str) -> anyhow::Result<i64> {
-    let row = tx
+    Ok(tx
         .query_one(
-            "INSERT INTO user_logins (username, event_type, event_time)
-             VALUES ($1, 'login', now()) RETURNING id::int8",
+            "INSERT INTO user_logins (username, event_type, event_time) VALUES ($1, 'login', now()) RETURNING id::int8",
             &[&key],
         )
-        .await?;
-    Ok(row.get(0))
-}
-
-/// A transaction's two rows of one key, the first in a hole still closed
-/// and the second in a hole the relay is about to lock (it commits in
-/// between: the relay is held there by a failpoint), go out in id order:
-/// a hole's batch takes the rows of the holes below it first. Before that,
-/// the second row went out first (seen as per-key order inversions in
-/// `tests/shards.rs`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hole_batch_takes_the_rows_of_lower_holes_first() -> anyhow::Result<()> {
-    let stack = TestStack::start("k_hole_order").await?;
-    stack.migrate().await?;
-    let mut env = stack.daemon_env();
-    env.extend([
-        ("RELAY_SWEEP_INTERVAL_MS".into(), "3600000".into()),
-        (
-            "OUTBOX_FAILPOINTS".into(),
-            "relay-before-hole-lock=delay:4000:1".into(),
-        ),
-    ]);
-    let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
-    wait_until("the relay leading", SETTLE, || async {
-        Ok(std::fs::read_to_string(&relay.log)?.contains("active relay for this flow"))
-    })
-    .await;
-    let (mut first, mut second, other) = (
-        connect(&stack.database_url).await?,
-        connect(&stack.database_url).await?,
-        connect(&stack.database_url).await?,
-    );
-    let flagged = || async { Ok(stack.pending("user_logins").await? == 0) };
-    let settled = |id: i64| {
-        let other = &other;
-        async move {
-            let sent: Option<bool> = other
-                .query_opt(
-                    "SELECT sent_to_kafka FROM user_logins WHERE id = $1::int8",
-                    &[&id],
-                )
-                .await?
-                .map(|r| r.get(0));
-            Ok(sent == Some(true))
-        }
-    };
-    let commit_one = |key: &'static str| {
-        let other = &other;
-        async move {
-            let row = other
-                .query_one(
-                    "INSERT INTO user_logins (username, event_type, event_time)
-                     VALUES ($1, 'login', now()) RETURNING id::int8",
-                    &[&key],
-                )
-                .await?;
-            anyhow::Ok(row.get::<_, i64>(0))
-        }
-    };
-
-    // T1 takes an id; a committed row after it is published: hole one.
-    let t1 = first.transaction().await?;
-    let early = insert_one(&t1, "k").await?;
-    let x = commit_one("x").await?;
-    wait_until("the row after T1's first published", SETTLE, || settled(x)).await;
-    // T2 and then T1 take the next ids; a committed row after them: hole
-    // two holds T2's row and T1's second.
-    let t2 = second.transaction().await?;
-    let other_row = insert_one(&t2, "other").await?;
-    let late = insert_one(&t1, "k").await?;
-    let z = commit_one("z").await?;
-    wait_until("the row after hole two published", SETTLE, || settled(z)).await;
-    assert!(early < x && x < other_row && other_row < late && late < z);
-    // T2 commits: the next look finds hole two holding a row and the relay
-    // goes to lock it, held there by the failpoint while T1 commits.
-    t2.commit().await?;
-    wait_until("the relay about to lock hole two", SETTLE, || async {
-        Ok(std::fs::read_to_string(&relay.log)?.contains("failpoint relay-before-hole-lock"))
-    })
-    .await;
-    t1.commit().await?;
-    wait_until("every row flagged", SETTLE, flagged).await;
-    relay.terminate(Duration::from_secs(15));
-
-    let brokers = stack.kafka_brokers.clone();
-    let topics = vec![stack.topic("user_events")];
-    let mut records =
-        tokio::task::spawn_blocking(move || read_all(&brokers, &topics, Isolation::Committed))
-            .await??;
-    records.sort_by_key(|r| (r.partition, r.offset));
-    let of_k: Vec<i64> = records
-        .iter()
-        .filter(|r| r.key.as_deref() == Some(b"k".as_slice()))
-        .filter_map(|r| r.id())
-        .collect();
-    assert_eq!(
-        of_k,
-        vec![early, late],
-        "key k's rows in the topic, in order"
-    );
-    let all: BTreeSet<i64> = records.iter().filter_map(|r| r.id()).collect();
-    assert_eq!(
-        all,
-        BTreeSet::from([early, x, other_row, late, z]),
-        "each row once"
-    );
-    assert_eq!(records.len(), 5, "nothing twice");
-    Ok(())
+        .await?
+        .get(0))
 }
 
 /// A relay starting on a table it has no position for, while an insert

@@ -21,13 +21,13 @@ GRANT SELECT ON outbox_schema_migrations TO outbox_relay;
 GRANT SELECT, INSERT, DELETE, UPDATE (payload, error, set_aside_at) ON outbox_dead_rows TO outbox_relay;
 GRANT USAGE ON SEQUENCE outbox_dead_rows_id_seq TO outbox_relay;
 GRANT SELECT, INSERT, UPDATE ON outbox_scan_positions TO outbox_relay;
-GRANT SELECT, INSERT, DELETE ON outbox_scan_rescans TO outbox_relay;
 -- Flows with a `retention`: the relay deletes their old sent rows, so also
 --   GRANT DELETE ON <source table> TO outbox_relay;
 -- Dropping whole time partitions needs the table's owner: without it the
 -- relay's prune logs the refusal and deletes those rows one by one; or run
 -- `relay prune` as the owner. `relay resend` needs no more than the relay
--- (it sets sent_to_kafka back and writes outbox_scan_rescans).
+-- (it sets sent_to_kafka back; the table's outbox_pending_again trigger
+-- gives those rows their new outbox_txid).
 
 -- `sink reconcile`: reads which ids are flagged sent, nothing else.
 CREATE ROLE outbox_reconcile LOGIN;

@@ -25,6 +25,7 @@ const POSTGRES: &[(&str, &str)] = embed!(
     "0007_pending_rows_immutable",
     "0008_keyset_relay",
     "0009_rescan_ranges",
+    "0010_txid_windows",
 );
 const CLICKHOUSE: &[(&str, &str)] = embed!(
     "clickhouse",

@@ -5,8 +5,9 @@ use flows::Flow;
 use tokio_postgres::Client;
 
 /// Deletes the flow's set-aside rows (only `source_id` if given), flags their
-/// source rows pending again, asks the relay to rescan them (they are behind
-/// its position: `relay/src/scan.rs`) and wakes it. Returns how many rows.
+/// source rows pending again (the `outbox_pending_again` trigger puts them in
+/// the relay's next window: `relay/src/window.rs`) and wakes it. Returns how
+/// many rows.
 pub async fn replay(
     client: &mut Client,
     flow: &Flow,
@@ -17,9 +18,7 @@ pub async fn replay(
     for source in &flow.sources {
         let sql = format!(
             "WITH d AS (DELETE FROM outbox_dead_rows WHERE flow = $1 AND source_table = $2 \
-             AND ($3::int8 IS NULL OR source_id = $3) RETURNING source_id), \
-             r AS (INSERT INTO outbox_scan_rescans (source_table, id) SELECT $2, source_id FROM d \
-             ON CONFLICT DO NOTHING) \
+             AND ($3::int8 IS NULL OR source_id = $3) RETURNING source_id) \
              UPDATE {} SET sent_to_kafka = FALSE WHERE \"id\" IN (SELECT source_id FROM d)",
             source.table.pg()
         );

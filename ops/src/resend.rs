@@ -1,10 +1,11 @@
 //! `relay resend`: publishes rows already sent once more — for a topic that
 //! lost data, or a consumer added later. The rows go through the normal
-//! transactional path (set pending again, then taken by the active relay in
+//! transactional path (set pending again — the `outbox_pending_again`
+//! trigger gives them this transaction's id, so they are the relay's next
+//! window, see `relay/src/window.rs` — then taken by the active relay in
 //! id order); the sinks' keyed tables absorb the repeat.
 
 use flows::Flow;
-use relay::shard::Shard;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
@@ -36,9 +37,8 @@ pub fn parse_ids(text: &str) -> Result<(i64, i64), String> {
     Ok((lo, hi))
 }
 
-/// Sets the flow's chosen sent rows pending again and tells each of the
-/// flow's scans (one per shard) to look at their id range, in one
-/// transaction; wakes the relay. Returns the rows per source table. A row
+/// Sets the flow's chosen sent rows pending again, in one transaction, and
+/// wakes the relay. Returns the rows per source table. A row
 /// already pruned (`retention`) is gone and cannot be resent.
 pub async fn resend(
     client: &mut Client,
@@ -74,23 +74,13 @@ pub async fn resend(
                 &format!(
                     "WITH again AS (UPDATE {t} AS src SET sent_to_kafka = FALSE \
                      WHERE {chosen} AND src.sent_to_kafka IS TRUE RETURNING src.\"id\"::int8 AS id) \
-                     SELECT count(*)::int8, min(id), max(id) FROM again"
+                     SELECT count(*)::int8 FROM again"
                 ),
                 &params,
             )
             .await?;
-        let (rows, first, last): (i64, Option<i64>, Option<i64>) =
-            (row.get(0), row.get(1), row.get(2));
-        if let (Some(first), Some(last)) = (first, last) {
-            for shard in Shard::all(flow.shards) {
-                tx.execute(
-                    "INSERT INTO outbox_scan_rescans (source_table, id, last_id) VALUES ($1, $2, $3) \
-                     ON CONFLICT (source_table, id) DO UPDATE \
-                     SET last_id = greatest(outbox_scan_rescans.last_id, EXCLUDED.last_id)",
-                    &[&shard.position_key(source.table.as_str()), &first, &last],
-                )
-                .await?;
-            }
+        let rows: i64 = row.get(0);
+        if rows > 0 {
             tx.execute(
                 "SELECT pg_notify($1, $2)",
                 &[&relay::CHANNEL, &source.table.as_str()],

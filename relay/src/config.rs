@@ -21,6 +21,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "RELAY_BATCH_SIZE",
     "RELAY_POLL_INTERVAL_MS",
     "RELAY_STANDBY_RETRY_MS",
+    // Accepted and ignored: the sweep it paced is gone (see `window`).
     "RELAY_SWEEP_INTERVAL_MS",
     "RELAY_PRUNE_INTERVAL_MS",
     "RELAY_SHARDS",
@@ -91,9 +92,6 @@ pub struct BatchConfig {
     pub poll_interval: Duration,
     /// How often a standby tries to take over a flow.
     pub standby_retry: Duration,
-    /// How often the active relay scans each source table whole for
-    /// pending rows its keyset scan cannot see (see `scan`).
-    pub sweep_interval: Duration,
     /// How often the active relay deletes a flow's sent rows older than its
     /// `retention` (flows with one; see `prune`).
     pub prune_interval: Duration,
@@ -201,9 +199,6 @@ impl RelayConfig {
                 batch_size: u32::try_from(batch_size).unwrap_or(100_000),
                 poll_interval,
                 standby_retry,
-                sweep_interval: Duration::from_millis(
-                    env.positive_or("RELAY_SWEEP_INTERVAL_MS", 60_000)?,
-                ),
                 prune_interval: Duration::from_millis(
                     env.positive_or("RELAY_PRUNE_INTERVAL_MS", 300_000)?,
                 ),

@@ -22,10 +22,10 @@ use crate::config::{PostgresConfig, RelayConfig};
 use crate::error::{Recovery, RelayError, classify, within};
 use crate::pipeline::{Lanes, Source};
 use crate::publisher::{Publisher, SharedPublisher};
-use crate::scan::Scan;
 use crate::shard::Shard;
 use crate::source::OutboxSource;
 use crate::stats::{FlowStats, TableStats};
+use crate::window::Scan;
 
 pub struct FlowRelay {
     pub flow: Flow,
@@ -39,12 +39,12 @@ pub struct FlowRelay {
     pub metrics: Metrics,
     /// This flow's loop turning, for the systemd watchdog.
     pub beats: daemon::systemd::Beats,
-    /// Sessions for the sweep (see `scan`).
+    /// Sessions for the prune (see `prune`).
     pub pool: connections::pg_pool::Pool,
 }
 
 /// A source table of the flow this relay leads: checked, with its metrics
-/// and where its scan stands.
+/// and where its scan stands (see `window`).
 struct Led {
     table: OutboxSource,
     stats: TableStats,
@@ -182,17 +182,17 @@ impl FlowRelay {
         }
         let mut led = Vec::with_capacity(sources.len());
         for (table, stats) in sources {
-            let scan = within(
+            let floor = within(
                 self.config.postgres.query_timeout,
-                "the scan's starting position",
-                table.starting_scan(&lanes[0]),
+                "the scan's saved floor",
+                crate::positions::starting_floor(&lanes[0], &table.table, self.shard),
             )
             .await?;
-            tracing::info!(flow = unit, table = %table.table, after_id = scan.cursor(), open_holes = scan.open_holes(), "scan starts");
+            tracing::info!(flow = unit, table = %table.table, floor = %floor.text(), "scan starts");
             led.push(Led {
                 table,
                 stats,
-                scan: Mutex::new(scan),
+                scan: Mutex::new(Scan::from_floor(floor)),
             });
         }
         tracing::info!(
@@ -210,7 +210,7 @@ impl FlowRelay {
             .await;
         stats.leader.add(-1);
         for led in &led {
-            led.stats.show_open_holes(0);
+            led.stats.show_waiting_for(0);
         }
         result
     }
@@ -226,7 +226,6 @@ impl FlowRelay {
     ) -> Result<Ended, RelayError> {
         let flow = self.flow.name.to_string();
         let unit = self.unit();
-        let mut sweep = Sweep::default();
         let mut prune = crate::prune::Scheduled::default();
         let mut claim_checked = Instant::now();
         loop {
@@ -240,8 +239,6 @@ impl FlowRelay {
                     return Ok(Ended::HandedBack);
                 }
             }
-            sweep.collect(sources).await;
-            sweep.start_if_due(&self.pool, &flow, sources, self.config.batch.sweep_interval);
             if self.shard.index == 0 {
                 prune.start_if_due(
                     &self.pool,
@@ -473,72 +470,5 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> boo
     tokio::select! {
         () = tokio::time::sleep(delay) => true,
         () = shutdown.cancelled() => false,
-    }
-}
-
-/// The sweep of a led flow's tables (see `scan`): one at a time, on a pooled
-/// session, so a whole-table scan never holds up a lane.
-#[derive(Default)]
-struct Sweep {
-    running: Option<tokio::task::JoinHandle<Vec<Vec<i64>>>>,
-    last: Option<Instant>,
-}
-
-impl Sweep {
-    /// Hands what a finished sweep found to the scans.
-    async fn collect(&mut self, sources: &[Led]) {
-        if !self.running.as_ref().is_some_and(|r| r.is_finished()) {
-            return;
-        }
-        let Some(running) = self.running.take() else {
-            return;
-        };
-        if let Ok(found) = running.await {
-            for (led, strays) in sources.iter().zip(found) {
-                if !strays.is_empty() {
-                    tracing::info!(table = %led.table.table, rows = strays.len(), "the sweep found pending rows behind the scan");
-                    let ids: Vec<(i64, i64)> = strays.iter().map(|&id| (id, id)).collect();
-                    crate::scan::lock(&led.scan).add_strays(&ids);
-                }
-            }
-        }
-    }
-
-    fn start_if_due(
-        &mut self,
-        pool: &connections::pg_pool::Pool,
-        flow: &str,
-        sources: &[Led],
-        every: Duration,
-    ) {
-        if self.running.is_some() || self.last.is_some_and(|at| at.elapsed() < every) {
-            return;
-        }
-        self.last = Some(Instant::now());
-        let work: Vec<(OutboxSource, i64)> = sources
-            .iter()
-            .map(|led| (led.table.clone(), crate::scan::lock(&led.scan).cursor()))
-            .collect();
-        let (pool, flow) = (pool.clone(), flow.to_owned());
-        self.running = Some(tokio::spawn(async move {
-            let session = match pool.get().await {
-                Ok(session) => session,
-                Err(error) => {
-                    tracing::warn!(flow, %error, "sweep skipped: no database session");
-                    return Vec::new();
-                }
-            };
-            let mut found = Vec::with_capacity(work.len());
-            for (table, upto) in work {
-                match table.sweep(&**session, upto).await {
-                    Ok(strays) => found.push(strays),
-                    Err(error) => {
-                        tracing::warn!(flow, table = %table.table, error = %connections::pg::detail(&error), "sweep failed");
-                        found.push(Vec::new());
-                    }
-                }
-            }
-            found
-        }));
     }
 }

@@ -8,14 +8,15 @@ mod flow_relay;
 mod listener;
 pub mod migrate;
 mod pipeline;
+pub mod positions;
 pub mod probe;
 pub mod prune;
 mod publisher;
 mod row_json;
-pub mod scan;
 pub mod shard;
 pub mod source;
 mod stats;
+pub mod window;
 
 use std::sync::Arc;
 
@@ -114,43 +115,44 @@ pub async fn run(
     outcome
 }
 
-/// What `relay run` checks of each source table at start-up: said once as
-/// a warning, never refused.
+/// What `relay run` checks of each source table at start-up besides its
+/// columns (a table without `outbox_txid` is refused by
+/// `OutboxSource::inspect`): said once as a warning, never refused.
 /// - Pending rows that can be updated can show a row twice in a target
 ///   table ordered by the updated column (migration
 ///   `0007_pending_rows_immutable`).
-/// - An index on the flag, or no free room on the pages, makes every flag
-///   flip write index entries and a row version on another page (migration
-///   `0008_keyset_relay`).
+/// - Without the (outbox_txid, id) index every window reads the whole
+///   table; without the `outbox_pending_again` trigger a row set pending by
+///   hand is not found; an index on the flag, or no free room on the pages,
+///   makes every flag flip write index entries and a row version on another
+///   page (migration `0010_txid_windows`).
 async fn warn_about_source(
     client: &tokio_postgres::Client,
     flow: &str,
     source: &flows::SourceTable,
 ) {
     let table = &source.table;
-    let checks = [
-        (
-            source::pending_rows_protected(client, table).await,
-            "the update guard",
-            format!(
-                "pending rows of this source table can be updated: a row changed between a crash and its re-delivery can appear twice in a target table ordered by the changed column; protect it with SELECT outbox_protect_pending('{table}')"
-            ),
+    match source::pending_rows_protected(client, table).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            flow,
+            %table,
+            "pending rows of this source table can be updated: a row changed between a crash and its re-delivery can appear twice in a target table ordered by the changed column; protect it with SELECT outbox_protect_pending('{table}')"
         ),
-        (
-            source::source_tuned(client, table).await,
-            "the tuning (run relay migrate)",
-            format!(
-                "flag flips on this source table are not HOT updates (an index names sent_to_kafka, or fillfactor is above 70): the relay is slower than it can be; tune it with SELECT outbox_tune_source('{table}')"
-            ),
+        Err(err) => {
+            tracing::warn!(flow, %table, error = %connections::pg::detail(&err), "could not check the source table's update guard")
+        }
+    }
+    match source::source_missing(client, table).await {
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => tracing::warn!(
+            flow,
+            %table,
+            missing = %missing.join(", "),
+            "this source table is not tuned for the relay (without the index every window reads the whole table, without the trigger rows set pending by hand are not found, with an index on the flag or a full fillfactor flag flips are not HOT updates); tune it with SELECT outbox_tune_source('{table}')"
         ),
-    ];
-    for (checked, what, advice) in checks {
-        match checked {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(flow, %table, "{advice}"),
-            Err(err) => {
-                tracing::warn!(flow, %table, error = %connections::pg::detail(&err), "could not check the source table's {what}")
-            }
+        Err(err) => {
+            tracing::warn!(flow, %table, error = %connections::pg::detail(&err), "could not check the source table's tuning (run relay migrate)")
         }
     }
 }

@@ -3,14 +3,14 @@
 //!
 //! Each lane is a Postgres connection holding at most one open transaction.
 //! While batch k (locked on one lane) is in its Kafka transaction, the other
-//! lane flags and commits batch k−1 and then locks batch k+1 (`SKIP LOCKED`
-//! passes over the rows locked by the first). Then the lanes swap. (A third
+//! lane flags and commits batch k−1 and then locks batch k+1 (the window's
+//! rows after batch k's, see `window`). Then the lanes swap. (A third
 //! lane, flagging and locking at once, was measured and gained nothing: see
 //! `flow_relay::LANES`.)
 //!
 //! Order and delivery (the contract of `flow_relay`) still hold:
 //! - a batch is published only after the previous batch's Kafka transaction
-//!   committed, so Kafka receives rows in id order;
+//!   committed, so Kafka receives rows in the window's order;
 //! - a batch is flagged only after its own Kafka transaction committed;
 //! - if anything fails, every batch not yet committed in Postgres is rolled
 //!   back, including one already in Kafka. It is published again later, after
@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Recovery, RelayError, classify, within};
 use crate::publisher::{PublishError, PublishTimings, SharedPublisher};
-use crate::scan::{Range, Scan};
 use crate::source::{OutboxBatch, OutboxSource};
 use crate::stats::{FlowStats, Republish, TableStats};
+use crate::window::Scan;
 
 /// Batches one call drains at most before other tables of the flow get a
 /// turn (and shutdown is checked).
@@ -58,7 +58,8 @@ pub struct Lanes<'a> {
     pub stats: &'a FlowStats,
 }
 
-/// A source table and where its scan stands.
+/// A source table and where its scan stands (a scan unit's windows, locked
+/// for a moment, never across an await).
 pub struct Source<'a> {
     pub table: &'a OutboxSource,
     pub stats: &'a TableStats,
@@ -69,8 +70,6 @@ pub struct Source<'a> {
 struct Locked {
     lane: usize,
     batch: OutboxBatch,
-    /// Where the scan's cursor stands once it commits (keyset batches).
-    end: Option<i64>,
 }
 
 /// A batch whose Kafka transaction committed, awaiting its flag and commit.
@@ -78,63 +77,48 @@ struct Published {
     lane: usize,
     batch: OutboxBatch,
     kafka: PublishTimings,
-    end: Option<i64>,
 }
 
 impl Lanes<'_> {
-    /// Looks into the scan's holes, drains up to [`MAX_BATCHES_PER_TURN`]
-    /// batches, and saves the scan's position. A failed turn rewinds the
-    /// scan to its last committed batch.
+    /// Opens a new window when the last one is done (see `window`), drains
+    /// up to [`MAX_BATCHES_PER_TURN`] batches of it, and saves the floor. A
+    /// failed turn goes back to the last committed batch.
     pub async fn drain(
         &self,
         source: &Source<'_>,
         shutdown: &CancellationToken,
     ) -> Result<Drained, RelayError> {
-        let rescans_due = scan_of(source).rescans_due();
-        if rescans_due {
-            let taken = within(
+        let needs_window = scan_of(source).needs_window();
+        if needs_window {
+            let end = within(
                 self.query_timeout,
-                "reading the rescans",
-                source
-                    .table
-                    .take_rescans(&self.lanes[0], self.flow, source.scan),
+                "the snapshot",
+                crate::positions::current_snapshot(&self.lanes[0]),
             )
             .await?;
-            if taken > 0 {
-                tracing::info!(flow = self.flow, table = %source.table.table, rows = taken, "rows set pending again behind the scan (relay replay) taken up");
-            }
-        }
-        let (holes, needs_guard) = {
-            let scan = scan_of(source);
-            (scan.holes(), scan.needs_guard())
-        };
-        if !holes.0.is_empty() {
-            let look = within(
-                self.query_timeout,
-                "the look into the scan's holes",
-                source.table.look(&self.lanes[0], &holes, needs_guard),
-            )
-            .await?;
-            scan_of(source).looked(&look);
+            scan_of(source).open(end);
         }
         let drained = self.drain_batches(source, shutdown).await;
         // A failure, or rows set aside (their batch rolled back first).
         if drained.as_ref().map_or(true, |d| d.set_aside > 0) {
             scan_of(source).rewind();
         }
-        let open_holes = scan_of(source).open_holes();
-        source.stats.show_open_holes(open_holes);
+        let running = scan_of(source).running();
+        source.stats.show_waiting_for(running);
         let unsaved = scan_of(source).unsaved();
-        if let Some(position) = unsaved {
+        if let Some(floor) = unsaved {
             within(
                 self.query_timeout,
-                "saving the scan's position",
-                source
-                    .table
-                    .save_position(&self.lanes[0], self.flow, position),
+                "saving the scan's floor",
+                crate::positions::save_floor(
+                    &self.lanes[0],
+                    &source.table.position_key,
+                    self.flow,
+                    &floor,
+                ),
             )
             .await?;
-            scan_of(source).saved(position);
+            scan_of(source).saved(floor);
         }
         drained
     }
@@ -215,12 +199,11 @@ impl Lanes<'_> {
                 }
             };
             daemon::failpoint::hit("relay-after-kafka-commit");
-            tracing::debug!(unit = %table.position_key, lane = this, from_holes = batch.from_holes, ids = %batch.id_runs(), "batch committed in kafka");
+            tracing::debug!(unit = %table.position_key, lane = this, late = batch.late, ids = %batch.id_runs(), "batch committed in kafka");
             previous = Some(Published {
                 lane: this,
                 batch,
                 kafka,
-                end: current.end,
             });
             match next {
                 Some(locked) => current = locked,
@@ -245,125 +228,34 @@ impl Lanes<'_> {
         Ok(drained)
     }
 
-    /// BEGIN on `lane` and lock the next pending rows (a due hole's, else
-    /// the keyset's); `None` (transaction closed) when there are none.
+    /// BEGIN on `lane` and lock the window's next rows; `None`
+    /// (transaction closed) when it holds no more.
     async fn lock_batch(
         &self,
         lane: usize,
         source: &Source<'_>,
     ) -> Result<Option<Locked>, RelayError> {
+        let Some(bounds) = scan_of(source).next() else {
+            return Ok(None);
+        };
         let client = &self.lanes[lane];
         let start = Instant::now();
         let limit = self.query_timeout;
         within(limit, "BEGIN", client.batch_execute("BEGIN")).await?;
-        loop {
-            let range = scan_of(source).next_range();
-            // The holes below this range, as they stood before its fetch.
-            let below = scan_of(source).holes_below(range.bounds().0);
-            let with_holes = !below.0.is_empty();
-            if with_holes {
-                within(limit, "SAVEPOINT", client.batch_execute("SAVEPOINT batch")).await?;
-            }
-            if let Range::Hole { .. } = range {
-                daemon::failpoint::hit_async("relay-before-hole-lock").await;
-            }
-            let mut batch = within(
-                limit,
-                "the pending rows' fetch",
-                source.table.fetch_pending(client, self.batch_size, range),
-            )
-            .await?;
-            let end = if with_holes {
-                self.take_lower_holes(client, source, range, &below, &mut batch)
-                    .await?
-            } else {
-                scan_of(source).locked(range, &batch.ids(), &batch.passed)
-            };
-            if batch.is_empty() {
-                if let Range::Hole { .. } = range {
-                    continue;
-                }
-                return self.nothing_pending(client, source).await;
-            }
-            self.stats.fetched(batch.len(), start.elapsed());
-            return Ok(Some(Locked { lane, batch, end }));
-        }
-    }
-
-    /// After a range's fetch (in a savepoint): locks the committed rows of
-    /// the holes below it and puts them first. Any transaction with a row
-    /// in the batch has committed, so its rows in lower holes are visible
-    /// now (a newer snapshot than the fetch's); without this a later row of
-    /// a key could go out before an earlier one waiting in a hole (found by
-    /// `tests/shards.rs`, pinned by `tests/keyset.rs`). When the holes hold
-    /// a full batch, the range's rows are rolled back and wait. Returns
-    /// where the cursor stands once the batch commits (see [`Scan::locked`]).
-    async fn take_lower_holes(
-        &self,
-        client: &Client,
-        source: &Source<'_>,
-        range: Range,
-        below: &(Vec<i64>, Vec<i64>),
-        batch: &mut OutboxBatch,
-    ) -> Result<Option<i64>, RelayError> {
-        let limit = self.query_timeout;
-        let candidates = within(
+        let batch = within(
             limit,
-            "the look for rows in the scan's holes",
-            source.table.hole_candidates(client, self.batch_size, below),
+            "the pending rows' fetch",
+            source.table.fetch_pending(client, self.batch_size, &bounds),
         )
         .await?;
-        let end = if candidates.len() >= self.batch_size as usize && !batch.is_empty() {
-            // The holes may hold more than one batch: this range's rows
-            // wait for them, unlocked (rolled back to before their
-            // fetch) so no other lane passes them by.
-            within(
-                limit,
-                "ROLLBACK TO SAVEPOINT",
-                client.batch_execute("ROLLBACK TO SAVEPOINT batch"),
-            )
-            .await?;
-            let waiting = std::mem::take(&mut batch.messages);
-            match range {
-                Range::Keyset { .. } => {
-                    let ids: Vec<i64> = waiting.iter().map(|m| m.id).collect();
-                    let mut scan = scan_of(source);
-                    let end = scan.locked(range, &ids, &batch.passed);
-                    // A hole now, looked into like any other.
-                    if let (Some(lo), Some(hi)) = (ids.first(), ids.last()) {
-                        scan.left_pending(*lo, *hi);
-                    }
-                    end
-                }
-                // Still a hole: the next look finds its rows again.
-                Range::Hole { .. } => None,
-            }
-        } else {
-            scan_of(source).locked(range, &batch.ids(), &batch.passed)
-        };
-        within(
-            limit,
-            "the fetch from the scan's holes",
-            source.table.lock_from_holes(client, &candidates, batch),
-        )
-        .await?;
-        Ok(end)
-    }
-
-    /// A keyset fetch found nothing: the cursor moves to the table's last
-    /// id (see [`Scan::skip_to`]) and the lane's transaction ends.
-    async fn nothing_pending(
-        &self,
-        client: &Client,
-        source: &Source<'_>,
-    ) -> Result<Option<Locked>, RelayError> {
-        let limit = self.query_timeout;
-        let last = within(limit, "the last id", source.table.last_id(client)).await?;
-        within(limit, "COMMIT", client.batch_execute("COMMIT")).await?;
-        if let Some(last) = last {
-            scan_of(source).skip_to(last);
+        let full = batch.len() >= self.batch_size as usize;
+        scan_of(source).locked(batch.end(), full);
+        if batch.is_empty() {
+            within(limit, "COMMIT", client.batch_execute("COMMIT")).await?;
+            return Ok(None);
         }
-        Ok(None)
+        self.stats.fetched(batch.len(), start.elapsed());
+        Ok(Some(Locked { lane, batch }))
     }
 
     /// Publishes on a blocking thread; hands the batch back either way.
@@ -441,7 +333,7 @@ impl Lanes<'_> {
         }
         .await;
         let mark = marked.map_err(|err| (done.lane, err))?;
-        if let Some(end) = done.end {
+        if let Some(end) = done.batch.end() {
             scan_of(source).committed(end);
         }
         let rows = done.batch.len();
@@ -486,5 +378,8 @@ impl Lanes<'_> {
 }
 
 fn scan_of<'a>(source: &'a Source<'_>) -> std::sync::MutexGuard<'a, Scan> {
-    crate::scan::lock(source.scan)
+    source
+        .scan
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

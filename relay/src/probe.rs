@@ -24,9 +24,9 @@ pub struct Pending {
 }
 
 /// Counts pending rows (up to [`BACKLOG_COUNT_CAP`]) and finds the oldest,
-/// from the relay's saved position on, through the primary key (rows set
-/// pending again behind it are the sweep's, see `scan`; a table never
-/// relayed is read whole).
+/// through the (outbox_txid, id) index from the relay's saved floor on
+/// (every pending row's transaction is at or above the floor's `xmin`, see
+/// `window`; a table never relayed is read whole).
 pub async fn pending(
     client: &Client,
     table: &str,
@@ -35,14 +35,14 @@ pub async fn pending(
     let t = flows::ident::Ident::new(table)
         .map(|i| i.pg())
         .unwrap_or_else(|_| table.to_owned());
-    let from = crate::source::position_floor(client, table, shards)
+    let from = crate::positions::published_floor(client, table, shards)
         .await?
-        .unwrap_or(i64::MIN);
+        .map_or(0, |floor| floor.xmin);
     let row = client
         .query_one(
             &format!(
-                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {t} WHERE \"id\" >= $1::int8 AND sent_to_kafka IS NOT TRUE LIMIT {BACKLOG_COUNT_CAP}) p), \
-                 (SELECT min(\"id\")::int8 FROM {t} WHERE \"id\" >= $1::int8 AND sent_to_kafka IS NOT TRUE)"
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {t} WHERE outbox_txid >= $1::int8 AND sent_to_kafka IS NOT TRUE LIMIT {BACKLOG_COUNT_CAP}) p), \
+                 (SELECT min(\"id\")::int8 FROM {t} WHERE outbox_txid >= $1::int8 AND sent_to_kafka IS NOT TRUE)"
             ),
             &[&from],
         )

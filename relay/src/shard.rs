@@ -8,8 +8,8 @@
 //! holds within a shard exactly as it does for a whole flow.
 //!
 //! Each shard is led like a whole flow is (see `flow_relay`): by whichever
-//! relay holds its advisory locks, with its own keyset scan, saved position,
-//! sweep and Kafka `transactional.id`. A relay *prefers* some shards
+//! relay holds its advisory locks, with its own windows, saved floor and
+//! Kafka `transactional.id`. A relay *prefers* some shards
 //! (`RELAY_SHARDS`, default all): it tries their locks at every standby
 //! retry and, while standing by or leading, holds the shard's *claim* lock.
 //! It leads a shard it does not prefer only while no live relay claims it,

@@ -1,18 +1,20 @@
-//! A Postgres outbox table: pending rows are locked in id order, fetched as
-//! text columns and written as JSON by the relay (`row_json`), and flagged
-//! sent once Kafka committed them.
+//! A Postgres outbox table: pending rows are locked window by window (see
+//! `window`), fetched as text columns and written as JSON by the relay
+//! (`row_json`), and flagged sent once Kafka committed them.
 
 use flows::SourceTable;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::row_json::{self, Field};
-use crate::scan::{Look, Range, Scan};
 use crate::shard::Shard;
+use crate::window::Bounds;
 
 /// One pending row, ready to publish.
 #[derive(Clone, Debug)]
 pub struct OutboxMessage {
     pub id: i64,
+    /// The transaction that wrote it (`outbox_txid`, see `window`).
+    pub txid: i64,
     pub key: Option<String>,
     pub payload: String,
     /// The topic chosen from the row's columns (a routed source), or why
@@ -25,16 +27,14 @@ pub struct OutboxMessage {
     pub stamp: Option<i64>,
 }
 
-/// The rows one transaction publishes, in id order.
+/// The rows one transaction publishes, in (`outbox_txid`, id) order.
 #[derive(Debug, Default)]
 pub struct OutboxBatch {
     pub messages: Vec<OutboxMessage>,
-    /// Ids of other shards' rows the fetch passed over (a shard's fetch
-    /// only): seen, so not holes of this shard's scan.
-    pub passed: Vec<i64>,
-    /// How many of the first messages came from the scan's holes (see
-    /// [`OutboxSource::fetch_in_holes`]); the rest are one id range.
-    pub from_holes: usize,
+    /// How many of the first messages belong to transactions that ended
+    /// late (see `window::Bounds::late`): flagged by id; the rest are one
+    /// range of the (`outbox_txid`, id) index.
+    pub late: usize,
 }
 
 impl OutboxBatch {
@@ -46,6 +46,11 @@ impl OutboxBatch {
     }
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
+    }
+    /// The last row's (`outbox_txid`, id): where the window's cursor stands
+    /// once it is locked.
+    pub fn end(&self) -> Option<(i64, i64)> {
+        self.messages.last().map(|m| (m.txid, m.id))
     }
     /// The ids as runs, `1-5,9,12-14` (in batch order): for debug logs.
     pub fn id_runs(&self) -> String {
@@ -137,17 +142,9 @@ pub struct OutboxSource {
     fetch_sql: String,
     mark_sql: String,
     mark_range_sql: String,
-    look_sql: String,
-    sweep_sql: String,
     by_flag_sql: String,
-    last_id_sql: String,
-    /// First id, last id and first pending id (a table never relayed).
-    extent_sql: String,
-    rescans_sql: String,
-    hole_candidates_sql: String,
-    holes_sql: String,
     /// The message's fields, in the order `fetch_sql` selects them after
-    /// the id and the key (and before a shard's passed ids).
+    /// the id and the key (and before the extras and `outbox_txid`).
     fields: Vec<Field>,
 }
 
@@ -171,6 +168,10 @@ pub enum SourceError {
         expected: &'static str,
         found: String,
     },
+    #[error(
+        "flow `{flow}`: source table {table} has no outbox_txid column, which the relay reads it by: run SELECT outbox_tune_source('{table}') as its owner (relay migrate does it for the built-in flows)"
+    )]
+    Untuned { flow: String, table: String },
     #[error("flow `{flow}`: source table {table} has {count} columns, at most 50 are supported")]
     TooManyColumns {
         flow: String,
@@ -197,58 +198,20 @@ pub async fn pending_rows_protected(
     Ok(row.get(0))
 }
 
-/// Whether `table` has no index naming the flag and room on its pages for
-/// HOT flag flips (`outbox_source_tuned`, migration `0008_keyset_relay`).
-pub async fn source_tuned(
+/// What `table` lacks of what `outbox_tune_source` gives a source table
+/// (`outbox_source_missing`, migration `0010_txid_windows`): nothing, or
+/// e.g. "the (outbox_txid, id) index".
+pub async fn source_missing(
     client: &Client,
     table: &flows::ident::Ident,
-) -> Result<bool, tokio_postgres::Error> {
+) -> Result<Vec<String>, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT outbox_source_tuned(to_regclass($1))",
+            "SELECT outbox_source_missing(to_regclass($1))",
             &[&table.pg()],
         )
         .await?;
-    Ok(row.get::<_, Option<bool>>(0).unwrap_or(false))
-}
-
-/// The position saved under `key` (`safe_below`, see `scan`; a table's
-/// name, or a shard's `Shard::position_key`), if one ever was.
-pub async fn saved_position(
-    client: &impl GenericClient,
-    key: &str,
-) -> Result<Option<i64>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT safe_below FROM outbox_scan_positions WHERE source_table = $1",
-            &[&key],
-        )
-        .await?;
-    Ok(row.map(|r| r.get(0)))
-}
-
-/// Below it, every row of `table` is settled for a flow split in `shards`:
-/// the lowest of its shards' positions when each saved one, else the
-/// whole table's position (from before it was split), if any.
-pub async fn position_floor(
-    client: &impl GenericClient,
-    table: &str,
-    shards: u16,
-) -> Result<Option<i64>, tokio_postgres::Error> {
-    let keys: Vec<String> = Shard::all(shards).map(|s| s.position_key(table)).collect();
-    let row = client
-        .query_one(
-            "SELECT count(*), min(safe_below) FROM outbox_scan_positions WHERE source_table = ANY($1)",
-            &[&keys],
-        )
-        .await?;
-    if row.get::<_, i64>(0) == keys.len() as i64 {
-        return Ok(row.get(1));
-    }
-    if shards > 1 {
-        return saved_position(client, table).await;
-    }
-    Ok(None)
+    Ok(row.get::<_, Option<Vec<String>>>(0).unwrap_or_default())
 }
 
 /// Runs `work` (a future not yet polled, on `client`) between BEGIN and
@@ -269,25 +232,6 @@ async fn in_transaction<T>(
             Err(e)
         }
     }
-}
-
-/// `ranges` (lows, highs) as disjoint ranges in ascending order.
-fn disjoint(ranges: &(Vec<i64>, Vec<i64>)) -> (Vec<i64>, Vec<i64>) {
-    let mut sorted: Vec<(i64, i64)> = ranges
-        .0
-        .iter()
-        .copied()
-        .zip(ranges.1.iter().copied())
-        .collect();
-    sorted.sort_unstable();
-    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(sorted.len());
-    for (lo, hi) in sorted {
-        match merged.last_mut() {
-            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
-            _ => merged.push((lo, hi)),
-        }
-    }
-    merged.into_iter().unzip()
 }
 
 impl OutboxSource {
@@ -362,6 +306,14 @@ impl OutboxSource {
             exprs.push(expr);
             fields.push(Field::new(column.as_str(), kind));
         }
+        // Checked after the flow's own columns: a definition that
+        // contradicts the table is the first thing to say.
+        if type_of("outbox_txid") != Some("bigint") {
+            return Err(SourceError::Untuned {
+                flow: flow.into(),
+                table: table.into(),
+            });
+        }
         // After the object's fields: the body, the route's and the headers'
         // columns, as text.
         let mut extras = Vec::new();
@@ -430,127 +382,83 @@ impl OutboxSource {
                 .map_or_else(String::new, |c| format!(" AND {c}"))
         };
         let src_shard = mine("src");
-        // A range of the primary key (see `scan`): an index scan however
-        // many rows were already sent, with no index on the flag.
-        let locking = format!(
-            "SELECT src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, {} FROM {t} AS src \
-             WHERE src.\"id\" > $2::int8 AND src.\"id\" <= $3::int8 AND src.sent_to_kafka IS NOT TRUE{src_shard} \
-             ORDER BY src.\"id\" LIMIT $1 FOR UPDATE SKIP LOCKED",
+        let columns = format!(
+            "src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, {}",
             exprs.join(", ")
         );
-        // A shard's fetch also returns the other shards' ids it passed (in
-        // the same snapshot), so only ids it did not see become holes.
-        let fetch_sql = match shard.others_condition("o", &key) {
-            None => locking,
-            Some(theirs) => format!(
-                "WITH locked AS MATERIALIZED ({locking}) \
-                 SELECT locked.*, CASE WHEN locked.outbox_id = (SELECT min(outbox_id) FROM locked) \
-                 THEN ARRAY(SELECT o.\"id\"::int8 FROM {t} AS o \
-                 WHERE o.\"id\" > $2::int8 AND o.\"id\" <= (SELECT max(outbox_id) FROM locked) \
-                 AND {theirs} ORDER BY o.\"id\") END AS outbox_passed \
-                 FROM locked ORDER BY outbox_id"
-            ),
-        };
+        // One window's rows (see `window` and `window::Bounds`), in the
+        // order of the (outbox_txid, id) index: no sort, and a batch's
+        // rows locked as they are taken. Locks are waited for, not
+        // skipped: a row skipped here would not be looked for again (the
+        // window moves on), and only a writer's own lock on a pending row
+        // can be in the way.
+        let fetch_sql = format!(
+            "SELECT {columns}, src.outbox_txid FROM {t} AS src \
+             WHERE (src.outbox_txid, src.\"id\") > ($1::int8, $2::int8) AND src.outbox_txid < $3::int8 \
+             AND (src.outbox_txid >= $4::int8 OR src.outbox_txid = ANY($5::int8[])) \
+             AND src.outbox_txid <> ALL($6::int8[]) AND src.sent_to_kafka IS NOT TRUE{src_shard} \
+             ORDER BY src.outbox_txid, src.\"id\" LIMIT $7 FOR NO KEY UPDATE OF src"
+        );
         let by_flag_sql = format!(
-            "SELECT src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, {} FROM {t} AS src \
-             WHERE src.sent_to_kafka IS NOT TRUE ORDER BY src.\"id\" LIMIT $1 FOR UPDATE SKIP LOCKED",
-            exprs.join(", ")
+            "SELECT {columns}, src.outbox_txid FROM {t} AS src \
+             WHERE src.sent_to_kafka IS NOT TRUE ORDER BY src.\"id\" LIMIT $1 FOR UPDATE SKIP LOCKED"
         );
         let mark_sql = format!(
             "UPDATE {t} SET sent_to_kafka = TRUE WHERE \"id\" = ANY($1::int8[]) AND sent_to_kafka IS NOT TRUE"
         );
+        // The rows of a range of the (outbox_txid, id) index this
+        // transaction holds locked (`xmax` is its id): a third cheaper than
+        // probing the key for every id; rows of the range it did not lock
+        // (other shards', sent ones, those of transactions running at the
+        // window's end) are left alone.
         let mark_range_sql = format!(
-            "UPDATE {t} SET sent_to_kafka = TRUE WHERE \"id\" BETWEEN $1::int8 AND $2::int8 \
+            "UPDATE {t} SET sent_to_kafka = TRUE \
+             WHERE (outbox_txid, \"id\") >= ($1::int8, $2::int8) AND (outbox_txid, \"id\") <= ($3::int8, $4::int8) \
              AND sent_to_kafka IS NOT TRUE AND xmax = pg_current_xact_id()::xid"
-        );
-        // One snapshot for the whole statement: its xmin and what it sees
-        // in each hole belong together; the guard is an id assigned during
-        // the statement, so above every transaction that wrote before it
-        // (see `scan::Look`). Assigning it costs a commit record, so only
-        // when a hole needs one ($3).
-        let look_sql = format!(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8, \
-             CASE WHEN $3 THEN pg_current_xact_id()::text::int8 ELSE 0 END, \
-             ARRAY(SELECT EXISTS (SELECT 1 FROM {t} AS src WHERE src.\"id\" BETWEEN g.lo AND g.hi \
-             AND src.sent_to_kafka IS NOT TRUE{src_shard}) \
-             FROM unnest($1::int8[], $2::int8[]) WITH ORDINALITY AS g(lo, hi, n) ORDER BY g.n)"
-        );
-        let sweep_sql = format!(
-            "SELECT src.\"id\"::int8 FROM {t} AS src \
-             WHERE src.sent_to_kafka IS NOT TRUE AND src.\"id\" <= $1::int8{src_shard} LIMIT 1000"
-        );
-        // Committed pending rows in the scan's holes, in two statements:
-        // the lowest candidates (a primary-key probe per hole, lateral so
-        // the plan is that whatever the estimates — a plain join of the
-        // holes with the table was planned as a walk of the whole table,
-        // seconds per batch on 1M rows), then those locked in id order.
-        // Locking as the rows are taken (not per hole) leaves no row locked
-        // and left out of the batch.
-        let hole_candidates_sql = format!(
-            "SELECT ARRAY(SELECT s.id FROM unnest($2::int8[], $3::int8[]) AS h(lo, hi) CROSS JOIN LATERAL \
-             (SELECT src.\"id\"::int8 AS id FROM {t} AS src \
-             WHERE src.\"id\" BETWEEN h.lo AND h.hi AND src.sent_to_kafka IS NOT TRUE{src_shard} \
-             ORDER BY src.\"id\" LIMIT $1) AS s ORDER BY s.id LIMIT $1)"
-        );
-        let holes_sql = format!(
-            "SELECT src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, {} FROM {t} AS src \
-             WHERE src.\"id\" = ANY($1::int8[]) AND src.sent_to_kafka IS NOT TRUE \
-             ORDER BY src.\"id\"::int8 + 0 FOR UPDATE SKIP LOCKED",
-            exprs.join(", ")
-        );
-        // Rows `relay replay` set pending again, one id each: a shard takes
-        // its own (and ids whose row is gone, which then close at once);
-        // ranges `relay resend` set pending again, addressed to this scan.
-        let mine_of_replayed = shard
-            .others_condition("src", &key)
-            .map_or_else(String::new, |theirs| {
-                format!(
-                    " AND NOT EXISTS (SELECT 1 FROM {t} AS src WHERE src.\"id\" = r.id AND {theirs})"
-                )
-            });
-        let rescans_sql = format!(
-            "DELETE FROM outbox_scan_rescans r WHERE \
-             (r.source_table = $1 AND r.last_id IS NULL{mine_of_replayed}) \
-             OR (r.source_table = $2 AND r.last_id IS NOT NULL) \
-             RETURNING r.id, coalesce(r.last_id, r.id)"
         );
         Ok(Self {
             table: table.into(),
             topic: source.topic.clone(),
             shard,
             position_key: shard.position_key(table),
-            rescans_sql,
-            hole_candidates_sql,
-            holes_sql,
             fetch_sql,
             mark_sql,
             mark_range_sql,
-            look_sql,
-            sweep_sql,
             by_flag_sql,
             shape,
-            last_id_sql: format!("SELECT max(src.\"id\")::int8 FROM {t} AS src"),
-            extent_sql: format!(
-                "SELECT min(\"id\")::int8, max(\"id\")::int8, \
-                 (SELECT min(src.\"id\")::int8 FROM {t} AS src WHERE src.sent_to_kafka IS NOT TRUE{src_shard}) FROM {t}"
-            ),
             fields,
         })
     }
 
-    /// Locks up to `limit` pending rows of `range` in id order (call inside
-    /// a transaction); rows locked by another transaction are skipped.
+    /// Locks up to `limit` pending rows of a window after its cursor, in
+    /// (`outbox_txid`, id) order (call inside a transaction).
     pub async fn fetch_pending(
         &self,
         tx: &impl GenericClient,
         limit: u32,
-        range: Range,
+        bounds: &Bounds,
     ) -> Result<OutboxBatch, tokio_postgres::Error> {
-        let (after, upto) = range.bounds();
         let rows = tx
-            .query(&self.fetch_sql, &[&i64::from(limit), &after, &upto])
+            .query(
+                &self.fetch_sql,
+                &[
+                    &bounds.after.0,
+                    &bounds.after.1,
+                    &bounds.below,
+                    &bounds.from,
+                    &bounds.late,
+                    &bounds.running,
+                    &i64::from(limit),
+                ],
+            )
             .await?;
-        Ok(self.batch_of(&rows))
+        let mut batch = self.batch_of(&rows);
+        batch.late = batch
+            .messages
+            .iter()
+            .take_while(|m| m.txid < bounds.from)
+            .count();
+        Ok(batch)
     }
 
     /// The statement before the keyset scan: pending rows through an index
@@ -593,6 +501,7 @@ impl OutboxSource {
                 .collect();
             messages.push(OutboxMessage {
                 id: row.get(0),
+                txid: row.get::<_, Option<i64>>(end).unwrap_or_default(),
                 key: row.get(1),
                 payload,
                 topic,
@@ -603,203 +512,35 @@ impl OutboxSource {
                     .map(|d| d.as_millis() as i64),
             });
         }
-        let passed = match rows.first() {
-            // On the first row only (on every row, the array would be
-            // copied into each: gigabytes sorted for a 10,000-row batch).
-            Some(row) if row.len() > end => row.get::<_, Option<Vec<i64>>>(end).unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        OutboxBatch {
-            messages,
-            passed,
-            from_holes: 0,
-        }
-    }
-
-    /// The lowest `limit` committed pending rows in `holes` (the scan's
-    /// holes below a batch's range, as lows and highs), not locked: called
-    /// right after the batch's fetch (keyset or hole), in its transaction,
-    /// then locked by [`Self::lock_from_holes`].
-    ///
-    /// Why: a row that committed before a later row of the same key became
-    /// visible is then published with it or before it, never after — the
-    /// fetch alone would publish the later row and leave the earlier one
-    /// to the next look into the holes. This statement's snapshot is newer
-    /// than the fetch's, so it sees every row committed before any row that
-    /// fetch saw. As many as `limit` means the holes may hold more: the
-    /// range's rows must then wait.
-    pub async fn hole_candidates(
-        &self,
-        tx: &impl GenericClient,
-        limit: u32,
-        holes: &(Vec<i64>, Vec<i64>),
-    ) -> Result<Vec<i64>, tokio_postgres::Error> {
-        // Holes may overlap (a rewound range over older holes): probed as
-        // they were, a row in two would be locked and published twice.
-        let (lo, hi) = disjoint(holes);
-        Ok(tx
-            .query_one(&self.hole_candidates_sql, &[&i64::from(limit), &lo, &hi])
-            .await?
-            .get(0))
-    }
-
-    /// Locks the `candidates` still pending and unlocked and puts them
-    /// before `batch`'s rows.
-    pub async fn lock_from_holes(
-        &self,
-        tx: &impl GenericClient,
-        candidates: &[i64],
-        batch: &mut OutboxBatch,
-    ) -> Result<(), tokio_postgres::Error> {
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        let rows = tx.query(&self.holes_sql, &[&candidates]).await?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut found = self.batch_of(&rows);
-        found.from_holes = found.messages.len();
-        found.messages.append(&mut batch.messages);
-        batch.messages = found.messages;
-        batch.from_holes += found.from_holes;
-        Ok(())
-    }
-
-    /// The table's highest id (a primary-key lookup).
-    pub async fn last_id(
-        &self,
-        client: &impl GenericClient,
-    ) -> Result<Option<i64>, tokio_postgres::Error> {
-        let row = client.query_one(&self.last_id_sql, &[]).await?;
-        Ok(row.get(0))
-    }
-
-    /// Looks into the scan's holes (outside a transaction).
-    pub async fn look(
-        &self,
-        client: &impl GenericClient,
-        holes: &(Vec<i64>, Vec<i64>),
-        needs_guard: bool,
-    ) -> Result<Look, tokio_postgres::Error> {
-        let row = client
-            .query_one(&self.look_sql, &[&holes.0, &holes.1, &needs_guard])
-            .await?;
-        Ok(Look {
-            xmin: row.get(0),
-            xmax: row.get(1),
-            pending: row.get(2),
-        })
-    }
-
-    /// Pending rows at or below `upto` (a scan of the whole table: see
-    /// `scan`, "the sweep").
-    pub async fn sweep(
-        &self,
-        client: &impl GenericClient,
-        upto: i64,
-    ) -> Result<Vec<i64>, tokio_postgres::Error> {
-        let rows = client.query(&self.sweep_sql, &[&upto]).await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-
-    /// Where the active relay starts: after the saved position, or — for a
-    /// table it never relayed — after a search for the first pending row.
-    pub async fn starting_scan(
-        &self,
-        client: &impl GenericClient,
-    ) -> Result<Scan, tokio_postgres::Error> {
-        if let Some(safe_below) = saved_position(client, &self.position_key).await? {
-            return Ok(Scan::starting_below(safe_below));
-        }
-        if !self.shard.is_whole() {
-            // Settled for every row is settled for the shard's.
-            if let Some(safe_below) = saved_position(client, &self.table).await? {
-                return Ok(Scan::starting_below(safe_below));
-            }
-        }
-        let row = client.query_one(&self.extent_sql, &[]).await?;
-        let (first, last, pending): (Option<i64>, Option<i64>, Option<i64>) =
-            (row.get(0), row.get(1), row.get(2));
-        Ok(match (first, last) {
-            (Some(_), Some(last)) => Scan::unsettled(pending.map_or(last, |p| p.saturating_sub(1))),
-            _ => Scan::starting_below(i64::MIN),
-        })
-    }
-
-    /// Takes the rows `relay replay` and `relay resend` set pending again
-    /// and saves the position with them in it, in one transaction (so they
-    /// are never both taken and above a saved position).
-    pub async fn take_rescans(
-        &self,
-        client: &Client,
-        flow: &str,
-        scan: &std::sync::Mutex<Scan>,
-    ) -> Result<usize, tokio_postgres::Error> {
-        in_transaction(client, async {
-            let rows = client
-                .query(&self.rescans_sql, &[&self.table, &self.position_key])
-                .await?;
-            if rows.is_empty() {
-                return Ok(0);
-            }
-            let ranges: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            let position = {
-                let mut scan = crate::scan::lock(scan);
-                scan.add_strays(&ranges);
-                scan.safe_below()
-            };
-            self.save_position(client, flow, position).await?;
-            Ok(ranges.len())
-        })
-        .await
-    }
-
-    /// Saves where the next leader may start (see `scan`).
-    pub async fn save_position(
-        &self,
-        client: &impl GenericClient,
-        flow: &str,
-        safe_below: i64,
-    ) -> Result<(), tokio_postgres::Error> {
-        client
-            .execute(
-                "INSERT INTO outbox_scan_positions (source_table, flow, safe_below) VALUES ($1, $2, $3) \
-                 ON CONFLICT (source_table) DO UPDATE \
-                 SET flow = EXCLUDED.flow, safe_below = EXCLUDED.safe_below, updated_at = now()",
-                &[&self.position_key, &flow, &safe_below],
-            )
-            .await?;
-        Ok(())
+        OutboxBatch { messages, late: 0 }
     }
 
     /// Flags exactly the rows of `batch` sent, in the transaction that
     /// locked them. Called only after Kafka committed them.
     ///
-    /// One range scan over the batch's ids (those from holes by their ids
-    /// first), flipping the rows this
-    /// transaction holds locked (`xmax` is its id) — a third cheaper than
-    /// probing the key for every id; rows of the range this transaction did
-    /// not lock (committed after the fetch, locked by others) are left
-    /// alone. When a row's lock was shared meanwhile (a foreign-key check
-    /// makes `xmax` a multixact), fewer rows flip and the id list flips the
-    /// rest.
+    /// The rows of transactions that ended late by their ids, the rest by
+    /// one range of the (`outbox_txid`, id) index (see `inspect`). When a
+    /// row's lock was shared meanwhile (a foreign-key check makes `xmax` a
+    /// multixact), fewer rows flip and the id list flips the rest.
     pub async fn mark_sent(
         &self,
         tx: &impl GenericClient,
         batch: &OutboxBatch,
     ) -> Result<u64, tokio_postgres::Error> {
-        let (holes, range) = batch.messages.split_at(batch.from_holes.min(batch.len()));
+        let (late, range) = batch.messages.split_at(batch.late.min(batch.len()));
         let mut flipped = 0;
-        if !holes.is_empty() {
-            let ids: Vec<i64> = holes.iter().map(|m| m.id).collect();
+        if !late.is_empty() {
+            let ids: Vec<i64> = late.iter().map(|m| m.id).collect();
             flipped += tx.execute(&self.mark_sql, &[&ids]).await?;
         }
         let (Some(first), Some(last)) = (range.first(), range.last()) else {
             return Ok(flipped);
         };
         flipped += tx
-            .execute(&self.mark_range_sql, &[&first.id, &last.id])
+            .execute(
+                &self.mark_range_sql,
+                &[&first.txid, &first.id, &last.txid, &last.id],
+            )
             .await?;
         if flipped == batch.len() as u64 {
             return Ok(flipped);
@@ -843,14 +584,5 @@ impl OutboxSource {
             Ok(())
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn overlapping_holes_are_probed_once() {
-        let holes = (vec![10, 1, 4, 20], vec![12, 5, 11, 20]);
-        assert_eq!(super::disjoint(&holes), (vec![1, 20], vec![12, 20]));
     }
 }

@@ -60,10 +60,11 @@ const REPUBLISHED_HELP: &str = "Rows committed (or, for kafka_commit_outcome_unk
 pub struct TableStats {
     pub published: Series,
     pub set_aside: Series,
-    /// The keyset scan's open holes (see `scan`), summed over the shards
-    /// this relay leads: each adds what its count changed by.
-    open_holes: Series,
-    holes_shown: std::sync::atomic::AtomicI64,
+    /// Transactions running at the end of the scan's window (see
+    /// `window`), summed over the shards this relay leads: each adds what
+    /// its count changed by.
+    waiting_for: Series,
+    waiting_shown: std::sync::atomic::AtomicI64,
 }
 
 const PHASE_HELP: &str = "Time per batch in each phase: fetch (lock rows and build JSON), send (hand to the producer), kafka_commit, mark (flag sent), pg_commit.";
@@ -162,21 +163,21 @@ impl TableStats {
                 "Rows Kafka refused for good, moved to outbox_dead_rows.",
                 &labels,
             ),
-            open_holes: metrics.gauge(
-                "relay_scan_open_holes",
-                "Id ranges the active relay's keyset scan passed without locking every row, still watched (transactions running, rolled-back ids); summed over the shards it leads.",
+            waiting_for: metrics.gauge(
+                "relay_scan_running_transactions",
+                "Transactions still running when the active relay's current window was cut (their rows go out in a later window); summed over the shards it leads. A figure stuck high points at long-running writers.",
                 &labels,
             ),
-            holes_shown: std::sync::atomic::AtomicI64::new(0),
+            waiting_shown: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
-    /// This scan's open holes now (0 once it stops leading).
-    pub fn show_open_holes(&self, holes: usize) {
-        let holes = holes as i64;
+    /// This scan's running transactions now (0 once it stops leading).
+    pub fn show_waiting_for(&self, running: usize) {
+        let running = running as i64;
         let before = self
-            .holes_shown
-            .swap(holes, std::sync::atomic::Ordering::Relaxed);
-        self.open_holes.add(holes - before);
+            .waiting_shown
+            .swap(running, std::sync::atomic::Ordering::Relaxed);
+        self.waiting_for.add(running - before);
     }
 }
