@@ -165,9 +165,10 @@ async fn relay_prune_deletes_old_sent_rows_and_never_a_pending_one() -> anyhow::
     Ok(())
 }
 
-/// The active relay of a flow with `retention` prunes on its own: old rows
-/// that were pending are published first, then pruned with the old sent
-/// ones; the metrics count them.
+/// The active relay prunes a flow with `retention` on its own schedule
+/// while a writer keeps inserting and a sink loads ClickHouse: every old
+/// sent row goes, the old pending rows are published (once) before they
+/// are pruned, and every row written meanwhile reaches ClickHouse once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_relay_prunes_a_flow_with_retention() -> anyhow::Result<()> {
     let stack = TestStack::start("r_relay").await?;
@@ -186,10 +187,32 @@ async fn the_active_relay_prunes_a_flow_with_retention() -> anyhow::Result<()> {
         ],
     );
     let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
+    let mut sink = Daemon::spawn("sink", &["run"], &env, &format!("{}-sink", stack.name));
+    let writing = Arc::new(AtomicU8::new(0));
+    let writer = {
+        let (url, writing) = (stack.database_url.clone(), Arc::clone(&writing));
+        tokio::spawn(async move {
+            let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            let mut written = 0i64;
+            while writing.load(Ordering::SeqCst) == 0 {
+                pg.execute(
+                    "INSERT INTO user_logins (username, event_type, event_time) VALUES ('live', 'login', now())",
+                    &[],
+                )
+                .await?;
+                written += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(written)
+        })
+    };
     wait_until("every old row pruned", SETTLE, || async {
-        Ok(count(&pg, "true").await? == 0)
+        Ok(count(&pg, "event_time < now() - interval '7 days'").await? == 0)
     })
     .await;
+    writing.store(1, Ordering::SeqCst);
+    let written = writer.await??;
     let metrics = get(&addr, "/metrics").await?.1;
     let pruned = daemon::http::metric_value(
         &metrics,
@@ -204,18 +227,36 @@ async fn the_active_relay_prunes_a_flow_with_retention() -> anyhow::Result<()> {
     )
     .unwrap_or(0.0);
     assert!(last > 1.7e9, "last prune time: {last}");
+    assert!(
+        written > 20,
+        "a writer ran through the prune: {written} rows"
+    );
+    let expected = 10 + written as u64;
+    wait_until("every published row in ClickHouse", SETTLE, || async {
+        Ok(stack.pending("user_logins").await? == 0
+            && stack.ch_count_raw("user_logins").await? >= expected)
+    })
+    .await;
     relay.terminate(Duration::from_secs(15));
+    sink.terminate(Duration::from_secs(15));
+    assert_eq!(
+        stack.ch_count_final("user_logins").await?,
+        expected,
+        "the old pending rows and every row written meanwhile, once"
+    );
 
     let brokers = stack.kafka_brokers.clone();
     let topics = vec![stack.topic("user_events")];
     let records =
         tokio::task::spawn_blocking(move || read_all(&brokers, &topics, Isolation::Committed))
             .await??;
+    let ids: BTreeSet<i64> = records.iter().filter_map(|r| r.id()).collect();
     assert_eq!(
-        records.len(),
-        10,
-        "the ten pending rows published (once) before they were pruned"
+        records.len() as u64,
+        expected,
+        "each published row once on the topic"
     );
+    assert_eq!(ids.len() as u64, expected);
     let _ = std::fs::remove_file(&flows);
     Ok(())
 }
@@ -451,6 +492,241 @@ time_column = "event_time"
         .await?
         .get(0);
     assert_eq!(gone, None, "the detached partition dropped");
+    let _ = std::fs::remove_file(&flows);
+    Ok(())
+}
+
+/// `events_p`, partitioned by `event_time` and tuned as a source: `_a`
+/// (60 to 30 days ago) holding only old sent rows, `_now` the rest; its
+/// flow keeps a week.
+async fn partitioned_source(stack: &TestStack) -> anyhow::Result<PathBuf> {
+    stack
+        .pg()
+        .await?
+        .batch_execute(
+            "CREATE TABLE events_p (
+                 id bigserial, username text NOT NULL, event_time timestamptz NOT NULL,
+                 sent_to_kafka boolean NOT NULL DEFAULT false, PRIMARY KEY (id, event_time)
+             ) PARTITION BY RANGE (event_time);
+             CREATE TABLE events_p_a PARTITION OF events_p
+                 FOR VALUES FROM (now() - interval '60 days') TO (now() - interval '30 days');
+             CREATE TABLE events_p_now PARTITION OF events_p
+                 FOR VALUES FROM (now() - interval '30 days') TO (now() + interval '30 days');
+             CREATE TRIGGER events_p_outbox_notify AFTER INSERT ON events_p
+                 FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+             SELECT outbox_tune_source('events_p');
+             INSERT INTO events_p (username, event_time, sent_to_kafka)
+                 SELECT 'a', now() - interval '45 days', true FROM generate_series(1, 1000);
+             INSERT INTO events_p (username, event_time, sent_to_kafka)
+                 SELECT 'young', now() - interval '1 day', true FROM generate_series(1, 5);",
+        )
+        .await?;
+    let flows = std::env::temp_dir().join(format!("{}-flows.toml", stack.name));
+    std::fs::write(
+        &flows,
+        r#"[[flows]]
+name = "events_p"
+consumer_group = "events-p"
+retention = "7d"
+
+[[flows.sources]]
+table = "events_p"
+topic = "events_p"
+key = "username"
+columns = ["id", "username", "event_time"]
+time_column = "event_time"
+"#,
+    )?;
+    Ok(flows)
+}
+
+/// A transaction writing an old-dated pending row into `events_p_a`, left
+/// open; its row's id.
+async fn open_late_writer(stack: &TestStack) -> anyhow::Result<(tokio_postgres::Client, i64)> {
+    let writer = stack.pg().await?;
+    writer.batch_execute("BEGIN").await?;
+    let id: i64 = writer
+        .query_one(
+            "INSERT INTO events_p (username, event_time) VALUES ('late', now() - interval '40 days') RETURNING id",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok((writer, id))
+}
+
+/// Waits until a session's `ALTER TABLE … DETACH PARTITION` waits on a lock
+/// (its second step waits for every transaction that may see the
+/// partition).
+async fn detach_waiting(pg: &tokio_postgres::Client) {
+    wait_until(
+        "the prune's detach waiting for the open writer",
+        SETTLE,
+        || async {
+            Ok(pg
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query LIKE 'ALTER TABLE%DETACH PARTITION%' AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await?
+                .get::<_, i64>(0)
+                > 0)
+        },
+    )
+    .await;
+}
+
+/// The relay publishes every pending row of `events_p`, `late` among them,
+/// each once on the topic.
+async fn late_row_published(
+    stack: &TestStack,
+    env: &[(String, String)],
+    late: i64,
+) -> anyhow::Result<()> {
+    let mut env = env.to_vec();
+    env.retain(|(k, _)| k != "FLOWS");
+    env.push(("FLOWS".into(), "events_p".into()));
+    let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
+    let pg = stack.pg().await?;
+    wait_until("the late row published", SETTLE, || async {
+        let row = pg
+            .query_opt("SELECT sent_to_kafka FROM events_p WHERE id = $1", &[&late])
+            .await?;
+        Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
+    })
+    .await;
+    relay.terminate(Duration::from_secs(15));
+    let brokers = stack.kafka_brokers.clone();
+    let topics = vec![stack.topic("events_p")];
+    let records =
+        tokio::task::spawn_blocking(move || read_all(&brokers, &topics, Isolation::Committed))
+            .await??;
+    let ids: Vec<i64> = records.iter().filter_map(|r| r.id()).collect();
+    assert_eq!(ids, vec![late], "the late row on the topic, once");
+    Ok(())
+}
+
+/// A row written into an old partition by a transaction that commits while
+/// the prune detaches that partition (the detach waits for it): the prune
+/// sees it once the partition is detached and attaches the partition again
+/// instead of dropping the row with it; the relay publishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_written_into_a_partition_being_detached_is_not_dropped() -> anyhow::Result<()> {
+    let stack = TestStack::start("r_detach_race").await?;
+    stack.migrate().await?;
+    let flows = partitioned_source(&stack).await?;
+    let env = env_with(&stack, &flows, &[]);
+    let pg = stack.pg().await?;
+    let (writer, late) = open_late_writer(&stack).await?;
+    let prune_env = env.clone();
+    let prune = tokio::task::spawn_blocking(move || {
+        relay_cli(&prune_env, &["prune", "--flow", "events_p"])
+    });
+    detach_waiting(&pg).await;
+    writer.batch_execute("COMMIT").await?;
+    let (code, out, err) = prune.await?;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("partitions=0"),
+        "nothing dropped whole: {out} {err}"
+    );
+    let left: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM events_p WHERE id = $1 AND sent_to_kafka IS NOT TRUE",
+            &[&late],
+        )
+        .await?
+        .get(0);
+    assert_eq!(left, 1, "the late pending row is still in the table");
+    late_row_published(&stack, &env, late).await?;
+    let _ = std::fs::remove_file(&flows);
+    Ok(())
+}
+
+/// A detach cut short — by the statement timeout while it waits for a
+/// writer, or by a crash right after it — leaves the partition pending
+/// detach or detached, hidden from the relay; the next prune settles it:
+/// attached again when a pending row was written into it meanwhile (then
+/// published), dropped when it holds only sent rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detach_cut_short_is_settled_by_the_next_prune() -> anyhow::Result<()> {
+    let stack = TestStack::start("r_detach_cut").await?;
+    stack.migrate().await?;
+    let flows = partitioned_source(&stack).await?;
+    let env = env_with(&stack, &flows, &[]);
+    let pg = stack.pg().await?;
+
+    // Cut short by the statement timeout, a pending row written meanwhile.
+    let (writer, late) = open_late_writer(&stack).await?;
+    let short = env_with(&stack, &flows, &[("POSTGRES_STATEMENT_TIMEOUT_MS", "1500")]);
+    let prune =
+        tokio::task::spawn_blocking(move || relay_cli(&short, &["prune", "--flow", "events_p"]));
+    detach_waiting(&pg).await;
+    let (_, out, err) = prune.await?;
+    writer.batch_execute("COMMIT").await?;
+    let pending_detach: bool = pg
+        .query_one(
+            "SELECT coalesce((SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = 'events_p_a'::regclass), false)",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(
+        pending_detach,
+        "the timed-out detach left the partition pending detach: {out} {err}"
+    );
+    let (code, out, err) = relay_cli(&env, &["prune", "--flow", "events_p"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("partitions=0"), "{out}");
+    let attached: bool = pg
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = 'events_p_a'::regclass AND NOT inhdetachpending)",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(
+        attached,
+        "the partition holding a pending row is attached again"
+    );
+    late_row_published(&stack, &env, late).await?;
+
+    // Cut short by a crash right after the detach: the next prune drops it
+    // (only sent rows now: the late one, published; the old ones went row
+    // by row in the prune that attached the partition again).
+    let crashing = env_with(
+        &stack,
+        &flows,
+        &[("OUTBOX_FAILPOINTS", "relay-prune-after-detach=1")],
+    );
+    let (code, _, err) = relay_cli(&crashing, &["prune", "--flow", "events_p"]);
+    assert_ne!(code, Some(0), "the prune died at the crash point: {err}");
+    let detached: bool = pg
+        .query_one(
+            "SELECT to_regclass('events_p_a') IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = 'events_p_a'::regclass)",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(detached, "the crash left the partition detached: {err}");
+    let (code, out, err) = relay_cli(&env, &["prune", "--flow", "events_p"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("pruned=1 "),
+        "the detached partition's row dropped with it: {out} {err}"
+    );
+    let gone: Option<String> = pg
+        .query_one("SELECT to_regclass('events_p_a')::text", &[])
+        .await?
+        .get(0);
+    assert_eq!(gone, None, "the partition dropped");
+    let records: i64 = pg
+        .query_one("SELECT count(*) FROM outbox_partition_detaches", &[])
+        .await?
+        .get(0);
+    assert_eq!(records, 0, "nothing left to settle");
     let _ = std::fs::remove_file(&flows);
     Ok(())
 }

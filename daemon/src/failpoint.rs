@@ -13,7 +13,8 @@
 //! Points: `relay-before-kafka-commit` (batch produced, Kafka transaction
 //! not yet committed), `relay-after-kafka-commit` (Kafka committed, Postgres
 //! not yet), `relay-before-flag` (async, inside the flag update's deadline),
-//! `relay-before-hole-lock` (async, before a batch from a scan hole is locked), `sink-after-insert` (ClickHouse accepted, offsets not yet
+//! `relay-prune-after-detach` (a partition detached to be dropped, not yet
+//! settled), `sink-after-insert` (ClickHouse accepted, offsets not yet
 //! committed), `stage-before-commit` (records produced, transaction not yet
 //! committed).
 

@@ -26,6 +26,7 @@ const POSTGRES: &[(&str, &str)] = embed!(
     "0008_keyset_relay",
     "0009_rescan_ranges",
     "0010_txid_windows",
+    "0011_partition_detaches",
 );
 const CLICKHOUSE: &[(&str, &str)] = embed!(
     "clickhouse",

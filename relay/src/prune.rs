@@ -19,6 +19,18 @@
 //! range lies wholly before it (the cutoff itself does not fit its
 //! constraint), is detached `CONCURRENTLY` (no lock that stops inserts) and
 //! dropped. The default partition is never dropped.
+//!
+//! The check before the detach cannot see a row a transaction still open
+//! writes into the partition, and the detach waits for that transaction to
+//! end — so a partition is dropped only after a second look, once detached
+//! and locked (`ACCESS EXCLUSIVE`: no writer left in it, none can come):
+//! holding a pending row, it is attached again instead, and the relay
+//! publishes the row. A detach cut short (a statement timeout, a crash)
+//! leaves the partition detached or pending detach, which hides it from the
+//! relay and from the next prune's walk: so every detach is recorded first
+//! in `outbox_partition_detaches`, and each prune settles what a previous
+//! one left there (finishes the detach, then drops or attaches again as
+//! above) before anything else.
 
 use std::time::{Duration, SystemTime};
 
@@ -123,7 +135,8 @@ impl Prune {
 
 impl Prune {
     /// Detaches and drops (dry: counts) the partitions wholly before
-    /// `cutoff` holding only sent rows (see the module doc).
+    /// `cutoff` holding only sent rows (see the module doc), after settling
+    /// what an earlier prune's detach left.
     async fn drop_partitions(
         &self,
         client: &impl GenericClient,
@@ -131,21 +144,29 @@ impl Prune {
     ) -> Result<(Pruned, Vec<u32>), tokio_postgres::Error> {
         let mut pruned = Pruned::default();
         let mut dropped = Vec::new();
+        if !self.dry_run {
+            pruned.rows += self.settle_leftovers(client).await?;
+        }
         let partitions = client
             .query(
                 "SELECT c.oid::regclass::text, pg_get_partition_constraintdef(c.oid), \
-                 format_type(a.atttypid, a.atttypmod), c.oid \
+                 format_type(a.atttypid, a.atttypmod), c.oid, pg_get_expr(c.relpartbound, c.oid) \
                  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
                  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped \
-                 WHERE i.inhparent = $1::text::regclass AND c.relkind = 'r' \
+                 WHERE i.inhparent = $1::text::regclass AND c.relkind = 'r' AND NOT i.inhdetachpending \
                  AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT' ORDER BY 1",
                 &[&self.quoted, &self.time.1],
             )
             .await?;
         let time = &self.time.0;
         for row in partitions {
-            let (part, constraint, kind, oid): (String, Option<String>, String, u32) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let (part, constraint, kind, oid, bound): (
+                String,
+                Option<String>,
+                String,
+                u32,
+                String,
+            ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
             let Some(constraint) = constraint else {
                 continue;
             };
@@ -169,31 +190,194 @@ impl Prune {
             if !droppable {
                 continue;
             }
-            if !self.dry_run {
-                let detach = format!(
-                    "ALTER TABLE {} DETACH PARTITION {part} CONCURRENTLY",
-                    self.quoted
-                );
-                if let Err(error) = client.batch_execute(&detach).await {
-                    // E.g. a default partition exists (CONCURRENTLY is
-                    // refused then): the walk deletes its rows instead.
-                    tracing::warn!(table = self.table, partition = part, error = %connections::pg::detail(&error), "partition not detached; pruned row by row");
-                    continue;
-                }
-                client.batch_execute(&format!("DROP TABLE {part}")).await?;
-                tracing::info!(
-                    table = self.table,
-                    partition = part,
-                    rows,
-                    "partition older than the retention dropped"
-                );
+            if self.dry_run {
+                pruned.partitions += 1;
+                pruned.rows += rows as u64;
+                dropped.push(oid);
+                continue;
             }
-            pruned.partitions += 1;
-            pruned.rows += rows as u64;
-            dropped.push(oid);
+            client
+                .execute(
+                    "INSERT INTO outbox_partition_detaches (partition, parent, bound) \
+                     VALUES ($1, $2::text::regclass, $3) ON CONFLICT (partition) DO NOTHING",
+                    &[&part, &self.quoted, &bound],
+                )
+                .await?;
+            let detach = format!(
+                "ALTER TABLE {} DETACH PARTITION {part} CONCURRENTLY",
+                self.quoted
+            );
+            if let Err(error) = client.batch_execute(&detach).await {
+                // E.g. a default partition exists (CONCURRENTLY is refused
+                // then): the walk deletes its rows instead. Cut short in
+                // its second step (a timeout), the partition is pending
+                // detach: the next prune settles it.
+                tracing::warn!(table = self.table, partition = part, error = %connections::pg::detail(&error), "partition not detached; pruned row by row (a detach cut short is settled by the next prune)");
+                continue;
+            }
+            daemon::failpoint::hit("relay-prune-after-detach");
+            match self.settle(client, &part, &bound).await? {
+                Settled::Dropped(rows) => {
+                    tracing::info!(
+                        table = self.table,
+                        partition = part,
+                        rows,
+                        "partition older than the retention dropped"
+                    );
+                    pruned.partitions += 1;
+                    pruned.rows += rows;
+                    dropped.push(oid);
+                }
+                Settled::Attached(_) | Settled::Nothing => {}
+            }
         }
         Ok((pruned, dropped))
     }
+
+    /// Settles the partitions of this table an earlier prune's detach left
+    /// (see the module doc); the rows of those it dropped.
+    async fn settle_leftovers(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let leftovers = client
+            .query(
+                "SELECT partition, bound FROM outbox_partition_detaches \
+                 WHERE parent = $1::text::regclass ORDER BY 1",
+                &[&self.quoted],
+            )
+            .await?;
+        let mut rows = 0;
+        for leftover in leftovers {
+            let (part, bound): (String, String) = (leftover.get(0), leftover.get(1));
+            match self.settle(client, &part, &bound).await? {
+                Settled::Dropped(n) => {
+                    tracing::info!(
+                        table = self.table,
+                        partition = part,
+                        rows = n,
+                        "partition an earlier prune detached: dropped"
+                    );
+                    rows += n;
+                }
+                Settled::Attached(pending) => {
+                    tracing::warn!(
+                        table = self.table,
+                        partition = part,
+                        pending,
+                        "partition an earlier prune detached held pending rows: attached again, the relay publishes them"
+                    );
+                }
+                Settled::Nothing => {}
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Ends a recorded detach of `part`: finishes it if it was cut short,
+    /// then, with the detached table locked against every writer, drops it
+    /// when it holds no pending row and attaches it again (`bound`) when it
+    /// does. Attached all along (the detach never started): nothing to do.
+    async fn settle(
+        &self,
+        client: &impl GenericClient,
+        part: &str,
+        bound: &str,
+    ) -> Result<Settled, tokio_postgres::Error> {
+        let state = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL, \
+                 (SELECT i.inhdetachpending FROM pg_inherits i \
+                  WHERE i.inhrelid = to_regclass($1) AND i.inhparent = $2::text::regclass)",
+                &[&part, &self.quoted],
+            )
+            .await?;
+        let (exists, pending_detach): (bool, Option<bool>) = (state.get(0), state.get(1));
+        let settled = match (exists, pending_detach) {
+            (false, _) | (true, Some(false)) => Settled::Nothing,
+            (true, detaching) => {
+                if detaching == Some(true) {
+                    client
+                        .batch_execute(&format!(
+                            "ALTER TABLE {} DETACH PARTITION {part} FINALIZE",
+                            self.quoted
+                        ))
+                        .await?;
+                }
+                self.drop_or_attach(client, part, bound).await?
+            }
+        };
+        client
+            .execute(
+                "DELETE FROM outbox_partition_detaches WHERE partition = $1",
+                &[&part],
+            )
+            .await?;
+        Ok(settled)
+    }
+
+    /// The second look at a detached partition, in one transaction.
+    async fn drop_or_attach(
+        &self,
+        client: &impl GenericClient,
+        part: &str,
+        bound: &str,
+    ) -> Result<Settled, tokio_postgres::Error> {
+        client.batch_execute("BEGIN").await?;
+        let settled = async {
+            client
+                .batch_execute(&format!("LOCK TABLE {part} IN ACCESS EXCLUSIVE MODE"))
+                .await?;
+            let counts = client
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FILTER (WHERE sent_to_kafka IS NOT TRUE)::int8, count(*)::int8 FROM {part}"
+                    ),
+                    &[],
+                )
+                .await?;
+            let (pending, rows): (i64, i64) = (counts.get(0), counts.get(1));
+            if pending == 0 {
+                client.batch_execute(&format!("DROP TABLE {part}")).await?;
+                return Ok(Settled::Dropped(rows as u64));
+            }
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {} ATTACH PARTITION {part} {bound}",
+                    self.quoted
+                ))
+                .await?;
+            tracing::warn!(
+                table = self.table,
+                partition = part,
+                pending,
+                "a partition detached to be dropped held pending rows (written while it was being detached): attached again"
+            );
+            Ok(Settled::Attached(pending as u64))
+        }
+        .await;
+        match settled {
+            Ok(done) => {
+                client.batch_execute("COMMIT").await?;
+                Ok(done)
+            }
+            Err(error) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(error)
+            }
+        }
+    }
+}
+
+/// How a detached partition ended (see [`Prune::settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// No pending row: dropped, with this many rows.
+    Dropped(u64),
+    /// Pending rows written meanwhile: attached again.
+    Attached(u64),
+    /// Attached all along, or gone.
+    Nothing,
 }
 
 /// The active relay's prune of a flow with `retention` (the leader of its
