@@ -244,3 +244,128 @@ async fn sink_rewind_is_refused_while_the_sink_runs_and_reloads_the_topic_after(
     assert_eq!(code, Some(0), "{out}{err}");
     Ok(())
 }
+
+/// `n` sales rows at `at` (one statement); their ids.
+async fn insert_sales(pg: &tokio_postgres::Client, n: i64, at: &str) -> anyhow::Result<Vec<i64>> {
+    Ok(pg
+        .query(
+            "INSERT INTO sales (event_time, product_id, product_name, category, quantity, price, discount, total, store_id, cashier_id, customer_id)
+             SELECT $2, g % 13, 'Mug', 'kitchen', 1, 1.50, 0, 1.50, 1, 1, 'c' FROM generate_series(1, $1::int8) AS g
+             RETURNING id",
+            &[&n, &at],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// A resend while a writer keeps inserting and a sink loads ClickHouse:
+/// a row changed after it was sent — its `event_time`, part of the sales
+/// table's sort key — is refused by name (a resent copy would be a second
+/// row under FINAL); `--skip-changed` resends the others; afterwards every
+/// id is in ClickHouse exactly once under FINAL and each resent row twice
+/// on the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_under_load_never_doubles_a_row_under_final() -> anyhow::Result<()> {
+    let mut stack = TestStack::start("resend_load").await?;
+    stack.flows = "sales".into();
+    stack.migrate().await?;
+    let pg = stack.pg().await?;
+    let env = stack.daemon_env();
+    let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
+    let mut sink = Daemon::spawn("sink", &["run"], &env, &format!("{}-sink", stack.name));
+    let first = insert_sales(&pg, 50, "2026-11-01 10:00:00").await?;
+    wait_until("the first rows in ClickHouse", SETTLE, || async {
+        Ok(stack.pending("sales").await? == 0 && stack.ch_count_final("sales").await? == 50)
+    })
+    .await;
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (url, writing) = (stack.database_url.clone(), std::sync::Arc::clone(&writing));
+        tokio::spawn(async move {
+            let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            let mut written = 0i64;
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                written += insert_sales(&pg, 3, "2026-11-02 10:00:00").await?.len() as i64;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            anyhow::Ok(written)
+        })
+    };
+    let (lo, hi) = (first[0], first[first.len() - 1]);
+    let changed = first[7];
+    pg.execute(
+        "UPDATE sales SET event_time = '2026-11-01 11:00:00' WHERE id = $1",
+        &[&changed],
+    )
+    .await?;
+    let ids = format!("{lo}..{hi}");
+    let (code, out, err) = cli("relay", &env, &["resend", "--flow", "sales", "--ids", &ids]);
+    assert_eq!(
+        code,
+        Some(2),
+        "a changed row refuses the resend: {out} {err}"
+    );
+    assert!(
+        err.contains(&changed.to_string()) && err.contains("--skip-changed"),
+        "the refusal names the row and the way out: {err}"
+    );
+    let pending: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM sales WHERE id BETWEEN $1 AND $2 AND sent_to_kafka IS NOT TRUE",
+            &[&lo, &hi],
+        )
+        .await?
+        .get(0);
+    assert_eq!(pending, 0, "nothing was set pending");
+    let (code, out, err) = cli(
+        "relay",
+        &env,
+        &["resend", "--flow", "sales", "--ids", &ids, "--skip-changed"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("table=sales resent=49"), "{out}");
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.await??;
+    assert!(written > 0, "a writer ran through the resend");
+    let expected = 50 + written as u64;
+    wait_until("everything published and loaded", SETTLE, || async {
+        Ok(stack.pending("sales").await? == 0
+            && stack.ch_count_raw("sales").await? >= expected + 49)
+    })
+    .await;
+    relay.terminate(Duration::from_secs(15));
+    sink.terminate(Duration::from_secs(15));
+    assert_eq!(
+        stack.ch_count_final("sales").await?,
+        expected,
+        "every row once under FINAL"
+    );
+    let doubled: u64 = stack
+        .ch()
+        .query("SELECT count() FROM (SELECT id FROM sales FINAL GROUP BY id HAVING count() > 1)")
+        .fetch_one()
+        .await?;
+    assert_eq!(doubled, 0, "no id twice under FINAL");
+    let brokers = stack.kafka_brokers.clone();
+    let topics = vec![stack.topic("sales")];
+    let records =
+        tokio::task::spawn_blocking(move || read_all(&brokers, &topics, Isolation::Committed))
+            .await??;
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for r in &records {
+        *counts.entry(r.id().unwrap_or(-1)).or_default() += 1;
+    }
+    for id in &first {
+        let expected = if *id == changed { 1 } else { 2 };
+        assert_eq!(counts.get(id), Some(&expected), "row {id} on the topic");
+    }
+    assert_eq!(
+        counts.values().sum::<usize>() as u64,
+        expected + 49,
+        "the rest once"
+    );
+    Ok(())
+}

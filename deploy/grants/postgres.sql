@@ -22,6 +22,7 @@ GRANT SELECT, INSERT, DELETE, UPDATE (payload, error, set_aside_at) ON outbox_de
 GRANT USAGE ON SEQUENCE outbox_dead_rows_id_seq TO outbox_relay;
 GRANT SELECT, INSERT, UPDATE ON outbox_scan_positions TO outbox_relay;
 GRANT SELECT, INSERT, DELETE ON outbox_partition_detaches TO outbox_relay;
+GRANT SELECT, DELETE ON outbox_changed_rows TO outbox_relay;
 -- Flows with a `retention`: the relay deletes their old sent rows, so also
 --   GRANT DELETE ON <source table> TO outbox_relay;
 -- Dropping whole time partitions needs the table's owner: without it the

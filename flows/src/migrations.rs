@@ -27,6 +27,7 @@ const POSTGRES: &[(&str, &str)] = embed!(
     "0009_rescan_ranges",
     "0010_txid_windows",
     "0011_partition_detaches",
+    "0012_changed_sent_rows",
 );
 const CLICKHOUSE: &[(&str, &str)] = embed!(
     "clickhouse",

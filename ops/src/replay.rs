@@ -4,7 +4,9 @@
 use flows::Flow;
 use tokio_postgres::Client;
 
-/// Deletes the flow's set-aside rows (only `source_id` if given), flags their
+/// Deletes the flow's set-aside rows (only `source_id` if given) and the
+/// notes that they changed since (`outbox_changed_rows`: a fixed row is
+/// what its first delivery carries), flags their
 /// source rows pending again (the `outbox_pending_again` trigger puts them in
 /// the relay's next window: `relay/src/window.rs`) and wakes it. Returns how
 /// many rows.
@@ -18,7 +20,9 @@ pub async fn replay(
     for source in &flow.sources {
         let sql = format!(
             "WITH d AS (DELETE FROM outbox_dead_rows WHERE flow = $1 AND source_table = $2 \
-             AND ($3::int8 IS NULL OR source_id = $3) RETURNING source_id) \
+             AND ($3::int8 IS NULL OR source_id = $3) RETURNING source_id), \
+             noted AS (DELETE FROM outbox_changed_rows WHERE source_table = $2 \
+             AND source_id IN (SELECT source_id FROM d)) \
              UPDATE {} SET sent_to_kafka = FALSE WHERE \"id\" IN (SELECT source_id FROM d)",
             source.table.pg()
         );

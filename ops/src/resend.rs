@@ -37,17 +37,57 @@ pub fn parse_ids(text: &str) -> Result<(i64, i64), String> {
     Ok((lo, hi))
 }
 
+/// Why a resend was refused (nothing was set pending).
+#[derive(Debug, thiserror::Error)]
+pub enum ResendError {
+    /// Rows changed since they were sent (`outbox_changed_rows`, migration
+    /// `0012_changed_sent_rows`): published again they would differ from
+    /// the copy ClickHouse holds, and a target ordered by a changed column
+    /// would keep both.
+    #[error(
+        "{count} row(s) of {table} changed after they were sent (ids {ids}): resent, a target table ordered by a changed column would keep both copies; leave them out with --skip-changed (see README, \"Resend\")"
+    )]
+    Changed {
+        table: String,
+        count: i64,
+        ids: String,
+    },
+    /// A table that does not note changes to its sent rows.
+    #[error(
+        "source table {table} does not note changes to its sent rows, so a resend could double a changed one: run SELECT outbox_protect_pending('{table}') first"
+    )]
+    Unguarded { table: String },
+    #[error("postgres: {}", connections::pg::detail(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
 /// Sets the flow's chosen sent rows pending again, in one transaction, and
-/// wakes the relay. Returns the rows per source table. A row
-/// already pruned (`retention`) is gone and cannot be resent.
+/// wakes the relay. Returns the rows per source table. A row already
+/// pruned (`retention`) is gone and cannot be resent. Rows changed since
+/// they were sent are refused (nothing is resent) unless `skip_changed`,
+/// which leaves them out.
 pub async fn resend(
     client: &mut Client,
     flow: &Flow,
     which: Which,
-) -> Result<Vec<(String, u64)>, tokio_postgres::Error> {
+    skip_changed: bool,
+) -> Result<Vec<(String, u64)>, ResendError> {
     let tx = client.transaction().await?;
     let mut out = Vec::new();
     for source in &flow.sources {
+        let noted: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) \
+                 AND tgname = 'outbox_sent_changed' AND tgenabled <> 'D')",
+                &[&source.table.pg()],
+            )
+            .await?
+            .get(0);
+        if !noted {
+            return Err(ResendError::Unguarded {
+                table: source.table.to_string(),
+            });
+        }
         let t = source.table.pg();
         let (lo, hi, since);
         let (chosen, params): (String, Vec<&(dyn ToSql + Sync)>) =
@@ -69,11 +109,41 @@ pub async fn resend(
                 // Checked by the command before: every source has one.
                 (Which::Since(_), None) => continue,
             };
+        let changed = format!(
+            "EXISTS (SELECT 1 FROM outbox_changed_rows c WHERE c.source_table = '{}' AND c.source_id = src.\"id\")",
+            source.table.as_str().replace('\'', "''")
+        );
+        if !skip_changed {
+            let found = tx
+                .query_one(
+                    &format!(
+                        "SELECT count(*)::int8, string_agg(id::text, ', ') FILTER (WHERE n <= 10) FROM \
+                         (SELECT src.\"id\" AS id, row_number() OVER (ORDER BY src.\"id\") AS n FROM {t} AS src \
+                          WHERE {chosen} AND src.sent_to_kafka IS TRUE AND {changed}) AS c"
+                    ),
+                    &params,
+                )
+                .await?;
+            let count: i64 = found.get(0);
+            if count > 0 {
+                let shown: String = found.get::<_, Option<String>>(1).unwrap_or_default();
+                return Err(ResendError::Changed {
+                    table: source.table.to_string(),
+                    count,
+                    ids: if count > 10 {
+                        format!("{shown}, …")
+                    } else {
+                        shown
+                    },
+                });
+            }
+        }
         let row = tx
             .query_one(
                 &format!(
                     "WITH again AS (UPDATE {t} AS src SET sent_to_kafka = FALSE \
-                     WHERE {chosen} AND src.sent_to_kafka IS TRUE RETURNING src.\"id\"::int8 AS id) \
+                     WHERE {chosen} AND src.sent_to_kafka IS TRUE AND NOT {changed} \
+                     RETURNING src.\"id\"::int8 AS id) \
                      SELECT count(*)::int8 FROM again"
                 ),
                 &params,

@@ -127,9 +127,23 @@ impl Prune {
             each(rows as u64);
             match last {
                 Some(last) if !younger => after = last,
-                _ => return Ok(pruned),
+                _ => break,
             }
         }
+        if !self.dry_run {
+            // Notes of changes to rows now gone (`relay resend`'s check).
+            client
+                .execute(
+                    &format!(
+                        "DELETE FROM outbox_changed_rows c WHERE c.source_table = $1 \
+                         AND NOT EXISTS (SELECT 1 FROM {} AS src WHERE src.\"id\" = c.source_id)",
+                        self.quoted
+                    ),
+                    &[&self.table],
+                )
+                .await?;
+        }
+        Ok(pruned)
     }
 }
 

@@ -66,6 +66,11 @@ enum Command {
         /// A time (2026-11-23T10:00:00Z) or an age (2h: that long ago).
         #[arg(long, value_name = "WHEN")]
         since: Option<String>,
+        /// Leave out rows changed after they were sent (without it, such
+        /// rows refuse the whole resend, named: a target table ordered by
+        /// a changed column would keep both copies).
+        #[arg(long)]
+        skip_changed: bool,
     },
     /// Delete a flow's sent rows older than its `retention` (or
     /// --older-than), in short statements that never touch a pending row;
@@ -108,9 +113,12 @@ fn main() -> ExitCode {
             Command::Run => run(&env).await,
             Command::Status => status(&env).await,
             Command::Replay { flow, id } => replay(&env, &flow, id).await,
-            Command::Resend { flow, ids, since } => {
-                resend(&env, &flow, ids.as_deref(), since.as_deref()).await
-            }
+            Command::Resend {
+                flow,
+                ids,
+                since,
+                skip_changed,
+            } => resend(&env, &flow, ids.as_deref(), since.as_deref(), skip_changed).await,
             Command::Prune {
                 flow,
                 older_than,
@@ -288,6 +296,7 @@ async fn resend(
     flow: &str,
     ids: Option<&str>,
     since: Option<&str>,
+    skip_changed: bool,
 ) -> Result<ExitCode, ExitCode> {
     let flow = &one_flow(env, flow)?;
     let which = match (ids, since) {
@@ -321,9 +330,18 @@ async fn resend(
         }
     };
     let (mut client, _) = connect(env, "resend").await?;
-    let resent = ops::resend::resend(&mut client, flow, which)
-        .await
-        .map_err(|e| failure("relay resend", &connections::pg::detail(&e)))?;
+    let resent = match ops::resend::resend(&mut client, flow, which, skip_changed).await {
+        Ok(resent) => resent,
+        Err(e @ ops::resend::ResendError::Postgres(_)) => return Err(failure("relay resend", &e)),
+        Err(e) => {
+            let option = if matches!(e, ops::resend::ResendError::Changed { .. }) {
+                "--skip-changed"
+            } else {
+                "--flow"
+            };
+            return Err(bad_setting(NAME, &SettingError::new(option, e.to_string())));
+        }
+    };
     for (table, rows) in resent {
         println!("flow={} table={table} resent={rows}", flow.name);
     }
