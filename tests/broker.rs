@@ -396,3 +396,73 @@ async fn a_sink_fenced_by_a_twin_instance_id_exits_naming_the_setting() -> anyho
     relay.stop().await?;
     Ok(())
 }
+
+/// A backlog committed before the relay started, published into a topic
+/// that refuses records stamped more than 5 s in the past
+/// (`message.timestamp.before.max.ms`) and keeps a minute
+/// (`retention.ms`): every row is accepted and loaded, none set aside —
+/// the record's timestamp is its publication — and the sink's freshness
+/// still measures from each row's commit (the `committed_at` header).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_older_than_the_topics_time_limits_is_published_and_loaded() -> anyhow::Result<()>
+{
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let stack = stack("old_stamps").await?;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .create()?;
+    for result in admin
+        .create_topics(
+            &[
+                NewTopic::new(&stack.topic("user_events"), 2, TopicReplication::Fixed(1))
+                    .set("retention.ms", "60000")
+                    .set("message.timestamp.before.max.ms", "5000"),
+            ],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    insert_logins(&stack, 50).await?;
+    let committed = Instant::now();
+    wait_until(
+        "the backlog's commits older than the topic accepts",
+        ARRIVAL,
+        || async { Ok(committed.elapsed() > Duration::from_secs(7)) },
+    )
+    .await;
+    let addr = outbox_tests::http::free_addr()?;
+    let mut env = stack.daemon_env();
+    env.retain(|(k, _)| k != "SINK_METRICS_ADDR");
+    env.push(("SINK_METRICS_ADDR".into(), addr.clone()));
+    let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
+    let mut sink = Daemon::spawn("sink", &["run"], &env, &format!("{}-sink", stack.name));
+    let pg = stack.pg().await?;
+    wait_until("the backlog flagged and loaded", ARRIVAL, || async {
+        let aside: i64 = pg
+            .query_one("SELECT count(*) FROM outbox_dead_rows", &[])
+            .await?
+            .get(0);
+        anyhow::ensure!(aside == 0, "{aside} rows set aside: Kafka refused them");
+        Ok(stack.pending("user_logins").await? == 0
+            && stack.ch_count_final("user_logins").await? == 50)
+    })
+    .await;
+    let labels = [("flow", "user_logins"), ("table", "user_logins")];
+    let metrics = outbox_tests::http::get(&addr, "/metrics").await?.1;
+    let count = daemon::http::metric_value(&metrics, "sink_freshness_seconds_count", &labels);
+    let sum =
+        daemon::http::metric_value(&metrics, "sink_freshness_seconds_sum", &labels).unwrap_or(0.0);
+    relay.terminate(Duration::from_secs(15));
+    sink.terminate(Duration::from_secs(15));
+    assert_eq!(count, Some(50.0), "each row's freshness measured");
+    assert!(
+        sum / 50.0 >= 7.0,
+        "measured from the commit, not the publication: mean {} s",
+        sum / 50.0
+    );
+    let records = read(&stack, Isolation::Committed).await?;
+    assert_eq!(records.len(), 50, "each row once on the topic");
+    Ok(())
+}

@@ -14,3 +14,8 @@ pub use definition::{
     Flow, FlowCatalog, SourceTable, TargetTable, TopicPart, parse_age, parse_time,
 };
 pub use settings::{Env, SettingError};
+
+/// The Kafka header the relay puts on every record: the source row's commit
+/// time, Unix milliseconds as decimal text. The sink's freshness measure
+/// reads it; the record's own timestamp is when it was published.
+pub const COMMITTED_AT_HEADER: &str = "committed_at";

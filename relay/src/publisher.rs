@@ -234,6 +234,19 @@ impl Publisher {
                     key: "source_id",
                     value: Some(id.as_bytes()),
                 });
+            // The row's commit time travels as a header, not as the
+            // record's timestamp: a backlog published long after its
+            // commits would carry timestamps already past a topic's
+            // retention (deleted before any sink read them) or refused by
+            // `message.timestamp.before.max.ms`. The record's timestamp is
+            // the producer's: when it was published.
+            let committed = message.stamp.map(|ms| ms.to_string());
+            if let Some(ms) = &committed {
+                headers = headers.insert(Header {
+                    key: flows::COMMITTED_AT_HEADER,
+                    value: Some(ms.as_bytes()),
+                });
+            }
             for (key, value) in &message.headers {
                 headers = headers.insert(Header {
                     key: key.as_str(),
@@ -244,9 +257,6 @@ impl Publisher {
                 BaseRecord::with_opaque_to(topic, usize::try_from(message.id).unwrap_or(0))
                     .payload(message.payload.as_bytes())
                     .headers(headers);
-            if let Some(stamp) = message.stamp {
-                record = record.timestamp(stamp);
-            }
             if let Some(key) = &message.key {
                 record = record.key(key.as_bytes());
             }

@@ -22,7 +22,9 @@ pub struct Origin<'a> {
     pub key: Option<&'a [u8]>,
     /// Looked at only when a target takes a column from a header.
     pub headers: Option<&'a rdkafka::message::BorrowedHeaders>,
-    /// The record's timestamp, Unix ms (the relay's: the row's commit).
+    /// The row's commit time, Unix ms, when its freshness is measured (the
+    /// relay's `committed_at` header; from an older relay, the record's
+    /// timestamp).
     pub timestamp: Option<i64>,
 }
 
@@ -155,6 +157,11 @@ impl PendingBatch {
         }
         self.rows += 1;
         Ok(())
+    }
+
+    /// Rows whose freshness is measured so far.
+    pub fn stamped(&self) -> usize {
+        self.stamps.iter().map(Vec::len).sum()
     }
 
     /// The oldest row timestamp in the batch, Unix ms.

@@ -178,15 +178,22 @@ impl FlowSink {
                     let take = |batch: &mut PendingBatch, received: Result<BorrowedMessage<'_>, KafkaError>| match received {
                         Ok(message) => {
                             stats.messages_read.inc();
+                            // Parsing a message's headers costs about a
+                            // microsecond: only when a table reads one, or
+                            // for the freshness of a sample of the rows.
+                            let sampled = freshness_sampled(batch.stamped(), message.offset());
+                            let headers = if reads_headers || sampled { message.headers() } else { None };
                             let origin = Origin {
                                 topic: message.topic(),
                                 partition: message.partition(),
                                 offset: message.offset(),
                                 key: message.key(),
-                                // Parsing a message's headers costs about a
-                                // microsecond: only when a table reads one.
-                                headers: if reads_headers { message.headers() } else { None },
-                                timestamp: message.timestamp().to_millis(),
+                                headers: if reads_headers { headers } else { None },
+                                timestamp: if sampled {
+                                    committed_at(headers).or_else(|| message.timestamp().to_millis())
+                                } else {
+                                    None
+                                },
                             };
                             let targets = topics.get(message.topic()).map_or(&[][..], Vec::as_slice);
                             batch.add_message(&plans, targets, origin, message.payload());
@@ -431,15 +438,16 @@ impl FlowSink {
 }
 
 impl FlowSink {
-    /// Records, per row just accepted by ClickHouse, the time since its
-    /// commit (`sink_freshness_seconds`); returns the worst, in ms.
+    /// Records, per measured row just accepted by ClickHouse (see
+    /// [`freshness_sampled`]), the time since its commit
+    /// (`sink_freshness_seconds`); returns the worst, in ms.
     fn observe_freshness(&self, plan: &TablePlan, stamps: &[i64]) -> i64 {
         if stamps.is_empty() {
             return 0;
         }
         let histogram = self.metrics.histogram(
             "sink_freshness_seconds",
-            "Per row loaded: time from its commit in Postgres (the relay's record timestamp) to ClickHouse accepting it.",
+            "Per row loaded (every row of a batch up to 1,024, then one in 64): time from its commit in Postgres (the relay's committed_at header) to ClickHouse accepting it.",
             FRESHNESS_SECONDS,
             &[("flow", self.flow.name.as_str()), ("table", &plan.table)],
         );
@@ -594,6 +602,31 @@ impl FlowSink {
 /// The health cause of dead letters that cannot be written.
 const DEAD_LETTERS: &str = "dead-letters";
 /// The health cause of rows arriving later than SINK_MAX_FRESHNESS_MS.
+/// Rows of a batch whose freshness is measured, every one, before only a
+/// sample is (see [`freshness_sampled`]).
+const FRESHNESS_ALL_UP_TO: usize = 1_024;
+/// Past [`FRESHNESS_ALL_UP_TO`], one row in this many (by offset).
+const FRESHNESS_ONE_IN: i64 = 64;
+
+/// Whether a message's freshness is measured: every row of a batch holding
+/// fewer than [`FRESHNESS_ALL_UP_TO`] measured rows (a live stream's
+/// batches, whole), then one in [`FRESHNESS_ONE_IN`] — reading the commit
+/// time means parsing the message's headers, about a microsecond. The
+/// oldest rows, read first, are always measured.
+fn freshness_sampled(stamped: usize, offset: i64) -> bool {
+    stamped < FRESHNESS_ALL_UP_TO || offset % FRESHNESS_ONE_IN == 0
+}
+
+/// The row's commit time from the relay's header (Unix ms), if there.
+fn committed_at(headers: Option<&rdkafka::message::BorrowedHeaders>) -> Option<i64> {
+    use rdkafka::message::Headers;
+    headers?
+        .iter()
+        .find(|h| h.key == flows::COMMITTED_AT_HEADER)?
+        .value
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+}
+
 const FRESHNESS: &str = "freshness";
 /// How often freshness is judged against its bound.
 const FRESHNESS_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
