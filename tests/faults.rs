@@ -14,14 +14,14 @@ use daemon::metrics::Metrics;
 use outbox_tests::faults::{Load, long_mode, peak_rss_mib, rounds, verify};
 use outbox_tests::proxy::Proxy;
 use outbox_tests::stack::Kafka;
+use outbox_tests::topic::{Isolation, read_all};
 use outbox_tests::{Daemon, TestStack, wait_until};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::ClientConfig;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const LOAD_ROWS_PER_SEC: u64 = 600;
@@ -388,45 +388,24 @@ async fn postgres_connection_terminated_and_server_restarted() -> anyhow::Result
 }
 
 /// For every key, the ids in topic order with repeats (re-publications)
-/// dropped must increase (the load commits its rows in id order). Returns
-/// (messages, keys, repeated messages).
-fn per_key_order_holds(
-    brokers: &str,
-    topic: &str,
-    group: &str,
-) -> anyhow::Result<(usize, usize, usize)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    consumer.subscribe(&[topic])?;
+/// dropped must increase (the load commits its rows in id order, one
+/// session). Reads the whole topic to its end. Returns (messages, keys,
+/// repeated messages, distinct ids).
+fn per_key_order_holds(brokers: &str, topic: &str) -> anyhow::Result<(usize, usize, usize, usize)> {
+    let records = read_all(brokers, &[topic.to_owned()], Isolation::Committed)?;
     let mut seen: BTreeMap<Vec<u8>, (i64, std::collections::BTreeSet<i64>)> = BTreeMap::new();
-    let (mut messages, mut repeats, mut idle) = (0usize, 0usize, Instant::now());
-    while idle.elapsed() < Duration::from_secs(3) {
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        idle = Instant::now();
-        messages += 1;
-        let id: i64 = m
-            .headers()
-            .and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == "source_id")
-                    .and_then(|h| h.value)
-            })
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-            .unwrap_or(-1);
-        let entry = seen
-            .entry(m.key().unwrap_or_default().to_vec())
-            .or_insert((i64::MIN, Default::default()));
+    let mut repeats = 0usize;
+    let mut ids = std::collections::BTreeSet::new();
+    for r in &records {
+        let id: i64 = r.header("source_id").and_then(|v| v.parse().ok()).unwrap_or(-1);
+        ids.insert(id);
+        let key = r.key.clone().unwrap_or_default();
+        let entry = seen.entry(key.clone()).or_insert((i64::MIN, Default::default()));
         if entry.1.insert(id) {
             anyhow::ensure!(
                 id > entry.0,
                 "key {:?}: id {id} after {}",
-                String::from_utf8_lossy(m.key().unwrap_or_default()),
+                String::from_utf8_lossy(&key),
                 entry.0
             );
             entry.0 = id;
@@ -434,7 +413,7 @@ fn per_key_order_holds(
             repeats += 1;
         }
     }
-    Ok((messages, seen.len(), repeats))
+    Ok((records.len(), seen.len(), repeats, ids.len()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,7 +461,7 @@ async fn two_relays_the_standby_takes_over_and_per_key_order_holds() -> anyhow::
     load.stop().await;
     let recovering = Instant::now();
     let topic = stack.topic("user_events");
-    let (b, g) = (stack.kafka_brokers.clone(), format!("{}.order", stack.name));
+    let b = stack.kafka_brokers.clone();
     let report = verify(
         &stack,
         "Two relays, the active one killed",
@@ -491,15 +470,23 @@ async fn two_relays_the_standby_takes_over_and_per_key_order_holds() -> anyhow::
         &format!("standby took over in {takeovers:?} ms (default RELAY_STANDBY_RETRY_MS, 1 s)"),
     )
     .await;
-    let (messages, keys, repeats) =
-        tokio::task::spawn_blocking(move || per_key_order_holds(&b, &topic, &g)).await??;
+    let (messages, keys, repeats, ids) =
+        tokio::task::spawn_blocking(move || per_key_order_holds(&b, &topic)).await??;
     eprintln!(
         "per-key order: {messages} messages, {keys} keys, {repeats} repeated messages (re-publications) dropped"
     );
-    assert!(
-        messages as u64 >= report.rows_sent / 3 && keys > 1,
-        "{messages} messages, {keys} keys checked"
+    let committed: i64 = stack
+        .pg()
+        .await?
+        .query_one("SELECT count(*) FROM user_logins", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        ids as i64, committed,
+        "every user_logins row the load committed checked ({messages} messages, {keys} keys; {} rows in all tables)",
+        report.rows_sent
     );
+    assert!(keys > 1, "{keys} keys");
     sink.stop().await?;
     Ok(())
 }

@@ -89,11 +89,9 @@ pub fn read_all(
                     .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= *high))
         }))
     };
-    let mut quiet_polls = 0;
     while Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                quiet_polls = 0;
                 records.push(Record {
                     topic: m.topic().to_owned(),
                     partition: m.partition(),
@@ -117,15 +115,15 @@ pub fn read_all(
                 });
             }
             Some(Err(e)) => anyhow::bail!("reading {topics:?}: {e}"),
-            None => {
-                quiet_polls += 1;
-                // The position passes trailing transaction markers only
-                // once the fetcher has read them; a few quiet polls with
-                // every data record in hand also end the read.
-                if done(&consumer)? || quiet_polls >= 15 {
-                    return Ok(records);
-                }
-            }
+            None => {}
+        }
+        // The position passes trailing transaction markers (and aborted
+        // records) once the fetcher has read them: the read ends there, at
+        // each partition's end as the broker reported it at the start —
+        // never on a quiet spell, which a slow broker makes look like the
+        // end.
+        if done(&consumer)? {
+            return Ok(records);
         }
     }
     anyhow::bail!("reading {topics:?} did not finish within 60 s")
