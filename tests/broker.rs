@@ -456,6 +456,22 @@ async fn a_backlog_older_than_the_topics_time_limits_is_published_and_loaded() -
         daemon::http::metric_value(&metrics, "sink_freshness_seconds_sum", &labels).unwrap_or(0.0);
     relay.terminate(Duration::from_secs(15));
     sink.terminate(Duration::from_secs(15));
+    let (in_view, distinct): (u64, u64) = stack
+        .ch()
+        .query("SELECT count(), uniqExact(id) FROM user_logins FINAL")
+        .fetch_one()
+        .await?;
+    let raw = stack.ch_count_raw("user_logins").await?;
+    outbox_tests::faults::record_checked(outbox_tests::faults::FaultReport {
+        fault: "A backlog older than the topic's timestamp limit (message.timestamp.before.max.ms 5 s, retention.ms 60 s)".into(),
+        injected: 1,
+        rows_sent: 50,
+        rows_lost: 50u64.saturating_sub(distinct),
+        doubled_in_view: in_view - distinct,
+        raw_duplicates: raw - distinct,
+        recovery_ms: committed.elapsed().as_millis() as u64,
+        note: "rows committed 7 s before the relay started; records stamped at publication, none set aside; freshness measured from the commit (committed_at header)".into(),
+    });
     assert_eq!(count, Some(50.0), "each row's freshness measured");
     assert!(
         sum / 50.0 >= 7.0,

@@ -19,10 +19,12 @@ use outbox_tests::{Daemon, TestStack, wait_until};
 const PROMPT: Duration = Duration::from_secs(5);
 
 /// A source table `events` (`id`, key `k`, `n`) with the outbox trigger,
-/// guard and tuning, its flow, and a relay publishing it.
+/// guard and tuning, its flow into a ClickHouse table `ordered_events` (keyed by
+/// id, arrivals recorded), a relay publishing it and a sink loading it.
 struct Fixture {
     stack: TestStack,
     relay: Daemon,
+    sink: Daemon,
 }
 
 impl Fixture {
@@ -60,15 +62,26 @@ table = "events"
 topic = "events"
 key = "k"
 columns = ["id", "k", "n"]
+
+[[flows.targets]]
+topic = "events"
+table = "ordered_events"
 "#,
         )?;
+        stack
+            .ch()
+            .query("CREATE TABLE ordered_events (id UInt64, k String, n Int32) ENGINE = ReplacingMergeTree ORDER BY id")
+            .execute()
+            .await?;
+        outbox_tests::faults::record_arrivals_into(&stack, &["ordered_events"]).await?;
         let mut env = stack.daemon_env();
         env.retain(|(k, _)| k != "FLOWS");
         env.push(("FLOWS_FILE".into(), flows.display().to_string()));
         env.push(("FLOWS".into(), "events".into()));
         env.push(("RELAY_SWEEP_INTERVAL_MS".into(), "3600000".into()));
         let relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
-        Ok(Self { stack, relay })
+        let sink = Daemon::spawn("sink", &["run"], &env, &format!("{}-sink", stack.name));
+        Ok(Self { stack, relay, sink })
     }
 
     async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
@@ -142,6 +155,7 @@ columns = ["id", "k", "n"]
 
     async fn stop(mut self) {
         self.relay.terminate(Duration::from_secs(15));
+        self.sink.terminate(Duration::from_secs(15));
     }
 }
 
@@ -248,7 +262,15 @@ async fn ids_from_application_blocks_go_out_at_once_in_each_writers_commit_order
         expected.extend(done??);
     }
     let last_commit = Instant::now();
+    // Rows committed with an id below one committed before them.
     let pg = fx.connect().await?;
+    let late_ids: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM (SELECT id < max(id) OVER (ORDER BY outbox_txid, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS late FROM events) AS e WHERE late",
+            &[],
+        )
+        .await?
+        .get(0);
     wait_until("every row published", PROMPT, || async {
         let pending: i64 = pg
             .query_one(
@@ -270,6 +292,16 @@ async fn ids_from_application_blocks_go_out_at_once_in_each_writers_commit_order
     let rows: usize = expected.values().map(Vec::len).sum();
     assert!(rows > 500, "a real load: {rows} rows");
     assert_eq!(counts.len(), rows, "every committed row on the topic");
+    let report = outbox_tests::faults::verify_tables(
+        &fx.stack,
+        &[("events", "ordered_events")],
+        "Ids out of commit order: 4 writers hand out ids from blocks, shuffled",
+        u32::try_from(late_ids).unwrap_or(u32::MAX),
+        last_commit,
+        &format!("no sweep; every row published within {:?} of the last commit, each key in its writer's commit order on the topic", PROMPT),
+    )
+    .await;
+    assert!(report.rows_sent as usize == rows);
     for (key, ids) in &expected {
         let seen = by_key.get(key).cloned().unwrap_or_default();
         let first_difference = ids.iter().zip(&seen).position(|(a, b)| a != b);

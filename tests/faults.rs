@@ -16,12 +16,12 @@ use outbox_tests::proxy::Proxy;
 use outbox_tests::stack::Kafka;
 use outbox_tests::topic::{Isolation, read_all};
 use outbox_tests::{Daemon, TestStack, wait_until};
+use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::ClientConfig;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const LOAD_ROWS_PER_SEC: u64 = 600;
@@ -397,10 +397,15 @@ fn per_key_order_holds(brokers: &str, topic: &str) -> anyhow::Result<(usize, usi
     let mut repeats = 0usize;
     let mut ids = std::collections::BTreeSet::new();
     for r in &records {
-        let id: i64 = r.header("source_id").and_then(|v| v.parse().ok()).unwrap_or(-1);
+        let id: i64 = r
+            .header("source_id")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1);
         ids.insert(id);
         let key = r.key.clone().unwrap_or_default();
-        let entry = seen.entry(key.clone()).or_insert((i64::MIN, Default::default()));
+        let entry = seen
+            .entry(key.clone())
+            .or_insert((i64::MIN, Default::default()));
         if entry.1.insert(id) {
             anyhow::ensure!(
                 id > entry.0,

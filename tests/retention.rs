@@ -578,11 +578,13 @@ async fn detach_waiting(pg: &tokio_postgres::Client) {
 }
 
 /// The relay publishes every pending row of `events_p`, `late` among them,
-/// each once on the topic.
+/// each once on the topic; recorded as a row of the fault table.
 async fn late_row_published(
     stack: &TestStack,
     env: &[(String, String)],
     late: i64,
+    fault: &str,
+    since: Instant,
 ) -> anyhow::Result<()> {
     let mut env = env.to_vec();
     env.retain(|(k, _)| k != "FLOWS");
@@ -603,6 +605,17 @@ async fn late_row_published(
         tokio::task::spawn_blocking(move || read_all(&brokers, &topics, Isolation::Committed))
             .await??;
     let ids: Vec<i64> = records.iter().filter_map(|r| r.id()).collect();
+    let copies = ids.iter().filter(|&&id| id == late).count() as u64;
+    outbox_tests::faults::record_checked(outbox_tests::faults::FaultReport {
+        fault: fault.into(),
+        injected: 1,
+        rows_sent: 1,
+        rows_lost: u64::from(copies == 0),
+        doubled_in_view: copies.saturating_sub(1),
+        raw_duplicates: 0,
+        recovery_ms: since.elapsed().as_millis() as u64,
+        note: "the late pending row on the topic (read_committed, to its end); the partition attached again, not dropped".into(),
+    });
     assert_eq!(ids, vec![late], "the late row on the topic, once");
     Ok(())
 }
@@ -625,6 +638,7 @@ async fn a_row_written_into_a_partition_being_detached_is_not_dropped() -> anyho
     });
     detach_waiting(&pg).await;
     writer.batch_execute("COMMIT").await?;
+    let committed = Instant::now();
     let (code, out, err) = prune.await?;
     assert_eq!(code, Some(0), "{err}");
     assert!(
@@ -639,7 +653,14 @@ async fn a_row_written_into_a_partition_being_detached_is_not_dropped() -> anyho
         .await?
         .get(0);
     assert_eq!(left, 1, "the late pending row is still in the table");
-    late_row_published(&stack, &env, late).await?;
+    late_row_published(
+        &stack,
+        &env,
+        late,
+        "Retention: a pending row written into a partition while the prune detached it",
+        committed,
+    )
+    .await?;
     let _ = std::fs::remove_file(&flows);
     Ok(())
 }
@@ -665,6 +686,7 @@ async fn a_detach_cut_short_is_settled_by_the_next_prune() -> anyhow::Result<()>
     detach_waiting(&pg).await;
     let (_, out, err) = prune.await?;
     writer.batch_execute("COMMIT").await?;
+    let committed = Instant::now();
     let pending_detach: bool = pg
         .query_one(
             "SELECT coalesce((SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = 'events_p_a'::regclass), false)",
@@ -690,7 +712,14 @@ async fn a_detach_cut_short_is_settled_by_the_next_prune() -> anyhow::Result<()>
         attached,
         "the partition holding a pending row is attached again"
     );
-    late_row_published(&stack, &env, late).await?;
+    late_row_published(
+        &stack,
+        &env,
+        late,
+        "Retention: a detach cut short by the statement timeout, a pending row written meanwhile",
+        committed,
+    )
+    .await?;
 
     // Cut short by a crash right after the detach: the next prune drops it
     // (only sent rows now: the late one, published; the old ones went row

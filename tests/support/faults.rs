@@ -117,7 +117,13 @@ const PAIRS: [(&str, &str); 3] = [
 /// insert, which no merge collapses: raw duplicates are counted there, as
 /// stored, before `ReplacingMergeTree` merges can hide them.
 pub async fn record_arrivals(stack: &TestStack) -> anyhow::Result<()> {
-    for (_, ch) in PAIRS {
+    let targets: Vec<&str> = PAIRS.iter().map(|(_, ch)| *ch).collect();
+    record_arrivals_into(stack, &targets).await
+}
+
+/// [`record_arrivals`] for other target tables.
+pub async fn record_arrivals_into(stack: &TestStack, targets: &[&str]) -> anyhow::Result<()> {
+    for ch in targets {
         stack
             .ch()
             .query(&format!(
@@ -138,11 +144,25 @@ pub async fn verify(
     recovering_since: Instant,
     note: &str,
 ) -> FaultReport {
+    verify_tables(stack, &PAIRS, fault, injected, recovering_since, note).await
+}
+
+/// [`verify`] for other (Postgres source, ClickHouse target) tables, each
+/// target keyed by `id` with an `{target}_arrivals` twin (see
+/// [`record_arrivals`] for the built-in ones).
+pub async fn verify_tables(
+    stack: &TestStack,
+    pairs: &[(&str, &str)],
+    fault: &str,
+    injected: u32,
+    recovering_since: Instant,
+    note: &str,
+) -> FaultReport {
     wait_for(
         &format!("{fault}: everything delivered"),
         Duration::from_secs(90),
         || async {
-            for (pg, ch) in PAIRS {
+            for (pg, ch) in pairs {
                 let sent: i64 = stack
                     .pg()
                     .await?
@@ -172,7 +192,7 @@ pub async fn verify(
         recovery_ms,
         note: note.into(),
     };
-    for (pg, ch) in PAIRS {
+    for (pg, ch) in pairs {
         let client = stack.pg().await.unwrap_or_else(|e| panic!("{e:#}"));
         let source: BTreeSet<u64> = client
             .query(&format!("SELECT id::int8 FROM {pg}"), &[])
@@ -206,6 +226,15 @@ pub async fn verify(
         report.doubled_in_view, 0,
         "{fault}: rows doubled in the deduplicated view: {report:?}"
     );
+    report
+}
+
+/// Records a report measured by a test of its own (not through
+/// [`verify`]) and asserts that it lost and doubled nothing.
+pub fn record_checked(report: FaultReport) -> FaultReport {
+    record(&report);
+    assert_eq!(report.rows_lost, 0, "rows lost: {report:?}");
+    assert_eq!(report.doubled_in_view, 0, "rows doubled: {report:?}");
     report
 }
 
