@@ -347,11 +347,12 @@ impl SalesLoad {
     }
 
     /// Waits until the sink holds a batch that does not fit the table's
-    /// columns any more (`/readyz` 503 saying so, naming `column`), then
-    /// checks that nothing is stored or committed while more rows arrive.
-    async fn held(&self, column: &str) -> anyhow::Result<()> {
+    /// columns any more (`/readyz` 503 saying so, naming the `change`),
+    /// then checks that nothing is stored or committed while more rows
+    /// arrive.
+    async fn held(&self, change: &str) -> anyhow::Result<()> {
         let reason =
-            format!("a batch for sales is held (nothing committed): column sales.{column} changed");
+            format!("a batch for sales is held (nothing committed): column sales.{change}");
         wait_for(
             "the batch held, the flow not ready saying why",
             SETTLE,
@@ -485,7 +486,9 @@ async fn a_same_width_type_change_under_load_holds_the_batch_until_it_is_back() 
     sales
         .alter("ALTER TABLE sales MODIFY COLUMN price Decimal32(4)")
         .await?;
-    sales.held("price").await?;
+    sales
+        .held("price changed from Decimal32(2) to Decimal32(4), which not every value fits")
+        .await?;
     sales
         .alter("ALTER TABLE sales MODIFY COLUMN price Decimal32(2)")
         .await?;
@@ -502,7 +505,9 @@ async fn a_narrowed_column_under_load_holds_the_batch_until_it_is_back() -> anyh
     sales
         .alter("ALTER TABLE sales MODIFY COLUMN quantity UInt16")
         .await?;
-    sales.held("quantity").await?;
+    sales
+        .held("quantity changed from UInt32 to UInt16, which not every value fits")
+        .await?;
     sales
         .alter("ALTER TABLE sales MODIFY COLUMN quantity UInt32")
         .await?;

@@ -239,18 +239,18 @@ pub fn fit(plan: &TablePlan, now: &[(String, String)]) -> Fit {
         let Some((_, type_name)) = now.iter().find(|(name, _)| *name == was.column) else {
             return Fit::Refuse(dropped(plan, was));
         };
-        let changed = |why: &str| {
+        let changed = |to: &dyn std::fmt::Display, why: &str| {
             Fit::Refuse(format!(
-                "column {}.{} changed from {} to {type_name}, {why}: change it back or to a wider type, or restart the sink to accept it",
+                "column {}.{} changed from {} to {to}, {why}: change it back or to a wider type, or restart the sink to accept it",
                 plan.table, was.column, was.ty
             ))
         };
         let Ok(ty) = ChType::parse(type_name) else {
-            return changed("which the sink cannot write");
+            return changed(type_name, "which the sink cannot write");
         };
         if ty != was.ty {
             if !widens(&was.ty, &ty) {
-                return changed("which not every value fits");
+                return changed(&ty, "which not every value fits");
             }
             convert = true;
         }
@@ -532,6 +532,16 @@ mod tests {
                 "{column} {ty}"
             );
         }
+        let rescaled = plan(&[
+            ("id", "UInt64"),
+            ("price", "Decimal(9, 4)"),
+            ("t", "DateTime"),
+        ]);
+        assert!(
+            matches!(fits(&rescaled), Err(r) if r.starts_with("column t.price changed from Decimal32(2) to Decimal32(4), which not every value fits")),
+            "{:?}",
+            fits(&rescaled)
+        );
         let dropped = plan(&[("id", "UInt64"), ("t", "DateTime")]);
         assert!(matches!(fits(&dropped), Err(r) if r.contains("t.price was dropped")));
         let unsupported = [
