@@ -7,11 +7,16 @@ feeds it what the sink would send a server of that version:
 
 1. every embedded migration, as `sink migrate` would send it to a server of
    chdb's version (`sink/examples/chdb_fixture.rs migrations`);
-2. one row per case of every column type the sink's encoder writes, encoded
-   by the encoder itself (`chdb_fixture encode`) and read back through
-   `FORMAT RowBinary`: each value must come back as the message meant it;
+2. one row per case of every column type the sink's encoder writes, sent
+   as the sink's insert into a server of chdb's version sends it (the
+   encoder's RowBinary, after the header declaring the types the server
+   checks: `chdb_fixture encode VERSION`, `insert-format VERSION`) and read
+   back: each value must come back as the message meant it;
 3. a batch of `user_logins` rows inserted twice (a redelivery): the raw
-   count doubles, `FINAL` shows each row once.
+   count doubles, `FINAL` shows each row once;
+4. a batch encoded for a column's old type after an `ALTER` (same width,
+   narrowed, widened): refused whole, nothing stored; with the type back,
+   accepted with its values.
 
 Usage: chdb_check.py FIXTURE_BINARY. Exit 0 when every check holds, 1
 naming each that does not.
@@ -35,12 +40,31 @@ def check(what, ok, detail=""):
         failures.append(what)
 
 
-def encode(columns, messages):
+def encode(columns, messages, version):
+    """The body of the sink's insert of `messages` into a server of `version`."""
     spec = json.dumps({"columns": columns, "messages": messages})
-    out = subprocess.run([FIXTURE, "encode"], input=spec.encode(), capture_output=True)
+    out = subprocess.run([FIXTURE, "encode", version], input=spec.encode(), capture_output=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.decode())
     return out.stdout
+
+
+def server_types(sess, table, columns):
+    """`columns` with their types as the server names them (what the sink plans with)."""
+    named = {
+        r["name"]: r["type"]
+        for r in rows(sess, f"SELECT name, type FROM system.columns WHERE database = 'chk' AND table = '{table}'")
+    }
+    return [[n, named[n]] for n, _ in columns]
+
+
+def insert_as_sink(sess, table, columns, body, fmt, workdir):
+    """Sends `body` as the sink's INSERT into `table` does (format `fmt`)."""
+    path = os.path.join(workdir, f"{table}.bin")
+    with open(path, "wb") as f:
+        f.write(body)
+    names = ", ".join(f"`{n}`" for n, _ in columns)
+    sess.query(f"INSERT INTO chk.{table} ({names}) FROM INFILE '{path}' FORMAT {fmt}")
 
 
 def rows(sess, sql):
@@ -50,18 +74,6 @@ def rows(sess, sql):
         "CSV",
     )
     return [json.loads(line) for line in str(text).splitlines() if line.strip()]
-
-
-def insert_rowbinary(sess, table, columns, data, workdir):
-    path = os.path.join(workdir, f"{table}.bin")
-    with open(path, "wb") as f:
-        f.write(data)
-    structure = ", ".join(f"`{n}` {t}" for n, t in columns).replace("'", "\\'")
-    names = ", ".join(f"`{n}`" for n, _ in columns)
-    sess.query(
-        f"INSERT INTO chk.{table} ({names}) SELECT * FROM file('{path}', 'RowBinary', '{structure}') "
-        "SETTINGS session_timezone = 'UTC'"
-    )
 
 
 # Every type the encoder writes, with messages as the relay writes them:
@@ -123,6 +135,11 @@ def main():
         print(f"chdb {chdb.__version__}: ClickHouse {version}")
         sess.query("CREATE DATABASE chk")
         sess.query("USE chk")
+        sess.query("SET session_timezone = 'UTC'")
+        fmt = subprocess.run(
+            [FIXTURE, "insert-format", version], capture_output=True, check=True
+        ).stdout.decode().strip()
+        check("the sink declares its column types to this server", fmt == "RowBinaryWithNamesAndTypes", fmt)
 
         # 1. The migrations a server of this version gets.
         out = subprocess.run([FIXTURE, "migrations", version], capture_output=True, check=True)
@@ -140,7 +157,8 @@ def main():
         # 2. Every type, encoded by the sink, read back.
         cols = ", ".join(f"`{n}` {t}" for n, t in TYPES)
         sess.query(f"CREATE TABLE chk.types ({cols}) ENGINE = MergeTree ORDER BY id")
-        insert_rowbinary(sess, "types", TYPES, encode(TYPES, MESSAGES), workdir)
+        named = server_types(sess, "types", TYPES)
+        insert_as_sink(sess, "types", named, encode(named, MESSAGES, version), fmt, workdir)
         got = rows(sess, "SELECT * FROM chk.types ORDER BY id")
         check("every typed row read back", len(got) == len(EXPECTED), f"{len(got)} rows")
         for want, have in zip(EXPECTED, got):
@@ -161,13 +179,45 @@ def main():
             {"id": i, "username": f"user-{i % 7}", "event_type": "login", "event_time": 1700000000 + i}
             for i in range(1, 101)
         ]
-        data = encode(logins, batch)
-        insert_rowbinary(sess, "user_logins", logins, data, workdir)
-        insert_rowbinary(sess, "user_logins", logins, data, workdir)
+        logins = server_types(sess, "user_logins", logins)
+        data = encode(logins, batch, version)
+        insert_as_sink(sess, "user_logins", logins, data, fmt, workdir)
+        insert_as_sink(sess, "user_logins", logins, data, fmt, workdir)
         raw = rows(sess, "SELECT count() AS n FROM chk.user_logins")[0]["n"]
         final = rows(sess, "SELECT count() AS n FROM chk.user_logins FINAL")[0]["n"]
         check("a redelivered batch: stored twice", raw == "200", raw)
         check("a redelivered batch: once in FINAL", final == "100", final)
+
+        # 4. A batch encoded before a column's type changed.
+        sess.query(
+            "CREATE TABLE chk.money (id UInt64, price Decimal32(2), quantity UInt32) "
+            "ENGINE = MergeTree ORDER BY id"
+        )
+        money = server_types(sess, "money", [["id", ""], ["price", ""], ["quantity", ""]])
+        body = encode(money, [{"id": 1, "price": "19.99", "quantity": 70000}], version)
+        for change in ["price Decimal32(4)", "price Decimal64(2)", "quantity UInt16", "quantity Int64"]:
+            sess.query(f"ALTER TABLE chk.money MODIFY COLUMN {change}")
+            try:
+                insert_as_sink(sess, "money", money, body, fmt, workdir)
+                refused = ""
+            except Exception as e:  # noqa: BLE001 - the refusal is the point
+                refused = str(e)
+            check(
+                f"a batch encoded for {money[1][1]}, {money[2][1]} refused after MODIFY COLUMN {change}",
+                "Code: 117" in refused and "Type of '" in refused,
+                refused[:300] or "accepted",
+            )
+            count = rows(sess, "SELECT count() AS n FROM chk.money")[0]["n"]
+            check(f"nothing stored after MODIFY COLUMN {change}", count == "0", count)
+            name, ty = change.split(" ", 1)
+            sess.query(f"ALTER TABLE chk.money MODIFY COLUMN {name} {dict(money)[name]}")
+        insert_as_sink(sess, "money", money, body, fmt, workdir)
+        got = rows(sess, "SELECT toString(price) AS price, quantity FROM chk.money")
+        check(
+            "with the types back, the batch stored with its values",
+            got == [{"price": "19.99", "quantity": 70000}],
+            got,
+        )
 
     if failures:
         print(f"{len(failures)} check(s) failed", file=sys.stderr)

@@ -6,10 +6,15 @@
 //! - `chdb_fixture migrations VERSION`: every embedded ClickHouse migration's
 //!   statements as `sink migrate` sends them to a server of that version
 //!   (`caps.rs` decides), one per line group, separated by `-- ;;` lines.
-//! - `chdb_fixture encode`: reads `{"columns": [[name, type], …],
-//!   "messages": [{…}, …]}` on stdin and writes the rows as RowBinary on
-//!   stdout, encoded by the sink's encoder exactly as for an insert; a
-//!   message the encoder refuses exits 1 naming it.
+//! - `chdb_fixture insert-format VERSION`: the format the sink's inserts
+//!   into a server of that version use.
+//! - `chdb_fixture encode [VERSION]`: reads `{"columns": [[name, type], …],
+//!   "messages": [{…}, …]}` on stdin (types named as `system.columns` names
+//!   them) and writes the body of the sink's insert on stdout: the rows as
+//!   RowBinary, encoded by the sink's encoder, preceded by the
+//!   `RowBinaryWithNamesAndTypes` header when a server of VERSION checks
+//!   the types an insert declares (`caps.rs` decides); a message the
+//!   encoder refuses exits 1 naming it.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -18,14 +23,23 @@ use bytes::BytesMut;
 use serde_json::Value;
 use sink::clickhouse::caps::ServerCaps;
 use sink::clickhouse::encode::{ColumnPlan, encode_row};
+use sink::clickhouse::schema::TablePlan;
 use sink::clickhouse::types::ChType;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let outcome = match args.first().map(String::as_str) {
         Some("migrations") => migrations(args.get(1).map_or("", String::as_str)),
-        Some("encode") => encode(),
-        _ => Err("usage: chdb_fixture migrations VERSION | encode".to_owned()),
+        Some("insert-format") => {
+            let caps = ServerCaps::from_version(args.get(1).map_or("", String::as_str));
+            println!("{}", sink::clickhouse::writer::insert_format(&caps));
+            Ok(())
+        }
+        Some("encode") => encode(args.get(1).map(String::as_str)),
+        _ => Err(
+            "usage: chdb_fixture migrations VERSION | insert-format VERSION | encode [VERSION]"
+                .to_owned(),
+        ),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,7 +63,7 @@ fn migrations(version: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn encode() -> Result<(), String> {
+fn encode(version: Option<&str>) -> Result<(), String> {
     let mut input = String::new();
     std::io::stdin()
         .read_to_string(&mut input)
@@ -60,17 +74,22 @@ fn encode() -> Result<(), String> {
         .ok_or("no columns")?
         .iter()
         .map(|c| {
-            let (name, ty) = (c[0].as_str().unwrap_or(""), c[1].as_str().unwrap_or(""));
-            let ty = ChType::parse(ty).map_err(|e| format!("column {name}: {e}"))?;
+            let (name, ty_name) = (c[0].as_str().unwrap_or(""), c[1].as_str().unwrap_or(""));
+            let ty = ChType::parse(ty_name).map_err(|e| format!("column {name}: {e}"))?;
             Ok(ColumnPlan {
                 column: name.to_owned(),
                 field: name.to_owned(),
                 ty,
+                type_name: ty_name.to_owned(),
                 constant: None,
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let plan = TablePlan::new("t".into(), "t", String::new(), columns, Vec::new());
     let mut out = BytesMut::new();
+    if version.is_some_and(|v| ServerCaps::from_version(v).insert_checks_types) {
+        out.extend_from_slice(&plan.types_header);
+    }
     for (i, message) in spec["messages"]
         .as_array()
         .ok_or("no messages")?
@@ -78,7 +97,7 @@ fn encode() -> Result<(), String> {
         .enumerate()
     {
         let message = message.as_object().ok_or("a message is not an object")?;
-        encode_row(&columns, message, &mut out).map_err(|e| format!("message {i}: {e}"))?;
+        encode_row(&plan.columns, message, &mut out).map_err(|e| format!("message {i}: {e}"))?;
     }
     std::io::stdout().write_all(&out).map_err(|e| e.to_string())
 }

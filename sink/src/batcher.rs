@@ -222,24 +222,25 @@ mod tests {
         let col = |c: &str, t: ChType| ColumnPlan {
             column: c.into(),
             field: c.into(),
+            type_name: t.to_string(),
             ty: t,
             constant: None,
         };
         vec![
-            TablePlan {
-                table: "a".into(),
-                topic: "t".into(),
-                columns: vec![col("id", ChType::UInt64)],
-                insert_sql: String::new(),
-                headers: Vec::new(),
-            },
-            TablePlan {
-                table: "b".into(),
-                topic: "t".into(),
-                columns: vec![col("id", ChType::UInt64), col("v", ChType::String)],
-                insert_sql: String::new(),
-                headers: Vec::new(),
-            },
+            TablePlan::new(
+                "a".into(),
+                "a",
+                "t".into(),
+                vec![col("id", ChType::UInt64)],
+                Vec::new(),
+            ),
+            TablePlan::new(
+                "b".into(),
+                "b",
+                "t".into(),
+                vec![col("id", ChType::UInt64), col("v", ChType::String)],
+                Vec::new(),
+            ),
         ]
     }
 

@@ -7,6 +7,13 @@
 //! are stored in ClickHouse (or dead-lettered), so a crash at any point
 //! re-reads them: at-least-once into ClickHouse, made effectively-once by the
 //! ReplacingMergeTree targets keyed by source id (see `clickhouse::writer`).
+//! A batch is stored only into columns of the types it was encoded for, or
+//! converted first to a column widened since (`store_table`): otherwise it
+//! is held, nothing committed, the flow not ready saying why. Servers that
+//! check the types an insert declares (21.12+) make this atomic; on older
+//! ones the types are read right before every insert, which leaves the
+//! moment between that read and the insert (about a millisecond) open to
+//! an `ALTER`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batcher::{Origin, PendingBatch};
 use crate::clickhouse::ClickHouseWriter;
 use crate::clickhouse::schema::TablePlan;
+use crate::clickhouse::types::ChType;
 use crate::config::SinkConfig;
 use crate::dead_letter::DeadLetterQueue;
 use crate::stats::SinkStats;
@@ -301,37 +309,20 @@ impl FlowSink {
                 continue;
             }
             let rows = std::mem::replace(&mut batch.tables[i], BytesMut::new()).freeze();
-            let mut refused = false;
-            loop {
-                match self.writer.insert(plan, rows.clone()).await {
-                    Ok(()) => {
-                        if refused {
-                            self.refused(plan, None);
-                        }
-                        worst_ms = worst_ms.max(self.observe_freshness(plan, &batch.stamps[i]));
-                        self.metrics
-                            .counter(
-                                "sink_rows_inserted_total",
-                                "Rows accepted by ClickHouse.",
-                                &[("flow", flow), ("table", &plan.table)],
-                            )
-                            .add(batch.rows_per_table[i] as i64);
-                        break;
-                    }
-                    Err(error) => {
-                        stats.insert_failures.inc();
-                        if let crate::policy::Action::Hold(reason) = crate::policy::insert(&error) {
-                            refused = true;
-                            self.refused(plan, Some(&reason));
-                        }
-                        let delay = backoff.next_delay();
-                        tracing::warn!(flow, table = %plan.table, %error, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed; retrying, offsets not committed");
-                        if !sleep_or_stop(delay, stop).await {
-                            return false;
-                        }
-                    }
-                }
+            if !self
+                .store_table(plan, rows, &mut backoff, stop, stats)
+                .await
+            {
+                return false;
             }
+            worst_ms = worst_ms.max(self.observe_freshness(plan, &batch.stamps[i]));
+            self.metrics
+                .counter(
+                    "sink_rows_inserted_total",
+                    "Rows accepted by ClickHouse.",
+                    &[("flow", flow), ("table", &plan.table)],
+                )
+                .add(batch.rows_per_table[i] as i64);
         }
         if !batch.dead_letters.is_empty() {
             for letter in &batch.dead_letters {
@@ -570,29 +561,167 @@ impl FlowSink {
         changed.then_some(next)
     }
 
-    /// ClickHouse refuses `plan`'s table for good (`Some(reason)`: the flow
-    /// is not ready, saying why, and `sink_insert_refused` is 1) or accepts
-    /// it again (`None`). Nothing is committed meanwhile: the batch is
-    /// retried until it is stored.
-    fn refused(&self, plan: &TablePlan, reason: Option<&str>) {
+    /// Inserts one table's rows of a batch (RowBinary encoded for `plan`),
+    /// retrying with `backoff` until ClickHouse accepts them; false if
+    /// `stop` fired first. The rows
+    /// go only into columns of the types they were encoded for, or are
+    /// converted to a widened column first (`refit`): where the server
+    /// checks the types an insert declares, when it says they differ;
+    /// elsewhere right before every insert.
+    async fn store_table(
+        &self,
+        plan: &TablePlan,
+        mut rows: bytes::Bytes,
+        backoff: &mut Backoff,
+        stop: &CancellationToken,
+        stats: &SinkStats,
+    ) -> bool {
+        let flow = self.flow.name.as_str();
+        let mut plan = std::borrow::Cow::Borrowed(plan);
+        let mut refit = !self.writer.caps().insert_checks_types;
+        let mut held = false;
+        loop {
+            // Why inserts into the table are held, when they are.
+            let mut hold = None;
+            let mut failed = None;
+            let mut insert = true;
+            if refit {
+                match self.refit(&plan, &rows).await {
+                    Ok(Some((now, converted))) => {
+                        (plan, rows) = (std::borrow::Cow::Owned(now), converted);
+                    }
+                    // The table is gone: the insert says so (and holds).
+                    Ok(None) => {}
+                    Err(reason) => {
+                        insert = false;
+                        if reason.is_none() {
+                            // The read before the insert is part of it.
+                            stats.insert_failures.inc();
+                        }
+                        hold = reason.map(|r| {
+                            format!(
+                                "a batch for {} is held (nothing committed): {r}",
+                                plan.table
+                            )
+                        });
+                    }
+                }
+            }
+            if insert {
+                match self.writer.insert(&plan, rows.clone()).await {
+                    Ok(()) => {
+                        if held {
+                            self.hold(&plan, None);
+                        }
+                        return true;
+                    }
+                    Err(error) => {
+                        stats.insert_failures.inc();
+                        hold = match crate::policy::insert(&error) {
+                            crate::policy::Action::Hold(reason) => Some(format!(
+                                "ClickHouse refuses inserts into {}: {reason}",
+                                plan.table
+                            )),
+                            // Checked against the table already and still
+                            // refused: not a change the sink can follow.
+                            crate::policy::Action::Refit if refit => {
+                                let detail: String = error.to_string().chars().take(300).collect();
+                                Some(format!(
+                                    "ClickHouse refuses the column types of the batch for {}: {detail}",
+                                    plan.table
+                                ))
+                            }
+                            crate::policy::Action::Refit => {
+                                refit = true;
+                                None
+                            }
+                            _ => None,
+                        };
+                        failed = Some(error);
+                    }
+                }
+            }
+            let delay = backoff.next_delay();
+            if let Some(error) = failed {
+                tracing::warn!(flow, table = %plan.table, %error, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed; retrying, offsets not committed");
+            }
+            if let Some(reason) = hold {
+                held = true;
+                self.hold(&plan, Some(&reason));
+            }
+            if !sleep_or_stop(delay, stop).await {
+                return false;
+            }
+        }
+    }
+
+    /// Compares the types `rows` were encoded for (`plan`) with the table's
+    /// columns as they are now (`schema::fit`). `Ok(Some(..))`: insert as
+    /// this plan, with these rows (converted when a column was widened);
+    /// `Ok(None)`: the table is gone, the insert will say so; `Err(Some)`:
+    /// hold the batch for this reason; `Err(None)`: ClickHouse did not
+    /// answer, try again.
+    async fn refit(
+        &self,
+        plan: &TablePlan,
+        rows: &bytes::Bytes,
+    ) -> Result<Option<(TablePlan, bytes::Bytes)>, Option<String>> {
+        use crate::clickhouse::schema::{Fit, column_types, fit};
+        let flow = self.flow.name.as_str();
+        let database = &self.config.clickhouse.database;
+        let now = match column_types(self.writer.client(), database, &plan.table).await {
+            Ok(now) if now.is_empty() => return Ok(None),
+            Ok(now) => now,
+            Err(error) => {
+                tracing::warn!(flow, table = %plan.table, %error, "cannot read the target table's columns before the insert; retrying, offsets not committed");
+                return Err(None);
+            }
+        };
+        match fit(plan, &now) {
+            Fit::Refuse(reason) => Err(Some(reason)),
+            Fit::Fits {
+                plan: now,
+                convert: false,
+            } => Ok(Some((now, rows.clone()))),
+            Fit::Fits {
+                plan: now,
+                convert: true,
+            } => {
+                let from: Vec<&ChType> = plan.columns.iter().map(|c| &c.ty).collect();
+                let to: Vec<&ChType> = now.columns.iter().map(|c| &c.ty).collect();
+                let converted =
+                    crate::clickhouse::encode::convert(rows, &from, &to).map_err(|e| {
+                        Some(format!(
+                            "its rows do not convert to the table's new column types ({e})"
+                        ))
+                    })?;
+                tracing::info!(flow, table = %plan.table, rows = rows.len(), "batch encoded before a column was widened; converted to the new types");
+                Ok(Some((now, converted.freeze())))
+            }
+        }
+    }
+
+    /// Inserts into `plan`'s table are held (`Some(reason)`: the flow is
+    /// not ready, saying why, and `sink_insert_refused` is 1) — ClickHouse
+    /// refuses the table for good, or the batch does not fit its columns
+    /// any more — or go on again (`None`). Nothing is committed meanwhile:
+    /// the batch is retried until it is stored.
+    fn hold(&self, plan: &TablePlan, reason: Option<&str>) {
         let flow = self.flow.name.as_str();
         self.metrics
             .gauge(
                 "sink_insert_refused",
-                "1 while ClickHouse refuses the target table for good (dropped, altered, no grant); the flow is not ready meanwhile.",
+                "1 while inserts into the target table are held: ClickHouse refuses it for good (dropped, altered, no grant) or a batch does not fit its columns any more; the flow is not ready meanwhile.",
                 &[("flow", flow), ("table", &plan.table)],
             )
             .set(i64::from(reason.is_some()));
         match reason {
             Some(reason) => {
-                tracing::error!(flow, table = %plan.table, reason, "clickhouse refuses the target table; retrying, nothing committed");
-                self.health.block(
-                    &format!("table:{}", plan.table),
-                    &format!("ClickHouse refuses inserts into {}: {reason}", plan.table),
-                );
+                tracing::error!(flow, table = %plan.table, reason, "inserts into the target table held; retrying, nothing committed");
+                self.health.block(&format!("table:{}", plan.table), reason);
             }
             None => {
-                tracing::info!(flow, table = %plan.table, "clickhouse accepts the target table again");
+                tracing::info!(flow, table = %plan.table, "inserts into the target table go on");
                 self.health.unblock(&format!("table:{}", plan.table));
             }
         }

@@ -43,7 +43,15 @@ pub async fn run(
     let health = daemon::health::Health::new(config.stall_after);
     daemon::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
     let ch = client::client(&config.clickhouse, Some(&config.clickhouse.database));
-    let writer = Arc::new(ClickHouseWriter::new(ch));
+    let Some(caps) = caps_with_retry(&ch, &config, &shutdown).await else {
+        return Ok(());
+    };
+    tracing::info!(
+        version = ?caps.version,
+        insert_checks_types = caps.insert_checks_types,
+        "clickhouse server"
+    );
+    let writer = Arc::new(ClickHouseWriter::new(ch, caps));
     let mut sinks = Vec::new();
     for flow in config.flows.iter().filter(|f| !f.targets.is_empty()) {
         let mut plans = Vec::new();
@@ -96,6 +104,29 @@ pub async fn run(
 fn known_fields(flow: &flows::Flow, topic: &str) -> Option<Vec<String>> {
     let source = flow.sources.iter().find(|s| s.topic == topic)?;
     Some(source.columns.iter().map(ToString::to_string).collect())
+}
+
+/// The server's capabilities (its version), retrying while ClickHouse is
+/// unreachable. `None` on shutdown.
+async fn caps_with_retry(
+    client: &::clickhouse::Client,
+    config: &SinkConfig,
+    shutdown: &CancellationToken,
+) -> Option<crate::clickhouse::caps::ServerCaps> {
+    let mut backoff = Backoff::default();
+    loop {
+        match crate::clickhouse::migrate::server_caps(client).await {
+            Ok(caps) => return Some(caps),
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(url = %flows::settings::redact_url(&config.clickhouse.url), %error, retry_in_ms = delay.as_millis() as u64, "clickhouse unreachable");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
 }
 
 /// Plans a target table, retrying while ClickHouse is unreachable. `None` on

@@ -15,6 +15,11 @@ pub enum Action {
     /// another type, credentials or grants refused, a dead-letter topic that
     /// refuses writes). Nothing is committed past the step meanwhile.
     Hold(String),
+    /// Read the target table's columns and judge the batch against them
+    /// (`schema::fit`: hold it, or convert it to a widened column) before
+    /// trying again: ClickHouse refused the block because the column types
+    /// it declares are not the table's any more. Nothing was stored.
+    Refit,
     /// Go on: the rows are stored and only their offsets were not committed;
     /// they are read again and the tables absorb the repeat.
     Carry,
@@ -25,6 +30,9 @@ pub enum Action {
 
 /// An INSERT ClickHouse did not accept.
 pub fn insert(error: &clickhouse::error::Error) -> Action {
+    if crate::clickhouse::writer::types_differ(error) {
+        return Action::Refit;
+    }
     match crate::clickhouse::writer::refusal(error) {
         Some(reason) => Action::Hold(reason),
         None => Action::Retry,
@@ -126,6 +134,12 @@ mod tests {
                 assert_eq!(action, Action::Retry, "{error}");
             }
         }
+        assert_eq!(
+            insert(&ch(
+                "Code: 117. DB::Exception: Type of 'price' must be Decimal(9, 4), not Decimal(9, 2): (while reading header). (INCORRECT_DATA)"
+            )),
+            Action::Refit
+        );
         let kafka = KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed);
         assert!(matches!(
             dead_letters(&kafka, "t.dlq", 3),

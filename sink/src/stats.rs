@@ -50,7 +50,7 @@ impl SinkStats {
             ),
             insert_failures: metrics.counter(
                 "sink_insert_failures_total",
-                "ClickHouse inserts that failed and were retried.",
+                "ClickHouse inserts that failed and were retried (where the sink reads the table's column types right before each insert, a failed read counts).",
                 &[("flow", flow)],
             ),
             batch_rows: metrics.histogram(

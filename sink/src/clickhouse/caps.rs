@@ -12,6 +12,15 @@ pub struct ServerCaps {
     /// SQL users and grants (`CREATE USER`, `GRANT`, 20.5+). Older servers
     /// define users in `users.xml` only.
     pub sql_access_control: bool,
+    /// Inserts can declare their column types and the server compares them
+    /// with the table's as it reads the block (`RowBinaryWithNamesAndTypes`
+    /// with `input_format_with_types_use_header`, 21.12+): a batch encoded
+    /// for other types is refused whole (code 117), atomically with any
+    /// `ALTER`. Older servers read RowBinary with whatever types the columns
+    /// have at that moment, so the sink reads the types right before each
+    /// insert instead (see `flow_sink`), which leaves a window of about a
+    /// millisecond.
+    pub insert_checks_types: bool,
 }
 
 impl ServerCaps {
@@ -25,6 +34,7 @@ impl ServerCaps {
             version: (major, minor),
             ipv4: at_least(19, 1),
             sql_access_control: at_least(20, 5),
+            insert_checks_types: at_least(21, 12),
         }
     }
 
@@ -42,10 +52,12 @@ mod tests {
     #[test]
     fn old_and_new_servers() {
         let old = ServerCaps::from_version("18.16.1");
-        assert!(!old.ipv4 && !old.sql_access_control);
+        assert!(!old.ipv4 && !old.sql_access_control && !old.insert_checks_types);
+        assert!(!ServerCaps::from_version("21.11.11.1").insert_checks_types);
+        assert!(ServerCaps::from_version("21.12.2.17").insert_checks_types);
         assert_eq!(old.substitute("ip {{ipv4}}"), "ip String");
         let new = ServerCaps::from_version("24.8.4.13");
-        assert!(new.ipv4 && new.sql_access_control);
+        assert!(new.ipv4 && new.sql_access_control && new.insert_checks_types);
         assert_eq!(new.substitute("ip {{ipv4}}"), "ip IPv4");
     }
 }

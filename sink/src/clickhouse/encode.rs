@@ -1,7 +1,9 @@
 //! JSON messages → ClickHouse RowBinary, column by column, checked against
 //! the column's type. A value that does not fit is an [`EncodeError`] naming
 //! the column; the caller dead-letters the message instead of failing the
-//! whole insert.
+//! whole insert. RowBinary carries no types: a batch is only ever inserted
+//! into columns of the types it was encoded for, or [`convert`]ed to a
+//! widened column's type first (see `schema::fit`).
 
 use std::net::Ipv4Addr;
 
@@ -25,6 +27,10 @@ pub struct ColumnPlan {
     pub column: String,
     pub field: String,
     pub ty: ChType,
+    /// The type as the server names it (`system.columns`), e.g.
+    /// `Decimal(9, 2)` for `Decimal32(2)`: what an insert declares where
+    /// the server checks declared types (`caps::insert_checks_types`).
+    pub type_name: String,
     pub constant: Option<Value>,
 }
 
@@ -314,8 +320,184 @@ fn epoch_ticks(value: &Value, precision: u32) -> Result<i64, String> {
     }
 }
 
+/// Rewrites `rows`, RowBinary encoded for the column types `from`, as
+/// RowBinary for `to` (the same columns, in order): a batch encoded before
+/// a column was widened goes in with the values it was encoded with. The
+/// values are those ClickHouse's own `ALTER` gives rows stored before the
+/// change: a `FixedString` keeps its zero padding, a `DateTime` gains no
+/// fraction. Only widenings convert (`schema::fit` decides); anything else,
+/// a value that does not fit or rows cut short is an error, never a guess.
+pub fn convert(rows: &[u8], from: &[&ChType], to: &[&ChType]) -> Result<BytesMut, String> {
+    if from.len() != to.len() {
+        return Err(format!(
+            "{} columns encoded, {} to write",
+            from.len(),
+            to.len()
+        ));
+    }
+    let mut input = rows;
+    let mut out = BytesMut::with_capacity(rows.len() + rows.len() / 2);
+    while !input.is_empty() {
+        for (from, to) in from.iter().zip(to) {
+            convert_value(from, to, &mut input, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+fn convert_value(
+    from: &ChType,
+    to: &ChType,
+    input: &mut &[u8],
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    use ChType::*;
+    match (from, to) {
+        (Nullable(a), Nullable(b)) => {
+            let null = take(input, 1)?[0];
+            out.put_u8(null);
+            if null == 0 {
+                convert_value(a, b, input, out)?;
+            }
+        }
+        (a, Nullable(b)) => {
+            out.put_u8(0);
+            convert_value(a, b, input, out)?;
+        }
+        (a, b) if a == b => {
+            let len = value_len(a, input)?;
+            out.put_slice(take(input, len)?);
+        }
+        (Float32, Float64) => out.put_f64_le(f64::from(f32::from_le_bytes(fixed(input)?))),
+        (FixedString(n), String) => {
+            put_varint(out, *n as u64);
+            out.put_slice(take(input, *n)?);
+        }
+        (DateTime, DateTime64(precision)) => {
+            let secs = u32::from_le_bytes(fixed(input)?);
+            out.put_i64_le(i64::from(secs) * 10i64.pow(*precision));
+        }
+        (Decimal { bytes: a, scale: s }, Decimal { bytes: b, scale: t }) if s == t => {
+            let n = read_signed(input, usize::from(*a))?;
+            write_signed(n, usize::from(*b), out)?;
+        }
+        (a, b) => match (int_width(a), int_width(b)) {
+            (Some((a_bytes, a_signed)), Some((b_bytes, b_signed))) => {
+                let n = if a_signed {
+                    read_signed(input, a_bytes)?
+                } else {
+                    i128::from(u64::from_le_bytes(widen_le(take(input, a_bytes)?)))
+                };
+                let fits = if b_signed {
+                    let bits = b_bytes * 8 - 1;
+                    (-(1i128 << bits)..(1i128 << bits)).contains(&n)
+                } else {
+                    (0..(1i128 << (b_bytes * 8))).contains(&n)
+                };
+                if !fits {
+                    return Err(format!("{n} does not fit {b}"));
+                }
+                out.put_slice(&n.to_le_bytes()[..b_bytes]);
+            }
+            _ => return Err(format!("{a} cannot be converted to {b}")),
+        },
+    }
+    Ok(())
+}
+
+/// Bytes and signedness of an integer type.
+fn int_width(ty: &ChType) -> Option<(usize, bool)> {
+    use ChType::*;
+    Some(match ty {
+        UInt8 => (1, false),
+        UInt16 => (2, false),
+        UInt32 => (4, false),
+        UInt64 => (8, false),
+        Int8 => (1, true),
+        Int16 => (2, true),
+        Int32 => (4, true),
+        Int64 => (8, true),
+        _ => return None,
+    })
+}
+
+/// The length of the next value of type `ty` in `input` (not Nullable).
+fn value_len(ty: &ChType, input: &[u8]) -> Result<usize, String> {
+    use ChType::*;
+    Ok(match ty {
+        UInt8 | Int8 | Bool => 1,
+        UInt16 | Int16 | Date => 2,
+        UInt32 | Int32 | Float32 | DateTime | IPv4 => 4,
+        UInt64 | Int64 | Float64 | DateTime64(_) => 8,
+        Uuid => 16,
+        FixedString(n) => *n,
+        Decimal { bytes, .. } => usize::from(*bytes),
+        String => {
+            let (len, prefix) = read_varint(input)?;
+            prefix + usize::try_from(len).map_err(|_| "string too long".to_owned())?
+        }
+        Nullable(_) => return Err("nested Nullable is not supported".to_owned()),
+    })
+}
+
+fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+    if input.len() < n {
+        return Err("rows cut short".to_owned());
+    }
+    let (head, rest) = input.split_at(n);
+    *input = rest;
+    Ok(head)
+}
+
+fn fixed<const N: usize>(input: &mut &[u8]) -> Result<[u8; N], String> {
+    let mut bytes = [0; N];
+    bytes.copy_from_slice(take(input, N)?);
+    Ok(bytes)
+}
+
+/// `bytes` little-endian bytes, zero-extended to 8.
+fn widen_le(bytes: &[u8]) -> [u8; 8] {
+    let mut wide = [0; 8];
+    wide[..bytes.len()].copy_from_slice(bytes);
+    wide
+}
+
+/// A little-endian two's complement integer of `width` bytes (1 to 16).
+fn read_signed(input: &mut &[u8], width: usize) -> Result<i128, String> {
+    let bytes = take(input, width)?;
+    let fill = if bytes.last().is_some_and(|b| b & 0x80 != 0) {
+        0xff
+    } else {
+        0
+    };
+    let mut wide = [fill; 16];
+    wide[..width].copy_from_slice(bytes);
+    Ok(i128::from_le_bytes(wide))
+}
+
+fn write_signed(n: i128, width: usize, out: &mut BytesMut) -> Result<(), String> {
+    let bits = width * 8 - 1;
+    if width < 16 && !(-(1i128 << bits)..(1i128 << bits)).contains(&n) {
+        return Err(format!("{n} does not fit {width} bytes"));
+    }
+    out.put_slice(&n.to_le_bytes()[..width]);
+    Ok(())
+}
+
+/// A LEB128 number at the start of `input`: (value, bytes it takes).
+fn read_varint(input: &[u8]) -> Result<(u64, usize), String> {
+    let mut n = 0u64;
+    for (i, byte) in input.iter().enumerate().take(10) {
+        n |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok((n, i + 1));
+        }
+    }
+    Err("rows cut short".to_owned())
+}
+
 /// LEB128, as RowBinary encodes string lengths.
-fn put_varint(out: &mut BytesMut, mut n: u64) {
+pub fn put_varint(out: &mut BytesMut, mut n: u64) {
     loop {
         let byte = (n & 0x7f) as u8;
         n >>= 7;
@@ -337,6 +519,7 @@ mod tests {
             column: column.into(),
             field: column.into(),
             ty: ChType::parse(ty).unwrap_or_else(|e| panic!("{e}")),
+            type_name: ty.into(),
             constant: None,
         }
     }
@@ -413,5 +596,111 @@ mod tests {
         assert_eq!(&bytes[12..20], &2u64.to_le_bytes());
         assert_eq!(&bytes[20..28], &1_704_164_645_250i64.to_le_bytes());
         assert!(encode(&cols[..1], json!({"ip": "300.1.1.1"})).is_err());
+    }
+
+    /// Rows encoded for `from`, converted to `to`.
+    fn converted(
+        from: &[ColumnPlan],
+        to: &[ColumnPlan],
+        rows: &[Value],
+    ) -> Result<Vec<u8>, String> {
+        let mut encoded = BytesMut::new();
+        for row in rows {
+            let Value::Object(map) = row else {
+                panic!("object expected")
+            };
+            encode_row(from, map, &mut encoded).map_err(|e| e.to_string())?;
+        }
+        let from: Vec<&ChType> = from.iter().map(|c| &c.ty).collect();
+        let to: Vec<&ChType> = to.iter().map(|c| &c.ty).collect();
+        convert(&encoded, &from, &to).map(|b| b.to_vec())
+    }
+
+    #[test]
+    fn a_batch_converted_to_a_widened_column_holds_what_the_new_type_would() {
+        let cases: &[(&str, &str, &[Value])] = &[
+            (
+                "Int32",
+                "Int64",
+                &[json!(-2147483648), json!(0), json!(2147483647)],
+            ),
+            ("UInt32", "Int64", &[json!(0), json!(4294967295u64)]),
+            ("UInt8", "UInt64", &[json!(255)]),
+            ("Int16", "Nullable(Int32)", &[json!(-32768), json!(7)]),
+            (
+                "Nullable(Int32)",
+                "Nullable(Int64)",
+                &[json!(null), json!(-1)],
+            ),
+            (
+                "Decimal32(2)",
+                "Decimal64(2)",
+                &[json!("-21474836.48"), json!("19.99")],
+            ),
+            (
+                "Decimal(9, 2)",
+                "Decimal128(2)",
+                &[json!("-0.01"), json!("21474836.47")],
+            ),
+            (
+                "Decimal64(4)",
+                "Decimal128(4)",
+                &[json!("-922337203685477.5808")],
+            ),
+            ("Float32", "Float64", &[json!(1.5), json!(-0.25)]),
+            ("DateTime", "DateTime64(3)", &[json!(1700000000), json!(0)]),
+            ("String", "Nullable(String)", &[json!(""), json!("héllo")]),
+            (
+                "Nullable(String)",
+                "Nullable(String)",
+                &[json!(null), json!("x")],
+            ),
+            (
+                "UUID",
+                "UUID",
+                &[json!("6f1c2b8e-0000-4000-8000-00000000abcd")],
+            ),
+        ];
+        for (from, to, values) in cases {
+            let old = [plan("id", "UInt64"), plan("x", from), plan("s", "String")];
+            let new = [plan("id", "UInt64"), plan("x", to), plan("s", "String")];
+            let rows: Vec<Value> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| json!({"id": i, "x": v, "s": "tail"}))
+                .collect();
+            let mut expected = BytesMut::new();
+            for row in &rows {
+                let Value::Object(map) = row else { panic!() };
+                encode_row(&new, map, &mut expected).unwrap_or_else(|e| panic!("{e}"));
+            }
+            assert_eq!(
+                converted(&old, &new, &rows),
+                Ok(expected.to_vec()),
+                "{from} -> {to}"
+            );
+        }
+        // A FixedString keeps its padding, as ClickHouse's ALTER keeps it.
+        let padded = converted(
+            &[plan("f", "FixedString(4)")],
+            &[plan("f", "String")],
+            &[json!({"f": "ab"})],
+        );
+        assert_eq!(padded, Ok(vec![4, b'a', b'b', 0, 0]));
+    }
+
+    #[test]
+    fn values_that_do_not_fit_and_types_that_do_not_convert_are_errors() {
+        let one = |from: &str, to: &str, v: Value| {
+            converted(&[plan("x", from)], &[plan("x", to)], &[json!({ "x": v })])
+        };
+        assert!(one("Int64", "Int32", json!(5_000_000_000i64)).is_err());
+        assert!(one("Int32", "UInt32", json!(-1)).is_err());
+        assert!(one("Decimal32(2)", "Decimal32(4)", json!("19.99")).is_err());
+        assert!(one("Float64", "Float32", json!(1.5)).is_err());
+        assert!(one("Int64", "Float64", json!(1)).is_err());
+        assert!(one("Nullable(Int32)", "Int64", json!(1)).is_err());
+        let cut = convert(&[1, 2, 3], &[&ChType::UInt32], &[&ChType::UInt64]);
+        assert_eq!(cut, Err("rows cut short".to_owned()));
     }
 }

@@ -1,11 +1,15 @@
 //! Plans how a flow's target table is filled: the live table's columns (from
 //! `system.columns`) matched with the flow definition. A definition that
 //! contradicts the table is refused with the flow, table and column named.
+//! A table changed since it was planned is judged here too: per batch
+//! ([`fit`]: can rows encoded for the old types go in?) and for the plan
+//! the sink loads with ([`judge`]: adopt the change or refuse it).
 
+use bytes::{BufMut, Bytes, BytesMut};
 use clickhouse::Client;
 use flows::TargetTable;
 
-use super::encode::ColumnPlan;
+use super::encode::{ColumnPlan, put_varint};
 use super::types::ChType;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +48,51 @@ pub struct TablePlan {
     pub table: String,
     pub topic: String,
     pub columns: Vec<ColumnPlan>,
-    /// `INSERT INTO t (cols) FORMAT RowBinary`, identifiers quoted.
-    pub insert_sql: String,
+    /// `INSERT INTO t (cols)`, identifiers quoted; the writer adds the
+    /// format.
+    pub insert_into: String,
+    /// The `RowBinaryWithNamesAndTypes` header of `columns`: their count,
+    /// names and server type names, sent before the rows where the server
+    /// checks them (`caps::insert_checks_types`).
+    pub types_header: Bytes,
     /// Kafka headers some column is filled from (their values join the
     /// message's fields as [`header_field`]).
     pub headers: Vec<String>,
+}
+
+impl TablePlan {
+    /// `sql_table`: the table's name as SQL (quoted).
+    pub fn new(
+        table: String,
+        sql_table: &str,
+        topic: String,
+        columns: Vec<ColumnPlan>,
+        headers: Vec<String>,
+    ) -> Self {
+        let names: Vec<String> = columns
+            .iter()
+            .map(|c| format!("`{}`", c.column.replace('`', "\\`")))
+            .collect();
+        Self {
+            insert_into: format!("INSERT INTO {sql_table} ({})", names.join(", ")),
+            types_header: types_header(&columns),
+            table,
+            topic,
+            columns,
+            headers,
+        }
+    }
+}
+
+fn types_header(columns: &[ColumnPlan]) -> Bytes {
+    let mut out = BytesMut::new();
+    put_varint(&mut out, columns.len() as u64);
+    let names = columns.iter().map(|c| &c.column);
+    for text in names.chain(columns.iter().map(|c| &c.type_name)) {
+        put_varint(&mut out, text.len() as u64);
+        out.put_slice(text.as_bytes());
+    }
+    out.freeze()
 }
 
 /// The message field a header's value is decoded into: a name no JSON body
@@ -144,25 +188,97 @@ pub async fn plan_table(
             column: name,
             field,
             ty,
+            type_name,
             constant,
         });
     }
-    let names: Vec<String> = columns
-        .iter()
-        .map(|c| format!("`{}`", c.column.replace('`', "\\`")))
-        .collect();
-    let insert_sql = format!(
-        "INSERT INTO {} ({}) FORMAT RowBinary",
-        target.table.ch(),
-        names.join(", ")
-    );
-    Ok(TablePlan {
-        headers: target.headers.values().cloned().collect(),
+    Ok(TablePlan::new(
         table,
-        topic: target.topic.clone(),
+        &target.table.ch(),
+        target.topic.clone(),
         columns,
-        insert_sql,
-    })
+        target.headers.values().cloned().collect(),
+    ))
+}
+
+/// A table's columns as the server has them now: (name, type name), from
+/// `system.columns`; none when the table does not exist.
+pub async fn column_types(
+    client: &Client,
+    database: &str,
+    table: &str,
+) -> Result<Vec<(String, String)>, clickhouse::error::Error> {
+    client
+        .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
+        .bind(database)
+        .bind(table)
+        .fetch_all()
+        .await
+}
+
+/// How a batch encoded with `plan` goes into its table as the table is
+/// `now` ([`column_types`], read right before the insert).
+#[derive(Debug)]
+pub enum Fit {
+    /// Insert it as `plan` says: the batch's columns, with the type names
+    /// the table has now. `convert`: a column was widened, so the rows are
+    /// converted to its new type first (`encode::convert`).
+    Fits { plan: TablePlan, convert: bool },
+    /// Hold it: a column it fills is gone, or its type changed to one not
+    /// every value fits (RowBinary would be read as other numbers, or
+    /// misaligned).
+    Refuse(String),
+}
+
+/// See [`Fit`]. Only the batch's own columns matter: it names them in its
+/// insert, the server fills any others.
+pub fn fit(plan: &TablePlan, now: &[(String, String)]) -> Fit {
+    let mut columns = Vec::with_capacity(plan.columns.len());
+    let mut convert = false;
+    for was in &plan.columns {
+        let Some((_, type_name)) = now.iter().find(|(name, _)| *name == was.column) else {
+            return Fit::Refuse(dropped(plan, was));
+        };
+        let changed = |to: &dyn std::fmt::Display, why: &str| {
+            Fit::Refuse(format!(
+                "column {}.{} changed from {} to {to}, {why}: change it back or to a wider type, or restart the sink to accept it",
+                plan.table, was.column, was.ty
+            ))
+        };
+        let Ok(ty) = ChType::parse(type_name) else {
+            return changed(type_name, "which the sink cannot write");
+        };
+        if ty != was.ty {
+            if !widens(&was.ty, &ty) {
+                return changed(&ty, "which not every value fits");
+            }
+            convert = true;
+        }
+        columns.push(ColumnPlan {
+            ty,
+            type_name: type_name.clone(),
+            ..was.clone()
+        });
+    }
+    Fit::Fits {
+        plan: TablePlan {
+            types_header: types_header(&columns),
+            columns,
+            ..plan.clone()
+        },
+        convert,
+    }
+}
+
+fn dropped(plan: &TablePlan, was: &ColumnPlan) -> String {
+    let what = match &was.constant {
+        Some(_) => "a constant".to_owned(),
+        None => format!("message field `{}`", was.field),
+    };
+    format!(
+        "column {}.{} was dropped while the sink fills it from {what}: restore it, or restart the sink to load without it",
+        plan.table, was.column
+    )
 }
 
 /// What a target table's change since its plan means to the sink (see
@@ -171,7 +287,9 @@ pub async fn plan_table(
 pub enum Change {
     Same,
     /// Loses nothing: columns added that old messages can leave NULL,
-    /// types widened. The new plan is used from the next batch.
+    /// types widened (or renamed only: `DateTime` → `DateTime('UTC')`).
+    /// The new plan is used from the next batch; batches encoded with the
+    /// old one are converted as they are inserted ([`fit`]).
     Adopt(Vec<String>),
     /// Would lose data or dead-letter messages: the old plan stays and the
     /// flow is not ready, with this reason.
@@ -183,32 +301,26 @@ pub enum Change {
 /// is gone or narrowed loses data; a new column messages may lack must be
 /// Nullable (old messages carry no such field).
 pub fn judge(old: &TablePlan, new: &TablePlan) -> Change {
+    let now: Vec<(String, String)> = new
+        .columns
+        .iter()
+        .map(|c| (c.column.clone(), c.type_name.clone()))
+        .collect();
+    if let Fit::Refuse(reason) = fit(old, &now) {
+        return Change::Refuse(reason);
+    }
     let mut adopted = Vec::new();
     for was in &old.columns {
         match new.columns.iter().find(|c| c.column == was.column) {
-            None => {
-                let what = match &was.constant {
-                    Some(_) => "a constant".to_owned(),
-                    None => format!("message field `{}`", was.field),
-                };
-                return Change::Refuse(format!(
-                    "column {}.{} was dropped while the sink fills it from {what}: restore it, or restart the sink to load without it",
-                    old.table, was.column
-                ));
-            }
-            Some(now) if now.ty == was.ty => {}
-            Some(now) if widens(&was.ty, &now.ty) => {
-                adopted.push(format!(
-                    "{} widened from {} to {}",
-                    was.column, was.ty, now.ty
-                ));
-            }
-            Some(now) => {
-                return Change::Refuse(format!(
-                    "column {}.{} changed from {} to {}, which not every value fits: change it back or to a wider type, or restart the sink to accept it",
-                    old.table, was.column, was.ty, now.ty
-                ));
-            }
+            Some(now) if now.ty != was.ty => adopted.push(format!(
+                "{} widened from {} to {}",
+                was.column, was.ty, now.ty
+            )),
+            Some(now) if now.type_name != was.type_name => adopted.push(format!(
+                "{} now {} (encoded as {} was)",
+                was.column, now.type_name, was.type_name
+            )),
+            _ => {}
         }
     }
     for added in new
@@ -266,22 +378,30 @@ fn widens(from: &ChType, to: &ChType) -> bool {
 mod tests {
     use super::*;
 
+    fn pairs(plan: &TablePlan) -> Vec<(String, String)> {
+        plan.columns
+            .iter()
+            .map(|c| (c.column.clone(), c.type_name.clone()))
+            .collect()
+    }
+
     fn plan(columns: &[(&str, &str)]) -> TablePlan {
-        TablePlan {
-            table: "t".into(),
-            topic: "topic".into(),
-            columns: columns
+        TablePlan::new(
+            "t".into(),
+            "`t`",
+            "topic".into(),
+            columns
                 .iter()
                 .map(|(c, ty)| ColumnPlan {
                     column: (*c).into(),
                     field: (*c).into(),
                     ty: ChType::parse(ty).unwrap_or(ChType::String),
+                    type_name: (*ty).into(),
                     constant: None,
                 })
                 .collect(),
-            insert_sql: String::new(),
-            headers: Vec::new(),
-        }
+            Vec::new(),
+        )
     }
 
     #[test]
@@ -325,6 +445,141 @@ mod tests {
         ]);
         assert!(
             matches!(judge(&old, &required), Change::Refuse(r) if r.contains("Nullable(String) or with a DEFAULT"))
+        );
+    }
+
+    #[test]
+    fn a_batch_fits_a_widened_column_converted_and_is_held_from_any_other_change() {
+        let batch = plan(&[
+            ("id", "UInt64"),
+            ("price", "Decimal(9, 2)"),
+            ("t", "DateTime"),
+        ]);
+        let fits = |now: &TablePlan| match fit(&batch, &pairs(now)) {
+            Fit::Fits { plan, convert } => Ok((
+                plan.columns
+                    .iter()
+                    .map(|c| c.type_name.clone())
+                    .collect::<Vec<_>>(),
+                convert,
+            )),
+            Fit::Refuse(reason) => Err(reason),
+        };
+        let same = plan(&[
+            ("id", "UInt64"),
+            ("price", "Decimal(9, 2)"),
+            ("t", "DateTime"),
+            ("new", "Nullable(String)"),
+        ]);
+        assert_eq!(
+            fits(&same),
+            Ok((
+                vec!["UInt64".into(), "Decimal(9, 2)".into(), "DateTime".into()],
+                false
+            )),
+            "columns added do not matter to the batch"
+        );
+        let renamed = plan(&[
+            ("id", "UInt64"),
+            ("price", "Decimal32(2)"),
+            ("t", "DateTime('UTC')"),
+        ]);
+        assert_eq!(
+            fits(&renamed),
+            Ok((
+                vec![
+                    "UInt64".into(),
+                    "Decimal32(2)".into(),
+                    "DateTime('UTC')".into()
+                ],
+                false
+            )),
+            "the same encoding under another name"
+        );
+        let widened = plan(&[
+            ("id", "UInt64"),
+            ("price", "Decimal(18, 2)"),
+            ("t", "DateTime64(3)"),
+        ]);
+        assert_eq!(
+            fits(&widened),
+            Ok((
+                vec![
+                    "UInt64".into(),
+                    "Decimal(18, 2)".into(),
+                    "DateTime64(3)".into()
+                ],
+                true
+            ))
+        );
+        for (column, ty) in [
+            ("price", "Decimal(9, 4)"),
+            ("price", "Int32"),
+            ("id", "Int64"),
+            ("id", "Float64"),
+            ("t", "UInt32"),
+            ("id", "UInt32"),
+        ] {
+            let mut cols = vec![
+                ("id", "UInt64"),
+                ("price", "Decimal(9, 2)"),
+                ("t", "DateTime"),
+            ];
+            cols.retain(|(c, _)| *c != column);
+            cols.push((column, ty));
+            assert!(
+                matches!(fits(&plan(&cols)), Err(r) if r.contains(&format!("t.{column} changed from"))),
+                "{column} {ty}"
+            );
+        }
+        let rescaled = plan(&[
+            ("id", "UInt64"),
+            ("price", "Decimal(9, 4)"),
+            ("t", "DateTime"),
+        ]);
+        assert!(
+            matches!(fits(&rescaled), Err(r) if r.starts_with("column t.price changed from Decimal32(2) to Decimal32(4), which not every value fits")),
+            "{:?}",
+            fits(&rescaled)
+        );
+        let dropped = plan(&[("id", "UInt64"), ("t", "DateTime")]);
+        assert!(matches!(fits(&dropped), Err(r) if r.contains("t.price was dropped")));
+        let unsupported = [
+            ("id".into(), "UInt64".into()),
+            ("price".into(), "Array(Decimal(9, 2))".into()),
+            ("t".into(), "DateTime".into()),
+        ];
+        assert!(
+            matches!(fit(&batch, &unsupported), Fit::Refuse(r) if r.contains("which the sink cannot write"))
+        );
+        let unrelated = [
+            ("id".into(), "UInt64".into()),
+            ("price".into(), "Decimal(9, 2)".into()),
+            ("t".into(), "DateTime".into()),
+            ("tags".into(), "Array(String)".into()),
+        ];
+        assert!(
+            matches!(fit(&batch, &unrelated), Fit::Fits { convert: false, .. }),
+            "a column the batch does not fill may be of any type"
+        );
+    }
+
+    #[test]
+    fn the_types_header_names_each_column_and_its_server_type() {
+        let p = plan(&[("id", "UInt64"), ("p", "Decimal(9, 2)")]);
+        assert_eq!(p.insert_into, "INSERT INTO `t` (`id`, `p`)");
+        let mut expected = vec![2, 2];
+        expected.extend_from_slice(b"id");
+        expected.push(1);
+        expected.extend_from_slice(b"p");
+        expected.push(6);
+        expected.extend_from_slice(b"UInt64");
+        expected.push(13);
+        expected.extend_from_slice(b"Decimal(9, 2)");
+        assert_eq!(p.types_header.to_vec(), expected);
+        let renamed = plan(&[("id", "UInt64"), ("p", "Decimal32(2)")]);
+        assert!(
+            matches!(judge(&p, &renamed), Change::Adopt(a) if a[0].contains("p now Decimal32(2)"))
         );
     }
 }

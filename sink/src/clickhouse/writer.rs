@@ -7,35 +7,76 @@
 //! target is a ReplacingMergeTree keyed by the source row's identity, so a
 //! repeated row collapses at merge time and `FINAL` queries never see it
 //! twice.
+//!
+//! RowBinary carries no types: the server reads the bytes as its columns'
+//! current types. Where the server can check them
+//! (`caps::insert_checks_types`), every insert declares the column types
+//! its rows were encoded for and a block encoded for other types is refused
+//! whole ([`types_differ`]); elsewhere the caller compares the types right
+//! before the insert (`flow_sink`).
 
 use bytes::Bytes;
 use clickhouse::Client;
 
+use super::caps::ServerCaps;
 use super::schema::TablePlan;
 
 pub struct ClickHouseWriter {
     client: Client,
+    caps: ServerCaps,
 }
 
 impl ClickHouseWriter {
-    pub fn new(client: Client) -> Self {
-        Self { client }
+    pub fn new(client: Client, caps: ServerCaps) -> Self {
+        Self { client, caps }
     }
 
     pub fn client(&self) -> &Client {
         &self.client
     }
 
-    /// Inserts `rows` (RowBinary for `plan`'s columns) as one block.
+    pub fn caps(&self) -> &ServerCaps {
+        &self.caps
+    }
+
+    /// Inserts `rows` (RowBinary for `plan`'s columns) as one block,
+    /// declaring `plan`'s types where the server checks them.
     pub async fn insert(
         &self,
         plan: &TablePlan,
         rows: Bytes,
     ) -> Result<(), clickhouse::error::Error> {
-        let mut insert = self.client.insert_formatted_with(plan.insert_sql.clone());
+        let sql = format!("{} FORMAT {}", plan.insert_into, insert_format(&self.caps));
+        let mut insert = self.client.insert_formatted_with(sql);
+        if self.caps.insert_checks_types {
+            // Both are the server's defaults; set so a profile cannot turn
+            // the check off.
+            insert = insert
+                .with_setting("input_format_with_names_use_header", "1")
+                .with_setting("input_format_with_types_use_header", "1");
+            insert.send(plan.types_header.clone()).await?;
+        }
         insert.send(rows).await?;
         insert.end().await
     }
+}
+
+/// The format of the sink's inserts into a server with `caps`: RowBinary,
+/// after a header declaring the columns' types where the server checks it.
+pub fn insert_format(caps: &ServerCaps) -> &'static str {
+    if caps.insert_checks_types {
+        "RowBinaryWithNamesAndTypes"
+    } else {
+        "RowBinary"
+    }
+}
+
+/// The server refused a block because the types it declares are not the
+/// table's (code 117, "Type of 'c' must be T, not U"): the table changed
+/// since the block was encoded. Nothing of it is stored.
+pub fn types_differ(error: &clickhouse::error::Error) -> bool {
+    let text = error.to_string();
+    text.contains("Code: 117") && text.contains("Type of '")
 }
 
 /// ClickHouse's answer to an INSERT that no retry cures until someone
@@ -95,5 +136,21 @@ mod tests {
         assert!(refusal(&current).is_some_and(|r| r.starts_with("a column is missing")));
         assert_eq!(refusal(&busy), None);
         assert_eq!(refusal(&clickhouse::error::Error::TimedOut), None);
+    }
+
+    #[test]
+    fn a_block_of_other_types_is_told_from_other_errors() {
+        // As chdb 4.4 (ClickHouse 26.9) answers a RowBinaryWithNamesAndTypes
+        // block declaring Decimal(9, 2) for a Decimal(9, 4) column.
+        let differ = clickhouse::error::Error::BadResponse(
+            "Code: 117. DB::Exception: Type of 'price' must be Decimal(9, 4), not Decimal(9, 2): (while reading header): While executing BinaryRowInputFormat. (INCORRECT_DATA) (version 26.9.2.1)".into(),
+        );
+        let bad_data = clickhouse::error::Error::BadResponse(
+            "Code: 117. DB::Exception: Unexpected NULL value of not Nullable type String. (INCORRECT_DATA)".into(),
+        );
+        assert!(types_differ(&differ));
+        assert!(!types_differ(&bad_data));
+        assert!(!types_differ(&clickhouse::error::Error::TimedOut));
+        assert_eq!(refusal(&differ), None, "not a refusal: the sink re-plans");
     }
 }
