@@ -5,7 +5,9 @@
 #   scripts/faults.sh                       long loop (FAULT_ROUNDS=long)
 #   FAULT_ROUNDS=short scripts/faults.sh    the CI loop
 #
-# Every fault of tests/faults.rs and the stage's crash test (tests/etl.rs)
+# Every fault of tests/faults.rs, the stage's crash test (tests/etl.rs) and
+# the delivery tests that record a row (ids out of commit order, retention
+# races, ClickHouse type changes, resend and rewind, old record timestamps)
 # run on the real broker (the mock-only Kafka faults on the mock cluster),
 # each writing the numbers it measured. The table goes to docs/faults.md,
 # stamped with the commit and date, and into README.md between the
@@ -25,7 +27,8 @@ rm -f "$FAULT_RESULTS"
 ensure_build_deps
 cargo build --workspace --bins --quiet
 status=0
-cargo test -p outbox-tests --test faults --test etl -- --test-threads=1 >&2 || status=$?
+cargo test -p outbox-tests --test faults --test etl --test commit_order --test retention \
+    --test schema_change --test resend --test broker -- --test-threads=1 >&2 || status=$?
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!docs' ':!README.md' || echo "+uncommitted")
 table=$(python3 - "$FAULT_RESULTS" "$commit" "$FAULT_ROUNDS" <<'PY'
 import datetime, json, sys

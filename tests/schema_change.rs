@@ -286,6 +286,8 @@ struct SalesLoad {
     stop: Arc<AtomicBool>,
     written: Arc<Mutex<u64>>,
     load: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Type changes made (`alter`).
+    alters: std::sync::atomic::AtomicU32,
 }
 
 impl SalesLoad {
@@ -316,6 +318,7 @@ impl SalesLoad {
             stop,
             written,
             load,
+            alters: std::sync::atomic::AtomicU32::new(0),
         };
         wait_until("sales loading", SETTLE, || async {
             Ok(this.stack.ch_count_raw("sales").await? > 100)
@@ -343,6 +346,7 @@ impl SalesLoad {
 
     async fn alter(&self, sql: &str) -> anyhow::Result<()> {
         self.stack.ch().query(sql).execute().await?;
+        self.alters.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -389,7 +393,9 @@ impl SalesLoad {
 
     /// Stops the load, waits for every row in ClickHouse and compares each
     /// row's values with Postgres.
-    async fn finish(self) -> anyhow::Result<Daemon> {
+    /// Stops the load, waits for every row, compares every value with
+    /// Postgres and records the outcome as `fault` in the fault table.
+    async fn finish(self, fault: &str) -> anyhow::Result<Daemon> {
         self.stop.store(true, Ordering::SeqCst);
         let Self {
             stack,
@@ -397,6 +403,7 @@ impl SalesLoad {
             sink,
             written,
             load,
+            alters,
             ..
         } = self;
         load.await??;
@@ -435,6 +442,20 @@ impl SalesLoad {
             .filter(|(p, c)| p != c)
             .map(|(p, c)| format!("{p:?} stored as {c:?}"))
             .collect();
+        let raw = stack.ch_count_raw("sales").await?;
+        outbox_tests::faults::record(&outbox_tests::faults::FaultReport {
+            fault: fault.into(),
+            injected: alters.load(Ordering::SeqCst),
+            rows_sent: pg.len() as u64,
+            rows_lost: pg.len().saturating_sub(ch.len()) as u64,
+            doubled_in_view: ch.len().saturating_sub(pg.len()) as u64,
+            raw_duplicates: raw.saturating_sub(ch.len() as u64),
+            recovery_ms: 0,
+            note: format!(
+                "the type changed and back under load, sink never restarted; every value compared with Postgres: {} stored with other values",
+                wrong.len()
+            ),
+        });
         assert!(
             pg.len() == ch.len() && wrong.is_empty(),
             "{} rows in Postgres, {} in ClickHouse; {} stored with other values (id, quantity, price and total in cents), e.g. {:?}",
@@ -493,7 +514,9 @@ async fn a_same_width_type_change_under_load_holds_the_batch_until_it_is_back() 
         .alter("ALTER TABLE sales MODIFY COLUMN price Decimal32(2)")
         .await?;
     sales.more_rows(200).await?;
-    sales.finish().await?;
+    sales
+        .finish("ClickHouse column type changed in place under load (Decimal32(2) to Decimal32(4), then back)")
+        .await?;
     Ok(())
 }
 
@@ -512,7 +535,9 @@ async fn a_narrowed_column_under_load_holds_the_batch_until_it_is_back() -> anyh
         .alter("ALTER TABLE sales MODIFY COLUMN quantity UInt32")
         .await?;
     sales.more_rows(200).await?;
-    sales.finish().await?;
+    sales
+        .finish("ClickHouse column narrowed under load (UInt32 to UInt16, then back)")
+        .await?;
     Ok(())
 }
 
@@ -527,7 +552,9 @@ async fn a_widened_column_under_load_is_adopted_and_every_value_kept() -> anyhow
         .await?;
     sales.more_rows(300).await?;
     let metrics = sales.metrics.clone();
-    let sink = sales.finish().await?;
+    let sink = sales
+        .finish("ClickHouse column widened under load (Decimal32(2) to Decimal64(2))")
+        .await?;
     let log = log_of(&sink);
     assert!(
         log.contains("converted to the new types"),
