@@ -2,6 +2,7 @@
 //! ClickHouse and commits offsets only after ClickHouse accepted the rows.
 //! See `flow_sink` for the delivery contract.
 
+mod assignment;
 mod batcher;
 pub mod clickhouse;
 pub mod config;
