@@ -92,7 +92,10 @@ pub async fn run(
                 beats: beats.clone(),
                 pool: pool.clone(),
             };
-            workers.spawn(shard.unit(flow.name.as_str()), relay.run(shutdown.clone()));
+            workers.spawn(
+                format!("flow {}", shard.unit(flow.name.as_str())),
+                relay.run(shutdown.clone()),
+            );
         }
     }
     workers.spawn(
