@@ -482,3 +482,190 @@ async fn a_backlog_older_than_the_topics_time_limits_is_published_and_loaded() -
     assert_eq!(records.len(), 50, "each row once on the topic");
     Ok(())
 }
+
+async fn insert_sales(stack: &TestStack, n: i32) -> anyhow::Result<()> {
+    stack
+        .pg()
+        .await?
+        .execute(
+            "INSERT INTO sales (event_time, product_id, product_name, category, quantity, price, discount, total, store_id, cashier_id, customer_id)
+             SELECT '2024-01-01 00:00:00', g, 'p', 'c', 1, 1.50, 0, 1.50, 1, 1, 'x' FROM generate_series(1, $1::int) g",
+            &[&n],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn insert_movements(stack: &TestStack, n: i32) -> anyhow::Result<()> {
+    stack
+        .pg()
+        .await?
+        .execute(
+            "INSERT INTO warehouse (event_time, product_id, product_name, category, warehouse, quantity, movement_type, source, responsible)
+             SELECT '2024-01-01 00:00:00', g, 'p', 'c', 'w', 1, 'supply', 's', 'r' FROM generate_series(1, $1::int) g",
+            &[&n],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The CI failure of `faults.rs: sink_kill_9_…` (`stock_movements: 0 in
+/// ClickHouse`), made deterministic. A static member of the `sales` group
+/// joined while the `warehouse` topic did not exist yet, so the group's
+/// assignment holds `sales` only, and it was killed before its next
+/// metadata refresh showed `warehouse`. Its restart (same
+/// `SINK_GROUP_INSTANCE_ID`, within the session timeout) takes its place
+/// without a rebalance — the broker hands back the stored assignment —
+/// and, since `warehouse` already exists when it starts, librdkafka never
+/// sees the topic "appear" and never rejoins: `warehouse` is consumed by
+/// no one, for good. The first member is played by a plain consumer that
+/// saw `sales` only, so that the kill cannot come too late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_sink_restarted_after_its_topic_appeared_consumes_it() -> anyhow::Result<()> {
+    let mut stack = TestStack::start("b_static_new_topic").await?;
+    stack.flows = "sales".into();
+    stack.migrate().await?;
+    let metrics = Metrics::default();
+    let relay = stack.spawn_relay(&metrics)?;
+    insert_sales(&stack, 10).await?;
+    wait_until("the sales rows published", ARRIVAL, || async {
+        Ok(stack.pending("sales").await? == 0)
+    })
+    .await;
+    let (group, sales, warehouse) = (
+        stack.group("clickhouse_sales_consumer"),
+        stack.topic("sales"),
+        stack.topic("warehouse"),
+    );
+    // The first instance: joins while only `sales` exists, then dies
+    // without leaving (a static member never sends LeaveGroup).
+    let (brokers, g, s) = (stack.kafka_brokers.clone(), group.clone(), sales.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let first: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &g)
+            .set("group.instance.id", "sink-a.sales")
+            .set("session.timeout.ms", "45000")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        first.subscribe(&[&s])?;
+        let deadline = Instant::now() + ARRIVAL;
+        while first.assignment()?.count() == 0 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the first instance got no partitions"
+            );
+            first.poll(Duration::from_millis(100));
+        }
+        Ok(())
+    })
+    .await??;
+    // `warehouse` appears (the relay creates it), then the member restarts.
+    insert_movements(&stack, 10).await?;
+    wait_until("the movements published", ARRIVAL, || async {
+        Ok(stack.pending("warehouse").await? == 0)
+    })
+    .await;
+    let env = with(&stack.daemon_env(), &[("SINK_GROUP_INSTANCE_ID", "sink-a")]);
+    let _sink = Daemon::spawn("sink", &["run"], &env, &format!("{}-sink", stack.name));
+    wait_until("the sales rows loaded", ARRIVAL, || async {
+        Ok(stack.ch_count_final("sales").await? == 10)
+    })
+    .await;
+    let loaded = Instant::now();
+    outbox_tests::wait::wait_for(
+        "the restarted member to consume the topic that appeared",
+        Duration::from_secs(30),
+        || async {
+            let stored = stack.ch_count_final("stock_movements").await?;
+            Ok(if stored == 10 {
+                Ok(())
+            } else {
+                Err(format!("stock_movements: {stored} of 10 in ClickHouse ({warehouse} assigned to no member of {group}?)"))
+            })
+        },
+    )
+    .await;
+    eprintln!("warehouse loaded {:?} after sales", loaded.elapsed());
+    relay.stop().await?;
+    Ok(())
+}
+
+/// How long after `published()` holds `loaded()` does (polled every 50 ms).
+async fn arrival<P, PF, L, LF>(what: &str, published: P, loaded: L) -> Duration
+where
+    P: FnMut() -> PF,
+    PF: std::future::Future<Output = anyhow::Result<bool>>,
+    L: FnMut() -> LF,
+    LF: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    wait_until(&format!("{what} published"), ARRIVAL, published).await;
+    let at = Instant::now();
+    wait_until(&format!("{what} loaded"), ARRIVAL, loaded).await;
+    at.elapsed()
+}
+
+/// A sink started before its topics exist waits for them without an
+/// ERROR line, and consumes each topic soon after it is created: the
+/// first (nothing to consume before it) and one created while the sink
+/// already consumes the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_started_before_its_topics_exist_consumes_each_soon_after_it_appears()
+-> anyhow::Result<()> {
+    let mut stack = TestStack::start("b_topics_later").await?;
+    stack.flows = "sales".into();
+    stack.migrate().await?;
+    let relay = stack.spawn_relay(&Metrics::default())?;
+    let sink = Daemon::spawn(
+        "sink",
+        &["run"],
+        &stack.daemon_env(),
+        &format!("{}-sink", stack.name),
+    );
+    let log = sink.log.clone();
+    wait_until("the sink subscribed", ARRIVAL, || async {
+        Ok(std::fs::read_to_string(&log)?.contains("sink consuming"))
+    })
+    .await;
+    insert_sales(&stack, 10).await?;
+    let first = arrival(
+        "sales",
+        || async { Ok(stack.pending("sales").await? == 0) },
+        || async { Ok(stack.ch_count_final("sales").await? == 10) },
+    )
+    .await;
+    // Right after a subscribed topic is reported missing librdkafka asks
+    // for it again quickly; later only its metadata refresh finds a new
+    // topic. The second topic comes in that steady state.
+    let steady = Instant::now();
+    wait_until("the consumer in its steady state", ARRIVAL, || async {
+        Ok(steady.elapsed() > Duration::from_secs(3))
+    })
+    .await;
+    insert_movements(&stack, 10).await?;
+    let second = arrival(
+        "warehouse",
+        || async { Ok(stack.pending("warehouse").await? == 0) },
+        || async { Ok(stack.ch_count_final("stock_movements").await? == 10) },
+    )
+    .await;
+    eprintln!("loaded after publishing: sales {first:?}, warehouse {second:?}");
+    let errors: Vec<String> = std::fs::read_to_string(&log)?
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines while waiting for topics: {errors:#?}"
+    );
+    // About a second (librdkafka's metadata refresh, then a rebalance and a
+    // flush); 3 s leaves room for a loaded test machine.
+    let bound = Duration::from_secs(3);
+    assert!(
+        first < bound && second < bound,
+        "sales {first:?}, warehouse {second:?} after publishing"
+    );
+    relay.stop().await?;
+    Ok(())
+}

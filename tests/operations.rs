@@ -379,3 +379,57 @@ async fn pooled_sessions_time_out_on_a_silent_server_and_carry_the_statement_tim
     );
     Ok(())
 }
+
+/// A bug in a worker (crash point `…=panic`) ends each daemon with exit
+/// code 101 and the panic in its log: a daemon never runs on without one of
+/// its workers (the stage used to drop the panicked flow and go on; the
+/// relay caught a panic in its publishing thread and reconnected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_worker_ends_every_daemon_with_exit_101() -> anyhow::Result<()> {
+    let mut stack = TestStack::start("panics").await?;
+    stack.flows = "user_logins,router,etl".into();
+    stack.migrate().await?;
+    let pg = stack.pg().await?;
+    pg.batch_execute(
+        "INSERT INTO user_logins (username, event_type, event_time)
+           SELECT 'u' || g, 'login', now() FROM generate_series(1, 20) g;
+         INSERT INTO user_clicks (\"timestamp\", user_id, ip_address, url, element_id)
+           SELECT now(), gen_random_uuid(), '10.1.1.1', '/p/' || g, 'btn' FROM generate_series(1, 20) g",
+    )
+    .await?;
+    let run = |name: &str, point: &str| {
+        let mut env = stack.daemon_env();
+        env.push(("OUTBOX_FAILPOINTS".into(), format!("{point}=panic")));
+        let mut daemon = Daemon::spawn(name, &["run"], &env, &format!("{}-{name}", stack.name));
+        let status = daemon.wait_exit(Duration::from_secs(60));
+        let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+        let hits = log
+            .matches(&format!("failpoint {point}: panicking"))
+            .count();
+        let seen = format!(
+            "{name}: {} after {hits} panic(s) at {point}",
+            match status {
+                Some(s) => s.to_string(),
+                None => "still running 60 s".to_owned(),
+            }
+        );
+        (status.and_then(|s| s.code()), hits, seen)
+    };
+    let mut outcomes = vec![run("relay", "relay-before-kafka-commit")];
+    // The sink and the stage need the rows in Kafka: a relay without crash
+    // points publishes them.
+    let relay = stack.spawn_relay(&Metrics::default())?;
+    wait_until("every row published", Duration::from_secs(60), || async {
+        Ok(stack.pending("user_logins").await? == 0 && stack.pending("user_clicks").await? == 0)
+    })
+    .await;
+    outcomes.push(run("sink", "sink-after-insert"));
+    outcomes.push(run("stage", "stage-before-commit"));
+    relay.stop().await?;
+    let seen: Vec<&str> = outcomes.iter().map(|(_, _, s)| s.as_str()).collect();
+    for (code, hits, _) in &outcomes {
+        assert!(*hits >= 1, "every crash point was reached: {seen:?}");
+        assert_eq!(*code, Some(101), "{seen:?}");
+    }
+    Ok(())
+}

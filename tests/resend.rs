@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use outbox_tests::daemon::run_for_output;
 use outbox_tests::topic::{Isolation, read_all};
+use outbox_tests::wait::wait_for;
 use outbox_tests::{Daemon, TestStack, wait_until};
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -373,5 +374,140 @@ async fn a_resend_under_load_never_doubles_a_row_under_final() -> anyhow::Result
         expected + 49,
         "the rest once"
     );
+    Ok(())
+}
+
+
+/// Waits until every row inserted so far is published, then until the
+/// clock is past them; returns that moment as an RFC 3339 time for `--to`.
+async fn published_then_now(stack: &TestStack) -> anyhow::Result<String> {
+    wait_until("every row published", SETTLE, || async {
+        Ok(stack.pending("user_logins").await? == 0)
+    })
+    .await;
+    let published = SystemTime::now();
+    wait_until("the clock past the published rows", SETTLE, || async {
+        Ok(SystemTime::now().duration_since(published)? > Duration::from_millis(20))
+    })
+    .await;
+    Ok(humantime::format_rfc3339_millis(SystemTime::now()).to_string())
+}
+
+/// Ok when ClickHouse (FINAL: once each) holds exactly the ids `expected`
+/// (ascending), else what differs.
+async fn missing(stack: &TestStack, expected: &[i64]) -> anyhow::Result<Result<(), String>> {
+    let stored: Vec<i64> = stack
+        .ch()
+        .query("SELECT toInt64(id) FROM user_logins FINAL ORDER BY id")
+        .fetch_all()
+        .await?;
+    if stored == expected {
+        return Ok(Ok(()));
+    }
+    let absent: Vec<&i64> = expected.iter().filter(|id| !stored.contains(id)).collect();
+    Ok(Err(format!(
+        "{} of {} rows stored; missing ids {absent:?}",
+        stored.len(),
+        expected.len()
+    )))
+}
+
+/// The total of a `key=N` field over the lines that have it.
+fn total(out: &str, key: &str) -> i64 {
+    out.split_whitespace()
+        .filter_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse::<i64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_rewind_never_moves_a_stopped_sink_forward_unless_asked() -> anyhow::Result<()> {
+    let stack = TestStack::start("rewind_fwd").await?;
+    stack.migrate().await?;
+    let pg = stack.pg().await?;
+    let env = stack.daemon_env();
+    let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
+    let mut sink = Daemon::spawn("sink", &["run"], &env, &format!("{}-sink", stack.name));
+    let first = insert(&pg, 50, 0).await?;
+    wait_until("the first rows loaded", SETTLE, || async {
+        Ok(stack.ch_count_final("user_logins").await? == 50)
+    })
+    .await;
+    sink.terminate(Duration::from_secs(15));
+
+    // The stopped sink falls behind: 30 rows it never stored, then a time
+    // after them (ahead of its position), then 20 more.
+    let behind = insert(&pg, 30, 0).await?;
+    let ahead = published_then_now(&stack).await?;
+    let after = insert(&pg, 20, 0).await?;
+    published_then_now(&stack).await?;
+    let (before, _) = committed(&stack)?;
+    let (code, out, err) = cli(
+        "sink",
+        &env,
+        &["rewind", "--flow", "user_logins", "--to", &ahead],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (kept, _) = committed(&stack)?;
+    let mut again = Daemon::spawn("sink", &["run"], &env, &format!("{}-sink-2", stack.name));
+    let everything: Vec<i64> = first.iter().chain(&behind).chain(&after).copied().collect();
+    wait_for(
+        "every row in ClickHouse: the rewind skipped none",
+        SETTLE,
+        || async { missing(&stack, &everything).await },
+    )
+    .await;
+    // A partition with no offset committed reads from the start (0).
+    let read_from = |c: &[Option<i64>]| c.iter().map(|o| o.unwrap_or(0)).collect::<Vec<_>>();
+    assert_eq!(
+        read_from(&kept),
+        read_from(&before),
+        "no partition moved forward: {out}"
+    );
+    assert!(
+        total(&out, "kept") >= 1 && total(&out, "skipped") == 0,
+        "{out}"
+    );
+    again.terminate(Duration::from_secs(15));
+
+    // Asked explicitly, it skips: the 15 rows before the time are never
+    // stored, and the command counts them.
+    let skipped = insert(&pg, 15, 0).await?;
+    let ahead = published_then_now(&stack).await?;
+    let later = insert(&pg, 10, 0).await?;
+    published_then_now(&stack).await?;
+    let (code, out, err) = cli(
+        "sink",
+        &env,
+        &[
+            "rewind",
+            "--flow",
+            "user_logins",
+            "--to",
+            &ahead,
+            "--allow-forward",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("skipped="), "{out}");
+    let _last = Daemon::spawn("sink", &["run"], &env, &format!("{}-sink-3", stack.name));
+    let expected: Vec<i64> = everything.iter().chain(&later).copied().collect();
+    wait_for("the rows after the time loaded", SETTLE, || async {
+        missing(&stack, &expected).await
+    })
+    .await;
+    // The summary line and the partition lines each add up to the 15.
+    let summary: Vec<&str> = out.lines().filter(|l| !l.contains("partition=")).collect();
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains("partition=")).collect();
+    assert_eq!(
+        total(&summary.join("\n"), "skipped"),
+        skipped.len() as i64,
+        "{out}"
+    );
+    assert_eq!(
+        total(&lines.join("\n"), "skipped"),
+        skipped.len() as i64,
+        "{out}"
+    );
+    relay.terminate(Duration::from_secs(15));
     Ok(())
 }

@@ -97,6 +97,21 @@ pub fn signals(name: &str) -> Result<CancellationToken, ExitCode> {
         .map_err(|e| failure(name, &format!("cannot install signal handlers: {e}")))
 }
 
+/// For a daemon's `run`: the SIGTERM/SIGINT token, which a panic anywhere
+/// in the process cancels too (see `daemon::workers`).
+pub fn daemon_signals(name: &str) -> Result<CancellationToken, ExitCode> {
+    let shutdown = signals(name)?;
+    daemon::workers::stop_on_panic(&shutdown);
+    Ok(shutdown)
+}
+
+/// A worker panicked: one line, exit code 101 (as a Rust `main` that
+/// panics).
+pub fn panicked(name: &str, panic: &daemon::workers::Panic) -> ExitCode {
+    eprintln!("{name}: {panic}");
+    ExitCode::from(daemon::workers::PANIC_EXIT)
+}
+
 /// Exit code 2 naming the setting when Kafka refuses the credentials or
 /// certificates (see `KafkaEndpoint::check_credentials`); brokers that do
 /// not answer within 10 s are left to the daemon's retries.

@@ -331,12 +331,19 @@ impl ErrorRecorder {
 pub struct Ownership {
     owned: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
     revocations: std::sync::atomic::AtomicU64,
+    assignments: std::sync::atomic::AtomicU64,
 }
 
 impl Ownership {
     /// How many revocations this consumer has seen.
     pub fn revocations(&self) -> u64 {
         self.revocations.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many assignments (each rebalance's, empty ones too) this
+    /// consumer has received.
+    pub fn assignments(&self) -> u64 {
+        self.assignments.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn owns(&self, topic: &str, partition: i32) -> bool {
@@ -357,7 +364,24 @@ impl Ownership {
     }
 }
 
-impl ClientContext for Ownership {}
+impl ClientContext for Ownership {
+    /// A subscribed topic that does not exist yet is a wait, not an error:
+    /// the consumer takes its partitions once it is created (within
+    /// `topic.metadata.refresh.interval.ms`, see [`consumer_config`]).
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_missing_topic(&error) {
+            tracing::info!(reason, "waiting for a subscribed topic to be created");
+        } else {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+}
+
+/// Whether a consumer's error says a topic it subscribed to does not exist
+/// (yet): nothing to act on, it is consumed once created.
+pub fn is_missing_topic(error: &KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+}
 
 impl rdkafka::consumer::ConsumerContext for Ownership {
     fn pre_rebalance(
@@ -381,12 +405,14 @@ impl rdkafka::consumer::ConsumerContext for Ownership {
         _: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if let rdkafka::consumer::Rebalance::Assign(list) = rebalance
-            && let Ok(mut owned) = self.owned.lock()
-        {
-            for e in list.elements() {
-                owned.insert((e.topic().to_owned(), e.partition()));
+        if let rdkafka::consumer::Rebalance::Assign(list) = rebalance {
+            if let Ok(mut owned) = self.owned.lock() {
+                for e in list.elements() {
+                    owned.insert((e.topic().to_owned(), e.partition()));
+                }
             }
+            self.assignments
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
@@ -396,11 +422,11 @@ impl rdkafka::consumer::ConsumerContext for Ownership {
 pub type GroupConsumer = rdkafka::consumer::StreamConsumer<Ownership>;
 
 /// read_committed (aborted transactions are never loaded), offsets committed
-/// by hand only after the work is durable, a missing topic created on
-/// subscribe where the cluster allows it and new topics noticed within
-/// seconds, a killed member's partitions moved on after 10 s (Kafka's 45 s
-/// default stalls restarts), and a bounded prefetch queue so memory stays
-/// bounded at any backlog, and fetches that return within 20 ms.
+/// by hand only after the work is durable, a topic created after the
+/// subscription (or gaining partitions) noticed within a second, a killed
+/// member's partitions moved on after 10 s (Kafka's 45 s default stalls
+/// restarts), and a bounded prefetch queue so memory stays bounded at any
+/// backlog, and fetches that return within 20 ms.
 pub fn consumer_config(kafka: &KafkaEndpoint, group: &str, client_id: &str) -> ClientConfig {
     let mut config = kafka.client_config();
     for (key, value) in [
@@ -411,7 +437,10 @@ pub fn consumer_config(kafka: &KafkaEndpoint, group: &str, client_id: &str) -> C
         ("enable.auto.offset.store", "false"),
         ("auto.offset.reset", "earliest"),
         ("allow.auto.create.topics", "true"),
-        ("topic.metadata.refresh.interval.ms", "10000"),
+        // How soon a running consumer sees a topic created after it
+        // subscribed (librdkafka's default: 5 minutes), for one small
+        // Metadata request of the subscribed topics a second.
+        ("topic.metadata.refresh.interval.ms", "1000"),
         ("session.timeout.ms", "10000"),
         ("heartbeat.interval.ms", "2000"),
         ("queued.max.messages.kbytes", "32768"),

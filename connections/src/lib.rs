@@ -1,9 +1,11 @@
 //! Connections to the systems the product moves rows between: Postgres
 //! (libpq's TLS, keepalives and timeouts; the pool of non-lane sessions)
 //! and Kafka (TLS/SASL endpoint, consumer settings, the consumer-lag
-//! probe), with the TLS trust they share. (ClickHouse's client is the
-//! sink's: only the sink and its commands talk to ClickHouse.)
+//! probe, the group's assignment against its topics), with the TLS trust
+//! they share. (ClickHouse's client is the sink's: only the sink and its
+//! commands talk to ClickHouse.)
 
+pub mod group;
 pub mod kafka;
 pub mod lag;
 pub mod pg;

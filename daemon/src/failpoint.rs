@@ -6,9 +6,11 @@
 //! cleanup, no flush) when the draw hits; `pause` stops the process with
 //! SIGSTOP the first time the point is reached (a frozen, then resumed
 //! "zombie": the test sends SIGCONT); `hang` blocks the calling thread for
-//! ever (a stuck loop in a live process); `delay:MS` waits that long there
-//! every time (a slow step), `delay:MS:N` only the first N times. Every hit is announced on stderr as
-//! `failpoint NAME: …`, so a test counts hits in the daemon's log.
+//! ever (a stuck loop in a live process); `panic` panics the calling thread
+//! every time (a bug in a worker: the daemon must end non-zero, see
+//! `crate::workers`); `delay:MS` waits that long there every time (a slow
+//! step), `delay:MS:N` only the first N times. Every hit is announced on
+//! stderr as `failpoint NAME: …`, so a test counts hits in the daemon's log.
 //!
 //! Points: `relay-before-kafka-commit` (batch produced, Kafka transaction
 //! not yet committed), `relay-after-kafka-commit` (Kafka committed, Postgres
@@ -26,6 +28,7 @@ enum Action {
     Abort(f64),
     Pause,
     Hang,
+    Panic,
     /// Wait this long, the first `times` hits (every hit when `None`).
     Delay(std::time::Duration, Option<u32>),
 }
@@ -42,6 +45,7 @@ fn parse(spec: &str) -> Vec<(String, Action)> {
             let action = match action.trim() {
                 "pause" => Action::Pause,
                 "hang" => Action::Hang,
+                "panic" => Action::Panic,
                 d if d.starts_with("delay:") => {
                     let (ms, times) = match d[6..].split_once(':') {
                         Some((ms, n)) => (ms, Some(n.parse().ok()?)),
@@ -79,6 +83,10 @@ pub fn hit(name: &str) {
             if let Some(d) = delay_due(name, d, times) {
                 std::thread::sleep(d);
             }
+        }
+        Action::Panic => {
+            eprintln!("failpoint {name}: panicking");
+            panic!("failpoint {name}");
         }
         Action::Hang => {
             eprintln!("failpoint {name}: hanging");
@@ -148,7 +156,7 @@ mod tests {
     #[test]
     fn actions_parse() {
         assert_eq!(
-            parse("a=0.5, b=pause,c=x,d,e=delay:20:2,f=delay:5"),
+            parse("a=0.5, b=pause,c=x,d,e=delay:20:2,f=delay:5,g=panic"),
             vec![
                 ("a".to_owned(), Action::Abort(0.5)),
                 ("b".to_owned(), Action::Pause),
@@ -160,6 +168,7 @@ mod tests {
                     "f".to_owned(),
                     Action::Delay(std::time::Duration::from_millis(5), None)
                 ),
+                ("g".to_owned(), Action::Panic),
             ]
         );
     }

@@ -1,7 +1,8 @@
 //! What a daemon of the product runs on, whatever it moves: metrics
 //! (`prometheus-client`), health and `/readyz`, the HTTP endpoint (axum)
 //! and client, systemd's notify protocol and watchdog, telemetry, shutdown
-//! on signals, backoff, crash points for the fault tests, time formats.
+//! on signals, backoff, crash points for the fault tests, time formats, and
+//! the workers' skeleton every `run` ends in (a failure or panic stops all).
 
 pub mod backoff;
 pub mod failpoint;
@@ -12,3 +13,4 @@ pub mod shutdown;
 pub mod systemd;
 pub mod telemetry;
 pub mod time;
+pub mod workers;

@@ -18,6 +18,9 @@ pub enum RelayError {
     Join(#[from] tokio::task::JoinError),
     #[error("postgres: {0}")]
     Connect(#[from] connections::pg::PgConnectError),
+    /// A worker panicked (a bug): the relay stops, exit code 101.
+    #[error(transparent)]
+    Panicked(daemon::workers::Panic),
     /// A Postgres query had no answer within `RELAY_QUERY_TIMEOUT_MS`.
     #[error("postgres: no answer to {what} within {after:?}")]
     Stuck {
@@ -85,6 +88,8 @@ pub fn classify(err: &RelayError) -> Recovery {
         RelayError::Source(SourceError::Postgres(_)) => Recovery::Reconnect,
         RelayError::Source(_) => Recovery::Fatal,
         RelayError::Join(_) => Recovery::RecreateProducer,
+        // A bug: nothing to retry (`run` stops the process with it).
+        RelayError::Panicked(_) => Recovery::Fatal,
     }
 }
 
@@ -125,6 +130,13 @@ mod tests {
                 Recovery::SetAside,
             ),
             (RelayError::Producer(kafka()), Recovery::RecreateProducer),
+            (
+                RelayError::Panicked(daemon::workers::Panic {
+                    place: "flow".into(),
+                    message: "bug".into(),
+                }),
+                Recovery::Fatal,
+            ),
             (
                 RelayError::Connect(connections::pg::PgConnectError::Timeout(
                     std::time::Duration::from_secs(1),

@@ -21,6 +21,8 @@ pub mod window;
 use std::sync::Arc;
 
 use daemon::metrics::Metrics;
+use daemon::workers::{Stopped, Workers};
+use futures::FutureExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +36,8 @@ use crate::listener::Wakers;
 
 /// Checks every selected flow against the database (refusing a flow whose
 /// definition contradicts its tables), then relays all of them until
-/// `shutdown`. Returns Err only for such a contradiction.
+/// `shutdown`. Returns Err for such a contradiction, or when a worker
+/// panicked ([`RelayError::Panicked`]); either stops every worker.
 pub async fn run(
     config: RelayConfig,
     metrics: Metrics,
@@ -58,18 +61,22 @@ pub async fn run(
             }
         }
     }
-    let probe = tokio::spawn(probe::run(
-        config.flows.clone(),
-        pool.clone(),
-        metrics.clone(),
-        health,
-        daemon::health::probe_interval(config.stall_after),
-        shutdown.clone(),
-    ));
+    let mut workers = Workers::new(&shutdown);
+    workers.spawn(
+        "probe",
+        probe::run(
+            config.flows.clone(),
+            pool.clone(),
+            metrics.clone(),
+            health,
+            daemon::health::probe_interval(config.stall_after),
+            shutdown.clone(),
+        )
+        .map(Ok),
+    );
     let beats = daemon::systemd::Beats::default();
     daemon::systemd::ready_watching(&shutdown, beats.clone(), config.stuck_after);
     let mut wakers = Wakers::default();
-    let mut workers = tokio::task::JoinSet::new();
     for flow in config.flows.iter().filter(|f| !f.sources.is_empty()) {
         for shard in shard::Shard::all(flow.shards) {
             let wake = Arc::new(Notify::new());
@@ -86,33 +93,22 @@ pub async fn run(
                 beats: beats.clone(),
                 pool: pool.clone(),
             };
-            workers.spawn(relay.run(shutdown.clone()));
+            workers.spawn(
+                format!("flow {}", shard.unit(flow.name.as_str())),
+                relay.run(shutdown.clone()),
+            );
         }
     }
-    let listener = tokio::spawn(listener::listen(
-        config.postgres.url.clone(),
-        wakers,
-        shutdown.clone(),
-    ));
-    let mut outcome = Ok(());
-    while let Some(joined) = workers.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                // A contradiction in one flow stops the process: running the
-                // others silently would hide it.
-                shutdown.cancel();
-                outcome = Err(err);
-            }
-            Err(join) => {
-                shutdown.cancel();
-                outcome = Err(RelayError::Join(join));
-            }
-        }
-    }
-    let _ = listener.await;
-    let _ = probe.await;
-    outcome
+    workers.spawn(
+        "listener",
+        listener::listen(config.postgres.url.clone(), wakers, shutdown.clone()).map(Ok),
+    );
+    // A contradiction in one flow, or a panic anywhere, stops the process:
+    // running the others on would hide it.
+    workers.join().await.map_err(|stopped| match stopped {
+        Stopped::Failed { error, .. } => error,
+        Stopped::Panicked(panic) => RelayError::Panicked(panic),
+    })
 }
 
 /// What `relay run` checks of each source table at start-up besides its

@@ -33,6 +33,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::assignment::AssignmentCheck;
 use crate::batcher::{Origin, PendingBatch};
 use crate::clickhouse::ClickHouseWriter;
 use crate::clickhouse::schema::TablePlan;
@@ -109,6 +110,16 @@ impl FlowSink {
         let names: Vec<&str> = topics.keys().map(String::as_str).collect();
         consumer.subscribe(&names)?;
         tracing::info!(flow, group = %self.flow.consumer_group, topics = ?names, "sink consuming");
+        // A static member's restart gets the group's stored assignment,
+        // which may predate a topic: see `assignment`.
+        let assignment_check = tokio::spawn(
+            AssignmentCheck::new(
+                &flow,
+                &self.flow.consumer_group,
+                names.iter().map(|n| (*n).to_owned()).collect(),
+            )
+            .run(Arc::clone(&consumer), shutdown.clone()),
+        );
 
         let lag_probe = tokio::spawn(connections::lag::run(
             Arc::clone(&consumer),
@@ -206,6 +217,10 @@ impl FlowSink {
                             let targets = topics.get(message.topic()).map_or(&[][..], Vec::as_slice);
                             batch.add_message(&plans, targets, origin, message.payload());
                         }
+                        // Said once at info, naming the topic (`Ownership`).
+                        Err(error) if connections::kafka::is_missing_topic(&error) => {
+                            tracing::debug!(flow, %error, "a subscribed topic does not exist yet")
+                        }
                         Err(error) => tracing::warn!(flow, %error, "kafka consumer error"),
                     };
                     let failed = received.is_err();
@@ -268,6 +283,7 @@ impl FlowSink {
         }
         if let Some(reason) = fatal {
             lag_probe.abort();
+            assignment_check.abort();
             return Err(SinkError::Fatal(reason));
         }
         if clean && !batch.is_empty() {
@@ -283,6 +299,7 @@ impl FlowSink {
             grace.abort();
         }
         lag_probe.abort();
+        assignment_check.abort();
         tracing::info!(flow, "sink stopped");
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! ClickHouse and commits offsets only after ClickHouse accepted the rows.
 //! See `flow_sink` for the delivery contract.
 
+mod assignment;
 mod batcher;
 pub mod clickhouse;
 pub mod config;
@@ -13,6 +14,7 @@ mod stats;
 use std::sync::Arc;
 
 use daemon::backoff::Backoff;
+use daemon::workers::{Stopped, Workers};
 use tokio_util::sync::CancellationToken;
 
 pub use config::SinkConfig;
@@ -28,12 +30,14 @@ pub enum RunError {
     Schema(SchemaError),
     #[error(transparent)]
     Sink(#[from] SinkError),
-    #[error("sink task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
+    /// A worker panicked (a bug): the sink stops, exit code 101.
+    #[error(transparent)]
+    Panicked(daemon::workers::Panic),
 }
 
 /// Waits for ClickHouse (retrying with backoff), checks every selected flow
-/// against its tables, then runs one consumer per flow until `shutdown`.
+/// against its tables, then runs one consumer per flow until `shutdown` —
+/// or until one fails for good or panics, which stops them all.
 pub async fn run(
     config: SinkConfig,
     metrics: daemon::metrics::Metrics,
@@ -81,22 +85,17 @@ pub async fn run(
         });
     }
     daemon::systemd::ready(&shutdown);
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut workers = Workers::new(&shutdown);
     for sink in sinks {
-        tasks.spawn(sink.run(shutdown.clone()));
+        workers.spawn(
+            format!("flow {}", sink.flow.name),
+            sink.run(shutdown.clone()),
+        );
     }
-    let mut outcome = Ok(());
-    while let Some(joined) = tasks.join_next().await {
-        let result = match joined {
-            Ok(r) => r.map_err(RunError::from),
-            Err(e) => Err(RunError::from(e)),
-        };
-        if let Err(e) = result {
-            shutdown.cancel();
-            outcome = Err(e);
-        }
-    }
-    outcome
+    workers.join().await.map_err(|stopped| match stopped {
+        Stopped::Failed { error, .. } => RunError::Sink(error),
+        Stopped::Panicked(panic) => RunError::Panicked(panic),
+    })
 }
 
 /// The message fields of `topic` when this flow's own relay publishes it: the

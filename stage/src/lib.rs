@@ -8,20 +8,28 @@ mod stage_loop;
 
 use std::sync::Arc;
 
+use std::convert::Infallible;
+
 use daemon::metrics::Metrics;
+use daemon::workers::{Panic, Stopped, Workers};
 use tokio_util::sync::CancellationToken;
 
 pub use config::StageConfig;
 
 use crate::stage_loop::FlowStage;
 
-/// Runs every selected flow's stage until `shutdown`.
-pub async fn run(config: StageConfig, metrics: Metrics, shutdown: CancellationToken) {
+/// Runs every selected flow's stage until `shutdown`, or until one panics
+/// (a bug), which stops them all: Err with the panic.
+pub async fn run(
+    config: StageConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), Panic> {
     let config = Arc::new(config);
     let health = daemon::health::Health::new(config.stall_after);
     daemon::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
     daemon::systemd::ready(&shutdown);
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut workers = Workers::<Infallible>::new(&shutdown);
     for flow in &config.flows {
         let Some(stage) = flow.stage.clone() else {
             continue;
@@ -33,7 +41,14 @@ pub async fn run(config: StageConfig, metrics: Metrics, shutdown: CancellationTo
             config: Arc::clone(&config),
             metrics: metrics.clone(),
         };
-        tasks.spawn(worker.run(shutdown.clone()));
+        let stage = worker.run(shutdown.clone());
+        workers.spawn(format!("flow {}", flow.name), async move {
+            stage.await;
+            Ok(())
+        });
     }
-    while tasks.join_next().await.is_some() {}
+    workers.join().await.map_err(|stopped| match stopped {
+        Stopped::Panicked(panic) => panic,
+        Stopped::Failed { error, .. } => match error {},
+    })
 }

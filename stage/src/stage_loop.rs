@@ -229,7 +229,12 @@ impl FlowStage {
                     let message = match received {
                         Ok(m) => m,
                         Err(error) => {
-                            tracing::warn!(flow = %self.flow.name, %error, "stage consumer error");
+                            if connections::kafka::is_missing_topic(&error) {
+                                // Said once at info, naming the topic (`Ownership`).
+                                tracing::debug!(flow = %self.flow.name, %error, "an input topic does not exist yet");
+                            } else {
+                                tracing::warn!(flow = %self.flow.name, %error, "stage consumer error");
+                            }
                             if let Some((code, reason)) = consumer.client().fatal_error() {
                                 return Err(StageError::Fatal(format!("{code:?}: {reason}")));
                             }

@@ -191,8 +191,7 @@ impl TestStack {
     pub fn spawn_stage(&self, metrics: &Metrics) -> anyhow::Result<Running> {
         let config = stage::StageConfig::from_env(&Env::from_pairs(self.daemon_env()))?;
         Ok(Running::spawn(metrics, |m, s| async move {
-            stage::run(config, m, s).await;
-            Ok(())
+            Ok(stage::run(config, m, s).await?)
         }))
     }
 

@@ -178,10 +178,11 @@ async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
 async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(RelayConfig::from_env(env))?;
     outbox_cli::check_kafka(NAME, &config.kafka.endpoint).await?;
-    let shutdown = signals(NAME)?;
+    let shutdown = outbox_cli::daemon_signals(NAME)?;
     tracing::info!(flows = ?config.flows.iter().map(|f| f.name.to_string()).collect::<Vec<_>>(), "relay starting");
     match relay::run(config, daemon::metrics::Metrics::default(), shutdown).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(RelayError::Panicked(panic)) => Err(outbox_cli::panicked(NAME, &panic)),
         // A flow contradicting its tables is a configuration error.
         Err(RelayError::Source(e)) => Err(bad_setting(
             NAME,

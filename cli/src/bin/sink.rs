@@ -46,7 +46,9 @@ enum Command {
     Reconcile,
     /// Move a flow's consumer-group offsets back, so the sink reads its
     /// topics again (ClickHouse rebuilt from them). Refused while a sink of
-    /// the group runs.
+    /// the group runs. A partition whose committed offset is before the
+    /// target keeps it (moving it would skip messages the sink never
+    /// stored) unless --allow-forward is given.
     Rewind {
         /// The flow whose group to move.
         #[arg(long)]
@@ -55,6 +57,11 @@ enum Command {
         /// long ago).
         #[arg(long, value_name = "WHEN")]
         to: String,
+        /// Also move partitions forward to the target, skipping the
+        /// messages before it that the sink has not stored (counted and
+        /// printed as skipped=N).
+        #[arg(long)]
+        allow_forward: bool,
     },
     /// The web dashboard on SINK_DASHBOARD_ADDR (default 127.0.0.1:9180):
     /// each flow's pipeline status (read from the daemons' endpoints and
@@ -85,7 +92,11 @@ fn main() -> ExitCode {
             Command::Status => status(&env).await,
             Command::Reconcile => reconcile(&env).await,
             Command::Dashboard => dashboard(&env).await,
-            Command::Rewind { flow, to } => rewind(&env, &flow, &to).await,
+            Command::Rewind {
+                flow,
+                to,
+                allow_forward,
+            } => rewind(&env, &flow, &to, allow_forward).await,
             Command::Watch {
                 interval_secs,
                 from_start,
@@ -117,10 +128,11 @@ async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
 async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(SinkConfig::from_env(env))?;
     outbox_cli::check_kafka(NAME, &config.kafka.endpoint).await?;
-    let shutdown = signals(NAME)?;
+    let shutdown = outbox_cli::daemon_signals(NAME)?;
     tracing::info!(flows = ?config.flows.iter().map(|f| f.name.to_string()).collect::<Vec<_>>(), "sink starting");
     match sink::run(config, daemon::metrics::Metrics::default(), shutdown).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(RunError::Panicked(panic)) => Err(outbox_cli::panicked(NAME, &panic)),
         // A flow contradicting its tables is a configuration error.
         Err(RunError::Schema(e)) => Err(bad_setting(
             NAME,
@@ -208,7 +220,13 @@ async fn watch(env: &Env, interval_secs: u64, from_start: bool) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-async fn rewind(env: &Env, flow: &str, to: &str) -> Result<ExitCode, ExitCode> {
+async fn rewind(
+    env: &Env,
+    flow: &str,
+    to: &str,
+    allow_forward: bool,
+) -> Result<ExitCode, ExitCode> {
+    use ops::rewind::{Action, Forward};
     let config = setting(SinkConfig::from_env(env))?;
     let to = setting(ops::rewind::To::parse(to).map_err(|e| SettingError::new("--to", e)))?;
     let Some(flow) = config.flows.iter().find(|f| f.name.as_str() == flow) else {
@@ -220,17 +238,45 @@ async fn rewind(env: &Env, flow: &str, to: &str) -> Result<ExitCode, ExitCode> {
     let mut topics: Vec<String> = flow.targets.iter().map(|t| t.topic.clone()).collect();
     topics.sort_unstable();
     topics.dedup();
+    let forward = if allow_forward {
+        Forward::Allow
+    } else {
+        Forward::Keep
+    };
     let (kafka, group) = (config.kafka.endpoint.clone(), flow.consumer_group.clone());
-    let moved =
-        tokio::task::spawn_blocking(move || ops::rewind::rewind(&kafka, &group, &topics, to))
-            .await
-            .map_err(|e| failure("sink rewind", &e))?
-            .map_err(|e| failure("sink rewind", &e))?;
-    for m in moved {
+    let moved = tokio::task::spawn_blocking(move || {
+        ops::rewind::rewind(&kafka, &group, &topics, to, forward)
+    })
+    .await
+    .map_err(|e| failure("sink rewind", &e))?
+    .map_err(|e| failure("sink rewind", &e))?;
+    let (name, group) = (&flow.name, &flow.consumer_group);
+    for m in &moved {
         let from = m.from.map_or_else(|| "none".to_owned(), |o| o.to_string());
         println!(
-            "flow={} group={} topic={} partition={} from={from} to={}",
-            flow.name, flow.consumer_group, m.topic, m.partition, m.to
+            "flow={name} group={group} topic={} partition={} from={from} target={} to={} action={} skipped={}",
+            m.topic,
+            m.partition,
+            m.target,
+            m.to,
+            m.action.as_str(),
+            m.skipped
+        );
+    }
+    let count = |action: Action| moved.iter().filter(|m| m.action == action).count();
+    let skipped: u64 = moved.iter().map(|m| m.skipped).sum();
+    println!(
+        "flow={name} group={group} partitions={} back={} unchanged={} kept={} forward={} skipped={skipped}",
+        moved.len(),
+        count(Action::Back),
+        count(Action::Unchanged),
+        count(Action::Kept),
+        count(Action::Forward),
+    );
+    if count(Action::Kept) > 0 {
+        eprintln!(
+            "sink rewind: {} partition(s) kept their offset: the target is after what the group has stored, and moving there would skip messages; --allow-forward moves them and counts what it skips",
+            count(Action::Kept)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use outbox_cli::{bad_setting, run_main, signals};
+use outbox_cli::{bad_setting, run_main};
 use stage::StageConfig;
 
 const NAME: &str = "stage";
@@ -49,11 +49,13 @@ fn main() -> ExitCode {
         if let Err(code) = outbox_cli::check_kafka(NAME, &config.kafka).await {
             return code;
         }
-        let shutdown = match signals(NAME) {
+        let shutdown = match outbox_cli::daemon_signals(NAME) {
             Ok(s) => s,
             Err(code) => return code,
         };
-        stage::run(config, daemon::metrics::Metrics::default(), shutdown).await;
-        ExitCode::SUCCESS
+        match stage::run(config, daemon::metrics::Metrics::default(), shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(panic) => outbox_cli::panicked(NAME, &panic),
+        }
     })
 }
