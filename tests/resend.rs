@@ -377,7 +377,6 @@ async fn a_resend_under_load_never_doubles_a_row_under_final() -> anyhow::Result
     Ok(())
 }
 
-
 /// Waits until every row inserted so far is published, then until the
 /// clock is past them; returns that moment as an RFC 3339 time for `--to`.
 async fn published_then_now(stack: &TestStack) -> anyhow::Result<String> {

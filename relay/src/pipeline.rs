@@ -2,16 +2,17 @@
 //! Postgres and Kafka work at the same time.
 //!
 //! Each lane is a Postgres connection holding at most one open transaction.
-//! While batch k (locked on one lane) is in its Kafka transaction, the other
-//! lane flags and commits batch k−1 and then locks batch k+1 (the window's
-//! rows after batch k's, see `window`). Then the lanes swap. (A third
+//! While batch k (taken on one lane) is in its Kafka transaction, the other
+//! lane commits batch k−1 and then takes batch k+1 (the window's rows after
+//! batch k's, see `window`). Then the lanes swap. (A third
 //! lane, flagging and locking at once, was measured and gained nothing: see
 //! `flow_relay::LANES`.)
 //!
 //! Order and delivery (the contract of `flow_relay`) still hold:
 //! - a batch is published only after the previous batch's Kafka transaction
 //!   committed, so Kafka receives rows in the window's order;
-//! - a batch is flagged only after its own Kafka transaction committed;
+//! - a batch's flags (flipped by its fetch, in its lane's transaction)
+//!   commit only after its own Kafka transaction committed;
 //! - if anything fails, every batch not yet committed in Postgres is rolled
 //!   back, including one already in Kafka. It is published again later, after
 //!   the batches before it (a repeat, which the sinks' keyed tables absorb),
@@ -199,7 +200,7 @@ impl Lanes<'_> {
                 }
             };
             daemon::failpoint::hit("relay-after-kafka-commit");
-            tracing::debug!(unit = %table.position_key, lane = this, late = batch.late, ids = %batch.id_runs(), "batch committed in kafka");
+            tracing::debug!(unit = %table.position_key, lane = this, ids = %batch.id_runs(), "batch committed in kafka");
             previous = Some(Published {
                 lane: this,
                 batch,
@@ -311,34 +312,31 @@ impl Lanes<'_> {
         Ok((committed, next))
     }
 
-    /// Flags a published batch sent and commits its lane's transaction.
+    /// Commits a published batch's lane transaction: its rows' flags
+    /// (flipped by the fetch) become durable.
     async fn finish(
         &self,
         done: Published,
         source: &Source<'_>,
     ) -> Result<usize, (usize, RelayError)> {
-        let (table, stats) = (source.table, source.stats);
+        let stats = source.stats;
         let client = &self.lanes[done.lane];
         let start = Instant::now();
         let limit = self.query_timeout;
-        let marked = async {
-            let flag = async {
+        let committed = async {
+            let commit = async {
                 daemon::failpoint::hit_async("relay-before-flag").await;
-                table.mark_sent(client, &done.batch).await
+                client.batch_execute("COMMIT").await
             };
-            within(limit, "the flag update", flag).await?;
-            let mark = start.elapsed();
-            within(limit, "COMMIT", client.batch_execute("COMMIT")).await?;
-            Ok::<Duration, RelayError>(mark)
+            within(limit, "COMMIT", commit).await
         }
         .await;
-        let mark = marked.map_err(|err| (done.lane, err))?;
+        committed.map_err(|err| (done.lane, err))?;
         if let Some(end) = done.batch.end() {
             scan_of(source).committed(end);
         }
         let rows = done.batch.len();
-        self.stats
-            .published(rows, done.kafka, mark, start.elapsed() - mark);
+        self.stats.published(rows, done.kafka, start.elapsed());
         stats.published.add(rows as i64);
         Ok(rows)
     }

@@ -1,6 +1,7 @@
-//! A Postgres outbox table: pending rows are locked window by window (see
-//! `window`), fetched as text columns and written as JSON by the relay
-//! (`row_json`), and flagged sent once Kafka committed them.
+//! A Postgres outbox table: pending rows are taken window by window (see
+//! `window`) and flagged sent by the statement that fetches them as text
+//! columns, written as JSON by the relay (`row_json`); the flags become
+//! durable when the lane's transaction commits, once Kafka committed them.
 
 use flows::SourceTable;
 use tokio_postgres::{Client, GenericClient};
@@ -31,10 +32,6 @@ pub struct OutboxMessage {
 #[derive(Debug, Default)]
 pub struct OutboxBatch {
     pub messages: Vec<OutboxMessage>,
-    /// How many of the first messages belong to transactions that ended
-    /// late (see `window::Bounds::late`): flagged by id; the rest are one
-    /// range of the (`outbox_txid`, id) index.
-    pub late: usize,
 }
 
 impl OutboxBatch {
@@ -141,7 +138,6 @@ pub struct OutboxSource {
     shape: Shape,
     fetch_sql: String,
     mark_sql: String,
-    mark_range_sql: String,
     by_flag_sql: String,
     /// The message's fields, in the order `fetch_sql` selects them after
     /// the id and the key (and before the extras and `outbox_txid`).
@@ -356,8 +352,10 @@ impl OutboxSource {
             )
             .await?
             .get(0);
+        // The writer's transaction is `outbox_txid` (the row's `xmin` is
+        // the relay's own by the time the fetch returns it, see below).
         let stamp = if commit_times {
-            "coalesce(pg_xact_commit_timestamp(src.xmin), statement_timestamp())"
+            "coalesce(pg_xact_commit_timestamp(src.outbox_txid::text::xid8::xid), statement_timestamp())"
         } else {
             "statement_timestamp()"
         };
@@ -381,23 +379,29 @@ impl OutboxSource {
                 .condition(alias, &key)
                 .map_or_else(String::new, |c| format!(" AND {c}"))
         };
-        let src_shard = mine("src");
         let columns = format!(
             "src.\"id\"::int8 AS outbox_id, (src.{key})::text AS outbox_key, {}",
             exprs.join(", ")
         );
-        // One window's rows (see `window` and `window::Bounds`), in the
-        // order of the (outbox_txid, id) index: no sort, and a batch's
-        // rows locked as they are taken. Locks are waited for, not
-        // skipped: a row skipped here would not be looked for again (the
-        // window moves on), and only a writer's own lock on a pending row
-        // can be in the way.
+        // One window's next rows (see `window` and `window::Bounds`), taken
+        // and flagged sent by one statement: the lowest rows of the window
+        // in (outbox_txid, id) order, found through that index, updated by
+        // their tuple ids. One write per row (the update locks the row it
+        // flips); the flips become durable only when the lane's
+        // transaction commits, after Kafka's commit (see `pipeline`), and
+        // vanish with a rollback. A row locked by another session (a
+        // writer's delete in progress) is waited for, not skipped: a row
+        // skipped here would not be looked for again. RETURNING gives no
+        // order: `batch_of` sorts.
+        let wmine = mine("w");
         let fetch_sql = format!(
-            "SELECT {columns}, src.outbox_txid FROM {t} AS src \
-             WHERE (src.outbox_txid, src.\"id\") > ($1::int8, $2::int8) AND src.outbox_txid < $3::int8 \
-             AND (src.outbox_txid >= $4::int8 OR src.outbox_txid = ANY($5::int8[])) \
-             AND src.outbox_txid <> ALL($6::int8[]) AND src.sent_to_kafka IS NOT TRUE{src_shard} \
-             ORDER BY src.outbox_txid, src.\"id\" LIMIT $7 FOR NO KEY UPDATE OF src"
+            "UPDATE {t} AS src SET sent_to_kafka = TRUE WHERE src.ctid = ANY(ARRAY( \
+             SELECT w.ctid FROM {t} AS w \
+             WHERE (w.outbox_txid, w.\"id\") > ($1::int8, $2::int8) AND w.outbox_txid < $3::int8 \
+             AND (w.outbox_txid >= $4::int8 OR w.outbox_txid = ANY($5::int8[])) \
+             AND w.outbox_txid <> ALL($6::int8[]) AND w.sent_to_kafka IS NOT TRUE{wmine} \
+             ORDER BY w.outbox_txid, w.\"id\" LIMIT $7)) AND src.sent_to_kafka IS NOT TRUE \
+             RETURNING {columns}, src.outbox_txid"
         );
         let by_flag_sql = format!(
             "SELECT {columns}, src.outbox_txid FROM {t} AS src \
@@ -406,16 +410,6 @@ impl OutboxSource {
         let mark_sql = format!(
             "UPDATE {t} SET sent_to_kafka = TRUE WHERE \"id\" = ANY($1::int8[]) AND sent_to_kafka IS NOT TRUE"
         );
-        // The rows of a range of the (outbox_txid, id) index this
-        // transaction holds locked (`xmax` is its id): a third cheaper than
-        // probing the key for every id; rows of the range it did not lock
-        // (other shards', sent ones, those of transactions running at the
-        // window's end) are left alone.
-        let mark_range_sql = format!(
-            "UPDATE {t} SET sent_to_kafka = TRUE \
-             WHERE (outbox_txid, \"id\") >= ($1::int8, $2::int8) AND (outbox_txid, \"id\") <= ($3::int8, $4::int8) \
-             AND sent_to_kafka IS NOT TRUE AND xmax = pg_current_xact_id()::xid"
-        );
         Ok(Self {
             table: table.into(),
             topic: source.topic.clone(),
@@ -423,15 +417,16 @@ impl OutboxSource {
             position_key: shard.position_key(table),
             fetch_sql,
             mark_sql,
-            mark_range_sql,
             by_flag_sql,
             shape,
             fields,
         })
     }
 
-    /// Locks up to `limit` pending rows of a window after its cursor, in
-    /// (`outbox_txid`, id) order (call inside a transaction).
+    /// Takes up to `limit` pending rows of a window after its cursor and
+    /// flags them sent, in the caller's transaction (its commit makes the
+    /// flags durable, its rollback undoes them); in (`outbox_txid`, id)
+    /// order.
     pub async fn fetch_pending(
         &self,
         tx: &impl GenericClient,
@@ -453,11 +448,7 @@ impl OutboxSource {
             )
             .await?;
         let mut batch = self.batch_of(&rows);
-        batch.late = batch
-            .messages
-            .iter()
-            .take_while(|m| m.txid < bounds.from)
-            .count();
+        batch.messages.sort_unstable_by_key(|m| (m.txid, m.id));
         Ok(batch)
     }
 
@@ -512,45 +503,12 @@ impl OutboxSource {
                     .map(|d| d.as_millis() as i64),
             });
         }
-        OutboxBatch { messages, late: 0 }
+        OutboxBatch { messages }
     }
 
-    /// Flags exactly the rows of `batch` sent, in the transaction that
-    /// locked them. Called only after Kafka committed them.
-    ///
-    /// The rows of transactions that ended late by their ids, the rest by
-    /// one range of the (`outbox_txid`, id) index (see `inspect`). When a
-    /// row's lock was shared meanwhile (a foreign-key check makes `xmax` a
-    /// multixact), fewer rows flip and the id list flips the rest.
-    pub async fn mark_sent(
-        &self,
-        tx: &impl GenericClient,
-        batch: &OutboxBatch,
-    ) -> Result<u64, tokio_postgres::Error> {
-        let (late, range) = batch.messages.split_at(batch.late.min(batch.len()));
-        let mut flipped = 0;
-        if !late.is_empty() {
-            let ids: Vec<i64> = late.iter().map(|m| m.id).collect();
-            flipped += tx.execute(&self.mark_sql, &[&ids]).await?;
-        }
-        let (Some(first), Some(last)) = (range.first(), range.last()) else {
-            return Ok(flipped);
-        };
-        flipped += tx
-            .execute(
-                &self.mark_range_sql,
-                &[&first.txid, &first.id, &last.txid, &last.id],
-            )
-            .await?;
-        if flipped == batch.len() as u64 {
-            return Ok(flipped);
-        }
-        Ok(flipped + self.mark_sent_by_ids(tx, batch).await?)
-    }
-
-    /// Flags the rows of `batch` by probing the key for each id (what
-    /// [`Self::mark_sent`] falls back to, and the statement before it: the
-    /// benchmark's reference).
+    /// Flags the rows of `batch` by probing the key for each id: the
+    /// statement of the pending-id-index design, kept with
+    /// [`Self::fetch_pending_by_flag`] as the benchmark's reference.
     pub async fn mark_sent_by_ids(
         &self,
         tx: &impl GenericClient,

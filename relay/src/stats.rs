@@ -18,7 +18,6 @@ pub struct FlowStats {
     fetch: Histogram,
     send: Histogram,
     kafka_commit: Histogram,
-    mark: Histogram,
     pg_commit: Histogram,
     republished: [Series; 3],
 }
@@ -67,7 +66,7 @@ pub struct TableStats {
     waiting_shown: std::sync::atomic::AtomicI64,
 }
 
-const PHASE_HELP: &str = "Time per batch in each phase: fetch (lock rows and build JSON), send (hand to the producer), kafka_commit, mark (flag sent), pg_commit.";
+const PHASE_HELP: &str = "Time per batch in each phase: fetch (take the rows, flag them sent and build JSON, one statement), send (hand to the producer), kafka_commit, pg_commit (makes the flags durable).";
 
 impl FlowStats {
     pub fn new(metrics: &Metrics, flow: &str) -> Self {
@@ -114,7 +113,6 @@ impl FlowStats {
             fetch: phase("fetch"),
             send: phase("send"),
             kafka_commit: phase("kafka_commit"),
-            mark: phase("mark"),
             pg_commit: phase("pg_commit"),
             republished: Republish::ALL.map(|why| {
                 metrics.counter(
@@ -138,12 +136,11 @@ impl FlowStats {
         self.fetch.observe_duration(took);
     }
 
-    pub fn published(&self, rows: usize, kafka: PublishTimings, mark: Duration, commit: Duration) {
+    pub fn published(&self, rows: usize, kafka: PublishTimings, commit: Duration) {
         self.batches.inc();
         self.batch_rows.observe(rows as f64);
         self.send.observe_duration(kafka.send);
         self.kafka_commit.observe_duration(kafka.commit);
-        self.mark.observe_duration(mark);
         self.pg_commit.observe_duration(commit);
         self.last_publish.set(daemon::time::unix_now());
     }
