@@ -128,82 +128,20 @@ impl FlowRelay {
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<Ended, RelayError> {
-        let flow = self.flow.name.to_string();
-        let unit = self.unit();
-        let mut sources = Vec::new();
-        for source in &self.flow.sources {
-            let checked = within(
-                self.config.postgres.query_timeout,
-                "the source table's inspection",
-                OutboxSource::inspect(&first, &flow, source, self.shard),
-            )
-            .await?;
-            let stats = TableStats::new(&self.metrics, &flow, &checked.table);
-            sources.push((checked, stats));
-        }
-        let sources = sources;
-        let mut lanes = vec![first];
-        for lane in 0..LANES {
-            if lane > 0 {
-                match self
-                    .beating(connections::pg::connect(
-                        &self.config.postgres.url,
-                        &flow,
-                        shutdown,
-                    ))
-                    .await
-                {
-                    Some(client) => lanes.push(client),
-                    None => return Ok(Ended::Shutdown),
-                }
-            }
-            within(
-                self.config.postgres.query_timeout,
-                "the session settings",
-                limit_session(&lanes[lane], &self.config.postgres),
-            )
-            .await?;
-            if lane == 0 && self.preferred && !self.shard.is_whole() {
-                // Held while this session lives: standing by and leading.
-                self.try_lock(&lanes[0], &self.shard.claim_key(&flow))
-                    .await?;
-            }
-            if !self
-                .acquire_lock(
-                    &lanes[lane],
-                    &self.shard.lane_key(&flow, lane),
-                    lane == 0,
-                    shutdown,
-                )
-                .await?
-            {
-                return Ok(Ended::Shutdown);
-            }
-        }
-        let mut led = Vec::with_capacity(sources.len());
-        for (table, stats) in sources {
-            let floor = within(
-                self.config.postgres.query_timeout,
-                "the scan's saved floor",
-                crate::positions::starting_floor(&lanes[0], &table.table, self.shard),
-            )
-            .await?;
-            tracing::info!(flow = unit, table = %table.table, floor = %floor.text(), "scan starts");
-            led.push(Led {
-                table,
-                stats,
-                scan: Mutex::new(Scan::from_floor(floor)),
-            });
-        }
+        let sources = self.inspect_sources(&first).await?;
+        let Some(lanes) = self.open_lanes(first, shutdown).await? else {
+            return Ok(Ended::Shutdown);
+        };
+        let led = self.start_scans(&lanes[0], sources).await?;
         tracing::info!(
-            flow = unit,
+            flow = self.unit(),
             preferred = self.preferred,
             "active relay for this flow"
         );
         let Some(mut publisher) = self.beating(self.new_publisher(backoff, shutdown)).await else {
             return Ok(Ended::Shutdown);
         };
-        let stats = FlowStats::new(&self.metrics, &flow);
+        let stats = FlowStats::new(&self.metrics, self.flow.name.as_str());
         stats.leader.inc();
         let result = self
             .relay_until_error(&lanes, &led, &mut publisher, backoff, shutdown, &stats)
@@ -215,6 +153,94 @@ impl FlowRelay {
         result
     }
 
+    /// Checks every source table of the flow against the database.
+    async fn inspect_sources(
+        &self,
+        client: &Client,
+    ) -> Result<Vec<(OutboxSource, TableStats)>, RelayError> {
+        let flow = self.flow.name.as_str();
+        let mut sources = Vec::new();
+        for source in &self.flow.sources {
+            let checked = within(
+                self.config.postgres.query_timeout,
+                "the source table's inspection",
+                OutboxSource::inspect(client, flow, source, self.shard),
+            )
+            .await?;
+            let stats = TableStats::new(&self.metrics, flow, &checked.table);
+            sources.push((checked, stats));
+        }
+        Ok(sources)
+    }
+
+    /// The lanes' sessions, each holding its advisory lock (waited for:
+    /// standing by); `None` on shutdown.
+    async fn open_lanes(
+        &self,
+        first: Client,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Vec<Client>>, RelayError> {
+        let flow = self.flow.name.to_string();
+        let mut lanes = vec![first];
+        for lane in 0..LANES {
+            if lane > 0 {
+                let url = &self.config.postgres.url;
+                let connect = connections::pg::connect(url, &flow, shutdown);
+                let Some(client) = self.beating(connect).await else {
+                    return Ok(None);
+                };
+                lanes.push(client);
+            }
+            let settings = limit_session(&lanes[lane], &self.config.postgres);
+            within(
+                self.config.postgres.query_timeout,
+                "the session settings",
+                settings,
+            )
+            .await?;
+            if lane == 0 && self.preferred && !self.shard.is_whole() {
+                // Held while this session lives: standing by and leading.
+                self.try_lock(&lanes[0], &self.shard.claim_key(&flow))
+                    .await?;
+            }
+            let key = self.shard.lane_key(&flow, lane);
+            if !self
+                .acquire_lock(&lanes[lane], &key, lane == 0, shutdown)
+                .await?
+            {
+                return Ok(None);
+            }
+        }
+        Ok(Some(lanes))
+    }
+
+    /// Each source's scan, from its saved floor (see `window`).
+    async fn start_scans(
+        &self,
+        client: &Client,
+        sources: Vec<(OutboxSource, TableStats)>,
+    ) -> Result<Vec<Led>, RelayError> {
+        let mut led = Vec::with_capacity(sources.len());
+        for (table, stats) in sources {
+            let floor = within(
+                self.config.postgres.query_timeout,
+                "the scan's saved floor",
+                crate::positions::starting_floor(client, &table.table, self.shard),
+            )
+            .await?;
+            tracing::info!(flow = self.unit(), table = %table.table, floor = %floor.text(), "scan starts");
+            led.push(Led {
+                table,
+                stats,
+                scan: Mutex::new(Scan::from_floor(floor)),
+            });
+        }
+        Ok(led)
+    }
+
+    /// Turns until shutdown, hand-over or an error the relay cannot go on
+    /// from: each turn drains every source table, then, when none had more,
+    /// waits for a NOTIFY or the poll interval.
     async fn relay_until_error(
         &self,
         lanes: &[Client],
@@ -224,7 +250,6 @@ impl FlowRelay {
         shutdown: &CancellationToken,
         stats: &FlowStats,
     ) -> Result<Ended, RelayError> {
-        let flow = self.flow.name.to_string();
         let unit = self.unit();
         let mut prune = crate::prune::Scheduled::default();
         let mut claim_checked = Instant::now();
@@ -240,83 +265,106 @@ impl FlowRelay {
                 }
             }
             if self.shard.index == 0 {
-                prune.start_if_due(
-                    &self.pool,
-                    &self.flow,
-                    self.config.batch.prune_interval,
-                    &self.metrics,
-                );
+                let every = self.config.batch.prune_interval;
+                prune.start_if_due(&self.pool, &self.flow, every, &self.metrics);
             }
             let mut more = false;
             for led in sources {
-                let source = Source {
-                    table: &led.table,
-                    stats: &led.stats,
-                    scan: &led.scan,
-                };
-                let pipeline = Lanes {
-                    lanes,
-                    beats: &self.beats,
-                    query_timeout: self.config.postgres.query_timeout,
-                    publisher,
-                    flow: &flow,
-                    batch_size: self.config.batch.batch_size,
-                    stats,
-                };
-                match pipeline.drain(&source, shutdown).await {
-                    Ok(drained) => {
-                        more |= drained.more;
-                        backoff.reset();
-                        if drained.set_aside > 0 {
-                            // Recovery::SetAside: the aborted transaction may
-                            // leave the producer needing an epoch bump.
-                            *publisher =
-                                match self.beating(self.new_publisher(backoff, shutdown)).await {
-                                    Some(p) => p,
-                                    None => return Ok(Ended::Shutdown),
-                                };
-                        }
+                match self
+                    .drain_one(lanes, led, publisher, backoff, shutdown, stats)
+                    .await?
+                {
+                    Some(drained_more) => more |= drained_more,
+                    None => return Ok(Ended::Shutdown),
+                }
+            }
+            if !more && !self.idle(lanes, shutdown).await? {
+                return Ok(Ended::Shutdown);
+            }
+        }
+    }
+
+    /// One turn of one source table: whether it may have more rows (`None`
+    /// on shutdown). A batch Kafka did not take is retried with backoff and
+    /// a new producer; an error of the sessions ends leading (Err).
+    async fn drain_one(
+        &self,
+        lanes: &[Client],
+        led: &Led,
+        publisher: &mut SharedPublisher,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+        stats: &FlowStats,
+    ) -> Result<Option<bool>, RelayError> {
+        let flow = self.flow.name.as_str();
+        let source = Source {
+            table: &led.table,
+            stats: &led.stats,
+            scan: &led.scan,
+        };
+        let pipeline = Lanes {
+            lanes,
+            beats: &self.beats,
+            query_timeout: self.config.postgres.query_timeout,
+            publisher,
+            flow,
+            batch_size: self.config.batch.batch_size,
+            stats,
+        };
+        let renew = match pipeline.drain(&source, shutdown).await {
+            Ok(drained) => {
+                backoff.reset();
+                // Recovery::SetAside: the aborted transaction may leave the
+                // producer needing an epoch bump.
+                if drained.set_aside == 0 {
+                    return Ok(Some(drained.more));
+                }
+                drained.more
+            }
+            Err(err) => match classify(&err) {
+                // `drain` sets rows aside itself; a rejection that still
+                // comes back is retried like an abort.
+                Recovery::RecreateProducer | Recovery::SetAside => {
+                    stats.failed.inc();
+                    let delay = backoff.next_delay();
+                    tracing::warn!(flow, table = %led.table.table, error = %err, retry_in_ms = delay.as_millis() as u64, "batch not published; nothing flagged, retrying with a new kafka producer");
+                    if !sleep_or_shutdown(delay, shutdown).await {
+                        return Ok(None);
                     }
-                    Err(err) => match classify(&err) {
-                        // `drain` sets rows aside itself; a rejection that
-                        // still comes back is retried like an abort.
-                        Recovery::RecreateProducer | Recovery::SetAside => {
-                            stats.failed.inc();
-                            let delay = backoff.next_delay();
-                            tracing::warn!(flow, table = %led.table.table, error = %err, retry_in_ms = delay.as_millis() as u64, "batch not published; nothing flagged, retrying with a new kafka producer");
-                            if !sleep_or_shutdown(delay, shutdown).await {
-                                return Ok(Ended::Shutdown);
-                            }
-                            *publisher =
-                                match self.beating(self.new_publisher(backoff, shutdown)).await {
-                                    Some(p) => p,
-                                    None => return Ok(Ended::Shutdown),
-                                };
-                        }
-                        Recovery::Reconnect | Recovery::Fatal => {
-                            stats.failed.inc();
-                            return Err(err);
-                        }
-                    },
+                    false
                 }
+                Recovery::Reconnect | Recovery::Fatal => {
+                    stats.failed.inc();
+                    return Err(err);
+                }
+            },
+        };
+        match self.beating(self.new_publisher(backoff, shutdown)).await {
+            Some(renewed) => {
+                *publisher = renewed;
+                Ok(Some(renew))
             }
-            if !more {
-                // Lanes after the first see no query while idle; keep their
-                // sessions inside the server's idle timeout.
-                for lane in &lanes[1..] {
-                    within(
-                        self.config.postgres.query_timeout,
-                        "a lane's ping",
-                        lane.simple_query(""),
-                    )
-                    .await?;
-                }
-                tokio::select! {
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(self.config.batch.poll_interval) => {}
-                    () = shutdown.cancelled() => return Ok(Ended::Shutdown),
-                }
-            }
+            None => Ok(None),
+        }
+    }
+
+    /// Nothing more to do: keeps the idle lanes' sessions alive, then waits
+    /// for a NOTIFY or the poll interval; false on shutdown.
+    async fn idle(
+        &self,
+        lanes: &[Client],
+        shutdown: &CancellationToken,
+    ) -> Result<bool, RelayError> {
+        // Lanes after the first see no query while idle; keep their
+        // sessions inside the server's idle timeout.
+        for lane in &lanes[1..] {
+            let ping = lane.simple_query("");
+            within(self.config.postgres.query_timeout, "a lane's ping", ping).await?;
+        }
+        tokio::select! {
+            () = self.wake.notified() => Ok(true),
+            () = tokio::time::sleep(self.config.batch.poll_interval) => Ok(true),
+            () = shutdown.cancelled() => Ok(false),
         }
     }
 

@@ -124,12 +124,13 @@ impl Lanes<'_> {
         drained
     }
 
+    /// Publishes batch after batch of the window on alternating lanes, the
+    /// next one taken while the current one is in Kafka (see the module).
     async fn drain_batches(
         &self,
         source: &Source<'_>,
         shutdown: &CancellationToken,
     ) -> Result<Drained, RelayError> {
-        let (table, stats) = (source.table, source.stats);
         let mut drained = Drained::default();
         let mut current = match self.lock_batch(0, source).await {
             Ok(Some(locked)) => locked,
@@ -148,7 +149,7 @@ impl Lanes<'_> {
             let this = current.lane;
             let other = (this + 1) % self.lanes.len();
             let ((batch, published), behind) = tokio::join!(
-                self.publish(table, current.batch),
+                self.publish(source.table, current.batch),
                 self.finish_then_lock(previous.take(), prefetch.then_some(other), source),
             );
             let next = match behind {
@@ -157,76 +158,111 @@ impl Lanes<'_> {
                     next
                 }
                 Err((err, unflagged)) => {
-                    // The batch just published (if it was) is not flagged:
-                    // it goes again, after the one that failed here.
-                    self.stats.republished(Republish::Postgres, unflagged);
-                    let in_kafka = match &published {
-                        Ok(_) => Some(Republish::OtherLane),
-                        Err(PublishError::CommitUnknown(_)) => {
-                            Some(Republish::KafkaCommitOutcomeUnknown)
-                        }
-                        Err(_) => None,
-                    };
-                    if let Some(why) = in_kafka {
-                        self.stats.republished(why, batch.len());
-                    }
-                    self.rollback(this).await;
-                    self.rollback(other).await;
+                    self.lanes_failed(&published, batch.len(), unflagged, [this, other])
+                        .await;
                     return Err(err);
                 }
             };
             let kafka = match published {
                 Ok(kafka) => kafka,
                 Err(err) => {
-                    if matches!(err, PublishError::CommitUnknown(_)) {
-                        self.stats
-                            .republished(Republish::KafkaCommitOutcomeUnknown, batch.len());
-                    }
-                    self.rollback(this).await;
-                    if next.is_some() {
-                        self.rollback(other).await;
-                    }
-                    let err = RelayError::from(err);
-                    if classify(&err) != Recovery::SetAside {
-                        return Err(err);
-                    }
-                    let RelayError::Publish(PublishError::Rejected(rejected)) = err else {
-                        return Err(err);
-                    };
-                    drained.set_aside = self.set_aside(this, table, &batch, &rejected).await?;
-                    stats.set_aside.add(drained.set_aside as i64);
-                    drained.more = true;
-                    return Ok(drained);
+                    let taken = next.is_some().then_some(other);
+                    return self
+                        .not_published(err, this, taken, source, &batch, drained)
+                        .await;
                 }
             };
             daemon::failpoint::hit("relay-after-kafka-commit");
-            tracing::debug!(unit = %table.position_key, lane = this, ids = %batch.id_runs(), "batch committed in kafka");
+            tracing::debug!(unit = %source.table.position_key, lane = this, ids = %batch.id_runs(), "batch committed in kafka");
             previous = Some(Published {
                 lane: this,
                 batch,
                 kafka,
             });
-            match next {
-                Some(locked) => current = locked,
-                None => {
-                    drained.more = full;
-                    break;
-                }
-            }
+            let Some(locked) = next else {
+                drained.more = full;
+                break;
+            };
+            current = locked;
             turn += 1;
         }
         if let Some(last) = previous {
-            let rows = last.batch.len();
-            match self.finish(last, source).await {
-                Ok(rows) => drained.sent += rows,
-                Err((lane, err)) => {
-                    self.stats.republished(Republish::Postgres, rows);
-                    self.rollback(lane).await;
-                    return Err(err);
-                }
-            }
+            drained.sent += self.finish_last(last, source).await?;
         }
         Ok(drained)
+    }
+
+    /// The other lane failed (its commit, or taking the next batch): both
+    /// lanes roll back. Counts what goes again: the rows of the batch that
+    /// failed to commit, and the batch just published (it is in Kafka, or
+    /// may be), which now follows the one that failed.
+    async fn lanes_failed(
+        &self,
+        published: &Result<PublishTimings, PublishError>,
+        rows: usize,
+        unflagged: usize,
+        lanes: [usize; 2],
+    ) {
+        self.stats.republished(Republish::Postgres, unflagged);
+        let in_kafka = match published {
+            Ok(_) => Some(Republish::OtherLane),
+            Err(PublishError::CommitUnknown(_)) => Some(Republish::KafkaCommitOutcomeUnknown),
+            Err(_) => None,
+        };
+        if let Some(why) = in_kafka {
+            self.stats.republished(why, rows);
+        }
+        for lane in lanes {
+            self.rollback(lane).await;
+        }
+    }
+
+    /// The batch on `lane` did not reach Kafka: its lane (and `taken`, the
+    /// lane holding the next batch) roll back. Rows Kafka refused for good
+    /// are set aside (see `error::classify`) and the turn ends there; any
+    /// other failure is returned.
+    async fn not_published(
+        &self,
+        err: PublishError,
+        lane: usize,
+        taken: Option<usize>,
+        source: &Source<'_>,
+        batch: &OutboxBatch,
+        mut drained: Drained,
+    ) -> Result<Drained, RelayError> {
+        if matches!(err, PublishError::CommitUnknown(_)) {
+            self.stats
+                .republished(Republish::KafkaCommitOutcomeUnknown, batch.len());
+        }
+        self.rollback(lane).await;
+        if let Some(other) = taken {
+            self.rollback(other).await;
+        }
+        let err = RelayError::from(err);
+        if classify(&err) != Recovery::SetAside {
+            return Err(err);
+        }
+        let RelayError::Publish(PublishError::Rejected(rejected)) = err else {
+            return Err(err);
+        };
+        drained.set_aside = self.set_aside(lane, source.table, batch, &rejected).await?;
+        source.stats.set_aside.add(drained.set_aside as i64);
+        drained.more = true;
+        Ok(drained)
+    }
+
+    /// Commits the turn's last published batch; on failure its lane rolls
+    /// back and its rows go again.
+    async fn finish_last(&self, last: Published, source: &Source<'_>) -> Result<usize, RelayError> {
+        let rows = last.batch.len();
+        match self.finish(last, source).await {
+            Ok(rows) => Ok(rows),
+            Err((lane, err)) => {
+                self.stats.republished(Republish::Postgres, rows);
+                self.rollback(lane).await;
+                Err(err)
+            }
+        }
     }
 
     /// BEGIN on `lane` and lock the window's next rows; `None`

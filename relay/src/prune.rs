@@ -150,7 +150,7 @@ impl Prune {
 impl Prune {
     /// Detaches and drops (dry: counts) the partitions wholly before
     /// `cutoff` holding only sent rows (see the module doc), after settling
-    /// what an earlier prune's detach left.
+    /// what an earlier prune's detach left. Returns them and their oids.
     async fn drop_partitions(
         &self,
         client: &impl GenericClient,
@@ -161,7 +161,31 @@ impl Prune {
         if !self.dry_run {
             pruned.rows += self.settle_leftovers(client).await?;
         }
-        let partitions = client
+        for part in self.partitions(client).await? {
+            let Some(rows) = self.droppable(client, &part, cutoff).await else {
+                continue;
+            };
+            let gone = if self.dry_run {
+                Some(rows)
+            } else {
+                self.detach_and_drop(client, &part).await?
+            };
+            if let Some(rows) = gone {
+                pruned.partitions += 1;
+                pruned.rows += rows;
+                dropped.push(part.oid);
+            }
+        }
+        Ok((pruned, dropped))
+    }
+
+    /// The table's partitions by range (not the default one, none pending
+    /// detach), each with its constraint and the time column's type there.
+    async fn partitions(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<Vec<Partition>, tokio_postgres::Error> {
+        let rows = client
             .query(
                 "SELECT c.oid::regclass::text, pg_get_partition_constraintdef(c.oid), \
                  format_type(a.atttypid, a.atttypmod), c.oid, pg_get_expr(c.relpartbound, c.oid) \
@@ -172,80 +196,90 @@ impl Prune {
                 &[&self.quoted, &self.time.1],
             )
             .await?;
-        let time = &self.time.0;
-        for row in partitions {
-            let (part, constraint, kind, oid, bound): (
-                String,
-                Option<String>,
-                String,
-                u32,
-                String,
-            ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-            let Some(constraint) = constraint else {
-                continue;
-            };
-            // The constraint names its columns unqualified: evaluated on a
-            // one-column row holding the cutoff (a constraint on other
-            // columns fails here, and the partition is left to the walk).
-            let check = format!(
-                "SELECT EXISTS (SELECT 1 FROM {part}) \
-                 AND NOT EXISTS (SELECT 1 FROM {part} AS src WHERE src.sent_to_kafka IS NOT TRUE \
-                 OR src.{time} IS NULL OR src.{time} >= $1::timestamptz) \
-                 AND NOT coalesce((SELECT {constraint} FROM (SELECT $1::timestamptz::{kind} AS {time}) AS probe), false), \
-                 (SELECT count(*) FROM {part})::int8"
-            );
-            let (droppable, rows): (bool, i64) = match client.query_one(&check, &[&cutoff]).await {
-                Ok(row) => (row.get(0), row.get(1)),
-                Err(error) => {
-                    tracing::debug!(partition = part, error = %connections::pg::detail(&error), "partition not judged by its range; pruned row by row");
-                    continue;
-                }
-            };
-            if !droppable {
-                continue;
-            }
-            if self.dry_run {
-                pruned.partitions += 1;
-                pruned.rows += rows as u64;
-                dropped.push(oid);
-                continue;
-            }
-            client
-                .execute(
-                    "INSERT INTO outbox_partition_detaches (partition, parent, bound) \
-                     VALUES ($1, $2::text::regclass, $3) ON CONFLICT (partition) DO NOTHING",
-                    &[&part, &self.quoted, &bound],
-                )
-                .await?;
-            let detach = format!(
-                "ALTER TABLE {} DETACH PARTITION {part} CONCURRENTLY",
-                self.quoted
-            );
-            if let Err(error) = client.batch_execute(&detach).await {
-                // E.g. a default partition exists (CONCURRENTLY is refused
-                // then): the walk deletes its rows instead. Cut short in
-                // its second step (a timeout), the partition is pending
-                // detach: the next prune settles it.
-                tracing::warn!(table = self.table, partition = part, error = %connections::pg::detail(&error), "partition not detached; pruned row by row (a detach cut short is settled by the next prune)");
-                continue;
-            }
-            daemon::failpoint::hit("relay-prune-after-detach");
-            match self.settle(client, &part, &bound).await? {
-                Settled::Dropped(rows) => {
-                    tracing::info!(
-                        table = self.table,
-                        partition = part,
-                        rows,
-                        "partition older than the retention dropped"
-                    );
-                    pruned.partitions += 1;
-                    pruned.rows += rows;
-                    dropped.push(oid);
-                }
-                Settled::Attached(_) | Settled::Nothing => {}
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                Some(Partition {
+                    name: row.get(0),
+                    constraint: row.get::<_, Option<String>>(1)?,
+                    kind: row.get(2),
+                    oid: row.get(3),
+                    bound: row.get(4),
+                })
+            })
+            .collect())
+    }
+
+    /// The partition's rows when it may go whole: its range wholly before
+    /// `cutoff` (the cutoff does not fit its constraint) and every row sent
+    /// and older. The constraint names its columns unqualified: evaluated
+    /// on a one-column row holding the cutoff (a constraint on other
+    /// columns fails here, and the partition is left to the walk).
+    async fn droppable(
+        &self,
+        client: &impl GenericClient,
+        part: &Partition,
+        cutoff: SystemTime,
+    ) -> Option<u64> {
+        let (name, time) = (&part.name, &self.time.0);
+        let check = format!(
+            "SELECT EXISTS (SELECT 1 FROM {name}) \
+             AND NOT EXISTS (SELECT 1 FROM {name} AS src WHERE src.sent_to_kafka IS NOT TRUE \
+             OR src.{time} IS NULL OR src.{time} >= $1::timestamptz) \
+             AND NOT coalesce((SELECT {} FROM (SELECT $1::timestamptz::{} AS {time}) AS probe), false), \
+             (SELECT count(*) FROM {name})::int8",
+            part.constraint, part.kind
+        );
+        match client.query_one(&check, &[&cutoff]).await {
+            Ok(row) if row.get::<_, bool>(0) => Some(row.get::<_, i64>(1) as u64),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::debug!(partition = name, error = %connections::pg::detail(&error), "partition not judged by its range; pruned row by row");
+                None
             }
         }
-        Ok((pruned, dropped))
+    }
+
+    /// Records the detach, detaches `CONCURRENTLY` and settles the
+    /// partition (see the module doc); its rows when it was dropped.
+    async fn detach_and_drop(
+        &self,
+        client: &impl GenericClient,
+        part: &Partition,
+    ) -> Result<Option<u64>, tokio_postgres::Error> {
+        let name = &part.name;
+        client
+            .execute(
+                "INSERT INTO outbox_partition_detaches (partition, parent, bound) \
+                 VALUES ($1, $2::text::regclass, $3) ON CONFLICT (partition) DO NOTHING",
+                &[name, &self.quoted, &part.bound],
+            )
+            .await?;
+        let detach = format!(
+            "ALTER TABLE {} DETACH PARTITION {name} CONCURRENTLY",
+            self.quoted
+        );
+        if let Err(error) = client.batch_execute(&detach).await {
+            // E.g. a default partition exists (CONCURRENTLY is refused
+            // then): the walk deletes its rows instead. Cut short in its
+            // second step (a timeout), the partition is pending detach: the
+            // next prune settles it.
+            tracing::warn!(table = self.table, partition = name, error = %connections::pg::detail(&error), "partition not detached; pruned row by row (a detach cut short is settled by the next prune)");
+            return Ok(None);
+        }
+        daemon::failpoint::hit("relay-prune-after-detach");
+        match self.settle(client, name, &part.bound).await? {
+            Settled::Dropped(rows) => {
+                tracing::info!(
+                    table = self.table,
+                    partition = name,
+                    rows,
+                    "partition older than the retention dropped"
+                );
+                Ok(Some(rows))
+            }
+            Settled::Attached(_) | Settled::Nothing => Ok(None),
+        }
     }
 
     /// Settles the partitions of this table an earlier prune's detach left
@@ -381,6 +415,19 @@ impl Prune {
             }
         }
     }
+}
+
+/// A partition by range of a source table.
+struct Partition {
+    /// Its name, as `regclass` prints it.
+    name: String,
+    /// Its partition constraint.
+    constraint: String,
+    /// The time column's type in it.
+    kind: String,
+    oid: u32,
+    /// `FOR VALUES …`: how to attach it again.
+    bound: String,
 }
 
 /// How a detached partition ended (see [`Prune::settle`]).
