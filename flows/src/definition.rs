@@ -313,94 +313,7 @@ impl FlowCatalog {
             if !names.insert(flow.name.clone()) {
                 return Err(invalid("defined twice".into()));
             }
-            check_kafka_name(&flow.consumer_group)
-                .map_err(|e| invalid(format!("consumer_group: {e}")))?;
-            if !(1..=MAX_SHARDS).contains(&flow.shards) {
-                return Err(invalid(format!(
-                    "shards must be between 1 and {MAX_SHARDS}, not {}",
-                    flow.shards
-                )));
-            }
-            for source in &flow.sources {
-                let parts = source.topic_parts().map_err(invalid)?;
-                // A routed topic: its text with each column's place taken
-                // by a safe name must be a topic name.
-                let sample: String = parts
-                    .iter()
-                    .map(|p| match p {
-                        TopicPart::Text(t) => t.as_str(),
-                        TopicPart::Column(_) => "x",
-                    })
-                    .collect();
-                check_kafka_name(&sample).map_err(|e| invalid(format!("topic: {e}")))?;
-                let listed = |c: &Ident, what: &str| -> Result<(), FlowError> {
-                    if source.columns.contains(c) {
-                        Ok(())
-                    } else {
-                        Err(invalid(format!(
-                            "{what} column {c} of source table {} is not among its columns",
-                            source.table
-                        )))
-                    }
-                };
-                for part in &parts {
-                    if let TopicPart::Column(c) = part {
-                        listed(c, "topic")?;
-                    }
-                }
-                if let Some(body) = &source.body {
-                    listed(body, "body")?;
-                }
-                for header in &source.headers {
-                    listed(header, "header")?;
-                }
-                if !source.columns.iter().any(|c| c.as_str() == "id") {
-                    return Err(invalid(format!(
-                        "source table {} must list the `id` column",
-                        source.table
-                    )));
-                }
-                if flow.retention.is_some() && source.time_column.is_none() {
-                    return Err(invalid(format!(
-                        "retention needs a time_column on source table {} (the column giving a row's age)",
-                        source.table
-                    )));
-                }
-                if let Some(key) = &source.key
-                    && !source.columns.contains(key)
-                {
-                    return Err(invalid(format!(
-                        "key column {key} of source table {} is not among its columns",
-                        source.table
-                    )));
-                }
-            }
-            for target in &flow.targets {
-                check_kafka_name(&target.topic).map_err(|e| invalid(format!("topic: {e}")))?;
-                if let Some(c) = target
-                    .constants
-                    .keys()
-                    .chain(target.headers.keys())
-                    .find(|c| target.columns.contains_key(*c))
-                {
-                    return Err(invalid(format!(
-                        "column {c} of table {} is both mapped and constant",
-                        target.table
-                    )));
-                }
-            }
-            if let Some(stage) = &flow.stage {
-                check_kafka_name(&stage.consumer_group)
-                    .map_err(|e| invalid(format!("stage consumer_group: {e}")))?;
-                check_kafka_name(&stage.output)
-                    .map_err(|e| invalid(format!("stage output: {e}")))?;
-                if stage.inputs.is_empty() {
-                    return Err(invalid("stage has no inputs".into()));
-                }
-                for input in &stage.inputs {
-                    check_kafka_name(input).map_err(|e| invalid(format!("stage input: {e}")))?;
-                }
-            }
+            flow.check().map_err(invalid)?;
         }
         Ok(())
     }
@@ -451,6 +364,110 @@ impl FlowCatalog {
 
     pub fn flows(&self) -> &[Flow] {
         &self.flows
+    }
+}
+
+impl Flow {
+    /// What a flow must be on its own; the reason, else.
+    fn check(&self) -> Result<(), String> {
+        check_kafka_name(&self.consumer_group).map_err(|e| format!("consumer_group: {e}"))?;
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return Err(format!(
+                "shards must be between 1 and {MAX_SHARDS}, not {}",
+                self.shards
+            ));
+        }
+        for source in &self.sources {
+            source.check(self.retention.is_some())?;
+        }
+        for target in &self.targets {
+            target.check()?;
+        }
+        if let Some(stage) = &self.stage {
+            check_kafka_name(&stage.consumer_group)
+                .map_err(|e| format!("stage consumer_group: {e}"))?;
+            check_kafka_name(&stage.output).map_err(|e| format!("stage output: {e}"))?;
+            if stage.inputs.is_empty() {
+                return Err("stage has no inputs".into());
+            }
+            for input in &stage.inputs {
+                check_kafka_name(input).map_err(|e| format!("stage input: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SourceTable {
+    /// Its topic (routed: each column's place taken by a safe name) is a
+    /// topic name; every column it names is among its columns, `id` too; a
+    /// flow with retention needs its time column.
+    fn check(&self, retention: bool) -> Result<(), String> {
+        let parts = self.topic_parts()?;
+        let sample: String = parts
+            .iter()
+            .map(|p| match p {
+                TopicPart::Text(t) => t.as_str(),
+                TopicPart::Column(_) => "x",
+            })
+            .collect();
+        check_kafka_name(&sample).map_err(|e| format!("topic: {e}"))?;
+        let listed = |c: &Ident, what: &str| -> Result<(), String> {
+            if self.columns.contains(c) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what} column {c} of source table {} is not among its columns",
+                    self.table
+                ))
+            }
+        };
+        for part in &parts {
+            if let TopicPart::Column(c) = part {
+                listed(c, "topic")?;
+            }
+        }
+        if let Some(body) = &self.body {
+            listed(body, "body")?;
+        }
+        for header in &self.headers {
+            listed(header, "header")?;
+        }
+        if !self.columns.iter().any(|c| c.as_str() == "id") {
+            return Err(format!(
+                "source table {} must list the `id` column",
+                self.table
+            ));
+        }
+        if retention && self.time_column.is_none() {
+            return Err(format!(
+                "retention needs a time_column on source table {} (the column giving a row's age)",
+                self.table
+            ));
+        }
+        if let Some(key) = &self.key {
+            listed(key, "key")?;
+        }
+        Ok(())
+    }
+}
+
+impl TargetTable {
+    /// Its topic is a topic name; no column both mapped and constant.
+    fn check(&self) -> Result<(), String> {
+        check_kafka_name(&self.topic).map_err(|e| format!("topic: {e}"))?;
+        if let Some(c) = self
+            .constants
+            .keys()
+            .chain(self.headers.keys())
+            .find(|c| self.columns.contains_key(*c))
+        {
+            return Err(format!(
+                "column {c} of table {} is both mapped and constant",
+                self.table
+            ));
+        }
+        Ok(())
     }
 }
 

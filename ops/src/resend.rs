@@ -75,81 +75,16 @@ pub async fn resend(
     let tx = client.transaction().await?;
     let mut out = Vec::new();
     for source in &flow.sources {
-        let noted: bool = tx
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) \
-                 AND tgname = 'outbox_sent_changed' AND tgenabled <> 'D')",
-                &[&source.table.pg()],
-            )
-            .await?
-            .get(0);
-        if !noted {
-            return Err(ResendError::Unguarded {
-                table: source.table.to_string(),
-            });
-        }
-        let t = source.table.pg();
-        let (lo, hi, since);
-        let (chosen, params): (String, Vec<&(dyn ToSql + Sync)>) =
-            match (which, &source.time_column) {
-                (Which::Ids(a, b), _) => {
-                    (lo, hi) = (a, b);
-                    (
-                        "src.\"id\" BETWEEN $1::int8 AND $2::int8".to_owned(),
-                        vec![&lo, &hi],
-                    )
-                }
-                (Which::Since(at), Some(time)) => {
-                    since = at;
-                    (
-                        format!("src.{} >= $1::timestamptz", time.pg()),
-                        vec![&since],
-                    )
-                }
-                // Checked by the command before: every source has one.
-                (Which::Since(_), None) => continue,
-            };
-        let changed = format!(
-            "EXISTS (SELECT 1 FROM outbox_changed_rows c WHERE c.source_table = '{}' AND c.source_id = src.\"id\")",
-            source.table.as_str().replace('\'', "''")
-        );
+        check_noted(&tx, &source.table).await?;
+        // Checked by the command before: with `--since`, every source has a
+        // time column.
+        let Some(chosen) = Chosen::of(which, source) else {
+            continue;
+        };
         if !skip_changed {
-            let found = tx
-                .query_one(
-                    &format!(
-                        "SELECT count(*)::int8, string_agg(id::text, ', ') FILTER (WHERE n <= 10) FROM \
-                         (SELECT src.\"id\" AS id, row_number() OVER (ORDER BY src.\"id\") AS n FROM {t} AS src \
-                          WHERE {chosen} AND src.sent_to_kafka IS TRUE AND {changed}) AS c"
-                    ),
-                    &params,
-                )
-                .await?;
-            let count: i64 = found.get(0);
-            if count > 0 {
-                let shown: String = found.get::<_, Option<String>>(1).unwrap_or_default();
-                return Err(ResendError::Changed {
-                    table: source.table.to_string(),
-                    count,
-                    ids: if count > 10 {
-                        format!("{shown}, …")
-                    } else {
-                        shown
-                    },
-                });
-            }
+            chosen.refuse_changed(&tx).await?;
         }
-        let row = tx
-            .query_one(
-                &format!(
-                    "WITH again AS (UPDATE {t} AS src SET sent_to_kafka = FALSE \
-                     WHERE {chosen} AND src.sent_to_kafka IS TRUE AND NOT {changed} \
-                     RETURNING src.\"id\"::int8 AS id) \
-                     SELECT count(*)::int8 FROM again"
-                ),
-                &params,
-            )
-            .await?;
-        let rows: i64 = row.get(0);
+        let rows = chosen.set_pending(&tx).await?;
         if rows > 0 {
             tx.execute(
                 "SELECT pg_notify($1, $2)",
@@ -157,10 +92,137 @@ pub async fn resend(
             )
             .await?;
         }
-        out.push((source.table.to_string(), rows as u64));
+        out.push((source.table.to_string(), rows));
     }
     tx.commit().await?;
     Ok(out)
+}
+
+/// A table whose changes to sent rows are not noted cannot say which rows
+/// a resend would double: refused.
+async fn check_noted(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &flows::ident::Ident,
+) -> Result<(), ResendError> {
+    let noted: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1) \
+             AND tgname = 'outbox_sent_changed' AND tgenabled <> 'D')",
+            &[&table.pg()],
+        )
+        .await?
+        .get(0);
+    if noted {
+        Ok(())
+    } else {
+        Err(ResendError::Unguarded {
+            table: table.to_string(),
+        })
+    }
+}
+
+/// The sent rows of one source table a resend chooses.
+struct Chosen {
+    table: flows::ident::Ident,
+    /// SQL on `src`, with its parameters from `$1`.
+    condition: String,
+    which: Which,
+}
+
+impl Chosen {
+    fn of(which: Which, source: &flows::SourceTable) -> Option<Self> {
+        let condition = match (which, &source.time_column) {
+            (Which::Ids(..), _) => "src.\"id\" BETWEEN $1::int8 AND $2::int8".to_owned(),
+            (Which::Since(_), Some(time)) => format!("src.{} >= $1::timestamptz", time.pg()),
+            (Which::Since(_), None) => return None,
+        };
+        Some(Self {
+            table: source.table.clone(),
+            condition,
+            which,
+        })
+    }
+
+    /// The condition's parameters.
+    fn params(&self) -> Vec<Box<dyn ToSql + Sync + Send>> {
+        match self.which {
+            Which::Ids(lo, hi) => vec![Box::new(lo), Box::new(hi)],
+            Which::Since(at) => vec![Box::new(at)],
+        }
+    }
+
+    /// Runs `sql` (which uses the condition's parameters) for one row.
+    async fn query_one(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        sql: &str,
+    ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+        let params = self.params();
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        tx.query_one(sql, &refs).await
+    }
+
+    /// The condition that a row changed since it was sent.
+    fn changed(&self) -> String {
+        format!(
+            "EXISTS (SELECT 1 FROM outbox_changed_rows c WHERE c.source_table = '{}' AND c.source_id = src.\"id\")",
+            self.table.as_str().replace('\'', "''")
+        )
+    }
+
+    /// Refuses, naming up to ten of them, when chosen rows changed since
+    /// they were sent.
+    async fn refuse_changed(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<(), ResendError> {
+        let (t, chosen, changed) = (self.table.pg(), &self.condition, self.changed());
+        let found = self
+            .query_one(
+                tx,
+                &format!(
+                    "SELECT count(*)::int8, string_agg(id::text, ', ') FILTER (WHERE n <= 10) FROM \
+                     (SELECT src.\"id\" AS id, row_number() OVER (ORDER BY src.\"id\") AS n FROM {t} AS src \
+                      WHERE {chosen} AND src.sent_to_kafka IS TRUE AND {changed}) AS c"
+                ),
+            )
+            .await?;
+        let count: i64 = found.get(0);
+        if count == 0 {
+            return Ok(());
+        }
+        let shown: String = found.get::<_, Option<String>>(1).unwrap_or_default();
+        Err(ResendError::Changed {
+            table: self.table.to_string(),
+            count,
+            ids: if count > 10 {
+                format!("{shown}, …")
+            } else {
+                shown
+            },
+        })
+    }
+
+    /// Sets the chosen sent rows (not those changed since) pending again;
+    /// how many.
+    async fn set_pending(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<u64, ResendError> {
+        let (t, chosen, changed) = (self.table.pg(), &self.condition, self.changed());
+        let row = self
+            .query_one(
+                tx,
+                &format!(
+                    "WITH again AS (UPDATE {t} AS src SET sent_to_kafka = FALSE \
+                     WHERE {chosen} AND src.sent_to_kafka IS TRUE AND NOT {changed} \
+                     RETURNING src.\"id\"::int8 AS id) \
+                     SELECT count(*)::int8 FROM again"
+                ),
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,8 @@ pub struct Moved {
     pub partition: i32,
     /// The committed offset before (`None`: none committed).
     pub from: Option<i64>,
+    /// The partition's first offset (the position when none is committed).
+    pub low: i64,
     /// Where `--to` points in this partition.
     pub target: i64,
     /// The offset committed now.
@@ -142,74 +144,40 @@ pub fn rewind(
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()?;
-    let groups = consumer.fetch_group_list(Some(group), KAFKA_TIMEOUT)?;
-    let members = groups
-        .groups()
-        .iter()
-        .filter(|g| g.name() == group)
-        .map(|g| g.members().len())
-        .sum::<usize>();
-    if members > 0 {
-        return Err(RewindError::Active {
-            group: group.to_owned(),
-            members,
-        });
-    }
+    refuse_while_active(&consumer, group)?;
     let mut partitions = TopicPartitionList::new();
     for topic in topics {
         crate::sink_status::add_partitions(&consumer, topic, &mut partitions)?;
     }
     let committed = consumer.committed_offsets(partitions.clone(), KAFKA_TIMEOUT)?;
-    let by_time = match to {
-        To::Earliest => None,
-        To::Time(at) => {
-            let ms = at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            let mut asked = TopicPartitionList::new();
-            for e in partitions.elements() {
-                asked.add_partition_offset(e.topic(), e.partition(), Offset::Offset(ms))?;
-            }
-            Some(consumer.offsets_for_times(asked, KAFKA_TIMEOUT)?)
-        }
-    };
+    let by_time = offsets_at(&consumer, &partitions, to)?;
     let mut target_list = TopicPartitionList::new();
     let mut moved = Vec::new();
-    // (topic, partition, position, target) of each partition moved forward.
-    let mut skipping = Vec::new();
     for e in partitions.elements() {
-        let (topic, partition) = (e.topic(), e.partition());
-        let (low, high) = consumer.fetch_watermarks(topic, partition, KAFKA_TIMEOUT)?;
-        let target = match &by_time {
-            None => low,
-            Some(found) => match found.find_partition(topic, partition).map(|f| f.offset()) {
-                Some(Offset::Offset(o)) if o >= 0 => o,
-                // No message at or after the time: the end.
-                _ => high,
-            },
-        };
-        let from = committed
-            .find_partition(topic, partition)
-            .and_then(|c| match c.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
-        let position = from.unwrap_or(low).max(low);
-        let (offset, action) = decide(position, target, forward);
-        target_list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-        if action == Action::Forward {
-            skipping.push((topic.to_owned(), partition, position, offset));
-        }
-        moved.push(Moved {
-            topic: topic.to_owned(),
-            partition,
-            from,
-            target,
-            to: offset,
-            action,
-            skipped: 0,
-        });
+        let m = plan_partition(
+            &consumer,
+            e.topic(),
+            e.partition(),
+            &committed,
+            by_time.as_ref(),
+            forward,
+        )?;
+        target_list.add_partition_offset(&m.topic, m.partition, Offset::Offset(m.to))?;
+        moved.push(m);
     }
+    // (topic, partition, position, target) of each partition moved forward.
+    let skipping: Vec<(String, i32, i64, i64)> = moved
+        .iter()
+        .filter(|m| m.action == Action::Forward)
+        .map(|m| {
+            (
+                m.topic.clone(),
+                m.partition,
+                m.from.unwrap_or(0).max(m.low),
+                m.to,
+            )
+        })
+        .collect();
     if !skipping.is_empty() {
         let counts = count_messages(kafka, group, &skipping)?;
         for m in &mut moved {
@@ -224,6 +192,85 @@ pub fn rewind(
     consumer.commit(&target_list, CommitMode::Sync)?;
     moved.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     Ok(moved)
+}
+
+/// Refused while the group has members: a running sink would commit over
+/// the new offsets (the rule of Kafka's own `--reset-offsets`).
+fn refuse_while_active(consumer: &BaseConsumer, group: &str) -> Result<(), RewindError> {
+    let groups = consumer.fetch_group_list(Some(group), KAFKA_TIMEOUT)?;
+    let members = groups
+        .groups()
+        .iter()
+        .filter(|g| g.name() == group)
+        .map(|g| g.members().len())
+        .sum::<usize>();
+    if members > 0 {
+        return Err(RewindError::Active {
+            group: group.to_owned(),
+            members,
+        });
+    }
+    Ok(())
+}
+
+/// Each partition's first offset at or after the time (`None`: to the
+/// start).
+fn offsets_at(
+    consumer: &BaseConsumer,
+    partitions: &TopicPartitionList,
+    to: To,
+) -> Result<Option<TopicPartitionList>, RewindError> {
+    let To::Time(at) = to else {
+        return Ok(None);
+    };
+    let ms = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut asked = TopicPartitionList::new();
+    for e in partitions.elements() {
+        asked.add_partition_offset(e.topic(), e.partition(), Offset::Offset(ms))?;
+    }
+    Ok(Some(consumer.offsets_for_times(asked, KAFKA_TIMEOUT)?))
+}
+
+/// Where one partition goes: its target (the start, or the first message at
+/// or after the time, else the end), its position (the committed offset,
+/// else the start), and the move `decide` makes of them.
+fn plan_partition(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    committed: &TopicPartitionList,
+    by_time: Option<&TopicPartitionList>,
+    forward: Forward,
+) -> Result<Moved, RewindError> {
+    let (low, high) = consumer.fetch_watermarks(topic, partition, KAFKA_TIMEOUT)?;
+    let target = match by_time {
+        None => low,
+        Some(found) => match found.find_partition(topic, partition).map(|f| f.offset()) {
+            Some(Offset::Offset(o)) if o >= 0 => o,
+            // No message at or after the time: the end.
+            _ => high,
+        },
+    };
+    let from = committed
+        .find_partition(topic, partition)
+        .and_then(|c| match c.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        });
+    let position = from.unwrap_or(low).max(low);
+    let (to, action) = decide(position, target, forward);
+    Ok(Moved {
+        topic: topic.to_owned(),
+        partition,
+        from,
+        low,
+        target,
+        to,
+        action,
+        skipped: 0,
+    })
 }
 
 /// Per (topic, partition, from, to): the messages a read_committed reader
