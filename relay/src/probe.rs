@@ -123,19 +123,10 @@ async fn probe_flow(pg: &Client, w: &mut Watched, metrics: &Metrics) {
                 Duration::ZERO
             }
         };
-        metrics
-            .gauge(
-                "relay_backlog_rows",
-                "Pending rows in the source table (counted up to 1,000,000).",
-                &labels,
-            )
-            .set(seen.rows);
-        metrics
-            .gauge(
-                "relay_oldest_pending_age_seconds",
-                "How long the oldest pending row has been the oldest, as seen by the probe (every few seconds).",
-                &labels,
-            )
+        let gauges = crate::stats::BacklogStats::new(metrics, &flow, table);
+        gauges.rows.set(seen.rows);
+        gauges
+            .oldest_age_s
             .set(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
         backlog += seen.rows;
         marker = marker

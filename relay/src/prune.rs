@@ -486,11 +486,7 @@ impl Scheduled {
             };
             let mut failed = false;
             for prune in flow.sources.iter().filter_map(|s| Prune::of(s, false)) {
-                let counter = metrics.counter(
-                    "relay_pruned_rows_total",
-                    "Sent rows deleted from a source table for being older than the flow's retention.",
-                    &[("flow", &name), ("table", &prune.table)],
-                );
+                let counter = crate::stats::pruned_rows(&metrics, &name, &prune.table);
                 match prune
                     .run(&**session, retention, |n| counter.add(n as i64))
                     .await
@@ -515,13 +511,7 @@ impl Scheduled {
                 let now = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
-                metrics
-                    .gauge(
-                        "relay_last_prune_timestamp_seconds",
-                        "When the flow's last prune finished (Unix seconds).",
-                        &[("flow", &name)],
-                    )
-                    .set(now);
+                crate::stats::last_prune(&metrics, &name).set(now);
             }
         }));
     }

@@ -1,5 +1,5 @@
-//! The relay's metrics, registered once per flow (and table) so the hot loop
-//! only touches atomics.
+//! The relay's metrics, every series registered here (once per flow and
+//! table, so the hot loop only touches atomics).
 
 use std::time::Duration;
 
@@ -177,4 +177,46 @@ impl TableStats {
             .swap(running, std::sync::atomic::Ordering::Relaxed);
         self.waiting_for.add(running - before);
     }
+}
+
+/// A source table's backlog as the probe saw it (see `probe`).
+pub struct BacklogStats {
+    pub rows: Series,
+    pub oldest_age_s: Series,
+}
+
+impl BacklogStats {
+    pub fn new(metrics: &Metrics, flow: &str, table: &str) -> Self {
+        let labels = [("flow", flow), ("table", table)];
+        Self {
+            rows: metrics.gauge(
+                "relay_backlog_rows",
+                "Pending rows in the source table (counted up to 1,000,000).",
+                &labels,
+            ),
+            oldest_age_s: metrics.gauge(
+                "relay_oldest_pending_age_seconds",
+                "How long the oldest pending row has been the oldest, as seen by the probe (every few seconds).",
+                &labels,
+            ),
+        }
+    }
+}
+
+/// Rows the prune deleted from a source table (see `prune`).
+pub fn pruned_rows(metrics: &Metrics, flow: &str, table: &str) -> Series {
+    metrics.counter(
+        "relay_pruned_rows_total",
+        "Sent rows deleted from a source table for being older than the flow's retention.",
+        &[("flow", flow), ("table", table)],
+    )
+}
+
+/// When the flow's last prune finished.
+pub fn last_prune(metrics: &Metrics, flow: &str) -> Series {
+    metrics.gauge(
+        "relay_last_prune_timestamp_seconds",
+        "When the flow's last prune finished (Unix seconds).",
+        &[("flow", flow)],
+    )
 }
