@@ -35,6 +35,11 @@ log "building"
 ensure_build_deps
 cargo build --workspace --bins --quiet
 log "testing"
-cargo test --workspace "$@"
+# Everything but the fault suite, then the fault suite alone, one test at a
+# time: it restarts the shared Postgres and loads the machine. One
+# integration binary (tests/it) serves both.
+cargo test --workspace "$@" -- --skip faults::
+log "the fault suite"
+cargo test -p outbox-tests --test it "$@" -- faults:: --test-threads=1
 log "checking what the sink sends a current ClickHouse (chdb)"
 scripts/chdb-check.sh

@@ -115,6 +115,32 @@ impl TestStack {
         })
     }
 
+    /// A stack with both migrations run: where most tests start.
+    pub async fn migrated(test: &str) -> anyhow::Result<Self> {
+        let stack = Self::start(test).await?;
+        stack.migrate().await?;
+        Ok(stack)
+    }
+
+    /// A migrated stack whose daemons run `flows` (a FLOWS value).
+    pub async fn migrated_for(test: &str, flows: &str) -> anyhow::Result<Self> {
+        let mut stack = Self::start(test).await?;
+        stack.flows = flows.into();
+        stack.migrate().await?;
+        Ok(stack)
+    }
+
+    /// Writes `toml` as this test's flows file and has the daemons read it
+    /// (`FLOWS_FILE` in [`Self::daemon_env`]); its path.
+    pub fn use_flows_file(&mut self, toml: &str) -> anyhow::Result<std::path::PathBuf> {
+        let path = std::env::temp_dir().join(format!("{}-flows.toml", self.name));
+        std::fs::write(&path, toml)?;
+        self.overrides.retain(|(k, _)| k != "FLOWS_FILE");
+        self.overrides
+            .push(("FLOWS_FILE".into(), path.display().to_string()));
+        Ok(path)
+    }
+
     /// Runs both migrations (as `relay migrate` and `sink migrate` do).
     pub async fn migrate(&self) -> anyhow::Result<()> {
         self.migrate_with(None).await

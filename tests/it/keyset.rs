@@ -110,12 +110,10 @@ async fn long_writer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_long_and_rolled_back_inserts_are_each_published_once() -> anyhow::Result<()> {
-    let stack = TestStack::start("k_writers").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("k_writers").await?;
     let mut env = stack.daemon_env();
     env.retain(|(k, _)| k != "RELAY_BATCH_SIZE");
     env.push(("RELAY_BATCH_SIZE".into(), "50".into()));
-    env.push(("RELAY_SWEEP_INTERVAL_MS".into(), "3600000".into()));
     let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
 
     let ids: Ids = Arc::default();
@@ -199,8 +197,7 @@ async fn concurrent_long_and_rolled_back_inserts_are_each_published_once() -> an
 /// refused (exit 2, naming the fix).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_run_warns_about_an_untuned_source_table_naming_it() -> anyhow::Result<()> {
-    let stack = TestStack::start("k_untuned").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("k_untuned").await?;
     let pg = stack.pg().await?;
     let log_of = |d: &Daemon| std::fs::read_to_string(&d.log).unwrap_or_default();
     let env = stack.daemon_env();
@@ -277,10 +274,8 @@ async fn insert_one(tx: &tokio_postgres::Transaction<'_>, key: &str) -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_starting_fresh_waits_for_an_insert_open_below_the_first_row() -> anyhow::Result<()>
 {
-    let stack = TestStack::start("k_fresh_start").await?;
-    stack.migrate().await?;
-    let mut env = stack.daemon_env();
-    env.push(("RELAY_SWEEP_INTERVAL_MS".into(), "3600000".into()));
+    let stack = TestStack::migrated("k_fresh_start").await?;
+    let env = stack.daemon_env();
     let (mut open, other) = (
         connect(&stack.database_url).await?,
         connect(&stack.database_url).await?,

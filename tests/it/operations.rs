@@ -100,8 +100,7 @@ fn receive(socket: &UnixDatagram, timeout: Duration) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_systemd_the_relay_reports_ready_feeds_the_watchdog_and_says_stopping()
 -> anyhow::Result<()> {
-    let stack = TestStack::start("notify").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("notify").await?;
     let dir = std::env::temp_dir().join(&stack.name);
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("notify.sock");
@@ -156,8 +155,7 @@ async fn under_systemd_the_relay_reports_ready_feeds_the_watchdog_and_says_stopp
 /// says which flow is stuck, so systemd restarts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_flow_loop_stops_the_watchdog_pings() -> anyhow::Result<()> {
-    let stack = TestStack::start("stuck").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("stuck").await?;
     let dir = std::env::temp_dir().join(&stack.name);
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("notify.sock");
@@ -386,9 +384,7 @@ async fn pooled_sessions_time_out_on_a_silent_server_and_carry_the_statement_tim
 /// relay caught a panic in its publishing thread and reconnected).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_worker_ends_every_daemon_with_exit_101() -> anyhow::Result<()> {
-    let mut stack = TestStack::start("panics").await?;
-    stack.flows = "user_logins,router,etl".into();
-    stack.migrate().await?;
+    let stack = TestStack::migrated_for("panics", "user_logins,router,etl").await?;
     let pg = stack.pg().await?;
     pg.batch_execute(
         "INSERT INTO user_logins (username, event_type, event_time)

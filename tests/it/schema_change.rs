@@ -67,8 +67,7 @@ fn log_of(daemon: &Daemon) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_added_under_load_lands_without_a_sink_restart() -> anyhow::Result<()> {
-    let stack = TestStack::start("schema_add").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("schema_add").await?;
     let pg = stack.pg().await?;
     let ch = stack.ch();
     let addr = free_addr()?;
@@ -186,8 +185,7 @@ table = "user_logins"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filled_column_dropped_holds_the_flow_until_it_is_back() -> anyhow::Result<()> {
-    let stack = TestStack::start("schema_drop").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("schema_drop").await?;
     let pg = stack.pg().await?;
     let ch = stack.ch();
     let addr = free_addr()?;

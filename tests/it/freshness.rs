@@ -35,8 +35,7 @@ fn env(stack: &TestStack, addr: &str, extra: &[(&str, &str)]) -> Vec<(String, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_freshness_histogram_counts_every_row_within_the_outside_measure() -> anyhow::Result<()>
 {
-    let stack = TestStack::start("fresh_hist").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("fresh_hist").await?;
     let addr = free_addr()?;
     let env = env(&stack, &addr, &[]);
     let _relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));

@@ -17,8 +17,7 @@ const ARRIVAL: Duration = Duration::from_secs(40);
 const BATCH: usize = 100;
 
 async fn stack(test: &str) -> anyhow::Result<TestStack> {
-    let stack = TestStack::start(test).await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated(test).await?;
     Ok(stack)
 }
 
@@ -522,9 +521,7 @@ async fn insert_movements(stack: &TestStack, n: i32) -> anyhow::Result<()> {
 /// saw `sales` only, so that the kill cannot come too late.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_sink_restarted_after_its_topic_appeared_consumes_it() -> anyhow::Result<()> {
-    let mut stack = TestStack::start("b_static_new_topic").await?;
-    stack.flows = "sales".into();
-    stack.migrate().await?;
+    let stack = TestStack::migrated_for("b_static_new_topic", "sales").await?;
     let metrics = Metrics::default();
     let relay = stack.spawn_relay(&metrics)?;
     insert_sales(&stack, 10).await?;
@@ -612,9 +609,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_started_before_its_topics_exist_consumes_each_soon_after_it_appears()
 -> anyhow::Result<()> {
-    let mut stack = TestStack::start("b_topics_later").await?;
-    stack.flows = "sales".into();
-    stack.migrate().await?;
+    let stack = TestStack::migrated_for("b_topics_later", "sales").await?;
     let relay = stack.spawn_relay(&Metrics::default())?;
     let sink = Daemon::spawn(
         "sink",

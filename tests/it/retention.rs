@@ -92,8 +92,7 @@ async fn count(pg: &tokio_postgres::Client, filter: &str) -> anyhow::Result<i64>
 /// nothing; a flow without retention needs `--older-than` (exit 2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_prune_deletes_old_sent_rows_and_never_a_pending_one() -> anyhow::Result<()> {
-    let stack = TestStack::start("r_prune").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("r_prune").await?;
     let pg = stack.pg().await?;
     // In id order: old sent, old pending, young sent, old sent again.
     insert_aged(&pg, 12_000, 30, true, "old").await?;
@@ -171,8 +170,7 @@ async fn relay_prune_deletes_old_sent_rows_and_never_a_pending_one() -> anyhow::
 /// are pruned, and every row written meanwhile reaches ClickHouse once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_relay_prunes_a_flow_with_retention() -> anyhow::Result<()> {
-    let stack = TestStack::start("r_relay").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("r_relay").await?;
     let pg = stack.pg().await?;
     insert_aged(&pg, 1_000, 30, true, "old").await?;
     insert_aged(&pg, 10, 30, false, "old-pending").await?;
@@ -308,8 +306,7 @@ fn p99(samples: &mut [Duration]) -> Duration {
 /// to a fraction of its size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_sent_rows_pruned_while_inserts_and_the_relay_run() -> anyhow::Result<()> {
-    let stack = TestStack::start("r_million").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("r_million").await?;
     let pg = stack.pg().await?;
     insert_aged(&pg, 1_000_000, 30, true, "old").await?;
     pg.batch_execute("VACUUM ANALYZE user_logins").await?;
@@ -416,8 +413,7 @@ async fn a_million_sent_rows_pruned_while_inserts_and_the_relay_run() -> anyhow:
 /// pending row is not (its sent rows go row by row), nor the current one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_partitions_holding_only_sent_rows_are_dropped_whole() -> anyhow::Result<()> {
-    let stack = TestStack::start("r_partitions").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("r_partitions").await?;
     let pg = stack.pg().await?;
     pg.batch_execute(
         "CREATE TABLE events_p (
@@ -626,8 +622,7 @@ async fn late_row_published(
 /// instead of dropping the row with it; the relay publishes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_written_into_a_partition_being_detached_is_not_dropped() -> anyhow::Result<()> {
-    let stack = TestStack::start("r_detach_race").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("r_detach_race").await?;
     let flows = partitioned_source(&stack).await?;
     let env = env_with(&stack, &flows, &[]);
     let pg = stack.pg().await?;
@@ -672,8 +667,7 @@ async fn a_row_written_into_a_partition_being_detached_is_not_dropped() -> anyho
 /// published), dropped when it holds only sent rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_detach_cut_short_is_settled_by_the_next_prune() -> anyhow::Result<()> {
-    let stack = TestStack::start("r_detach_cut").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("r_detach_cut").await?;
     let flows = partitioned_source(&stack).await?;
     let env = env_with(&stack, &flows, &[]);
     let pg = stack.pg().await?;

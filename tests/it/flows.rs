@@ -305,8 +305,7 @@ async fn a_sixth_flow_from_config_and_sql_alone() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_contradicting_its_tables_is_refused_naming_flow_and_column() -> anyhow::Result<()> {
-    let stack = TestStack::start("contradiction").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("contradiction").await?;
     // A table of its own: a source table belongs to one flow.
     stack
         .pg()
@@ -414,9 +413,7 @@ async fn the_generator_feeds_a_flow_with_the_demo_mix() -> anyhow::Result<()> {
 /// id appears once. Rows already sent can still be changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_row_cannot_change_between_a_crash_and_its_redelivery() -> anyhow::Result<()> {
-    let mut stack = TestStack::start("immutable").await?;
-    stack.flows = "sales".into();
-    stack.migrate().await?;
+    let stack = TestStack::migrated_for("immutable", "sales").await?;
     let pg = stack.pg().await?;
     let id: i64 = pg
         .query_one(

@@ -83,8 +83,7 @@ async fn assert_delivered_exactly(stack: &TestStack) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_arrive_identical() -> anyhow::Result<()> {
-    let stack = TestStack::start("identical").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("identical").await?;
     let metrics = Metrics::default();
     let sink = stack.spawn_sink(&metrics)?;
     let relay = stack.spawn_relay(&metrics)?;
@@ -223,8 +222,7 @@ async fn clickhouse_outage_mid_stream_loses_nothing() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_and_restart_of_either_daemon_duplicates_nothing() -> anyhow::Result<()> {
-    let stack = TestStack::start("restart").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("restart").await?;
     let env = stack.daemon_env();
     let label = |d: &str, i: usize| format!("{}-{d}-{i}", stack.name);
     let mut relay = Daemon::spawn("relay", &["run"], &env, &label("relay", 0));
@@ -273,8 +271,7 @@ async fn kill_and_restart_of_either_daemon_duplicates_nothing() -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_relay_takes_over_when_the_active_one_dies() -> anyhow::Result<()> {
-    let stack = TestStack::start("standby").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("standby").await?;
     let env = stack.daemon_env();
     let metrics = Metrics::default();
     let sink = stack.spawn_sink(&metrics)?;

@@ -2,10 +2,9 @@
 //! from a sequence cache, handed out by the application in blocks, taken
 //! with `nextval` long before the insert, held by a slow default
 //! expression, or by a slow `COPY`. Each row must be published at the
-//! normal pace (seconds, not the sweep's interval: the relay runs with any
-//! sweep an hour apart, so nothing but the normal path can publish it), and
-//! a key's rows must go out in the order their transactions committed (one
-//! transaction's rows in id order).
+//! normal pace (seconds: the relay has no sweep that could publish it
+//! later), and a key's rows must go out in the order their transactions
+//! committed (one transaction's rows in id order).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -36,8 +35,8 @@ impl Fixture {
         id_default: Option<&str>,
         extra: &str,
     ) -> anyhow::Result<Self> {
-        let stack = TestStack::start(test).await?;
-        stack.migrate().await?;
+        let mut stack = TestStack::migrated(test).await?;
+        stack.flows = "events".into();
         let pg = stack.pg().await?;
         let default = id_default.map_or_else(String::new, |d| format!(" DEFAULT {d}"));
         pg.batch_execute(&format!(
@@ -50,9 +49,7 @@ impl Fixture {
              SELECT outbox_tune_source('events');"
         ))
         .await?;
-        let flows = std::env::temp_dir().join(format!("{}-flows.toml", stack.name));
-        std::fs::write(
-            &flows,
+        stack.use_flows_file(
             r#"[[flows]]
 name = "events"
 consumer_group = "events-consumer"
@@ -74,11 +71,7 @@ table = "ordered_events"
             .execute()
             .await?;
         outbox_tests::faults::record_arrivals_into(&stack, &["ordered_events"]).await?;
-        let mut env = stack.daemon_env();
-        env.retain(|(k, _)| k != "FLOWS");
-        env.push(("FLOWS_FILE".into(), flows.display().to_string()));
-        env.push(("FLOWS".into(), "events".into()));
-        env.push(("RELAY_SWEEP_INTERVAL_MS".into(), "3600000".into()));
+        let env = stack.daemon_env();
         let relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
         let sink = Daemon::spawn("sink", &["run"], &env, &format!("{}-sink", stack.name));
         Ok(Self { stack, relay, sink })

@@ -53,14 +53,11 @@ async fn deliveries(stack: &TestStack) -> anyhow::Result<BTreeMap<i64, usize>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_resend_publishes_sent_rows_again_through_the_running_relay() -> anyhow::Result<()> {
-    let stack = TestStack::start("resend").await?;
-    stack.migrate().await?;
+    let mut stack = TestStack::migrated("resend").await?;
     let pg = stack.pg().await?;
     // Split in two shards, with a time column: each shard takes its rows
     // of a range back.
-    let flows = std::env::temp_dir().join(format!("{}-flows.toml", stack.name));
-    std::fs::write(
-        &flows,
+    let flows = stack.use_flows_file(
         r#"[[flows]]
 name = "user_logins"
 consumer_group = "user-logins-consumer"
@@ -74,9 +71,7 @@ columns = ["id", "username", "event_type", "event_time"]
 time_column = "event_time"
 "#,
     )?;
-    let mut env = stack.daemon_env();
-    env.push(("FLOWS_FILE".into(), flows.display().to_string()));
-    env.push(("RELAY_SWEEP_INTERVAL_MS".into(), "3600000".into()));
+    let env = stack.daemon_env();
     let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
     let old = insert(&pg, 60, 48).await?;
     let new = insert(&pg, 40, 0).await?;
@@ -159,8 +154,7 @@ fn committed(stack: &TestStack) -> anyhow::Result<(Vec<Option<i64>>, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_rewind_is_refused_while_the_sink_runs_and_reloads_the_topic_after()
 -> anyhow::Result<()> {
-    let stack = TestStack::start("rewind").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("rewind").await?;
     let pg = stack.pg().await?;
     let env = stack.daemon_env();
     let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
@@ -269,9 +263,7 @@ async fn insert_sales(pg: &tokio_postgres::Client, n: i64, at: &str) -> anyhow::
 /// on the topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_under_load_never_doubles_a_row_under_final() -> anyhow::Result<()> {
-    let mut stack = TestStack::start("resend_load").await?;
-    stack.flows = "sales".into();
-    stack.migrate().await?;
+    let stack = TestStack::migrated_for("resend_load", "sales").await?;
     let pg = stack.pg().await?;
     let env = stack.daemon_env();
     let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
@@ -420,8 +412,7 @@ fn total(out: &str, key: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_rewind_never_moves_a_stopped_sink_forward_unless_asked() -> anyhow::Result<()> {
-    let stack = TestStack::start("rewind_fwd").await?;
-    stack.migrate().await?;
+    let stack = TestStack::migrated("rewind_fwd").await?;
     let pg = stack.pg().await?;
     let env = stack.daemon_env();
     let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));

@@ -6,7 +6,6 @@
 //! id order (first deliveries; a redelivery after the kill may repeat).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,11 +24,7 @@ const KEYS: usize = 10;
 type Committed = Arc<Mutex<Vec<(i64, String)>>>;
 
 /// `user_logins` with its relay work split in four.
-fn sharded_flows_file(dir: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::temp_dir().join(format!("{dir}-flows.toml"));
-    std::fs::write(
-        &path,
-        r#"[[flows]]
+const SHARDED_FLOWS: &str = r#"[[flows]]
 name = "user_logins"
 consumer_group = "user-logins-consumer"
 shards = 4
@@ -43,10 +38,7 @@ columns = ["id", "username", "event_type", "event_time"]
 [[flows.targets]]
 topic = "user_events"
 table = "user_logins"
-"#,
-    )?;
-    Ok(path)
-}
+"#;
 
 /// Transactions of 1–20 rows over the writer's `KEYS` keys until `until`,
 /// one in five rolled back.
@@ -103,16 +95,13 @@ async fn write_for(stack: &TestStack, secs: u64, committed: &Committed) -> anyho
 }
 
 /// A relay process preferring `shards`, its metrics on `addr`.
-fn relay(stack: &TestStack, flows: &PathBuf, shards: &str, addr: &str, label: &str) -> Daemon {
+fn relay(stack: &TestStack, shards: &str, addr: &str, label: &str) -> Daemon {
     let mut env = stack.daemon_env();
     env.retain(|(k, _)| k != "RELAY_METRICS_ADDR" && k != "RELAY_BATCH_SIZE");
     env.extend([
-        ("FLOWS_FILE".into(), flows.display().to_string()),
         ("RELAY_SHARDS".into(), shards.into()),
         ("RELAY_METRICS_ADDR".into(), addr.into()),
         ("RELAY_BATCH_SIZE".into(), "50".into()),
-        // The sweep out of the way: what is proven is the normal path.
-        ("RELAY_SWEEP_INTERVAL_MS".into(), "3600000".into()),
     ]);
     Daemon::spawn("relay", &["run"], &env, &format!("{}-{label}", stack.name))
 }
@@ -140,12 +129,11 @@ async fn wait_leading(what: &str, addr: &str, shards: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_share_a_sharded_flow_and_take_over_each_others_shards() -> anyhow::Result<()> {
-    let stack = TestStack::start("shards").await?;
-    stack.migrate().await?;
-    let flows = sharded_flows_file(&stack.name)?;
+    let mut stack = TestStack::migrated("shards").await?;
+    let flows = stack.use_flows_file(SHARDED_FLOWS)?;
     let (addr_a, addr_b) = (free_addr()?, free_addr()?);
-    let mut a = relay(&stack, &flows, "0,1", &addr_a, "relay-a");
-    let mut b = relay(&stack, &flows, "2-3", &addr_b, "relay-b");
+    let mut a = relay(&stack, "0,1", &addr_a, "relay-a");
+    let mut b = relay(&stack, "2-3", &addr_b, "relay-b");
     wait_leading("relay A leading shards 0 and 1", &addr_a, 2.0).await;
     wait_leading("relay B leading shards 2 and 3", &addr_b, 2.0).await;
 
@@ -192,7 +180,7 @@ async fn two_relays_share_a_sharded_flow_and_take_over_each_others_shards() -> a
     .await;
 
     // A comes back: B hands shards 0 and 1 back to it.
-    let mut a = relay(&stack, &flows, "0,1", &addr_a, "relay-a-again");
+    let mut a = relay(&stack, "0,1", &addr_a, "relay-a-again");
     wait_leading("relay A leading its shards again", &addr_a, 2.0).await;
     wait_leading("relay B back to its own shards", &addr_b, 2.0).await;
     write_for(&stack, 2, &committed).await?;
