@@ -22,6 +22,11 @@ fn line<'a>(out: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
 }
 
+/// One settings file read by `relay config --config FILE`, and by `sink
+/// config` and `stage config` through `OUTBOX_CONFIG`: each prints its own
+/// settings with value and source (file key, environment, default), the
+/// environment winning over the file, secrets as `***` and never in the
+/// output.
 #[test]
 fn the_file_sets_what_the_environment_does_not_and_config_says_where_each_came_from()
 -> anyhow::Result<()> {
@@ -105,6 +110,10 @@ fn the_file_sets_what_the_environment_does_not_and_config_says_where_each_came_f
     Ok(())
 }
 
+/// A misspelt key, a misspelt section, a value that does not parse, a
+/// secret in the file, a misspelt variable, a file that is not there: exit
+/// 2, one line, naming the key and the file (or the variable); the secret
+/// not echoed.
 #[test]
 fn unknown_keys_bad_values_and_secrets_in_either_layer_exit_2_naming_them() -> anyhow::Result<()> {
     let env = [

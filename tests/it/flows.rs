@@ -38,6 +38,8 @@ async fn stop(running: Vec<outbox_tests::stack::Running>) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Objects land in `my_table`, one `INSERTED` journal entry each in
+/// `events`; `sink watch` prints them and then each new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn my_table_objects_and_their_journal() -> anyhow::Result<()> {
     let (stack, _, running) = start("my_table", "my_table").await?;
@@ -112,6 +114,8 @@ async fn my_table_objects_and_their_journal() -> anyhow::Result<()> {
     stop(running).await
 }
 
+/// Clicks, views, orders each in their typed table; IPv4 type where the
+/// server has it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_routes_each_topic_to_its_typed_table() -> anyhow::Result<()> {
     let (stack, _, running) = start("router", "router").await?;
@@ -185,6 +189,8 @@ async fn router_routes_each_topic_to_its_typed_table() -> anyhow::Result<()> {
     stop(running).await
 }
 
+/// Exact Decimal money, times written three ways land as one instant,
+/// `processing_time` filled, monthly partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sales_and_warehouse_with_decimal_money_and_best_effort_times() -> anyhow::Result<()> {
     let (stack, _, running) = start("sales", "sales").await?;
@@ -261,6 +267,7 @@ async fn sales_and_warehouse_with_decimal_money_and_best_effort_times() -> anyho
     stop(running).await
 }
 
+/// `examples/sixth-flow` (a TOML entry and two SQL files) runs end to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sixth_flow_from_config_and_sql_alone() -> anyhow::Result<()> {
     let mut stack = TestStack::start("sixth").await?;
@@ -303,6 +310,8 @@ async fn a_sixth_flow_from_config_and_sql_alone() -> anyhow::Result<()> {
     stop(running).await
 }
 
+/// Missing Postgres column, missing ClickHouse column, a column no source
+/// field fills: exit 2 naming flow and column.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_contradicting_its_tables_is_refused_naming_flow_and_column() -> anyhow::Result<()> {
     let stack = TestStack::migrated("contradiction").await?;
@@ -363,6 +372,8 @@ async fn a_flow_contradicting_its_tables_is_refused_naming_flow_and_column() -> 
     Ok(())
 }
 
+/// `relay generate --flow sales` inserts ~70/30 sales/warehouse with
+/// consistent totals; all arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generator_feeds_a_flow_with_the_demo_mix() -> anyhow::Result<()> {
     let (stack, _, running) = start("generator", "sales").await?;

@@ -32,6 +32,9 @@ fn env(stack: &TestStack, addr: &str, extra: &[(&str, &str)]) -> Vec<(String, St
     env
 }
 
+/// Once the pipeline is live, `sink_freshness_seconds` has one observation
+/// per row loaded, each between zero and what the test measures from the
+/// outside (first commit to last row seen).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_freshness_histogram_counts_every_row_within_the_outside_measure() -> anyhow::Result<()>
 {
@@ -103,6 +106,9 @@ async fn the_freshness_histogram_counts_every_row_within_the_outside_measure() -
     Ok(())
 }
 
+/// With `SINK_MAX_FRESHNESS_MS` set and ClickHouse cut off, the flow turns
+/// not ready naming the figure; once ClickHouse is back and rows are fresh
+/// again, ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_freshness_bound_makes_the_flow_not_ready_while_clickhouse_is_away() -> anyhow::Result<()>
 {

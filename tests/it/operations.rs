@@ -10,6 +10,10 @@ use outbox_tests::daemon::run_for_output;
 use outbox_tests::http::{free_addr, get};
 use outbox_tests::{Daemon, TestStack, wait_until};
 
+/// Pending rows held by a user's transaction: after `RELAY_STALL_AFTER_MS`
+/// `/readyz` says 503 "stalled, backlog 5" while `/healthz` stays 200;
+/// `relay status` shows the active relay and 5 pending; once the rows move,
+/// 200 again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_flow_is_not_ready_until_its_rows_move() -> anyhow::Result<()> {
     let mut stack = TestStack::start("readyz").await?;
@@ -97,6 +101,8 @@ fn receive(socket: &UnixDatagram, timeout: Duration) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// The `relay` binary on a notify socket: `READY=1`, then `WATCHDOG=1` at
+/// half of `WATCHDOG_USEC`, then `STOPPING=1` on SIGTERM, exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_systemd_the_relay_reports_ready_feeds_the_watchdog_and_says_stopping()
 -> anyhow::Result<()> {
@@ -222,6 +228,10 @@ async fn a_stuck_flow_loop_stops_the_watchdog_pings() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// After a load, `sink status` shows lag 0 per partition, the rows in
+/// ClickHouse and the last insert; `sink reconcile` finds both sides equal
+/// (exit 0), then reports a row flagged sent that never travelled and a
+/// stray stored row, with their ids (exit 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_status_and_reconcile_report_what_is_stored() -> anyhow::Result<()> {
     let mut stack = TestStack::start("sinkstatus").await?;

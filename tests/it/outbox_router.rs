@@ -13,6 +13,10 @@ use outbox_tests::{Daemon, TestStack, repo_path, wait_until};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
+/// The classic outbox table (`examples/outbox-router`): each row's topic
+/// from a column, its body one column as is, other columns as headers; each
+/// topic's rows land in their typed table, an unroutable row set aside with
+/// its reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_outbox_table_routed_to_topics_by_column_and_loaded() -> anyhow::Result<()> {
     let mut stack = TestStack::start("router_col").await?;

@@ -51,6 +51,10 @@ async fn deliveries(stack: &TestStack) -> anyhow::Result<BTreeMap<i64, usize>> {
     Ok(counts)
 }
 
+/// `relay resend` of an id range and of the last day's rows through the
+/// running relay of a 2-shard flow: each resent row exactly twice on the
+/// topic, every other once; bad `--ids` and a `--since` without a time
+/// column exit 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_resend_publishes_sent_rows_again_through_the_running_relay() -> anyhow::Result<()> {
     let mut stack = TestStack::migrated("resend").await?;
@@ -157,6 +161,9 @@ fn committed(stack: &TestStack) -> anyhow::Result<(Vec<Option<i64>>, i64)> {
     Ok((offsets.iter().map(|(_, c, _)| *c).collect(), ends))
 }
 
+/// `sink rewind` is refused while the sink runs; after it stops, back to a
+/// time (exactly the later rows loaded again) and to the start (all again);
+/// FINAL and `sink reconcile` equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_rewind_is_refused_while_the_sink_runs_and_reloads_the_topic_after()
 -> anyhow::Result<()> {
@@ -416,6 +423,9 @@ fn total(out: &str, key: &str) -> i64 {
         .sum()
 }
 
+/// A stopped sink that fell behind, rewound to a time after its position,
+/// keeps its offsets and then loads every row; with `--allow-forward` it
+/// skips exactly the rows before the time, and says how many.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_rewind_never_moves_a_stopped_sink_forward_unless_asked() -> anyhow::Result<()> {
     let stack = TestStack::migrated("rewind_fwd").await?;

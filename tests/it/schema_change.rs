@@ -65,6 +65,10 @@ fn log_of(daemon: &Daemon) -> String {
     std::fs::read_to_string(&daemon.log).unwrap_or_default()
 }
 
+/// The documented four steps of adding a column (ClickHouse, Postgres, the
+/// flow, the application) under a steady load, the sink never restarted:
+/// every row once, the new column exactly for the rows written with it,
+/// NULL before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_added_under_load_lands_without_a_sink_restart() -> anyhow::Result<()> {
     let stack = TestStack::migrated("schema_add").await?;
@@ -183,6 +187,9 @@ table = "user_logins"
     Ok(())
 }
 
+/// A column the sink fills dropped from ClickHouse: `/readyz` 503 naming
+/// it, the rows held with nothing loaded; the column restored, every held
+/// row loads with its values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filled_column_dropped_holds_the_flow_until_it_is_back() -> anyhow::Result<()> {
     let stack = TestStack::migrated("schema_drop").await?;

@@ -44,6 +44,10 @@ fn variant(url: &str, host: &str, params: &str) -> String {
     format!("{url}{sep}{params}")
 }
 
+/// `disable` is plain, `prefer` (default) and `require` encrypt (asked of
+/// `pg_stat_ssl`), `verify-full` accepts the server's certificate for
+/// `localhost` and refuses it for `127.0.0.1`, an unrelated `sslrootcert`
+/// is refused even where the system trusts the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_tls_follows_libpq_sslmode() -> anyhow::Result<()> {
     let stack = TestStack::start("pg_tls").await?;
@@ -85,6 +89,9 @@ async fn postgres_tls_follows_libpq_sslmode() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Relay and sink with `sslmode=verify-full` and `https://` through a TLS
+/// proxy with its own CA (`CLICKHOUSE_CA_FILE`): every row arrives, every
+/// relay session is encrypted; a client without the CA is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_travel_over_verified_tls_to_postgres_and_https_to_clickhouse() -> anyhow::Result<()> {
     let mut stack = TestStack::start("https").await?;
@@ -172,6 +179,13 @@ fn grants(file: &str, replacements: &[(&str, &str)]) -> anyhow::Result<String> {
     Ok(sql)
 }
 
+/// `deploy/grants/postgres.sql` run as is (names replaced): the `relay` and
+/// `sink` binaries migrate (no DDL), deliver, set aside and replay under
+/// those grants, `sink reconcile` runs as its read-only role; the relay
+/// role cannot update other columns or delete; its URL comes from
+/// `DATABASE_URL_FILE` and no log shows the password.
+/// `deploy/grants/clickhouse.sql` runs where the server has SQL users
+/// (20.5+; 18.16 here has not, said in the output).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemons_work_with_exactly_the_documented_grants() -> anyhow::Result<()> {
     let stack = TestStack::migrated("grants").await?;
@@ -338,6 +352,8 @@ async fn the_daemons_work_with_exactly_the_documented_grants() -> anyhow::Result
     Ok(())
 }
 
+/// `DATABASE_URL_FILE` pointing nowhere: exit 2, one line naming the
+/// variable.
 #[test]
 fn a_secret_file_that_cannot_be_read_exits_2_naming_it() {
     let (code, stderr) = run_to_exit(

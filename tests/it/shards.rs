@@ -127,6 +127,10 @@ async fn wait_leading(what: &str, addr: &str, shards: f64) {
     .await;
 }
 
+/// A 4-shard flow, two relays preferring half each, eight writers with
+/// rollbacks: both publish; one killed -9, the other leads all four; back,
+/// it takes its two again; every committed row on the topic, each key's
+/// first deliveries in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_share_a_sharded_flow_and_take_over_each_others_shards() -> anyhow::Result<()> {
     let mut stack = TestStack::migrated("shards").await?;

@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// The relay killed -9 at random moments under load and aborting at the
+/// crash point between its Kafka and Postgres commits (`relay-after-kafka-
+/// commit`, one batch in twenty): every source row in ClickHouse once under
+/// FINAL; the repeats land only as raw duplicates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_kill_9_at_random_moments_and_between_the_commits() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
@@ -80,6 +84,10 @@ fn per_key_order_holds(brokers: &str, topic: &str) -> anyhow::Result<(usize, usi
     Ok((records.len(), seen.len(), repeats, ids.len()))
 }
 
+/// Two relays, the active one killed -9 again and again under load: the
+/// standby takes over within about a second (the default standby retry);
+/// every row in ClickHouse once; on the topic, read to its end, every
+/// committed row and each key's first deliveries in increasing id order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_the_standby_takes_over_and_per_key_order_holds() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
@@ -155,6 +163,10 @@ async fn two_relays_the_standby_takes_over_and_per_key_order_holds() -> anyhow::
     Ok(())
 }
 
+/// A row larger than the broker accepts is set aside into
+/// `outbox_dead_rows` with Kafka's error while the rest of its batch is
+/// published at once; after the limit is raised, `relay replay` puts it
+/// back and it arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_kafka_refuses_is_set_aside_and_can_be_replayed() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;

@@ -5,6 +5,10 @@
 
 use super::*;
 
+/// The sink killed -9 at random moments under load and aborting at the
+/// crash point between ClickHouse's acceptance and the offset commit
+/// (`sink-after-insert`, hit at least once): every source row in ClickHouse
+/// once under FINAL; static membership rejoins at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_kill_9_at_random_moments_and_between_insert_and_commit() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
@@ -53,6 +57,9 @@ async fn sink_kill_9_at_random_moments_and_between_insert_and_commit() -> anyhow
     Ok(())
 }
 
+/// ClickHouse unreachable for 30 s under load, then back: nothing committed
+/// meanwhile, the sink's memory stays bounded while it holds, it resumes by
+/// itself and every row lands once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_stopped_then_back_with_bounded_sink_memory() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
@@ -95,6 +102,9 @@ async fn clickhouse_stopped_then_back_with_bounded_sink_memory() -> anyhow::Resu
     Ok(())
 }
 
+/// Two sinks in one consumer group split the partitions; a third joins and
+/// leaves mid-batch: every row in ClickHouse once, each sink loaded a
+/// share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sinks_in_one_group_split_partitions_and_rebalance_mid_batch() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
@@ -145,6 +155,9 @@ async fn two_sinks_in_one_group_split_partitions_and_rebalance_mid_batch() -> an
     Ok(())
 }
 
+/// Malformed JSON, a wrong type, a missing field and a 2 MiB message in the
+/// topic: each goes to `<topic>.dlq` with its reason and source
+/// coordinates, and the stream goes on; every good row once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() -> anyhow::Result<()>
 {
