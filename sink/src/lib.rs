@@ -7,8 +7,8 @@ mod batcher;
 pub mod clickhouse;
 pub mod config;
 mod dead_letter;
+mod error;
 mod flow_sink;
-mod policy;
 mod stats;
 
 use std::sync::Arc;
@@ -18,22 +18,11 @@ use daemon::workers::{Stopped, Workers};
 use tokio_util::sync::CancellationToken;
 
 pub use config::SinkConfig;
+pub use error::{RunError, SinkError};
 
 use crate::clickhouse::schema::{SchemaError, plan_table};
 use crate::clickhouse::{ClickHouseWriter, client};
-use crate::flow_sink::{FlowSink, SinkError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// A flow's definition contradicts its ClickHouse tables.
-    #[error(transparent)]
-    Schema(SchemaError),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    /// A worker panicked (a bug): the sink stops, exit code 101.
-    #[error(transparent)]
-    Panicked(daemon::workers::Panic),
-}
+use crate::flow_sink::FlowSink;
 
 /// Waits for ClickHouse (retrying with backoff), checks every selected flow
 /// against its tables, then runs one consumer per flow until `shutdown` —
