@@ -210,8 +210,9 @@ impl<'a> Storing<'a> {
         self.flush = Some(Box::pin(cx.flush(batch, plans, stop)));
     }
 
-    /// Waits until the batch is stored: false if its flush gave up. Safe to
-    /// drop unfinished (the flush stays, and goes on when awaited again).
+    /// Waits until the batch is stored (true at once when none is): false
+    /// if its flush gave up. Safe to drop unfinished (the flush stays, and
+    /// goes on when awaited again).
     pub async fn stored(&mut self) -> bool {
         let Some(flush) = self.flush.as_mut() else {
             return true;
@@ -220,11 +221,5 @@ impl<'a> Storing<'a> {
         self.flush = None;
         self.oldest = None;
         stored
-    }
-
-    /// As [`Storing::stored`], for a batch that must be stored before
-    /// anything else: true when nothing is storing.
-    pub async fn finish(&mut self) -> bool {
-        self.stored().await
     }
 }

@@ -265,7 +265,7 @@ impl<'a> Consuming<'a> {
         let cx = self.cx;
         let replan = self.schema.has_adopted() && !self.batch.is_empty();
         if replan || self.batch.should_flush(&cx.config.flush, Instant::now()) {
-            if !self.storing.finish().await {
+            if !self.storing.stored().await {
                 return false;
             }
             let full = std::mem::replace(&mut self.batch, cx.empty_batch());
@@ -282,7 +282,7 @@ impl<'a> Consuming<'a> {
     /// taken in since — unless an earlier batch was abandoned (committing
     /// later offsets would skip its rows) or the consumer failed.
     async fn finish(mut self, end: End) -> Result<(), SinkError> {
-        let clean = self.storing.finish().await && !matches!(end, End::Abandoned);
+        let clean = self.storing.stored().await && !matches!(end, End::Abandoned);
         if let End::Failed(error) = end {
             return Err(error);
         }
