@@ -275,11 +275,10 @@ where
                 return Some(connected);
             }
             Err(error) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(url = %redact_url(url), purpose, %error, retry_in_ms = delay.as_millis() as u64, "postgres unreachable");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return None,
+                let retry_in_ms = backoff.upcoming().as_millis() as u64;
+                tracing::warn!(url = %redact_url(url), purpose, %error, retry_in_ms, "postgres unreachable");
+                if !backoff.wait(shutdown).await {
+                    return None;
                 }
             }
         }

@@ -7,8 +7,8 @@ mod batcher;
 pub mod clickhouse;
 pub mod config;
 mod dead_letter;
+mod error;
 mod flow_sink;
-mod policy;
 mod stats;
 
 use std::sync::Arc;
@@ -18,22 +18,11 @@ use daemon::workers::{Stopped, Workers};
 use tokio_util::sync::CancellationToken;
 
 pub use config::SinkConfig;
+pub use error::{RunError, SinkError};
 
 use crate::clickhouse::schema::{SchemaError, plan_table};
 use crate::clickhouse::{ClickHouseWriter, client};
-use crate::flow_sink::{FlowSink, SinkError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// A flow's definition contradicts its ClickHouse tables.
-    #[error(transparent)]
-    Schema(SchemaError),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    /// A worker panicked (a bug): the sink stops, exit code 101.
-    #[error(transparent)]
-    Panicked(daemon::workers::Panic),
-}
+use crate::flow_sink::FlowSink;
 
 /// Waits for ClickHouse (retrying with backoff), checks every selected flow
 /// against its tables, then runs one consumer per flow until `shutdown` —
@@ -112,20 +101,10 @@ async fn caps_with_retry(
     config: &SinkConfig,
     shutdown: &CancellationToken,
 ) -> Option<crate::clickhouse::caps::ServerCaps> {
-    let mut backoff = Backoff::default();
-    loop {
-        match crate::clickhouse::migrate::server_caps(client).await {
-            Ok(caps) => return Some(caps),
-            Err(error) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(url = %flows::settings::redact_url(&config.clickhouse.url), %error, retry_in_ms = delay.as_millis() as u64, "clickhouse unreachable");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return None,
-                }
-            }
-        }
-    }
+    until_answered(&config.clickhouse.url, shutdown, || {
+        crate::clickhouse::migrate::server_caps(client)
+    })
+    .await
 }
 
 /// Plans a target table, retrying while ClickHouse is unreachable. `None` on
@@ -138,29 +117,15 @@ async fn plan_with_retry(
     fields: Option<&[String]>,
     shutdown: &CancellationToken,
 ) -> Result<Option<crate::clickhouse::schema::TablePlan>, RunError> {
-    let mut backoff = Backoff::default();
-    loop {
-        match plan_table(
-            writer.client(),
-            &config.clickhouse.database,
-            flow,
-            target,
-            fields,
-        )
-        .await
-        {
-            Ok(plan) => return Ok(Some(plan)),
-            Err(SchemaError::ClickHouse(error)) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(url = %flows::settings::redact_url(&config.clickhouse.url), %error, retry_in_ms = delay.as_millis() as u64, "clickhouse unreachable");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return Ok(None),
-                }
-            }
-            Err(other) => return Err(RunError::Schema(other)),
+    let database = &config.clickhouse.database;
+    let answer = until_answered(&config.clickhouse.url, shutdown, || async {
+        match plan_table(writer.client(), database, flow, target, fields).await {
+            Err(SchemaError::ClickHouse(unreachable)) => Err(unreachable),
+            answer => Ok(answer),
         }
-    }
+    })
+    .await;
+    answer.transpose().map_err(RunError::Schema)
 }
 
 /// `sink migrate`: waits for ClickHouse (retrying with backoff), then
@@ -172,19 +137,37 @@ pub async fn migrate_with_retry(
 ) -> Result<Vec<String>, ::clickhouse::error::Error> {
     let root = client::client(cfg, None);
     let db = client::client(cfg, Some(&cfg.database));
+    let reachable = until_answered(&cfg.url, shutdown, || {
+        crate::clickhouse::migrate::server_caps(&root)
+    });
+    if reachable.await.is_none() {
+        return Ok(Vec::new());
+    }
+    crate::clickhouse::migrate::migrate(&root, &db, &cfg.database, migrations).await
+}
+
+/// Calls `attempt` until ClickHouse answers it, backing off while it fails
+/// with a ClickHouse error (logged with the URL, its password redacted).
+/// `None` on shutdown.
+async fn until_answered<T, Fut>(
+    url: &str,
+    shutdown: &CancellationToken,
+    mut attempt: impl FnMut() -> Fut,
+) -> Option<T>
+where
+    Fut: std::future::Future<Output = Result<T, ::clickhouse::error::Error>>,
+{
     let mut backoff = Backoff::default();
     loop {
-        match crate::clickhouse::migrate::server_caps(&root).await {
-            Ok(_) => break,
+        match attempt().await {
+            Ok(answer) => return Some(answer),
             Err(error) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(url = %flows::settings::redact_url(&cfg.url), %error, retry_in_ms = delay.as_millis() as u64, "clickhouse unreachable");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return Ok(Vec::new()),
+                let retry_in_ms = backoff.upcoming().as_millis() as u64;
+                tracing::warn!(url = %flows::settings::redact_url(url), %error, retry_in_ms, "clickhouse unreachable");
+                if !backoff.wait(shutdown).await {
+                    return None;
                 }
             }
         }
     }
-    crate::clickhouse::migrate::migrate(&root, &db, &cfg.database, migrations).await
 }

@@ -1,10 +1,14 @@
 //! Kafka → Kafka stages. The built-in one is the `etl` flow's normaliser
 //! (seed 004, replacing a Flink job). See `stage_loop` for the guarantee.
 
+mod batch;
 mod config;
+mod error;
 mod normalise;
-mod policy;
 mod stage_loop;
+mod stats;
+mod transaction;
+mod transform;
 
 use std::sync::Arc;
 

@@ -97,92 +97,101 @@ fn encode_value(
         ChType::Int64 => out.put_i64_le(signed(value, i64::MIN, i64::MAX)?),
         ChType::Float32 => out.put_f32_le(float(value)? as f32),
         ChType::Float64 => out.put_f64_le(float(value)?),
-        ChType::Bool => out.put_u8(match value {
-            Value::Bool(b) => u8::from(*b),
-            other => match unsigned(other, 1) {
-                Ok(n) => n as u8,
-                Err(_) => return Err(expected("a boolean", other)),
-            },
-        }),
-        ChType::String => {
-            let owned;
-            let bytes = match value {
-                Value::String(s) => s.as_bytes(),
-                Value::Object(_) | Value::Array(_) => {
-                    owned = value.to_string();
-                    owned.as_bytes()
-                }
-                other => return Err(expected("a string", other)),
-            };
-            put_varint(out, bytes.len() as u64);
-            out.put_slice(bytes);
-        }
-        ChType::FixedString(n) => {
-            let Value::String(s) = value else {
-                return Err(expected("a string", value));
-            };
-            if s.len() > *n {
-                return Err(format!("{} bytes do not fit FixedString({n})", s.len()));
-            }
-            out.put_slice(s.as_bytes());
-            out.put_bytes(0, n - s.len());
-        }
-        ChType::Date => {
-            let secs = epoch_seconds(value)?;
-            let days = secs.div_euclid(86_400);
-            out.put_u16_le(u16::try_from(days).map_err(|_| "date out of range".to_owned())?);
-        }
-        ChType::DateTime => {
-            let secs = epoch_seconds(value)?;
-            out.put_u32_le(
-                u32::try_from(secs).map_err(|_| "time out of DateTime range".to_owned())?,
-            );
-        }
-        ChType::DateTime64(precision) => {
-            let ticks = epoch_ticks(value, *precision)?;
-            out.put_i64_le(ticks);
-        }
-        ChType::Decimal { bytes, scale } => {
-            let scaled = decimal(value, *scale)?;
-            match bytes {
-                4 => out.put_i32_le(
-                    i32::try_from(scaled).map_err(|_| "decimal out of range".to_owned())?,
-                ),
-                8 => out.put_i64_le(
-                    i64::try_from(scaled).map_err(|_| "decimal out of range".to_owned())?,
-                ),
-                _ => out.put_i128_le(scaled),
-            }
-        }
-        ChType::IPv4 => {
-            let Value::String(s) = value else {
-                return Err(expected("an IPv4 address", value));
-            };
-            let ip: Ipv4Addr = s
-                .trim()
-                .parse()
-                .map_err(|_| format!("`{}` is not an IPv4 address", clip(s)))?;
-            out.put_u32_le(u32::from(ip));
-        }
-        ChType::Uuid => {
-            let Value::String(s) = value else {
-                return Err(expected("a UUID", value));
-            };
-            let hex: String = s.chars().filter(|c| *c != '-').collect();
-            let n = u128::from_str_radix(&hex, 16)
-                .ok()
-                .filter(|_| hex.len() == 32)
-                .ok_or_else(|| format!("`{}` is not a UUID", clip(s)))?;
-            out.put_u64_le((n >> 64) as u64);
-            out.put_u64_le(n as u64);
-        }
-        ChType::Nullable(_) => unreachable_nullable()?,
+        ChType::Bool => out.put_u8(boolean(value)?),
+        ChType::String => put_string(value, out)?,
+        ChType::FixedString(n) => put_fixed_string(*n, value, out)?,
+        ChType::Date => out.put_u16_le(days(value)?),
+        ChType::DateTime => out.put_u32_le(
+            u32::try_from(epoch_seconds(value)?)
+                .map_err(|_| "time out of DateTime range".to_owned())?,
+        ),
+        ChType::DateTime64(precision) => out.put_i64_le(epoch_ticks(value, *precision)?),
+        ChType::Decimal { bytes, scale } => put_decimal(*bytes, decimal(value, *scale)?, out)?,
+        ChType::IPv4 => out.put_u32_le(u32::from(ipv4(value)?)),
+        ChType::Uuid => put_uuid(value, out)?,
+        ChType::Nullable(_) => return Err("nested Nullable is not supported".to_owned()),
     }
     Ok(())
 }
 
-fn unreachable_nullable() -> Result<(), String> {
-    Err("nested Nullable is not supported".to_owned())
+fn boolean(value: &Value) -> Result<u8, String> {
+    match value {
+        Value::Bool(b) => Ok(u8::from(*b)),
+        other => unsigned(other, 1)
+            .map(|n| n as u8)
+            .map_err(|_| expected("a boolean", other)),
+    }
+}
+
+/// A string as is; an object or an array as its JSON text.
+fn put_string(value: &Value, out: &mut BytesMut) -> Result<(), String> {
+    let owned;
+    let bytes = match value {
+        Value::String(s) => s.as_bytes(),
+        Value::Object(_) | Value::Array(_) => {
+            owned = value.to_string();
+            owned.as_bytes()
+        }
+        other => return Err(expected("a string", other)),
+    };
+    put_varint(out, bytes.len() as u64);
+    out.put_slice(bytes);
+    Ok(())
+}
+
+/// Zero-padded to `n` bytes.
+fn put_fixed_string(n: usize, value: &Value, out: &mut BytesMut) -> Result<(), String> {
+    let Value::String(s) = value else {
+        return Err(expected("a string", value));
+    };
+    if s.len() > n {
+        return Err(format!("{} bytes do not fit FixedString({n})", s.len()));
+    }
+    out.put_slice(s.as_bytes());
+    out.put_bytes(0, n - s.len());
+    Ok(())
+}
+
+/// Days since the Unix epoch.
+fn days(value: &Value) -> Result<u16, String> {
+    let days = epoch_seconds(value)?.div_euclid(86_400);
+    u16::try_from(days).map_err(|_| "date out of range".to_owned())
+}
+
+/// `scaled` (the decimal times 10^scale) in `bytes` bytes.
+fn put_decimal(bytes: u8, scaled: i128, out: &mut BytesMut) -> Result<(), String> {
+    let out_of_range = |_| "decimal out of range".to_owned();
+    match bytes {
+        4 => out.put_i32_le(i32::try_from(scaled).map_err(out_of_range)?),
+        8 => out.put_i64_le(i64::try_from(scaled).map_err(out_of_range)?),
+        _ => out.put_i128_le(scaled),
+    }
+    Ok(())
+}
+
+fn ipv4(value: &Value) -> Result<Ipv4Addr, String> {
+    let Value::String(s) = value else {
+        return Err(expected("an IPv4 address", value));
+    };
+    s.trim()
+        .parse()
+        .map_err(|_| format!("`{}` is not an IPv4 address", clip(s)))
+}
+
+/// A UUID as ClickHouse stores it: its high half, then its low half, each
+/// little-endian.
+fn put_uuid(value: &Value, out: &mut BytesMut) -> Result<(), String> {
+    let Value::String(s) = value else {
+        return Err(expected("a UUID", value));
+    };
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    let n = u128::from_str_radix(&hex, 16)
+        .ok()
+        .filter(|_| hex.len() == 32)
+        .ok_or_else(|| format!("`{}` is not a UUID", clip(s)))?;
+    out.put_u64_le((n >> 64) as u64);
+    out.put_u64_le(n as u64);
+    Ok(())
 }
 
 fn expected(what: &str, got: &Value) -> String {

@@ -126,71 +126,29 @@ pub async fn plan_table(
             table,
         });
     }
-    for mapped in target
+    let mapped = target
         .columns
         .keys()
         .chain(target.constants.keys())
-        .chain(target.headers.keys())
-    {
-        if !rows.iter().any(|(name, _, _)| name == mapped.as_str()) {
+        .chain(target.headers.keys());
+    for column in mapped {
+        if !rows.iter().any(|(name, _, _)| name == column.as_str()) {
             return Err(SchemaError::MissingColumn {
                 flow: flow.into(),
                 table,
-                column: mapped.to_string(),
+                column: column.to_string(),
             });
         }
     }
+    let planner = ColumnPlanner {
+        flow,
+        table: &table,
+        target,
+        fields,
+    };
     let mut columns = Vec::new();
     for (name, type_name, default_kind) in rows {
-        let header = target
-            .headers
-            .iter()
-            .find(|(c, _)| c.as_str() == name)
-            .map(|(_, h)| h.clone());
-        let mapped = target
-            .columns
-            .iter()
-            .find(|(c, _)| c.as_str() == name)
-            .map(|(_, f)| f.clone())
-            .or_else(|| header.as_deref().map(header_field));
-        let constant = target
-            .constants
-            .iter()
-            .find(|(c, _)| c.as_str() == name)
-            .map(|(_, v)| serde_json::Value::String(v.clone()));
-        // Columns with DEFAULT/MATERIALIZED/ALIAS are left to the server
-        // unless the flow maps them explicitly.
-        let field = match mapped {
-            Some(field) => field,
-            None if constant.is_some() => String::new(),
-            None if !default_kind.is_empty() => continue,
-            None => name.clone(),
-        };
-        if constant.is_none()
-            && header.is_none()
-            && let Some(known) = fields
-            && !known.iter().any(|f| f == &field)
-        {
-            return Err(SchemaError::MissingField {
-                flow: flow.into(),
-                table,
-                column: name,
-                field,
-            });
-        }
-        let ty = ChType::parse(&type_name).map_err(|e| SchemaError::BadColumn {
-            flow: flow.into(),
-            table: table.clone(),
-            column: name.clone(),
-            reason: e.to_string(),
-        })?;
-        columns.push(ColumnPlan {
-            column: name,
-            field,
-            ty,
-            type_name,
-            constant,
-        });
+        columns.extend(planner.plan(name, type_name, &default_kind)?);
     }
     Ok(TablePlan::new(
         table,
@@ -199,6 +157,75 @@ pub async fn plan_table(
         columns,
         target.headers.values().cloned().collect(),
     ))
+}
+
+/// Plans the columns of one target table.
+struct ColumnPlanner<'a> {
+    flow: &'a str,
+    table: &'a str,
+    target: &'a TargetTable,
+    fields: Option<&'a [String]>,
+}
+
+impl ColumnPlanner<'_> {
+    /// What fills the column `name`: the field the flow maps to it, a
+    /// header, a constant, or the field of its own name. `None`: the server
+    /// fills it (a DEFAULT, MATERIALIZED or ALIAS column the flow does not
+    /// map).
+    fn plan(
+        &self,
+        name: String,
+        type_name: String,
+        default_kind: &str,
+    ) -> Result<Option<ColumnPlan>, SchemaError> {
+        let target = self.target;
+        let header = of_column(&target.headers, &name);
+        let mapped = of_column(&target.columns, &name)
+            .cloned()
+            .or_else(|| header.map(|h| header_field(h)));
+        let constant =
+            of_column(&target.constants, &name).map(|v| serde_json::Value::String(v.clone()));
+        let field = match mapped {
+            Some(field) => field,
+            None if constant.is_some() => String::new(),
+            None if !default_kind.is_empty() => return Ok(None),
+            None => name.clone(),
+        };
+        if constant.is_none()
+            && header.is_none()
+            && let Some(known) = self.fields
+            && !known.iter().any(|f| f == &field)
+        {
+            return Err(SchemaError::MissingField {
+                flow: self.flow.into(),
+                table: self.table.into(),
+                column: name,
+                field,
+            });
+        }
+        let ty = ChType::parse(&type_name).map_err(|e| SchemaError::BadColumn {
+            flow: self.flow.into(),
+            table: self.table.into(),
+            column: name.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(ColumnPlan {
+            column: name,
+            field,
+            ty,
+            type_name,
+            constant,
+        }))
+    }
+}
+
+/// What a flow's map (`columns`, `constants`, `headers`) gives the column
+/// `name`.
+fn of_column<'m>(
+    map: &'m std::collections::BTreeMap<flows::ident::Ident, String>,
+    name: &str,
+) -> Option<&'m String> {
+    map.iter().find(|(c, _)| c.as_str() == name).map(|(_, v)| v)
 }
 
 /// A table's columns as the server has them now: (name, type name), from

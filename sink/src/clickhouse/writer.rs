@@ -12,14 +12,15 @@
 //! current types. Where the server can check them
 //! (`caps::insert_checks_types`), every insert declares the column types
 //! its rows were encoded for and a block encoded for other types is refused
-//! whole ([`types_differ`]); elsewhere the caller compares the types right
-//! before the insert (`flow_sink`).
+//! whole (`InsertError::TypesDiffer`); elsewhere the caller compares the
+//! types right before the insert (`flow_sink::store`).
 
 use bytes::Bytes;
 use clickhouse::Client;
 
 use super::caps::ServerCaps;
 use super::schema::TablePlan;
+use crate::error::InsertError;
 
 pub struct ClickHouseWriter {
     client: Client,
@@ -40,12 +41,9 @@ impl ClickHouseWriter {
     }
 
     /// Inserts `rows` (RowBinary for `plan`'s columns) as one block,
-    /// declaring `plan`'s types where the server checks them.
-    pub async fn insert(
-        &self,
-        plan: &TablePlan,
-        rows: Bytes,
-    ) -> Result<(), clickhouse::error::Error> {
+    /// declaring `plan`'s types where the server checks them. A failure
+    /// comes sorted ([`InsertError`]).
+    pub async fn insert(&self, plan: &TablePlan, rows: Bytes) -> Result<(), InsertError> {
         let sql = format!("{} FORMAT {}", plan.insert_into, insert_format(&self.caps));
         let mut insert = self.client.insert_formatted_with(sql);
         if self.caps.insert_checks_types {
@@ -57,7 +55,7 @@ impl ClickHouseWriter {
             insert.send(plan.types_header.clone()).await?;
         }
         insert.send(rows).await?;
-        insert.end().await
+        Ok(insert.end().await?)
     }
 }
 
@@ -68,89 +66,5 @@ pub fn insert_format(caps: &ServerCaps) -> &'static str {
         "RowBinaryWithNamesAndTypes"
     } else {
         "RowBinary"
-    }
-}
-
-/// The server refused a block because the types it declares are not the
-/// table's (code 117, "Type of 'c' must be T, not U"): the table changed
-/// since the block was encoded. Nothing of it is stored.
-pub fn types_differ(error: &clickhouse::error::Error) -> bool {
-    let text = error.to_string();
-    text.contains("Code: 117") && text.contains("Type of '")
-}
-
-/// ClickHouse's answer to an INSERT that no retry cures until someone
-/// changes the table (or the grants): the table or database is gone, a
-/// column is missing or of another type, the user may not write. The sink
-/// keeps retrying (the table may come back) but the flow is not ready, with
-/// this reason. Connection errors and server overload are not refusals.
-pub fn refusal(error: &clickhouse::error::Error) -> Option<String> {
-    const FOR_GOOD: &[(u32, &str)] = &[
-        (10, "a column is missing"),
-        (16, "a column is missing"),
-        (20, "the number of columns differs"),
-        (33, "the columns differ"),
-        (44, "a column's type differs"),
-        (47, "a column is missing"),
-        (53, "a column's type differs"),
-        (60, "the table does not exist"),
-        (81, "the database does not exist"),
-        (164, "the server is read-only"),
-        (192, "ClickHouse does not know the user"),
-        (193, "ClickHouse refuses the password"),
-        (194, "ClickHouse requires a password"),
-        (497, "the user may not insert"),
-        (516, "ClickHouse refuses the credentials"),
-    ];
-    let text = error.to_string();
-    let code: u32 = text
-        .split_once("Code: ")?
-        .1
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()?;
-    let (_, what) = FOR_GOOD.iter().find(|(c, _)| *c == code)?;
-    let detail: String = text.chars().take(300).collect();
-    Some(format!("{what} (ClickHouse code {code}: {detail})"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_are_told_from_transient_errors() {
-        let old = clickhouse::error::Error::BadResponse(
-            "Code: 60, e.displayText() = DB::Exception: Table t.x doesn't exist., e.what() = DB::Exception".into(),
-        );
-        let current = clickhouse::error::Error::BadResponse(
-            "Code: 16. DB::Exception: No such column y in table t.x. (NO_SUCH_COLUMN_IN_TABLE)"
-                .into(),
-        );
-        let busy = clickhouse::error::Error::BadResponse(
-            "Code: 202. DB::Exception: Too many simultaneous queries. (TOO_MANY_SIMULTANEOUS_QUERIES)".into(),
-        );
-        assert!(refusal(&old).is_some_and(|r| r.starts_with("the table does not exist")));
-        assert!(refusal(&current).is_some_and(|r| r.starts_with("a column is missing")));
-        assert_eq!(refusal(&busy), None);
-        assert_eq!(refusal(&clickhouse::error::Error::TimedOut), None);
-    }
-
-    #[test]
-    fn a_block_of_other_types_is_told_from_other_errors() {
-        // As chdb 4.4 (ClickHouse 26.9) answers a RowBinaryWithNamesAndTypes
-        // block declaring Decimal(9, 2) for a Decimal(9, 4) column.
-        let differ = clickhouse::error::Error::BadResponse(
-            "Code: 117. DB::Exception: Type of 'price' must be Decimal(9, 4), not Decimal(9, 2): (while reading header): While executing BinaryRowInputFormat. (INCORRECT_DATA) (version 26.9.2.1)".into(),
-        );
-        let bad_data = clickhouse::error::Error::BadResponse(
-            "Code: 117. DB::Exception: Unexpected NULL value of not Nullable type String. (INCORRECT_DATA)".into(),
-        );
-        assert!(types_differ(&differ));
-        assert!(!types_differ(&bad_data));
-        assert!(!types_differ(&clickhouse::error::Error::TimedOut));
-        assert_eq!(refusal(&differ), None, "not a refusal: the sink re-plans");
     }
 }
