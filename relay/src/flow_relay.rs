@@ -104,9 +104,9 @@ impl FlowRelay {
                 }
                 Err(err) if classify(&err) == Recovery::Fatal => return Err(err),
                 Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(flow, %error, retry_in_ms = delay.as_millis() as u64, "relay session lost; reconnecting");
-                    sleep_or_shutdown(delay, &shutdown).await;
+                    let retry_in_ms = backoff.upcoming().as_millis() as u64;
+                    tracing::warn!(flow, %error, retry_in_ms, "relay session lost; reconnecting");
+                    backoff.wait(&shutdown).await;
                 }
             }
         }
@@ -326,9 +326,9 @@ impl FlowRelay {
                 // comes back is retried like an abort.
                 Recovery::RecreateProducer | Recovery::SetAside => {
                     stats.failed.inc();
-                    let delay = backoff.next_delay();
-                    tracing::warn!(flow, table = %led.table.table, error = %err, retry_in_ms = delay.as_millis() as u64, "batch not published; nothing flagged, retrying with a new kafka producer");
-                    if !sleep_or_shutdown(delay, shutdown).await {
+                    let retry_in_ms = backoff.upcoming().as_millis() as u64;
+                    tracing::warn!(flow, table = %led.table.table, error = %err, retry_in_ms, "batch not published; nothing flagged, retrying with a new kafka producer");
+                    if !backoff.wait(shutdown).await {
                         return Ok(None);
                     }
                     false
@@ -458,9 +458,9 @@ impl FlowRelay {
             {
                 Ok(Ok(p)) => return Some(Arc::new(p)),
                 Ok(Err(error)) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(flow, %error, retry_in_ms = delay.as_millis() as u64, "kafka producer not ready");
-                    if !sleep_or_shutdown(delay, shutdown).await {
+                    let retry_in_ms = backoff.upcoming().as_millis() as u64;
+                    tracing::warn!(flow, %error, retry_in_ms, "kafka producer not ready");
+                    if !backoff.wait(shutdown).await {
                         return None;
                     }
                 }
@@ -511,12 +511,4 @@ async fn limit_session(client: &Client, pg: &PostgresConfig) -> Result<(), Relay
         }
     }
     Ok(())
-}
-
-/// Sleeps unless shut down first; false when shut down.
-async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => true,
-        () = shutdown.cancelled() => false,
-    }
 }

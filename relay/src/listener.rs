@@ -49,11 +49,10 @@ pub async fn listen(url: String, wakers: Wakers, shutdown: CancellationToken) {
         match listen_once(&url, &wakers, &shutdown).await {
             Ok(()) => return,
             Err(error) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "notification listener lost; polling meanwhile");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return,
+                let retry_in_ms = backoff.upcoming().as_millis() as u64;
+                tracing::warn!(%error, retry_in_ms, "notification listener lost; polling meanwhile");
+                if !backoff.wait(&shutdown).await {
+                    return;
                 }
             }
         }
