@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             Err(e) => return bad_setting(NAME, &e),
         };
         if matches!(cli.command, Command::Config) {
-            outbox_cli::print_effective(&env);
+            outbox_cli::print_effective(&env, flows::settings::Reader::Stage);
             return ExitCode::SUCCESS;
         }
         if let Err(code) = outbox_cli::check_kafka(NAME, &config.kafka).await {
