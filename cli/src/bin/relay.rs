@@ -177,10 +177,10 @@ async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
 
 async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(RelayConfig::from_env(env))?;
+    outbox_cli::warn_ignored(&config.ignored);
     outbox_cli::check_kafka(NAME, &config.kafka.endpoint).await?;
     let shutdown = outbox_cli::daemon_signals(NAME)?;
     tracing::info!(flows = ?config.flows.iter().map(|f| f.name.to_string()).collect::<Vec<_>>(), "relay starting");
-    outbox_cli::warn_ignored(&config.ignored);
     match relay::run(config, daemon::metrics::Metrics::default(), shutdown).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(RelayError::Panicked(panic)) => Err(outbox_cli::panicked(NAME, &panic)),
