@@ -13,7 +13,7 @@ const NAME: &str = "relay";
 /// Outbox relay: publishes pending Postgres rows to Kafka in transactions.
 ///
 /// Settings come from the environment (DATABASE_URL, KAFKA_BROKERS, FLOWS,
-/// RELAY_*, KAFKA_*); README.md lists them all with their defaults.
+/// RELAY_*, KAFKA_*); docs/settings.md lists them all with their defaults.
 #[derive(Parser)]
 #[command(name = "relay", version)]
 struct Cli {

@@ -14,7 +14,7 @@ const NAME: &str = "sink";
 ///
 /// Settings come from the environment (CLICKHOUSE_URL, CLICKHOUSE_USER,
 /// CLICKHOUSE_PASSWORD, CLICKHOUSE_DATABASE, KAFKA_BROKERS, FLOWS, SINK_*);
-/// README.md lists them all with their defaults.
+/// docs/settings.md lists them all with their defaults.
 #[derive(Parser)]
 #[command(name = "sink", version)]
 struct Cli {

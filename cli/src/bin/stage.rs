@@ -13,7 +13,7 @@ const NAME: &str = "stage";
 /// producer's transaction.
 ///
 /// Settings come from the environment (KAFKA_BROKERS, FLOWS, STAGE_*);
-/// README.md lists them with their defaults.
+/// docs/settings.md lists them with their defaults.
 #[derive(Parser)]
 #[command(name = "stage", version)]
 struct Cli {

@@ -19,9 +19,10 @@ over an optional settings file (`--config FILE` on any command, or
 `OUTBOX_CONFIG`), over the defaults below; an empty value counts as unset.
 
 - A variable starting with one of a daemon's prefixes that the daemon does not
-  read is refused as misspelt, and so is a value that does not parse: the
-  command exits 2 with one line naming the setting (or the file's key), never
-  echoing a secret.
+  read is refused as misspelt, and so is a value that does not parse (a URL
+  or broker list included: a port that is not a number is a setting to fix,
+  not a server to wait for): the command exits 2 with one line naming the
+  setting (or the file's key), never echoing a secret.
 - Secrets are never logged nor shown; each may instead be read from the file
   that `NAME_FILE` names (one trailing newline dropped; setting both is
   refused), and the settings file refuses them (use its `…_file` key).
@@ -32,6 +33,32 @@ over an optional settings file (`--config FILE` on any command, or
   and a key the rest of the name, lower-case (`[relay] batch_size = 500` is
   `RELAY_BATCH_SIZE`); the *file key* column below says where each goes, `—`
   when the file has none. Variables in the environment win over the file.
+  An unknown section or top-level key exits 2 like a misspelt variable.
+
+```toml
+flows = [\"user_logins\", \"sales\"]        # FLOWS
+database_url_file = \"/run/credentials/relay/database_url\"   # DATABASE_URL_FILE
+
+[kafka]
+brokers = \"kafka-1:9092,kafka-2:9092\"   # KAFKA_BROKERS
+
+[relay]
+batch_size = 5000                       # RELAY_BATCH_SIZE
+
+[clickhouse]
+url = \"http://clickhouse:8123\"          # CLICKHOUSE_URL
+password_file = \"/run/credentials/sink/ch\"   # CLICKHOUSE_PASSWORD_FILE
+```
+";
+
+const FIXED: &str = "\
+## Fixed consumer settings
+
+Not settable, but worth knowing (`connections/src/kafka.rs`, shared by the sink
+and the stage): `session.timeout.ms=10000` (a killed sink's partitions move on
+after 10 s), `queued.max.messages.kbytes=32768` (bounded prefetch, so memory
+stays bounded at any backlog), `fetch.wait.max.ms=20` (Kafka's 500 ms default
+would set the floor of end-to-end latency), `isolation.level=read_committed`.
 ";
 
 /// The reference, as Markdown.
@@ -68,6 +95,8 @@ pub fn markdown() -> String {
             row(&mut out, *setting);
         }
     }
+    out.push('\n');
+    out.push_str(FIXED);
     out
 }
 
@@ -133,5 +162,30 @@ mod tests {
         }
         assert!(text.contains("| `RELAY_BATCH_SIZE` | relay | integer, 1 to 100000 | `10000` | `relay.batch_size` |"), "{text}");
         assert_eq!(anchor("Relay: Kafka producer"), "relay-kafka-producer");
+    }
+
+    #[test]
+    fn the_settings_file_example_sets_declared_settings() {
+        let example = INTRO
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap_or_default();
+        let path =
+            std::env::temp_dir().join(format!("outbox-doc-example-{}.toml", std::process::id()));
+        std::fs::write(&path, example).unwrap_or_else(|e| panic!("{e}"));
+        let read = config_file::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(read.len(), 6, "{read:?}");
+        for setting in read {
+            let name = setting.var.strip_suffix("_FILE").unwrap_or(&setting.var);
+            assert!(super::super::table::find(name).is_some(), "{}", setting.var);
+            // The comment names the variable.
+            assert!(
+                example.contains(&format!("# {}", setting.var)),
+                "{}",
+                setting.var
+            );
+        }
     }
 }
