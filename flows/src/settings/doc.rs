@@ -1,8 +1,7 @@
 //! `docs/settings.md`, written from the declarations (`table`): the
 //! reference can only say what the daemons do. Regenerate it with
 //! `cargo run -q -p flows --example settings-doc > docs/settings.md`;
-//! `scripts/check-settings-doc.sh` (CI) fails when the committed file
-//! differs.
+//! `scripts/check-docs.sh` (CI) fails when the committed file differs.
 
 use std::fmt::Write;
 
@@ -66,7 +65,7 @@ pub fn markdown() -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "<!-- Generated from flows/src/settings/table.rs by `{COMMAND}`; do not edit. scripts/check-settings-doc.sh fails when this file differs. -->"
+        "<!-- Generated from flows/src/settings/table.rs by `{COMMAND}`; do not edit. scripts/check-docs.sh (CI) fails when this file differs. -->"
     );
     out.push_str("\n# Settings\n\n");
     out.push_str(INTRO);

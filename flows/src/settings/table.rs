@@ -35,7 +35,7 @@ pub const FLOWS_FILE: Setting<Path> = Setting::new(
     EVERY,
     Path,
     Unset::Means("none"),
-    "a TOML file adding or replacing flows (README, *Flows*)",
+    "a TOML file adding or replacing flows ([Adding your own flow](flows.md#adding-your-own-flow))",
 );
 pub const MIGRATIONS_DIR: Setting<Path> = Setting::new(
     "MIGRATIONS_DIR",
@@ -177,7 +177,7 @@ pub const DATABASE_URL: Setting<Url> = Setting::new(
         schemes: &["postgres", "postgresql"],
     },
     Unset::Required,
-    "`postgres://user:pass@host:port/db` with libpq's TLS parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`); `config` and the logs show it with the password replaced",
+    "`postgres://user:pass@host:port/db` with libpq's TLS parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`; [Secure defaults](operations.md#secure-defaults)); `config` and the logs show it with the password replaced",
 )
 .as_secret();
 pub const POSTGRES_POOL_SIZE: Setting<Whole> = Setting::new(
@@ -245,14 +245,14 @@ pub const RELAY_SHARDS: Setting<Text> = Setting::new(
     RELAY,
     Text,
     Unset::Default("all"),
-    "the shards of split flows this relay prefers: `all`, or indexes such as `0,1` or `2-3`; it leads others only while no live relay prefers them (README, *Shards*)",
+    "the shards of split flows this relay prefers: `all`, or indexes such as `0,1` or `2-3`; it leads others only while no live relay prefers them ([Shards](operations.md#shards-more-than-one-relay-process-per-flow))",
 );
 pub const RELAY_PRUNE_INTERVAL_MS: Setting<Millis> = Setting::new(
     "RELAY_PRUNE_INTERVAL_MS",
     RELAY,
     Millis::POSITIVE,
     ms(300_000),
-    "how often the active relay deletes the sent rows of flows with a `retention` older than it, the first time one interval after it takes the lead",
+    "how often the active relay deletes the sent rows of flows with a `retention` older than it, the first time one interval after it takes the lead ([Retention of sent rows](operations.md#retention-of-sent-rows))",
 );
 pub const RELAY_SESSION_TIMEOUT_MS: Setting<Millis> = Setting::new(
     "RELAY_SESSION_TIMEOUT_MS",
@@ -273,7 +273,7 @@ pub const RELAY_STUCK_AFTER_MS: Setting<Millis> = Setting::new(
     RELAY,
     Millis::POSITIVE,
     ms(120_000),
-    "a flow loop that has not turned this long is stuck: the systemd watchdog is no longer fed; at least twice the query timeout, poll interval and standby retry, and three times `KAFKA_COMMIT_TIMEOUT_MS`",
+    "a flow loop that has not turned this long is stuck: the systemd watchdog is no longer fed (systemd restarts the relay); at least twice the query timeout, poll interval and standby retry, and three times `KAFKA_COMMIT_TIMEOUT_MS`",
 );
 pub const RELAY_STALL_AFTER_MS: Setting<Millis> = Setting::new(
     "RELAY_STALL_AFTER_MS",
@@ -300,7 +300,7 @@ pub const RELAY_SWEEP_INTERVAL_MS: Setting<Ignored> = Setting::new(
     "RELAY_SWEEP_INTERVAL_MS",
     RELAY,
     Ignored {
-        why: "the whole-table sweep it paced is gone; the relay's windows find every row (README, *Source tables*)",
+        why: "the whole-table sweep it paced is gone; the relay's windows find every row (docs/flows.md, *Source tables*)",
     },
     Unset::Means("—"),
     "accepted and ignored, with a warning at start-up",
@@ -409,7 +409,7 @@ pub const SINK_FLUSH_INTERVAL_MS: Setting<Millis> = Setting::new(
     SINK,
     Millis::POSITIVE,
     ms(100),
-    "…or when the oldest buffered message is this old: most of the end-to-end latency at low rates, and at most 1000/this inserts a second per table",
+    "…or when the oldest buffered message is this old: most of the end-to-end latency at low rates (20 halves the p99: BENCHMARKS.md), and at most 1000/this inserts a second per table",
 );
 pub const SINK_MAX_MESSAGE_BYTES: Setting<Whole> = Setting::new(
     "SINK_MAX_MESSAGE_BYTES",
@@ -458,14 +458,14 @@ pub const SINK_SCHEMA_CHECK_MS: Setting<Millis> = Setting::new(
     SINK,
     Millis::POSITIVE,
     ms(5_000),
-    "how often each target table's columns are read again: a column added or widened is loaded from the next batch, one dropped or narrowed holds the flow not ready",
+    "how often each target table's columns are read again: a column added or widened is loaded from the next batch, one dropped or narrowed holds the flow not ready ([Schema changes](flows.md#schema-changes-without-a-stop))",
 );
 pub const SINK_MAX_FRESHNESS_MS: Setting<MillisOrOff> = Setting::new(
     "SINK_MAX_FRESHNESS_MS",
     SINK,
     MillisOrOff,
     Unset::Default(None),
-    "rows loaded later than this after their commit (or waiting longer), for `SINK_STALL_AFTER_MS`, make the flow not ready (README, *Freshness*)",
+    "rows loaded later than this after their commit (or waiting longer), for `SINK_STALL_AFTER_MS`, make the flow not ready (*Freshness* in [Operations](operations.md#operations))",
 );
 pub const SINK_DASHBOARD_ADDR: Setting<Listen> = Setting::new(
     "SINK_DASHBOARD_ADDR",
