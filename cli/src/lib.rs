@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use tokio_util::sync::CancellationToken;
 
-use flows::settings::{Env, SettingError, Source};
+use flows::settings::{Env, Reader, SettingError, Source};
 
 /// Where the settings file's values came from (variable → `key in FILE`),
 /// so that a bad value is reported under the name the operator wrote.
@@ -70,18 +70,29 @@ pub fn bad_setting(name: &str, e: &SettingError) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// `relay config` (and the sink's and stage's): every setting the daemon
-/// read while building its configuration, with its value (secrets
-/// redacted) and where it came from, one `NAME=value  # source` per line.
-pub fn print_effective(env: &Env) {
-    for setting in env.effective() {
+/// `relay config` (and the sink's and stage's): every setting declared for
+/// the daemon, with its value (secrets redacted) and where it came from,
+/// one `NAME=value  # source` per line.
+pub fn print_effective(env: &Env, reader: Reader) {
+    for setting in env.effective(reader) {
         let value = setting.shown.unwrap_or_default();
         let source = match setting.source {
             Source::Default => "default".to_owned(),
             Source::Environment => "environment".to_owned(),
             Source::File(origin) => format!("file: {origin}"),
         };
-        println!("{}={value}  # {source}", setting.name);
+        match setting.ignored {
+            Some(why) => println!("{}={value}  # {source}; ignored: {why}", setting.name),
+            None => println!("{}={value}  # {source}", setting.name),
+        }
+    }
+}
+
+/// One warning per setting that is set but no longer used (see
+/// `Env::ignored`), at a daemon's start.
+pub fn warn_ignored(ignored: &[(&str, &str)]) {
+    for (name, why) in ignored {
+        tracing::warn!(setting = name, "{name} is no longer used: {why}");
     }
 }
 

@@ -8,22 +8,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use flows::settings::{Env, SettingError};
-
-/// The Kafka variables every daemon knows, besides its own.
-pub const KNOWN_VARS: &[&str] = &[
-    "KAFKA_BROKERS",
-    "KAFKA_SECURITY_PROTOCOL",
-    "KAFKA_SASL_MECHANISM",
-    "KAFKA_SASL_USERNAME",
-    "KAFKA_SASL_PASSWORD",
-    "KAFKA_SSL_CA_LOCATION",
-    "KAFKA_SSL_CERTIFICATE_LOCATION",
-    "KAFKA_SSL_KEY_LOCATION",
-    "KAFKA_SSL_KEY_PASSWORD",
-    "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
-    "KAFKA_DEBUG",
-];
+use flows::settings::{
+    self, Env, KAFKA_SASL_MECHANISM, KAFKA_SASL_PASSWORD, KAFKA_SASL_USERNAME,
+    KAFKA_SSL_CA_LOCATION, KAFKA_SSL_CERTIFICATE_LOCATION,
+    KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM, KAFKA_SSL_KEY_LOCATION, KAFKA_SSL_KEY_PASSWORD,
+    SettingError,
+};
 
 /// librdkafka's debug contexts (its `debug` property), for `KAFKA_DEBUG`.
 const DEBUG_CONTEXTS: &[&str] = &[
@@ -100,117 +90,87 @@ impl KafkaEndpoint {
     /// `KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM` (`https`, the default:
     /// the broker's certificate must name it; `none`).
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
-        let brokers = env.required("KAFKA_BROKERS")?;
-        for broker in brokers.split(',').map(str::trim) {
-            let address = broker.split_once("://").map_or(broker, |(_, a)| a);
-            if address.is_empty() {
-                return Err(SettingError::new(
-                    "KAFKA_BROKERS",
-                    "must be host:port[,host:port…] with no empty entry",
-                ));
-            }
-            flows::settings::check_port("KAFKA_BROKERS", address)?;
-        }
-        let protocol = env
-            .string_or("KAFKA_SECURITY_PROTOCOL", "plaintext")
-            .to_ascii_lowercase();
-        let (tls, sasl) = match protocol.as_str() {
-            "plaintext" => (false, false),
+        let brokers = settings::KAFKA_BROKERS.get(env)?;
+        let protocol = settings::KAFKA_SECURITY_PROTOCOL.get(env)?;
+        let (tls, sasl) = match protocol {
             "ssl" => (true, false),
             "sasl_plaintext" => (false, true),
             "sasl_ssl" => (true, true),
-            _ => {
+            _ => (false, false),
+        };
+        let mut security = vec![("security.protocol", protocol.to_owned())];
+        let only_with = |setting: &dyn settings::Declared, needed: bool, what: &str| {
+            if env.get(setting.name()).is_some() && !needed {
                 return Err(SettingError::new(
-                    "KAFKA_SECURITY_PROTOCOL",
-                    "must be plaintext, ssl, sasl_plaintext or sasl_ssl",
+                    setting.name(),
+                    format!("needs KAFKA_SECURITY_PROTOCOL={what}"),
                 ));
             }
-        };
-        let mut security = vec![("security.protocol", protocol.clone())];
-        let only_with = |name: &str, needed: bool, what: &str| match env.get(name) {
-            Some(_) if !needed => Err(SettingError::new(
-                name,
-                format!("needs KAFKA_SECURITY_PROTOCOL={what}"),
-            )),
-            _ => Ok(()),
+            Ok(())
         };
         if sasl {
-            let mechanism = env.string_or("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512");
-            if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism.as_str()) {
-                return Err(SettingError::new(
-                    "KAFKA_SASL_MECHANISM",
-                    "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
-                ));
-            }
-            security.push(("sasl.mechanism", mechanism));
-            security.push(("sasl.username", env.required("KAFKA_SASL_USERNAME")?));
-            security.push(("sasl.password", env.required("KAFKA_SASL_PASSWORD")?));
+            security.push(("sasl.mechanism", KAFKA_SASL_MECHANISM.get(env)?.to_owned()));
+            security.push(("sasl.username", KAFKA_SASL_USERNAME.get(env)?));
+            security.push(("sasl.password", KAFKA_SASL_PASSWORD.get(env)?));
         } else {
-            for name in [
-                "KAFKA_SASL_MECHANISM",
-                "KAFKA_SASL_USERNAME",
-                "KAFKA_SASL_PASSWORD",
+            for setting in [
+                &KAFKA_SASL_MECHANISM as &dyn settings::Declared,
+                &KAFKA_SASL_USERNAME,
+                &KAFKA_SASL_PASSWORD,
             ] {
-                only_with(name, false, "sasl_plaintext or sasl_ssl")?;
+                only_with(setting, false, "sasl_plaintext or sasl_ssl")?;
             }
         }
         let files = [
-            ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location"),
-            ("KAFKA_SSL_CERTIFICATE_LOCATION", "ssl.certificate.location"),
-            ("KAFKA_SSL_KEY_LOCATION", "ssl.key.location"),
+            (&KAFKA_SSL_CA_LOCATION, "ssl.ca.location"),
+            (&KAFKA_SSL_CERTIFICATE_LOCATION, "ssl.certificate.location"),
+            (&KAFKA_SSL_KEY_LOCATION, "ssl.key.location"),
         ];
-        for (name, property) in files {
-            only_with(name, tls, "ssl or sasl_ssl")?;
-            if let Some(path) = env.get(name) {
-                if !std::path::Path::new(path).is_file() {
-                    return Err(SettingError::new(name, "no such file"));
+        for (setting, property) in files {
+            only_with(setting, tls, "ssl or sasl_ssl")?;
+            if let Some(path) = setting.get_opt(env)? {
+                if !path.is_file() {
+                    return Err(SettingError::new(setting.name, "no such file"));
                 }
-                security.push((property, path.to_owned()));
+                security.push((property, path.display().to_string()));
             }
         }
-        if env.get("KAFKA_SSL_CERTIFICATE_LOCATION").is_some()
-            != env.get("KAFKA_SSL_KEY_LOCATION").is_some()
-        {
+        if KAFKA_SSL_CERTIFICATE_LOCATION.is_set(env) != KAFKA_SSL_KEY_LOCATION.is_set(env) {
             return Err(SettingError::new(
-                "KAFKA_SSL_KEY_LOCATION",
+                KAFKA_SSL_KEY_LOCATION.name,
                 "a client certificate needs both KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION",
             ));
         }
-        only_with("KAFKA_SSL_KEY_PASSWORD", tls, "ssl or sasl_ssl")?;
-        if let Some(password) = env.get("KAFKA_SSL_KEY_PASSWORD") {
-            security.push(("ssl.key.password", password.to_owned()));
+        only_with(&KAFKA_SSL_KEY_PASSWORD, tls, "ssl or sasl_ssl")?;
+        if let Some(password) = KAFKA_SSL_KEY_PASSWORD.get_opt(env)? {
+            security.push(("ssl.key.password", password));
         }
         only_with(
-            "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
+            &KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM,
             tls,
             "ssl or sasl_ssl",
         )?;
         if tls {
-            let identification =
-                env.string_or("KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "https");
-            if identification != "https" && identification != "none" {
-                return Err(SettingError::new(
-                    "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
-                    "must be https or none",
-                ));
-            }
-            security.push(("ssl.endpoint.identification.algorithm", identification));
+            let identification = KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM.get(env)?;
+            security.push((
+                "ssl.endpoint.identification.algorithm",
+                identification.to_owned(),
+            ));
         }
-        if let Some(debug) = env.get("KAFKA_DEBUG") {
-            if let Some(bad) = debug
-                .split(',')
-                .map(str::trim)
-                .find(|c| !DEBUG_CONTEXTS.contains(c))
+        if let Some(contexts) = settings::KAFKA_DEBUG.get_opt(env)? {
+            if let Some(bad) = contexts
+                .iter()
+                .find(|c| !DEBUG_CONTEXTS.contains(&c.as_str()))
             {
                 return Err(SettingError::new(
-                    "KAFKA_DEBUG",
+                    settings::KAFKA_DEBUG.name,
                     format!(
                         "unknown librdkafka debug context {bad:?} (known: {})",
                         DEBUG_CONTEXTS.join(", ")
                     ),
                 ));
             }
-            security.push(("debug", debug.to_owned()));
+            security.push(("debug", contexts.join(",")));
         }
         Ok(Self { brokers, security })
     }

@@ -147,13 +147,13 @@ fn parse(url: &str) -> Result<Target, String> {
     })
 }
 
-/// The Postgres URL setting `name` (`DATABASE_URL`): required, a
-/// `postgres://` URL, and TLS parameters that make sense — checked at start
-/// so a bad one exits 2, naming the setting and never echoing the URL.
-pub fn database_url(env: &flows::Env, name: &str) -> Result<String, flows::SettingError> {
-    let url = env.required(name)?;
-    flows::settings::check_url(name, &url, &["postgres", "postgresql"])?;
-    parse(&url).map_err(|e| flows::SettingError::new(name, e))?;
+/// `DATABASE_URL`: required, a `postgres://` URL (its declaration checks
+/// that), and TLS parameters that make sense — checked at start so a bad
+/// one exits 2, naming the setting and never echoing the URL.
+pub fn database_url(env: &flows::Env) -> Result<String, flows::SettingError> {
+    let setting = &flows::settings::DATABASE_URL;
+    let url = setting.get(env)?;
+    parse(&url).map_err(|e| flows::SettingError::new(setting.name, e))?;
     Ok(url)
 }
 

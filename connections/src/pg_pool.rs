@@ -12,15 +12,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, RecyclingMethod, Runtime
 use tokio_util::sync::CancellationToken;
 
 use crate::pg::PgConnectError;
-use flows::settings::{Env, SettingError};
-
-/// The settings of the pool (README, *Settings*).
-pub const KNOWN_VARS: &[&str] = &[
-    "POSTGRES_POOL_SIZE",
-    "POSTGRES_CONNECT_TIMEOUT_MS",
-    "POSTGRES_STATEMENT_TIMEOUT_MS",
-    "POSTGRES_KEEPALIVE_IDLE_MS",
-];
+use flows::settings::{self, Env, SettingError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -36,15 +28,13 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
+    /// The `POSTGRES_*` settings.
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
-        let ms = |name: &str, default: u64| -> Result<Duration, SettingError> {
-            Ok(Duration::from_millis(env.positive_or(name, default)?))
-        };
         Ok(Self {
-            size: usize::try_from(env.positive_or("POSTGRES_POOL_SIZE", 4)?).unwrap_or(4),
-            connect_timeout: ms("POSTGRES_CONNECT_TIMEOUT_MS", 10_000)?,
-            statement_timeout: ms("POSTGRES_STATEMENT_TIMEOUT_MS", 60_000)?,
-            keepalive_idle: ms("POSTGRES_KEEPALIVE_IDLE_MS", 10_000)?,
+            size: usize::try_from(settings::POSTGRES_POOL_SIZE.get(env)?).unwrap_or(usize::MAX),
+            connect_timeout: settings::POSTGRES_CONNECT_TIMEOUT_MS.get(env)?,
+            statement_timeout: settings::POSTGRES_STATEMENT_TIMEOUT_MS.get(env)?,
+            keepalive_idle: settings::POSTGRES_KEEPALIVE_IDLE_MS.get(env)?,
         })
     }
 }

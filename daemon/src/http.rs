@@ -305,16 +305,6 @@ pub fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
         .map(|(le, _)| *le)
 }
 
-/// Parses a `host:port` setting; `off` disables the endpoint (`None`).
-pub fn parse_addr(name: &str, value: &str) -> Result<Option<SocketAddr>, flows::SettingError> {
-    if value == "off" {
-        return Ok(None);
-    }
-    value.parse().map(Some).map_err(|_| {
-        flows::SettingError::new(name, "expected host:port (e.g. 127.0.0.1:9101) or `off`")
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,7 +409,5 @@ mod tests {
         };
         assert!(big.starts_with("HTTP/1.1 413"), "{big}");
         shutdown.cancel();
-        assert_eq!(parse_addr("A", "off"), Ok(None));
-        assert!(parse_addr("A", "nonsense").is_err());
     }
 }

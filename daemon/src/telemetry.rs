@@ -3,7 +3,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use flows::settings::{Env, SettingError};
+use flows::settings::{Env, LOG_FORMAT, SettingError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -12,10 +12,9 @@ pub enum LogFormat {
 }
 
 pub fn log_format(env: &Env) -> Result<LogFormat, SettingError> {
-    match env.get("LOG_FORMAT") {
-        None | Some("text") => Ok(LogFormat::Text),
-        Some("json") => Ok(LogFormat::Json),
-        Some(_) => Err(SettingError::new("LOG_FORMAT", "expected `text` or `json`")),
+    match LOG_FORMAT.get(env)? {
+        "json" => Ok(LogFormat::Json),
+        _ => Ok(LogFormat::Text),
     }
 }
 

@@ -14,19 +14,40 @@
 
 use std::path::Path;
 
-use crate::settings::{SECRET_VARS, SettingError};
+use crate::settings::{Declared, SettingError};
 
 /// Sections, each the prefix of its variables (`[sink]` → `SINK_…`).
 pub const SECTIONS: &[&str] = &["relay", "sink", "stage", "kafka", "clickhouse"];
 
-/// Settings outside any section.
-pub const TOP_LEVEL: &[&str] = &[
-    "flows",
-    "flows_file",
-    "migrations_dir",
-    "log_format",
-    "database_url_file",
-];
+/// Where `setting` goes in the file: `relay.batch_size`, a top-level
+/// `flows`, `database_url_file` for a secret; `None` when the file has no
+/// key for it (environment-only settings, those of no section).
+pub fn key(setting: &dyn Declared) -> Option<String> {
+    if setting.env_only() {
+        return None;
+    }
+    let name = setting.name().to_lowercase();
+    let name = if setting.secret() {
+        format!("{name}_file")
+    } else {
+        name
+    };
+    match SECTIONS
+        .iter()
+        .find_map(|s| Some((s, name.strip_prefix(s)?.strip_prefix('_')?)))
+    {
+        Some((section, key)) => Some(format!("{section}.{key}")),
+        None => Some(name),
+    }
+}
+
+/// The keys outside any section, as the file writes them.
+pub fn top_level() -> Vec<String> {
+    crate::settings::all()
+        .filter_map(key)
+        .filter(|k| !k.contains('.'))
+        .collect()
+}
 
 /// One setting the file sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +81,8 @@ pub fn read(path: &Path) -> Result<Vec<FileSetting>, SettingError> {
                 let var = format!("{key}_{name}").to_uppercase();
                 settings.push(setting(var, value, origin)?);
             }
-        } else if TOP_LEVEL.contains(&key.as_str()) {
+        } else if top_level().contains(&key) || top_level().contains(&format!("{key}_file")) {
+            // A secret's own name is known here to be refused as a secret.
             let origin = format!("{key} in {shown}");
             settings.push(setting(key.to_uppercase(), value, origin)?);
         } else {
@@ -69,7 +91,7 @@ pub fn read(path: &Path) -> Result<Vec<FileSetting>, SettingError> {
                 format!(
                     "unknown key (sections: {}; top-level keys: {})",
                     SECTIONS.join(", "),
-                    TOP_LEVEL.join(", ")
+                    top_level().join(", ")
                 ),
             ));
         }
@@ -78,7 +100,7 @@ pub fn read(path: &Path) -> Result<Vec<FileSetting>, SettingError> {
 }
 
 fn setting(var: String, value: config::Value, origin: String) -> Result<FileSetting, SettingError> {
-    if SECRET_VARS.contains(&var.as_str()) {
+    if crate::settings::find(&var).is_some_and(|s| s.secret()) {
         return Err(SettingError::new(
             &origin,
             format!(
@@ -137,6 +159,24 @@ mod tests {
     }
 
     #[test]
+    fn the_top_level_keys_are_those_of_no_section() {
+        assert_eq!(
+            top_level(),
+            [
+                "flows",
+                "flows_file",
+                "migrations_dir",
+                "log_format",
+                "database_url_file"
+            ]
+        );
+        let batch = crate::settings::find("RELAY_BATCH_SIZE").map(key);
+        assert_eq!(batch, Some(Some("relay.batch_size".to_owned())));
+        let pool = crate::settings::find("POSTGRES_POOL_SIZE").map(key);
+        assert_eq!(pool, Some(None), "environment only");
+    }
+
+    #[test]
     fn unknown_sections_keys_and_secrets_are_refused_naming_them() {
         let err = read_text("[realy]\nbatch_size = 1\n").err();
         assert!(
@@ -155,6 +195,14 @@ mod tests {
             err.as_ref()
                 .is_some_and(|e| e.name.starts_with("clickhouse.password in ")
                     && e.reason.contains("clickhouse.password_file")
+                    && !e.to_string().contains("hunter2")),
+            "{err:?}"
+        );
+        let err = read_text("database_url = \"postgres://u:hunter2@h/db\"\n").err();
+        assert!(
+            err.as_ref()
+                .is_some_and(|e| e.name.starts_with("database_url in ")
+                    && e.reason.contains("database_url_file")
                     && !e.to_string().contains("hunter2")),
             "{err:?}"
         );

@@ -1,18 +1,31 @@
 //! Settings come from the environment, over an optional settings file
-//! (`config_file`), over built-in defaults. Each daemon lists the variables
-//! it knows; a missing, malformed or unknown one is a [`SettingError`] naming
-//! the variable, or the file's key (never echoing its value, which may hold
-//! a password), and the binaries turn that into one line on stderr and exit
-//! code 2. An [`Env`] remembers every setting the daemon consulted and where
-//! its value came from, which `relay config` (and the sink's and stage's)
-//! print.
+//! (`config_file`), over built-in defaults. Every setting is declared once
+//! in [`table`] — name, who reads it, kind, default, secret or not, doc —
+//! and read with its declaration's getter (`RELAY_BATCH_SIZE.get(&env)?`).
+//! A missing, malformed or unknown one is a [`SettingError`] naming the
+//! variable, or the file's key (never echoing its value, which may hold a
+//! password), and the binaries turn that into one line on stderr and exit
+//! code 2. `relay config` (and the sink's and stage's) print the declared
+//! settings of the daemon from an [`Env`], with where each value came from.
 
-use std::collections::BTreeMap;
+mod doc;
+mod kind;
+mod setting;
+mod table;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use crate::definition::{Flow, FlowCatalog};
+
+pub use doc::markdown;
+pub use kind::{
+    Brokers, Choice, Identifier, Ignored, KafkaName, Kind, List, Listen, Millis, MillisOrOff, Path,
+    Text, Url, Whole,
+};
+pub use setting::{Declared, Reader, Setting, Unset};
+pub use table::*;
 
 /// A setting that is missing, malformed or not known.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,16 +44,6 @@ impl SettingError {
     }
 }
 
-/// Settings that hold secrets: each may instead be read from the file named
-/// by the same name + `_FILE` (Docker and systemd credentials), so the secret
-/// never sits in the environment or a unit file.
-pub const SECRET_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "CLICKHOUSE_PASSWORD",
-    "KAFKA_SASL_PASSWORD",
-    "KAFKA_SSL_KEY_PASSWORD",
-];
-
 /// A snapshot of the settings: environment variables over the settings
 /// file. Empty values count as unset.
 #[derive(Clone, Debug, Default)]
@@ -49,8 +52,8 @@ pub struct Env {
     /// Where a variable that is not from the environment came from (the
     /// file's key), for messages and `config`.
     origins: BTreeMap<String, String>,
-    /// Every setting read so far, with the default used when unset.
-    consulted: Arc<Mutex<BTreeMap<String, Option<String>>>>,
+    /// Every variable read so far (see [`Env::read_names`]).
+    read: Arc<Mutex<BTreeSet<String>>>,
 }
 
 /// Where an effective setting's value came from.
@@ -69,6 +72,8 @@ pub struct Effective {
     /// default.
     pub shown: Option<String>,
     pub source: Source,
+    /// Why the daemon ignores it, for a setting no longer used.
+    pub ignored: Option<&'static str>,
 }
 
 impl Env {
@@ -122,56 +127,69 @@ impl Env {
         }
     }
 
-    fn consult(&self, name: &str, default: Option<String>) {
-        let mut consulted = self
-            .consulted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = consulted.entry(name.to_owned()).or_insert(None);
-        if default.is_some() {
-            *entry = default;
-        }
-    }
-
-    /// Every setting consulted so far: its value (secrets redacted), or the
-    /// default, and where it came from. Call after building a daemon's
-    /// configuration from this `Env`.
-    pub fn effective(&self) -> Vec<Effective> {
-        let consulted = self
-            .consulted
+    /// The names of every variable read so far, for tests that check a
+    /// daemon reads only settings declared for it.
+    pub fn read_names(&self) -> Vec<String> {
+        self.read
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        consulted
-            .into_iter()
-            .map(|(name, default)| match self.vars.get(&name) {
-                Some(value) => Effective {
-                    shown: Some(shown(&name, value)),
-                    source: match self.origins.get(&name) {
-                        Some(origin) => Source::File(origin.clone()),
-                        None => Source::Environment,
-                    },
-                    name,
-                },
-                None => Effective {
-                    name,
-                    shown: default,
-                    source: Source::Default,
-                },
-            })
+            .iter()
+            .cloned()
             .collect()
     }
 
-    /// Reads every `NAME_FILE` of [`SECRET_VARS`] into `NAME` (one trailing
-    /// newline dropped). Setting both, or a file that cannot be read, is an
-    /// error naming the variable — never the secret.
+    /// Every setting `reader` knows: its value (secrets redacted), or the
+    /// default, and where it came from; sorted by name. A setting no
+    /// longer used is listed only when set.
+    pub fn effective(&self, reader: Reader) -> Vec<Effective> {
+        let mut effective: Vec<Effective> = table::all()
+            .filter(|s| s.read_by().contains(&reader))
+            .filter(|s| s.ignored_because().is_none() || self.vars.contains_key(s.name()))
+            .map(|setting| {
+                let name = setting.name().to_owned();
+                let ignored = setting.ignored_because();
+                match self.vars.get(&name) {
+                    Some(value) => Effective {
+                        shown: Some(setting.shown(value)),
+                        source: match self.origins.get(&name) {
+                            Some(origin) => Source::File(origin.clone()),
+                            None => Source::Environment,
+                        },
+                        name,
+                        ignored,
+                    },
+                    None => Effective {
+                        name,
+                        shown: setting.default_shown(),
+                        source: Source::Default,
+                        ignored,
+                    },
+                }
+            })
+            .collect();
+        effective.sort_by(|a, b| a.name.cmp(&b.name));
+        effective
+    }
+
+    /// Each setting `reader` no longer uses that is set, with why it is
+    /// ignored: (name, why), for a warning at start-up.
+    pub fn ignored(&self, reader: Reader) -> Vec<(&'static str, &'static str)> {
+        table::all()
+            .filter(|s| s.read_by().contains(&reader) && self.vars.contains_key(s.name()))
+            .filter_map(|s| Some((s.name(), s.ignored_because()?)))
+            .collect()
+    }
+
+    /// Reads every `NAME_FILE` of a declared secret into `NAME` (one
+    /// trailing newline dropped). Setting both, or a file that cannot be
+    /// read, is an error naming the variable — never the secret.
     pub fn with_secret_files(mut self) -> Result<Self, SettingError> {
-        for name in SECRET_VARS {
+        for name in table::all().filter(|s| s.secret()).map(|s| s.name()) {
             let file_var = format!("{name}_FILE");
             let Some(path) = self.vars.remove(&file_var) else {
                 continue;
             };
-            if self.vars.contains_key(*name) {
+            if self.vars.contains_key(name) {
                 return Err(SettingError::new(
                     &file_var,
                     format!("set either {name} or {file_var}, not both"),
@@ -185,70 +203,28 @@ impl Env {
             if secret.is_empty() {
                 return Err(SettingError::new(&file_var, format!("{path} is empty")));
             }
-            self.vars.insert((*name).to_owned(), secret.to_owned());
+            self.vars.insert(name.to_owned(), secret.to_owned());
         }
         Ok(self)
     }
 
+    /// The variable's text as set (empty counts as unset); the daemons
+    /// read declared settings through their getters instead.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.consult(name, None);
+        self.read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned());
         self.vars.get(name).map(String::as_str)
     }
 
-    pub fn required(&self, name: &str) -> Result<String, SettingError> {
-        self.get(name)
-            .map(str::to_owned)
-            .ok_or_else(|| SettingError::new(name, "is required but not set"))
-    }
-
-    pub fn string_or(&self, name: &str, default: &str) -> String {
-        self.consult(name, Some(default.to_owned()));
-        self.get(name).unwrap_or(default).to_owned()
-    }
-
-    /// Parses the variable, or returns `default` when it is unset.
-    pub fn parse_or<T: FromStr + std::fmt::Display>(
-        &self,
-        name: &str,
-        default: T,
-    ) -> Result<T, SettingError> {
-        self.consult(name, Some(default.to_string()));
-        match self.get(name) {
-            None => Ok(default),
-            Some(raw) => raw.trim().parse().map_err(|_| {
-                SettingError::new(name, format!("expected {}", std::any::type_name::<T>()))
-            }),
-        }
-    }
-
-    /// A positive whole number, or `default` when unset.
-    pub fn positive_or(&self, name: &str, default: u64) -> Result<u64, SettingError> {
-        let value: u64 = self
-            .parse_or(name, default)
-            .map_err(|_| SettingError::new(name, "expected a positive whole number"))?;
-        if value == 0 {
-            return Err(SettingError::new(name, "must be greater than 0"));
-        }
-        Ok(value)
-    }
-
-    /// A comma-separated list; `None` when unset.
-    pub fn list(&self, name: &str) -> Option<Vec<String>> {
-        self.get(name).map(|raw| {
-            raw.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-    }
-
-    /// Rejects variables that start with one of `prefixes` but are in none
-    /// of the `known` lists: a misspelt knob must not be silently ignored.
-    pub fn reject_unknown(&self, prefixes: &[&str], known: &[&[&str]]) -> Result<(), SettingError> {
+    /// Refuses a variable that starts with one of `reader`'s prefixes but
+    /// is not declared as read by it: a misspelt knob must not be silently
+    /// ignored.
+    pub fn reject_unknown(&self, reader: Reader) -> Result<(), SettingError> {
         for name in self.vars.keys() {
-            if prefixes.iter().any(|p| name.starts_with(p))
-                && !known.iter().any(|list| list.contains(&name.as_str()))
+            if reader.prefixes().iter().any(|p| name.starts_with(p))
+                && !table::find(name).is_some_and(|s| s.read_by().contains(&reader))
             {
                 return Err(self.explain(SettingError::new(name, "unknown setting (misspelt?)")));
             }
@@ -257,34 +233,24 @@ impl Env {
     }
 }
 
-/// A setting's value as `config` shows it: secrets never in clear.
-fn shown(name: &str, value: &str) -> String {
-    match name {
-        "DATABASE_URL" => redact_url(value),
-        _ if SECRET_VARS.contains(&name) => "***".to_owned(),
-        _ => value.to_owned(),
-    }
-}
-
 /// The built-in flows plus those of FLOWS_FILE.
 pub fn catalog(env: &Env) -> Result<FlowCatalog, SettingError> {
-    let file = env.get("FLOWS_FILE").map(PathBuf::from);
-    FlowCatalog::load(file.as_deref()).map_err(|e| SettingError::new("FLOWS_FILE", e.to_string()))
+    let file: Option<PathBuf> = FLOWS_FILE.get_opt(env)?;
+    FlowCatalog::load(file.as_deref())
+        .map_err(|e| SettingError::new(FLOWS_FILE.name, e.to_string()))
 }
 
 /// The flows selected by FLOWS (default all), from the built-in catalogue
 /// plus FLOWS_FILE, with KAFKA_TOPIC_PREFIX and KAFKA_GROUP_PREFIX applied.
 pub fn selected_flows(env: &Env) -> Result<Vec<Flow>, SettingError> {
-    let catalog = catalog(env)?.with_prefixes(
-        &env.string_or("KAFKA_TOPIC_PREFIX", ""),
-        &env.string_or("KAFKA_GROUP_PREFIX", ""),
-    );
-    let selection = env.list("FLOWS");
+    let catalog =
+        catalog(env)?.with_prefixes(&KAFKA_TOPIC_PREFIX.get(env)?, &KAFKA_GROUP_PREFIX.get(env)?);
+    let selection = FLOWS.get_opt(env)?;
     let flows = catalog
         .select(selection.as_deref())
-        .map_err(|e| SettingError::new("FLOWS", e.to_string()))?;
+        .map_err(|e| SettingError::new(FLOWS.name, e.to_string()))?;
     if flows.is_empty() {
-        return Err(SettingError::new("FLOWS", "selects no flow"));
+        return Err(SettingError::new(FLOWS.name, "selects no flow"));
     }
     Ok(flows)
 }
@@ -361,18 +327,88 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_and_name_the_variable() {
-        let env = Env::from_pairs([("A", "12"), ("B", "x"), ("C", "0"), ("E", "")]);
-        assert_eq!(env.positive_or("A", 5), Ok(12));
-        assert_eq!(env.positive_or("Z", 5), Ok(5));
-        assert_eq!(env.positive_or("E", 5), Ok(5), "empty counts as unset");
-        let err = env.positive_or("B", 5).err().map(|e| e.to_string());
+    fn getters_parse_and_name_the_variable() {
+        let env = Env::from_pairs([
+            ("RELAY_BATCH_SIZE", "12"),
+            ("STAGE_BATCH_SIZE", "x"),
+            ("SINK_BATCH_ROWS", "0"),
+            ("SINK_BATCH_BYTES", ""),
+        ]);
+        assert_eq!(RELAY_BATCH_SIZE.get(&env), Ok(12));
+        assert_eq!(POSTGRES_POOL_SIZE.get(&env), Ok(4), "the default");
+        assert_eq!(
+            SINK_BATCH_BYTES.get(&env),
+            Ok(16 * 1024 * 1024),
+            "empty counts as unset"
+        );
+        let err = STAGE_BATCH_SIZE.get(&env).err().map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
-            Some("invalid setting B: expected a positive whole number")
+            Some("invalid setting STAGE_BATCH_SIZE: expected a positive whole number")
         );
-        assert!(env.positive_or("C", 5).is_err());
-        assert!(env.required("MISSING").is_err());
+        assert!(SINK_BATCH_ROWS.get(&env).is_err());
+        let err = KAFKA_BROKERS.get(&env).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("invalid setting KAFKA_BROKERS: is required but not set")
+        );
+        assert_eq!(CLICKHOUSE_PASSWORD.get_opt(&env), Ok(None));
+        assert_eq!(
+            RELAY_POLL_INTERVAL_MS.get(&env),
+            Ok(std::time::Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn config_shows_the_declared_settings_of_the_daemon_with_their_source() {
+        let env = Env::from_pairs([
+            ("RELAY_BATCH_SIZE", "500"),
+            ("KAFKA_SASL_PASSWORD", "hunter2"),
+            ("DATABASE_URL", "postgres://u:hunter2@h/db"),
+        ]);
+        let relay = env.effective(Reader::Relay);
+        let line = |name: &str| relay.iter().find(|e| e.name == name).cloned();
+        assert_eq!(
+            line("RELAY_BATCH_SIZE").map(|e| (e.shown, e.source)),
+            Some((Some("500".to_owned()), Source::Environment))
+        );
+        assert_eq!(
+            line("RELAY_POLL_INTERVAL_MS").map(|e| (e.shown, e.source)),
+            Some((Some("1000".to_owned()), Source::Default))
+        );
+        assert_eq!(
+            line("KAFKA_SASL_PASSWORD").and_then(|e| e.shown),
+            Some("***".to_owned())
+        );
+        assert_eq!(
+            line("DATABASE_URL").and_then(|e| e.shown),
+            Some("postgres://u:***@h/db".to_owned())
+        );
+        assert!(line("SINK_BATCH_ROWS").is_none(), "the sink's");
+        assert!(line("RELAY_SWEEP_INTERVAL_MS").is_none(), "ignored, unset");
+        let names: Vec<&str> = relay.iter().map(|e| e.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+    }
+
+    #[test]
+    fn a_setting_no_longer_used_is_named_when_set() {
+        assert!(Env::default().ignored(Reader::Relay).is_empty());
+        let env = Env::from_pairs([("RELAY_SWEEP_INTERVAL_MS", "500")]);
+        let ignored = env.ignored(Reader::Relay);
+        assert_eq!(ignored.len(), 1);
+        assert_eq!(ignored[0].0, "RELAY_SWEEP_INTERVAL_MS");
+        assert!(ignored[0].1.contains("sweep"), "{ignored:?}");
+        assert_eq!(env.reject_unknown(Reader::Relay), Ok(()), "accepted");
+        assert!(env.ignored(Reader::Sink).is_empty());
+        let shown = env.effective(Reader::Relay);
+        assert!(
+            shown
+                .iter()
+                .any(|e| e.name == "RELAY_SWEEP_INTERVAL_MS" && e.ignored.is_some()),
+            "{shown:?}"
+        );
     }
 
     #[test]
@@ -413,10 +449,17 @@ mod tests {
     #[test]
     fn unknown_prefixed_variables_are_refused() {
         let env = Env::from_pairs([("RELAY_BATCH_SIZ", "1"), ("PATH", "/bin")]);
-        let err = env
-            .reject_unknown(&["RELAY_"], &[&["RELAY_BATCH_SIZE"]])
-            .err();
+        let err = env.reject_unknown(Reader::Relay).err();
         assert_eq!(err.map(|e| e.name), Some("RELAY_BATCH_SIZ".to_owned()));
+        // Another daemon's prefix is not the relay's business…
+        let env = Env::from_pairs([("SINK_BATCH_ROW", "1")]);
+        assert_eq!(env.reject_unknown(Reader::Relay), Ok(()));
+        assert!(env.reject_unknown(Reader::Sink).is_err());
+        // …but a declared setting under a prefix it polices is refused
+        // where it is not read (the relay's producer setting in the sink).
+        let env = Env::from_pairs([("KAFKA_LINGER_MS", "1")]);
+        assert_eq!(env.reject_unknown(Reader::Relay), Ok(()));
+        assert!(env.reject_unknown(Reader::Sink).is_err());
     }
 
     #[test]

@@ -1,40 +1,11 @@
-//! The relay's settings, one struct per concern, read from the environment.
-//! Defaults are documented in README.md ("Settings").
+//! The relay's settings, one struct per concern, read with the getters of
+//! their declarations (`flows::settings`, where each default lives;
+//! `docs/settings.md` lists them).
 
 use std::time::Duration;
 
-use flows::settings::selected_flows;
+use flows::settings::{self, Reader, selected_flows};
 use flows::{Env, Flow, SettingError};
-
-/// Every variable the relay reads. Variables starting with `RELAY_` or
-/// `KAFKA_` that are not listed here are refused as misspelt.
-/// `connections::kafka::KNOWN_VARS` adds the brokers and their security settings.
-pub const KNOWN_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "KAFKA_TOPIC_PREFIX",
-    "KAFKA_GROUP_PREFIX",
-    "KAFKA_ACKS",
-    "KAFKA_LINGER_MS",
-    "KAFKA_BATCH_SIZE",
-    "KAFKA_TRANSACTION_TIMEOUT_MS",
-    "KAFKA_COMMIT_TIMEOUT_MS",
-    "RELAY_BATCH_SIZE",
-    "RELAY_POLL_INTERVAL_MS",
-    "RELAY_STANDBY_RETRY_MS",
-    // Accepted and ignored: the sweep it paced is gone (see `window`).
-    "RELAY_SWEEP_INTERVAL_MS",
-    "RELAY_PRUNE_INTERVAL_MS",
-    "RELAY_SHARDS",
-    "RELAY_QUERY_TIMEOUT_MS",
-    "RELAY_STUCK_AFTER_MS",
-    "RELAY_SESSION_TIMEOUT_MS",
-    "RELAY_TRANSACTIONAL_ID_PREFIX",
-    "RELAY_METRICS_ADDR",
-    "RELAY_STALL_AFTER_MS",
-    "FLOWS",
-    "FLOWS_FILE",
-    "LOG_FORMAT",
-];
 
 #[derive(Clone)]
 pub struct PostgresConfig {
@@ -75,9 +46,11 @@ pub struct KafkaConfig {
     /// fences its predecessor's producer for the same flow.
     pub transactional_id_prefix: String,
     pub acks: String,
-    pub linger_ms: u64,
+    /// `linger.ms`.
+    pub linger: Duration,
     pub batch_size_bytes: u64,
-    pub transaction_timeout_ms: u64,
+    /// `transaction.timeout.ms` and `message.timeout.ms`.
+    pub transaction_timeout: Duration,
     /// How long flushing a batch and committing its transaction may each
     /// take; past it the commit's outcome is unknown (see
     /// `PublishError::CommitUnknown`).
@@ -114,72 +87,56 @@ pub struct RelayConfig {
     /// watchdog is no longer fed (every wait in the loop is bounded, by
     /// `RELAY_QUERY_TIMEOUT_MS`, Kafka's timeouts and the backoff ceiling).
     pub stuck_after: Duration,
+    /// Settings set but no longer used, with why: (name, why), for a
+    /// warning at start-up.
+    pub ignored: Vec<(&'static str, &'static str)>,
 }
 
 /// Settings the `migrate` command needs: only the database.
 pub fn postgres_config(env: &Env) -> Result<PostgresConfig, SettingError> {
     Ok(PostgresConfig {
-        url: connections::pg::database_url(env, "DATABASE_URL")?,
-        session_timeout: Duration::from_millis(
-            env.positive_or("RELAY_SESSION_TIMEOUT_MS", 30_000)?,
-        ),
-        query_timeout: Duration::from_millis(env.positive_or("RELAY_QUERY_TIMEOUT_MS", 15_000)?),
+        url: connections::pg::database_url(env)?,
+        session_timeout: settings::RELAY_SESSION_TIMEOUT_MS.get(env)?,
+        query_timeout: settings::RELAY_QUERY_TIMEOUT_MS.get(env)?,
         pool: connections::pg_pool::PoolConfig::from_env(env)?,
     })
 }
 
 impl RelayConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
-        env.reject_unknown(
-            &["RELAY_", "KAFKA_", "POSTGRES_"],
-            &[
-                KNOWN_VARS,
-                connections::kafka::KNOWN_VARS,
-                connections::pg_pool::KNOWN_VARS,
-            ],
-        )?;
+        env.reject_unknown(Reader::Relay)?;
         daemon::telemetry::log_format(env)?;
         let postgres = postgres_config(env)?;
         let endpoint = connections::kafka::KafkaEndpoint::from_env(env)?;
-        let acks = env.string_or("KAFKA_ACKS", "all");
-        if acks != "all" && acks != "-1" {
-            // Transactions need the idempotent producer, which needs acks=all.
-            return Err(SettingError::new(
-                "KAFKA_ACKS",
+        // Transactions need the idempotent producer, which needs acks=all.
+        let acks = settings::KAFKA_ACKS.get(env).map_err(|e| {
+            SettingError::new(
+                &e.name,
                 "the relay publishes in transactions, which require acks=all",
-            ));
-        }
-        let batch_size = env.positive_or("RELAY_BATCH_SIZE", 10_000)?;
-        if batch_size > 100_000 {
-            return Err(SettingError::new(
-                "RELAY_BATCH_SIZE",
-                "must be at most 100000",
-            ));
-        }
-        let poll_interval =
-            Duration::from_millis(env.positive_or("RELAY_POLL_INTERVAL_MS", 1_000)?);
+            )
+        })?;
+        let batch_size = settings::RELAY_BATCH_SIZE.get(env)?;
+        let poll_interval = settings::RELAY_POLL_INTERVAL_MS.get(env)?;
         if postgres.session_timeout < 2 * poll_interval {
             // An idle leader touches its sessions once per poll interval.
             return Err(SettingError::new(
-                "RELAY_SESSION_TIMEOUT_MS",
+                settings::RELAY_SESSION_TIMEOUT_MS.name,
                 "must be at least twice RELAY_POLL_INTERVAL_MS",
             ));
         }
-        let stuck_after = Duration::from_millis(env.positive_or("RELAY_STUCK_AFTER_MS", 120_000)?);
-        let commit_timeout =
-            Duration::from_millis(env.positive_or("KAFKA_COMMIT_TIMEOUT_MS", 30_000)?);
+        let stuck_after = settings::RELAY_STUCK_AFTER_MS.get(env)?;
+        let commit_timeout = settings::KAFKA_COMMIT_TIMEOUT_MS.get(env)?;
         if stuck_after < 3 * commit_timeout {
             // A batch's flush and commit may take that long each, then an abort.
             return Err(SettingError::new(
-                "RELAY_STUCK_AFTER_MS",
+                settings::RELAY_STUCK_AFTER_MS.name,
                 "must be at least three times KAFKA_COMMIT_TIMEOUT_MS",
             ));
         }
-        let standby_retry =
-            Duration::from_millis(env.positive_or("RELAY_STANDBY_RETRY_MS", 1_000)?);
+        let standby_retry = settings::RELAY_STANDBY_RETRY_MS.get(env)?;
         if stuck_after < 2 * postgres.query_timeout.max(poll_interval).max(standby_retry) {
             return Err(SettingError::new(
-                "RELAY_STUCK_AFTER_MS",
+                settings::RELAY_STUCK_AFTER_MS.name,
                 "must be at least twice RELAY_QUERY_TIMEOUT_MS, RELAY_POLL_INTERVAL_MS and RELAY_STANDBY_RETRY_MS",
             ));
         }
@@ -187,30 +144,26 @@ impl RelayConfig {
             postgres,
             kafka: KafkaConfig {
                 endpoint,
-                transactional_id_prefix: env
-                    .string_or("RELAY_TRANSACTIONAL_ID_PREFIX", "outbox-relay"),
-                acks,
-                linger_ms: env.parse_or("KAFKA_LINGER_MS", 5)?,
-                batch_size_bytes: env.positive_or("KAFKA_BATCH_SIZE", 1_000_000)?,
-                transaction_timeout_ms: env.positive_or("KAFKA_TRANSACTION_TIMEOUT_MS", 60_000)?,
+                transactional_id_prefix: settings::RELAY_TRANSACTIONAL_ID_PREFIX.get(env)?,
+                acks: acks.to_owned(),
+                linger: settings::KAFKA_LINGER_MS.get(env)?,
+                batch_size_bytes: settings::KAFKA_BATCH_SIZE.get(env)?,
+                transaction_timeout: settings::KAFKA_TRANSACTION_TIMEOUT_MS.get(env)?,
                 commit_timeout,
             },
             batch: BatchConfig {
+                // At most 100000, by its declaration.
                 batch_size: u32::try_from(batch_size).unwrap_or(100_000),
                 poll_interval,
                 standby_retry,
-                prune_interval: Duration::from_millis(
-                    env.positive_or("RELAY_PRUNE_INTERVAL_MS", 300_000)?,
-                ),
+                prune_interval: settings::RELAY_PRUNE_INTERVAL_MS.get(env)?,
             },
             flows: selected_flows(env)?,
-            shards: crate::shard::Preferred::parse(&env.string_or("RELAY_SHARDS", "all"))?,
-            metrics_addr: daemon::http::parse_addr(
-                "RELAY_METRICS_ADDR",
-                &env.string_or("RELAY_METRICS_ADDR", "127.0.0.1:9101"),
-            )?,
-            stall_after: Duration::from_millis(env.positive_or("RELAY_STALL_AFTER_MS", 60_000)?),
+            shards: crate::shard::Preferred::parse(&settings::RELAY_SHARDS.get(env)?)?,
+            metrics_addr: settings::RELAY_METRICS_ADDR.get(env)?,
+            stall_after: settings::RELAY_STALL_AFTER_MS.get(env)?,
             stuck_after,
+            ignored: env.ignored(Reader::Relay),
         })
     }
 }
@@ -228,10 +181,29 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let cfg = RelayConfig::from_env(&Env::from_pairs(base())).unwrap_or_else(|e| panic!("{e}"));
+        let env = Env::from_pairs(base());
+        let cfg = RelayConfig::from_env(&env).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.batch.batch_size, 10_000);
         assert_eq!(cfg.batch.poll_interval, Duration::from_secs(1));
+        assert_eq!(cfg.kafka.linger, Duration::from_millis(5));
+        assert_eq!(cfg.kafka.transaction_timeout, Duration::from_secs(60));
         assert_eq!(cfg.flows[0].name.as_str(), "user_logins");
+        assert!(cfg.ignored.is_empty());
+        // Everything the relay read is declared as the relay's: a setting it
+        // read but did not declare would be refused as unknown.
+        for name in env.read_names() {
+            let declared = settings::find(&name).map(|s| s.read_by().contains(&Reader::Relay));
+            assert_eq!(declared, Some(true), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_sweep_interval_is_accepted_and_named_as_ignored() {
+        let mut pairs = base();
+        pairs.push(("RELAY_SWEEP_INTERVAL_MS", "500"));
+        let cfg = RelayConfig::from_env(&Env::from_pairs(pairs)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.ignored.len(), 1);
+        assert_eq!(cfg.ignored[0].0, "RELAY_SWEEP_INTERVAL_MS");
     }
 
     #[test]

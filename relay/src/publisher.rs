@@ -130,13 +130,16 @@ impl Publisher {
             )
             .set("enable.idempotence", "true")
             .set("acks", &cfg.acks)
-            .set("linger.ms", cfg.linger_ms.to_string())
+            .set("linger.ms", cfg.linger.as_millis().to_string())
             .set("batch.size", cfg.batch_size_bytes.to_string())
             .set(
                 "transaction.timeout.ms",
-                cfg.transaction_timeout_ms.to_string(),
+                cfg.transaction_timeout.as_millis().to_string(),
             )
-            .set("message.timeout.ms", cfg.transaction_timeout_ms.to_string())
+            .set(
+                "message.timeout.ms",
+                cfg.transaction_timeout.as_millis().to_string(),
+            )
             .set("queue.buffering.max.messages", "200000")
             // Only failures need a report (DeliveryTracker keeps nothing
             // else); skipping the rest saves an event per message.

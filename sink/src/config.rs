@@ -1,40 +1,13 @@
-//! The sink's settings, one struct per concern, read from the environment.
-//! Defaults are documented in README.md ("Settings").
+//! The sink's settings, one struct per concern, read with the getters of
+//! their declarations (`flows::settings`, where each default lives;
+//! `docs/settings.md` lists them).
 
 use std::time::Duration;
 
-use flows::settings::check_url;
+use flows::settings::{self, Reader};
 use flows::{Env, Flow, SettingError};
 
 use crate::clickhouse::ClickHouseConfig;
-
-/// Every variable the sink reads besides `connections::kafka::KNOWN_VARS` (the
-/// brokers and their security settings). Variables starting with `SINK_`,
-/// `CLICKHOUSE_` or `KAFKA_` that are not listed are refused as misspelt.
-pub const KNOWN_VARS: &[&str] = &[
-    "CLICKHOUSE_URL",
-    "CLICKHOUSE_USER",
-    "CLICKHOUSE_PASSWORD",
-    "CLICKHOUSE_DATABASE",
-    "CLICKHOUSE_CA_FILE",
-    "KAFKA_TOPIC_PREFIX",
-    "KAFKA_GROUP_PREFIX",
-    "SINK_BATCH_ROWS",
-    "SINK_BATCH_BYTES",
-    "SINK_FLUSH_INTERVAL_MS",
-    "SINK_DLQ_SUFFIX",
-    "SINK_DLQ_TIMEOUT_MS",
-    "SINK_MAX_MESSAGE_BYTES",
-    "SINK_METRICS_ADDR",
-    "SINK_STALL_AFTER_MS",
-    "SINK_SCHEMA_CHECK_MS",
-    "SINK_MAX_FRESHNESS_MS",
-    "SINK_DASHBOARD_ADDR",
-    "SINK_GROUP_INSTANCE_ID",
-    "FLOWS",
-    "FLOWS_FILE",
-    "LOG_FORMAT",
-];
 
 /// When a batch is flushed: whichever limit is reached first.
 #[derive(Clone, Debug)]
@@ -53,7 +26,7 @@ pub struct KafkaConfig {
     pub dlq_suffix: String,
     /// How long one attempt waits for Kafka to acknowledge a dead letter;
     /// a failed attempt makes the flow not ready until letters go through.
-    pub dlq_timeout: std::time::Duration,
+    pub dlq_timeout: Duration,
     /// Static group membership (`group.instance.id` = this + "." + flow): a
     /// sink restarted under the same id gets its partitions back at once
     /// instead of waiting out the session timeout. Unique per sink process
@@ -73,32 +46,31 @@ pub struct SinkConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// A flow with consumer lag and nothing stored for this long is not
     /// ready (`/readyz`).
-    pub stall_after: std::time::Duration,
+    pub stall_after: Duration,
     /// How often each target table's columns are read again, so a column
     /// added is loaded and one dropped or narrowed is refused (see
     /// `clickhouse::schema::judge`).
-    pub schema_check: std::time::Duration,
+    pub schema_check: Duration,
     /// Rows loaded later than this after their commit, for `stall_after`,
     /// make the flow not ready (`None`: off).
-    pub max_freshness: Option<std::time::Duration>,
+    pub max_freshness: Option<Duration>,
 }
 
 /// Settings the `migrate` command needs: only ClickHouse.
 pub fn clickhouse_config(env: &Env) -> Result<ClickHouseConfig, SettingError> {
-    let url = env.required("CLICKHOUSE_URL")?;
-    check_url("CLICKHOUSE_URL", &url, &["http", "https"])?;
-    let ca_file = env.get("CLICKHOUSE_CA_FILE").map(str::to_owned);
+    let url = settings::CLICKHOUSE_URL.get(env)?;
+    let ca_file = settings::CLICKHOUSE_CA_FILE
+        .get_opt(env)?
+        .map(|path| path.display().to_string());
     if let Some(file) = &ca_file {
         connections::tls::check_ca_file(file)
-            .map_err(|e| SettingError::new("CLICKHOUSE_CA_FILE", e))?;
+            .map_err(|e| SettingError::new(settings::CLICKHOUSE_CA_FILE.name, e))?;
     }
-    let database = env.string_or("CLICKHOUSE_DATABASE", "default");
-    flows::ident::Ident::new(database.clone())
-        .map_err(|e| SettingError::new("CLICKHOUSE_DATABASE", e.to_string()))?;
+    let database = settings::CLICKHOUSE_DATABASE.get(env)?;
     Ok(ClickHouseConfig {
         url,
-        user: env.string_or("CLICKHOUSE_USER", "default"),
-        password: env.get("CLICKHOUSE_PASSWORD").map(str::to_owned),
+        user: settings::CLICKHOUSE_USER.get(env)?,
+        password: settings::CLICKHOUSE_PASSWORD.get_opt(env)?,
         database,
         ca_file,
     })
@@ -106,69 +78,32 @@ pub fn clickhouse_config(env: &Env) -> Result<ClickHouseConfig, SettingError> {
 
 impl SinkConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
-        env.reject_unknown(
-            &["SINK_", "CLICKHOUSE_", "KAFKA_", "POSTGRES_"],
-            &[
-                KNOWN_VARS,
-                connections::kafka::KNOWN_VARS,
-                connections::pg_pool::KNOWN_VARS,
-            ],
-        )?;
+        env.reject_unknown(Reader::Sink)?;
         daemon::telemetry::log_format(env)?;
         let clickhouse = clickhouse_config(env)?;
-        let max_rows = env.positive_or("SINK_BATCH_ROWS", 100_000)?;
-        let max_bytes = env.positive_or("SINK_BATCH_BYTES", 16 * 1024 * 1024)?;
-        let dlq_suffix = env.string_or("SINK_DLQ_SUFFIX", ".dlq");
-        flows::ident::check_kafka_name(&dlq_suffix)
-            .map_err(|e| SettingError::new("SINK_DLQ_SUFFIX", e.to_string()))?;
+        let max_rows = settings::SINK_BATCH_ROWS.get(env)?;
+        let max_bytes = settings::SINK_BATCH_BYTES.get(env)?;
+        let dlq_suffix = settings::SINK_DLQ_SUFFIX.get(env)?;
         Ok(Self {
             clickhouse,
             kafka: KafkaConfig {
                 endpoint: connections::kafka::KafkaEndpoint::from_env(env)?,
                 dlq_suffix,
-                dlq_timeout: std::time::Duration::from_millis(
-                    env.positive_or("SINK_DLQ_TIMEOUT_MS", 30_000)?,
-                ),
-                group_instance_id: match env.get("SINK_GROUP_INSTANCE_ID") {
-                    Some(id) => {
-                        flows::ident::check_kafka_name(id).map_err(|e| {
-                            SettingError::new("SINK_GROUP_INSTANCE_ID", e.to_string())
-                        })?;
-                        Some(id.to_owned())
-                    }
-                    None => None,
-                },
+                dlq_timeout: settings::SINK_DLQ_TIMEOUT_MS.get(env)?,
+                group_instance_id: settings::SINK_GROUP_INSTANCE_ID.get_opt(env)?,
             },
             flush: FlushPolicy {
                 max_rows: usize::try_from(max_rows).unwrap_or(usize::MAX),
                 max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
-                max_age: Duration::from_millis(env.positive_or("SINK_FLUSH_INTERVAL_MS", 100)?),
+                max_age: settings::SINK_FLUSH_INTERVAL_MS.get(env)?,
             },
-            max_message_bytes: usize::try_from(
-                env.positive_or("SINK_MAX_MESSAGE_BYTES", 1024 * 1024)?,
-            )
-            .unwrap_or(usize::MAX),
+            max_message_bytes: usize::try_from(settings::SINK_MAX_MESSAGE_BYTES.get(env)?)
+                .unwrap_or(usize::MAX),
             flows: flows::settings::selected_flows(env)?,
-            metrics_addr: daemon::http::parse_addr(
-                "SINK_METRICS_ADDR",
-                &env.string_or("SINK_METRICS_ADDR", "127.0.0.1:9102"),
-            )?,
-            max_freshness: match env.parse_or::<u64>("SINK_MAX_FRESHNESS_MS", 0) {
-                Ok(0) => None,
-                Ok(ms) => Some(std::time::Duration::from_millis(ms)),
-                Err(_) => {
-                    return Err(flows::SettingError::new(
-                        "SINK_MAX_FRESHNESS_MS",
-                        "expected a whole number of milliseconds (0: off)",
-                    ));
-                }
-            },
-            schema_check: std::time::Duration::from_millis(
-                env.positive_or("SINK_SCHEMA_CHECK_MS", 5_000)?,
-            ),
-            stall_after: std::time::Duration::from_millis(
-                env.positive_or("SINK_STALL_AFTER_MS", 60_000)?,
-            ),
+            metrics_addr: settings::SINK_METRICS_ADDR.get(env)?,
+            max_freshness: settings::SINK_MAX_FRESHNESS_MS.get(env)?,
+            schema_check: settings::SINK_SCHEMA_CHECK_MS.get(env)?,
+            stall_after: settings::SINK_STALL_AFTER_MS.get(env)?,
         })
     }
 }
@@ -184,10 +119,18 @@ mod tests {
             ("KAFKA_BROKERS", "localhost:9092"),
             ("CLICKHOUSE_PASSWORD", "s3cret"),
         ];
-        let cfg = SinkConfig::from_env(&Env::from_pairs(base)).unwrap_or_else(|e| panic!("{e}"));
+        let env = Env::from_pairs(base);
+        let cfg = SinkConfig::from_env(&env).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.clickhouse.database, "default");
         assert_eq!(cfg.flush.max_rows, 100_000);
+        assert_eq!(cfg.flush.max_age, Duration::from_millis(100));
+        assert_eq!(cfg.max_freshness, None);
         assert!(!format!("{cfg:?}").contains("s3cret"));
+        // Everything the sink read is declared as the sink's.
+        for name in env.read_names() {
+            let declared = settings::find(&name).map(|s| s.read_by().contains(&Reader::Sink));
+            assert_eq!(declared, Some(true), "{name}");
+        }
 
         let mut bad = base.to_vec();
         bad.push(("SINK_FLUSH_INTERVAL", "5"));

@@ -1,24 +1,11 @@
-//! The stage's settings, read from the environment (README.md, "Settings").
+//! The stage's settings, read with the getters of their declarations
+//! (`flows::settings`, where each default lives; `docs/settings.md` lists
+//! them).
 
 use std::time::Duration;
 
-use flows::settings::selected_flows;
+use flows::settings::{self, Reader, selected_flows};
 use flows::{Env, Flow, SettingError};
-
-/// The stage's own variables; `connections::kafka::KNOWN_VARS` adds the brokers
-/// and their security settings.
-pub const KNOWN_VARS: &[&str] = &[
-    "KAFKA_TOPIC_PREFIX",
-    "KAFKA_GROUP_PREFIX",
-    "STAGE_BATCH_SIZE",
-    "STAGE_FLUSH_INTERVAL_MS",
-    "STAGE_TRANSACTIONAL_ID_PREFIX",
-    "STAGE_METRICS_ADDR",
-    "STAGE_STALL_AFTER_MS",
-    "FLOWS",
-    "FLOWS_FILE",
-    "LOG_FORMAT",
-];
 
 #[derive(Clone, Debug)]
 pub struct StageConfig {
@@ -42,10 +29,7 @@ pub struct StageConfig {
 
 impl StageConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
-        env.reject_unknown(
-            &["STAGE_", "KAFKA_"],
-            &[KNOWN_VARS, connections::kafka::KNOWN_VARS],
-        )?;
+        env.reject_unknown(Reader::Stage)?;
         daemon::telemetry::log_format(env)?;
         let flows: Vec<Flow> = selected_flows(env)?
             .into_iter()
@@ -59,17 +43,38 @@ impl StageConfig {
         }
         Ok(Self {
             kafka: connections::kafka::KafkaEndpoint::from_env(env)?,
-            topic_prefix: env.string_or("KAFKA_TOPIC_PREFIX", ""),
-            transactional_id_prefix: env.string_or("STAGE_TRANSACTIONAL_ID_PREFIX", "outbox-stage"),
-            batch_size: usize::try_from(env.positive_or("STAGE_BATCH_SIZE", 10_000)?)
-                .unwrap_or(10_000),
-            flush_interval: Duration::from_millis(env.positive_or("STAGE_FLUSH_INTERVAL_MS", 100)?),
+            topic_prefix: settings::KAFKA_TOPIC_PREFIX.get(env)?,
+            transactional_id_prefix: settings::STAGE_TRANSACTIONAL_ID_PREFIX.get(env)?,
+            batch_size: usize::try_from(settings::STAGE_BATCH_SIZE.get(env)?).unwrap_or(usize::MAX),
+            flush_interval: settings::STAGE_FLUSH_INTERVAL_MS.get(env)?,
             flows,
-            metrics_addr: daemon::http::parse_addr(
-                "STAGE_METRICS_ADDR",
-                &env.string_or("STAGE_METRICS_ADDR", "127.0.0.1:9103"),
-            )?,
-            stall_after: Duration::from_millis(env.positive_or("STAGE_STALL_AFTER_MS", 60_000)?),
+            metrics_addr: settings::STAGE_METRICS_ADDR.get(env)?,
+            stall_after: settings::STAGE_STALL_AFTER_MS.get(env)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_only_declared_settings() {
+        let env = Env::from_pairs([("KAFKA_BROKERS", "localhost:9092"), ("FLOWS", "etl")]);
+        let cfg = StageConfig::from_env(&env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.batch_size, 10_000);
+        assert_eq!(cfg.flush_interval, Duration::from_millis(100));
+        assert_eq!(cfg.transactional_id_prefix, "outbox-stage");
+        // Everything the stage read is declared as the stage's.
+        for name in env.read_names() {
+            let declared = settings::find(&name).map(|s| s.read_by().contains(&Reader::Stage));
+            assert_eq!(declared, Some(true), "{name}");
+        }
+        let err = StageConfig::from_env(&Env::from_pairs([
+            ("KAFKA_BROKERS", "localhost:9092"),
+            ("STAGE_FLUSH_INTERVAL", "5"),
+        ]))
+        .err();
+        assert_eq!(err.map(|e| e.name), Some("STAGE_FLUSH_INTERVAL".into()));
     }
 }

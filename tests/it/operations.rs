@@ -439,3 +439,43 @@ async fn a_panicking_worker_ends_every_daemon_with_exit_101() -> anyhow::Result<
     }
     Ok(())
 }
+
+/// `RELAY_SWEEP_INTERVAL_MS` paced a sweep that is gone: still accepted (old
+/// deployments start), and named in one warning when the relay starts. No
+/// service needed: the warning comes before the relay reaches anything.
+#[tokio::test]
+async fn a_setting_no_longer_used_is_named_in_one_warning_at_start_up() -> anyhow::Result<()> {
+    let env: Vec<(String, String)> = [
+        ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+        ("KAFKA_BROKERS", "127.0.0.1:1"),
+        ("RELAY_METRICS_ADDR", "off"),
+        ("RELAY_SWEEP_INTERVAL_MS", "500"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let label = format!(
+        "sweep-interval-warning-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let mut relay = Daemon::spawn("relay", &["run"], &env, &label);
+    let log = relay.log.clone();
+    let warning = "RELAY_SWEEP_INTERVAL_MS is no longer used";
+    wait_until("the relay's warning", Duration::from_secs(30), || {
+        let log = log.clone();
+        async move { Ok(std::fs::read_to_string(&log)?.contains(warning)) }
+    })
+    .await;
+    relay.terminate(Duration::from_secs(30));
+    let text = std::fs::read_to_string(&log)?;
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(warning)).collect();
+    assert_eq!(lines.len(), 1, "one warning: {text}");
+    assert!(
+        lines[0].contains("WARN") && lines[0].contains("sweep it paced is gone"),
+        "{text}"
+    );
+    Ok(())
+}

@@ -13,7 +13,7 @@ const NAME: &str = "relay";
 /// Outbox relay: publishes pending Postgres rows to Kafka in transactions.
 ///
 /// Settings come from the environment (DATABASE_URL, KAFKA_BROKERS, FLOWS,
-/// RELAY_*, KAFKA_*); README.md lists them all with their defaults.
+/// RELAY_*, KAFKA_*); docs/settings.md lists them all with their defaults.
 #[derive(Parser)]
 #[command(name = "relay", version)]
 struct Cli {
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
     run_main(NAME, cli.config, |env| async move {
         let outcome = match cli.command {
             Command::Config => setting(RelayConfig::from_env(&env)).map(|_| {
-                outbox_cli::print_effective(&env);
+                outbox_cli::print_effective(&env, flows::settings::Reader::Relay);
                 ExitCode::SUCCESS
             }),
             Command::Migrate => migrate(&env).await,
@@ -164,7 +164,7 @@ async fn connect(
 }
 
 async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
-    let user_dir = env.get("MIGRATIONS_DIR").map(std::path::PathBuf::from);
+    let user_dir = setting(flows::settings::MIGRATIONS_DIR.get_opt(env))?;
     let migrations = flows::migrations::all("postgres", user_dir.as_deref())
         .map_err(|e| bad_setting(NAME, &SettingError::new("MIGRATIONS_DIR", e.to_string())))?;
     let (mut client, _) = connect(env, "migrate").await?;
@@ -177,6 +177,7 @@ async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
 
 async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(RelayConfig::from_env(env))?;
+    outbox_cli::warn_ignored(&config.ignored);
     outbox_cli::check_kafka(NAME, &config.kafka.endpoint).await?;
     let shutdown = outbox_cli::daemon_signals(NAME)?;
     tracing::info!(flows = ?config.flows.iter().map(|f| f.name.to_string()).collect::<Vec<_>>(), "relay starting");
@@ -194,10 +195,7 @@ async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
 
 async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
     let flows = setting(flows::settings::selected_flows(env))?;
-    let daemon = setting(daemon::http::parse_addr(
-        "RELAY_METRICS_ADDR",
-        &env.string_or("RELAY_METRICS_ADDR", "127.0.0.1:9101"),
-    ))?;
+    let daemon = setting(flows::settings::RELAY_METRICS_ADDR.get(env))?;
     let (client, _) = connect(env, "status").await?;
     let report = ops::relay_status::report(&client, &flows, daemon)
         .await

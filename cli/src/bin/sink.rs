@@ -14,7 +14,7 @@ const NAME: &str = "sink";
 ///
 /// Settings come from the environment (CLICKHOUSE_URL, CLICKHOUSE_USER,
 /// CLICKHOUSE_PASSWORD, CLICKHOUSE_DATABASE, KAFKA_BROKERS, FLOWS, SINK_*);
-/// README.md lists them all with their defaults.
+/// docs/settings.md lists them all with their defaults.
 #[derive(Parser)]
 #[command(name = "sink", version)]
 struct Cli {
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
     run_main(NAME, cli.config, |env| async move {
         let outcome = match cli.command {
             Command::Config => setting(SinkConfig::from_env(&env)).map(|_| {
-                outbox_cli::print_effective(&env);
+                outbox_cli::print_effective(&env, flows::settings::Reader::Sink);
                 ExitCode::SUCCESS
             }),
             Command::Migrate => migrate(&env).await,
@@ -112,7 +112,7 @@ fn setting<T>(result: Result<T, SettingError>) -> Result<T, ExitCode> {
 
 async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
     let cfg = setting(sink::config::clickhouse_config(env))?;
-    let user_dir = env.get("MIGRATIONS_DIR").map(std::path::PathBuf::from);
+    let user_dir = setting(flows::settings::MIGRATIONS_DIR.get_opt(env))?;
     let migrations = setting(
         flows::migrations::all("clickhouse", user_dir.as_deref())
             .map_err(|e| SettingError::new("MIGRATIONS_DIR", e.to_string())),
@@ -160,7 +160,7 @@ async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
 
 async fn reconcile(env: &Env) -> Result<ExitCode, ExitCode> {
     let config = setting(SinkConfig::from_env(env))?;
-    let url = setting(connections::pg::database_url(env, "DATABASE_URL"))?;
+    let url = setting(connections::pg::database_url(env))?;
     let pool_config = setting(connections::pg_pool::PoolConfig::from_env(env))?;
     let ch = &config.clickhouse;
     let client = sink::clickhouse::client::client(ch, Some(&ch.database));

@@ -13,7 +13,7 @@ const NAME: &str = "stage";
 /// producer's transaction.
 ///
 /// Settings come from the environment (KAFKA_BROKERS, FLOWS, STAGE_*);
-/// README.md lists them with their defaults.
+/// docs/settings.md lists them with their defaults.
 #[derive(Parser)]
 #[command(name = "stage", version)]
 struct Cli {
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             Err(e) => return bad_setting(NAME, &e),
         };
         if matches!(cli.command, Command::Config) {
-            outbox_cli::print_effective(&env);
+            outbox_cli::print_effective(&env, flows::settings::Reader::Stage);
             return ExitCode::SUCCESS;
         }
         if let Err(code) = outbox_cli::check_kafka(NAME, &config.kafka).await {

@@ -40,40 +40,20 @@ pub struct DashboardConfig {
 
 impl DashboardConfig {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
-        env.reject_unknown(
-            &["SINK_", "CLICKHOUSE_", "KAFKA_"],
-            &[sink::config::KNOWN_VARS, connections::kafka::KNOWN_VARS],
-        )?;
-        let addr = daemon::http::parse_addr(
-            "SINK_DASHBOARD_ADDR",
-            &env.string_or("SINK_DASHBOARD_ADDR", "127.0.0.1:9180"),
-        )?
-        .ok_or_else(|| {
-            SettingError::new("SINK_DASHBOARD_ADDR", "the dashboard needs an address")
-        })?;
+        env.reject_unknown(flows::settings::Reader::Sink)?;
+        let dashboard = &flows::settings::SINK_DASHBOARD_ADDR;
+        let addr = dashboard
+            .get(env)?
+            .ok_or_else(|| SettingError::new(dashboard.name, "the dashboard needs an address"))?;
+        // The daemons' endpoints: `host:port`, a name resolved on each read
+        // (`relay:9101` works in a compose network), or `off`.
         Ok(Self {
             clickhouse: sink::config::clickhouse_config(env)?,
             flows: flows::settings::selected_flows(env)?,
             addr,
-            relay_metrics: endpoint(env, "RELAY_METRICS_ADDR", "127.0.0.1:9101")?,
-            sink_metrics: endpoint(env, "SINK_METRICS_ADDR", "127.0.0.1:9102")?,
+            relay_metrics: flows::settings::RELAY_METRICS_ADDR.endpoint(env)?,
+            sink_metrics: flows::settings::SINK_METRICS_ADDR.endpoint(env)?,
         })
-    }
-}
-
-/// A daemon's endpoint to read: `host:port` (a name is resolved on each
-/// read, so `relay:9101` works in a compose network), or `off`.
-fn endpoint(env: &Env, name: &str, default: &str) -> Result<Option<String>, SettingError> {
-    let value = env.string_or(name, default);
-    if value == "off" {
-        return Ok(None);
-    }
-    match value.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(Some(value)),
-        _ => Err(SettingError::new(
-            name,
-            "expected host:port (e.g. 127.0.0.1:9101) or `off`",
-        )),
     }
 }
 
