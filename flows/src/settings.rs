@@ -223,7 +223,12 @@ impl Env {
     /// ignored.
     pub fn reject_unknown(&self, reader: Reader) -> Result<(), SettingError> {
         for name in self.vars.keys() {
+            // One settings file serves all three daemons: a key another
+            // daemon reads (the relay's producer settings under [kafka]) is
+            // not the sink's mistake.
+            let shared_file_key = self.origins.contains_key(name) && table::find(name).is_some();
             if reader.prefixes().iter().any(|p| name.starts_with(p))
+                && !shared_file_key
                 && !table::find(name).is_some_and(|s| s.read_by().contains(&reader))
             {
                 return Err(self.explain(SettingError::new(name, "unknown setting (misspelt?)")));

@@ -171,3 +171,36 @@ fn unknown_keys_bad_values_and_secrets_in_either_layer_exit_2_naming_them() -> a
     assert!(err.contains("--config /nonexistent/outbox.toml"), "{err}");
     Ok(())
 }
+
+/// One settings file for all three daemons may hold the relay's producer
+/// settings under `[kafka]`: the sink and the stage leave them to the relay
+/// (they exited 2 naming `KAFKA_ACKS`, "unknown setting"); in the
+/// environment such a variable is still refused.
+#[test]
+fn a_shared_settings_file_with_the_relays_producer_settings_serves_every_daemon()
+-> anyhow::Result<()> {
+    let file = settings_file(
+        "shared",
+        "flows = [\"sales\", \"etl\"]\n[kafka]\nbrokers = \"b:9092\"\nacks = \"all\"\nlinger_ms = 5\n",
+    )?;
+    let path = file.display().to_string();
+    let base = [
+        ("DATABASE_URL", "postgres://u@db.example:5432/outbox"),
+        ("CLICKHOUSE_URL", "http://ch.example:8123"),
+        ("OUTBOX_CONFIG", path.as_str()),
+    ];
+    for daemon in ["relay", "sink", "stage"] {
+        let (code, _, err) = run_for_output(daemon, &["config"], &base);
+        assert_eq!(code, Some(0), "{daemon} with the shared file: {err}");
+    }
+    let mut env = base[..2].to_vec();
+    env.push(("KAFKA_ACKS", "all"));
+    let (code, _, err) = run_for_output("sink", &["config"], &env);
+    assert_eq!(
+        code,
+        Some(2),
+        "the sink refuses KAFKA_ACKS in its environment"
+    );
+    assert!(err.contains("KAFKA_ACKS"), "{err}");
+    Ok(())
+}

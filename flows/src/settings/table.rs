@@ -584,7 +584,7 @@ pub static GROUPS: &[Group] = &[
     },
     Group {
         title: "Relay: Kafka producer",
-        about: "The relay's transactional producer. Only the relay reads them: the sink and the stage refuse them as unknown, from the environment or the settings file's `[kafka]` section alike.",
+        about: "The relay's transactional producer. Only the relay reads them; in the environment the sink and the stage refuse them as unknown, in a settings file shared by all three (its `[kafka]` section) they leave them to the relay.",
         settings: &[
             &KAFKA_ACKS,
             &KAFKA_LINGER_MS,
