@@ -99,64 +99,8 @@ impl KafkaEndpoint {
             _ => (false, false),
         };
         let mut security = vec![("security.protocol", protocol.to_owned())];
-        let only_with = |setting: &dyn settings::Declared, needed: bool, what: &str| {
-            if env.get(setting.name()).is_some() && !needed {
-                return Err(SettingError::new(
-                    setting.name(),
-                    format!("needs KAFKA_SECURITY_PROTOCOL={what}"),
-                ));
-            }
-            Ok(())
-        };
-        if sasl {
-            security.push(("sasl.mechanism", KAFKA_SASL_MECHANISM.get(env)?.to_owned()));
-            security.push(("sasl.username", KAFKA_SASL_USERNAME.get(env)?));
-            security.push(("sasl.password", KAFKA_SASL_PASSWORD.get(env)?));
-        } else {
-            for setting in [
-                &KAFKA_SASL_MECHANISM as &dyn settings::Declared,
-                &KAFKA_SASL_USERNAME,
-                &KAFKA_SASL_PASSWORD,
-            ] {
-                only_with(setting, false, "sasl_plaintext or sasl_ssl")?;
-            }
-        }
-        let files = [
-            (&KAFKA_SSL_CA_LOCATION, "ssl.ca.location"),
-            (&KAFKA_SSL_CERTIFICATE_LOCATION, "ssl.certificate.location"),
-            (&KAFKA_SSL_KEY_LOCATION, "ssl.key.location"),
-        ];
-        for (setting, property) in files {
-            only_with(setting, tls, "ssl or sasl_ssl")?;
-            if let Some(path) = setting.get_opt(env)? {
-                if !path.is_file() {
-                    return Err(SettingError::new(setting.name, "no such file"));
-                }
-                security.push((property, path.display().to_string()));
-            }
-        }
-        if KAFKA_SSL_CERTIFICATE_LOCATION.is_set(env) != KAFKA_SSL_KEY_LOCATION.is_set(env) {
-            return Err(SettingError::new(
-                KAFKA_SSL_KEY_LOCATION.name,
-                "a client certificate needs both KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION",
-            ));
-        }
-        only_with(&KAFKA_SSL_KEY_PASSWORD, tls, "ssl or sasl_ssl")?;
-        if let Some(password) = KAFKA_SSL_KEY_PASSWORD.get_opt(env)? {
-            security.push(("ssl.key.password", password));
-        }
-        only_with(
-            &KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM,
-            tls,
-            "ssl or sasl_ssl",
-        )?;
-        if tls {
-            let identification = KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM.get(env)?;
-            security.push((
-                "ssl.endpoint.identification.algorithm",
-                identification.to_owned(),
-            ));
-        }
+        sasl_settings(env, sasl, &mut security)?;
+        tls_settings(env, tls, &mut security)?;
         if let Some(contexts) = settings::KAFKA_DEBUG.get_opt(env)? {
             if let Some(bad) = contexts
                 .iter()
@@ -479,6 +423,92 @@ pub async fn commit_position_if_moved(
         Ok(Err(error)) => tracing::debug!(flow, %error, "position commit failed; retried"),
         Err(error) => tracing::warn!(flow, %error, "position commit task failed"),
     }
+}
+
+/// A setting that only makes sense with another security protocol is
+/// refused, naming the protocol it needs.
+fn only_with(
+    env: &Env,
+    setting: &dyn settings::Declared,
+    needed: bool,
+    what: &str,
+) -> Result<(), SettingError> {
+    if env.get(setting.name()).is_some() && !needed {
+        return Err(SettingError::new(
+            setting.name(),
+            format!("needs KAFKA_SECURITY_PROTOCOL={what}"),
+        ));
+    }
+    Ok(())
+}
+
+/// SASL's mechanism and credentials (`sasl`: the protocol uses SASL).
+fn sasl_settings(
+    env: &Env,
+    sasl: bool,
+    security: &mut Vec<(&'static str, String)>,
+) -> Result<(), SettingError> {
+    if sasl {
+        security.push(("sasl.mechanism", KAFKA_SASL_MECHANISM.get(env)?.to_owned()));
+        security.push(("sasl.username", KAFKA_SASL_USERNAME.get(env)?));
+        security.push(("sasl.password", KAFKA_SASL_PASSWORD.get(env)?));
+        return Ok(());
+    }
+    for setting in [
+        &KAFKA_SASL_MECHANISM as &dyn settings::Declared,
+        &KAFKA_SASL_USERNAME,
+        &KAFKA_SASL_PASSWORD,
+    ] {
+        only_with(env, setting, false, "sasl_plaintext or sasl_ssl")?;
+    }
+    Ok(())
+}
+
+/// TLS's CA, client certificate and key, and host check (`tls`: the
+/// protocol uses TLS).
+fn tls_settings(
+    env: &Env,
+    tls: bool,
+    security: &mut Vec<(&'static str, String)>,
+) -> Result<(), SettingError> {
+    let files = [
+        (&KAFKA_SSL_CA_LOCATION, "ssl.ca.location"),
+        (&KAFKA_SSL_CERTIFICATE_LOCATION, "ssl.certificate.location"),
+        (&KAFKA_SSL_KEY_LOCATION, "ssl.key.location"),
+    ];
+    for (setting, property) in files {
+        only_with(env, setting, tls, "ssl or sasl_ssl")?;
+        if let Some(path) = setting.get_opt(env)? {
+            if !path.is_file() {
+                return Err(SettingError::new(setting.name, "no such file"));
+            }
+            security.push((property, path.display().to_string()));
+        }
+    }
+    if KAFKA_SSL_CERTIFICATE_LOCATION.is_set(env) != KAFKA_SSL_KEY_LOCATION.is_set(env) {
+        return Err(SettingError::new(
+            KAFKA_SSL_KEY_LOCATION.name,
+            "a client certificate needs both KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION",
+        ));
+    }
+    only_with(env, &KAFKA_SSL_KEY_PASSWORD, tls, "ssl or sasl_ssl")?;
+    if let Some(password) = KAFKA_SSL_KEY_PASSWORD.get_opt(env)? {
+        security.push(("ssl.key.password", password));
+    }
+    only_with(
+        env,
+        &KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM,
+        tls,
+        "ssl or sasl_ssl",
+    )?;
+    if tls {
+        let identification = KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM.get(env)?;
+        security.push((
+            "ssl.endpoint.identification.algorithm",
+            identification.to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
