@@ -51,6 +51,7 @@ where
         Err(e) => return bad_setting(name, &e),
     };
     daemon::telemetry::init(format);
+    daemon::failpoint::announce();
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(body(env)),
         Err(e) => {

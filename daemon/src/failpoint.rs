@@ -1,6 +1,13 @@
 //! Crash points for fault tests: `OUTBOX_FAILPOINTS=name=action,…` makes the
-//! process stop short when it reaches a named point. Unset in production,
-//! where a check costs one atomic load.
+//! process stop short when it reaches a named point.
+//!
+//! Compiled only with the cargo feature `failpoints` (as tikv/fail-rs does):
+//! the test build enables it (the `outbox-tests` crate depends on this crate
+//! with it, so `cargo build --workspace --bins` and `cargo test --workspace`
+//! get it), a release build (`cargo build --release`, the Docker image's
+//! `-p outbox-cli`) does not. Without it [`hit`] and [`hit_async`] are empty
+//! and inlined away: no environment variable can make a production daemon
+//! abort, pause or hang, and [`announce`] says the variable is ignored.
 //!
 //! Actions: a probability (`0.05`) aborts the process (like kill -9: no
 //! cleanup, no flush) when the draw hits; `pause` stops the process with
@@ -20,138 +27,177 @@
 //! committed), `stage-before-commit` (records produced, transaction not yet
 //! committed).
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+/// The variable that arms crash points in a test build.
+pub const VARIABLE: &str = "OUTBOX_FAILPOINTS";
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Action {
-    Abort(f64),
-    Pause,
-    Hang,
-    Panic,
-    /// Wait this long, the first `times` hits (every hit when `None`).
-    Delay(std::time::Duration, Option<u32>),
+#[cfg(feature = "failpoints")]
+pub use armed::{hit, hit_async};
+
+/// Does nothing: this build has no crash points (see the module doc).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hit(_name: &str) {}
+
+/// Does nothing: this build has no crash points (see the module doc).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub async fn hit_async(_name: &str) {}
+
+/// Whether this build has crash points (the `failpoints` feature).
+pub const COMPILED: bool = cfg!(feature = "failpoints");
+
+/// Logs, once at start, what becomes of `OUTBOX_FAILPOINTS`: armed in a
+/// test build (which also says it is one, armed or not), ignored with a
+/// warning in a build without crash points.
+pub fn announce() {
+    let spec = std::env::var(VARIABLE)
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    match (COMPILED, spec) {
+        (true, Some(spec)) => tracing::warn!(points = %spec, "test build: crash points armed"),
+        (true, None) => tracing::info!("test build: crash points compiled in, none armed"),
+        (false, Some(_)) => tracing::warn!(
+            "{VARIABLE} is set but ignored: this build has no crash points (cargo feature `failpoints`)"
+        ),
+        (false, None) => {}
+    }
 }
 
-static POINTS: OnceLock<Vec<(String, Action)>> = OnceLock::new();
-static PAUSED: AtomicBool = AtomicBool::new(false);
-/// Hits of counted delays so far (one process arms few points).
-static DELAYED: AtomicU32 = AtomicU32::new(0);
+#[cfg(feature = "failpoints")]
+mod armed {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-fn parse(spec: &str) -> Vec<(String, Action)> {
-    spec.split(',')
-        .filter_map(|spec| {
-            let (name, action) = spec.split_once('=')?;
-            let action = match action.trim() {
-                "pause" => Action::Pause,
-                "hang" => Action::Hang,
-                "panic" => Action::Panic,
-                d if d.starts_with("delay:") => {
-                    let (ms, times) = match d[6..].split_once(':') {
-                        Some((ms, n)) => (ms, Some(n.parse().ok()?)),
-                        None => (&d[6..], None),
-                    };
-                    Action::Delay(std::time::Duration::from_millis(ms.parse().ok()?), times)
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub(super) enum Action {
+        Abort(f64),
+        Pause,
+        Hang,
+        Panic,
+        /// Wait this long, the first `times` hits (every hit when `None`).
+        Delay(std::time::Duration, Option<u32>),
+    }
+
+    static POINTS: OnceLock<Vec<(String, Action)>> = OnceLock::new();
+    static PAUSED: AtomicBool = AtomicBool::new(false);
+    /// Hits of counted delays so far (one process arms few points).
+    static DELAYED: AtomicU32 = AtomicU32::new(0);
+
+    pub(super) fn parse(spec: &str) -> Vec<(String, Action)> {
+        spec.split(',')
+            .filter_map(|spec| {
+                let (name, action) = spec.split_once('=')?;
+                let action = match action.trim() {
+                    "pause" => Action::Pause,
+                    "hang" => Action::Hang,
+                    "panic" => Action::Panic,
+                    d if d.starts_with("delay:") => {
+                        let (ms, times) = match d[6..].split_once(':') {
+                            Some((ms, n)) => (ms, Some(n.parse().ok()?)),
+                            None => (&d[6..], None),
+                        };
+                        Action::Delay(std::time::Duration::from_millis(ms.parse().ok()?), times)
+                    }
+                    p => Action::Abort(p.parse().ok()?),
+                };
+                Some((name.trim().to_owned(), action))
+            })
+            .collect()
+    }
+
+    fn points() -> &'static [(String, Action)] {
+        POINTS.get_or_init(|| parse(&std::env::var(super::VARIABLE).unwrap_or_default()))
+    }
+
+    /// Aborts or pauses the process if `name` is armed (see the module doc).
+    pub fn hit(name: &str) {
+        let Some((_, action)) = points().iter().find(|(n, _)| n == name) else {
+            return;
+        };
+        match *action {
+            Action::Abort(p) => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                if f64::from(nanos % 1_000_000) / 1_000_000.0 < p {
+                    eprintln!("failpoint {name}: aborting");
+                    std::process::abort();
                 }
-                p => Action::Abort(p.parse().ok()?),
-            };
-            Some((name.trim().to_owned(), action))
-        })
-        .collect()
-}
+            }
+            Action::Delay(d, times) => {
+                if let Some(d) = delay_due(name, d, times) {
+                    std::thread::sleep(d);
+                }
+            }
+            Action::Panic => {
+                eprintln!("failpoint {name}: panicking");
+                panic!("failpoint {name}");
+            }
+            Action::Hang => {
+                eprintln!("failpoint {name}: hanging");
+                loop {
+                    std::thread::park();
+                }
+            }
+            Action::Pause => {
+                if PAUSED.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+                eprintln!("failpoint {name}: pausing (SIGSTOP)");
+                stop_this_process();
+                eprintln!("failpoint {name}: resumed");
+            }
+        }
+    }
 
-fn points() -> &'static [(String, Action)] {
-    POINTS.get_or_init(|| parse(&std::env::var("OUTBOX_FAILPOINTS").unwrap_or_default()))
-}
+    /// [`hit`] for async code: `delay:MS` sleeps on the runtime's timer (the
+    /// task waits, other tasks run); the other actions as in [`hit`].
+    pub async fn hit_async(name: &str) {
+        match points().iter().find(|(n, _)| n == name) {
+            Some((_, Action::Delay(d, times))) => {
+                if let Some(d) = delay_due(name, *d, *times) {
+                    tokio::time::sleep(d).await;
+                }
+            }
+            Some(_) => hit(name),
+            None => {}
+        }
+    }
 
-/// Aborts or pauses the process if `name` is armed (see the module doc).
-pub fn hit(name: &str) {
-    let Some((_, action)) = points().iter().find(|(n, _)| n == name) else {
-        return;
-    };
-    match *action {
-        Action::Abort(p) => {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            if f64::from(nanos % 1_000_000) / 1_000_000.0 < p {
-                eprintln!("failpoint {name}: aborting");
-                std::process::abort();
-            }
+    /// The delay to take at this hit, announcing counted ones.
+    fn delay_due(
+        name: &str,
+        d: std::time::Duration,
+        times: Option<u32>,
+    ) -> Option<std::time::Duration> {
+        let Some(times) = times else {
+            return Some(d);
+        };
+        let hit = DELAYED.fetch_add(1, Ordering::SeqCst);
+        if hit >= times {
+            return None;
         }
-        Action::Delay(d, times) => {
-            if let Some(d) = delay_due(name, d, times) {
-                std::thread::sleep(d);
-            }
-        }
-        Action::Panic => {
-            eprintln!("failpoint {name}: panicking");
-            panic!("failpoint {name}");
-        }
-        Action::Hang => {
-            eprintln!("failpoint {name}: hanging");
-            loop {
-                std::thread::park();
-            }
-        }
-        Action::Pause => {
-            if PAUSED.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            eprintln!("failpoint {name}: pausing (SIGSTOP)");
-            stop_this_process();
-            eprintln!("failpoint {name}: resumed");
+        eprintln!("failpoint {name}: delaying {d:?}");
+        Some(d)
+    }
+
+    /// Stops the whole process with SIGSTOP sent to the calling thread, which
+    /// is stopped before `raise` returns: nothing after the crash point runs
+    /// until SIGCONT. (The `kill -STOP` child used before raced: the calling
+    /// thread sometimes went on, e.g. sent the Kafka commit, before the
+    /// process stopped.)
+    #[allow(unsafe_code)]
+    fn stop_this_process() {
+        // SAFETY: raise(3) with a valid signal number has no memory effects.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
         }
     }
 }
 
-/// [`hit`] for async code: `delay:MS` sleeps on the runtime's timer (the
-/// task waits, other tasks run); the other actions as in [`hit`].
-pub async fn hit_async(name: &str) {
-    match points().iter().find(|(n, _)| n == name) {
-        Some((_, Action::Delay(d, times))) => {
-            if let Some(d) = delay_due(name, *d, *times) {
-                tokio::time::sleep(d).await;
-            }
-        }
-        Some(_) => hit(name),
-        None => {}
-    }
-}
-
-/// The delay to take at this hit, announcing counted ones.
-fn delay_due(
-    name: &str,
-    d: std::time::Duration,
-    times: Option<u32>,
-) -> Option<std::time::Duration> {
-    let Some(times) = times else {
-        return Some(d);
-    };
-    let hit = DELAYED.fetch_add(1, Ordering::SeqCst);
-    if hit >= times {
-        return None;
-    }
-    eprintln!("failpoint {name}: delaying {d:?}");
-    Some(d)
-}
-
-/// Stops the whole process with SIGSTOP sent to the calling thread, which
-/// is stopped before `raise` returns: nothing after the crash point runs
-/// until SIGCONT. (The `kill -STOP` child used before raced: the calling
-/// thread sometimes went on, e.g. sent the Kafka commit, before the
-/// process stopped.)
-#[allow(unsafe_code)]
-fn stop_this_process() {
-    // SAFETY: raise(3) with a valid signal number has no memory effects.
-    unsafe {
-        libc::raise(libc::SIGSTOP);
-    }
-}
-
-#[cfg(test)]
+#[cfg(all(test, feature = "failpoints"))]
 mod tests {
-    use super::*;
+    use super::armed::{Action, parse};
 
     #[test]
     fn actions_parse() {

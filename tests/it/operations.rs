@@ -479,3 +479,70 @@ async fn a_setting_no_longer_used_is_named_in_one_warning_at_start_up() -> anyho
     );
     Ok(())
 }
+
+/// A release build has no crash points: the `OUTBOX_FAILPOINTS` that makes
+/// the test build's relay panic at its first Kafka transaction (exit 101,
+/// nothing flagged) leaves a release relay delivering every row, saying in
+/// its log that the variable is ignored. Needs `target/release/relay`, so
+/// `cargo test` skips it: scripts/release-check.sh runs it after `cargo
+/// build --release --bins` (CI's .ci/run does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a release build: scripts/release-check.sh"]
+async fn a_release_build_ignores_crash_points() -> anyhow::Result<()> {
+    let release = outbox_tests::daemon::release_binary("relay");
+    let stack = TestStack::start("release").await?;
+    stack.migrate().await?;
+    stack
+        .pg()
+        .await?
+        .batch_execute(
+            "INSERT INTO user_logins (username, event_type, event_time)
+             SELECT 'r' || g, 'login', now() FROM generate_series(1, 20) g",
+        )
+        .await?;
+    let mut env = stack.daemon_env();
+    env.push((
+        "OUTBOX_FAILPOINTS".into(),
+        "relay-before-kafka-commit=panic,relay-after-kafka-commit=panic,relay-before-flag=panic"
+            .into(),
+    ));
+
+    // The test build: armed, it panics at the first batch and exits 101.
+    let mut armed = Daemon::spawn(
+        "relay",
+        &["run"],
+        &env,
+        &format!("{}-test-build", stack.name),
+    );
+    let status = armed.wait_exit(Duration::from_secs(60));
+    let log = std::fs::read_to_string(&armed.log)?;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(101),
+        "the test build's relay panics at the armed point: {log}"
+    );
+    assert!(
+        log.contains("failpoint relay-before-kafka-commit: panicking"),
+        "{log}"
+    );
+    assert_eq!(stack.pending("user_logins").await?, 20, "nothing flagged");
+
+    // The release build, same settings: every row delivered, still running.
+    let mut relay =
+        Daemon::spawn_binary(&release, &["run"], &env, &format!("{}-release", stack.name));
+    wait_until(
+        "the release relay to flag every row",
+        Duration::from_secs(60),
+        || async { Ok(stack.pending("user_logins").await? == 0) },
+    )
+    .await;
+    assert!(relay.is_running(), "the release relay runs on");
+    let log = std::fs::read_to_string(&relay.log)?;
+    assert!(
+        log.contains("OUTBOX_FAILPOINTS is set but ignored") && !log.contains("failpoint relay-"),
+        "the release relay ignores the crash points and says so: {log}"
+    );
+    let status = relay.terminate(Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
+    Ok(())
+}

@@ -12,21 +12,41 @@ pub struct Daemon {
     pub log: PathBuf,
 }
 
-/// `target/<profile>/<name>`, next to the test binary's `deps/` folder.
+/// `target/<profile>/<name>`, next to the test binary's `deps/` folder:
+/// built by `cargo build --workspace --bins` (scripts/test.sh), which has
+/// the crash points (`--workspace` includes this crate, which turns them on).
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let path = dir.join(name);
+    let path = profile_dir().join(name);
     assert!(
         path.exists(),
-        "{} not built: run `cargo build --bins` first (scripts/test.sh does)",
+        "{} not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
         path.display()
     );
     path
+}
+
+/// `target/release/<name>`: a release build, without crash points (built by
+/// `cargo build --release --bins`, as scripts/release-check.sh does).
+pub fn release_binary(name: &str) -> PathBuf {
+    let path = profile_dir()
+        .parent()
+        .map(|target| target.join("release").join(name))
+        .unwrap_or_default();
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --release --bins` first (scripts/release-check.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// `target/<profile>`, the test binary's `deps/` folder's parent.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .and_then(|d| d.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 fn log_dir() -> PathBuf {
@@ -44,6 +64,17 @@ impl Daemon {
     /// `DAEMON_LOG` and `KAFKA_DEBUG` when the test run has it), its output
     /// going to `target/<profile>/test-logs/<label>.log`.
     pub fn spawn(name: &str, args: &[&str], env: &[(String, String)], label: &str) -> Self {
+        Self::spawn_binary(&binary(name), args, env, label)
+    }
+
+    /// [`Daemon::spawn`] of the binary at `path` (e.g. a release build's).
+    pub fn spawn_binary(
+        path: &std::path::Path,
+        args: &[&str],
+        env: &[(String, String)],
+        label: &str,
+    ) -> Self {
+        let name = path.display();
         let log = log_dir().join(format!("{label}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -51,7 +82,7 @@ impl Daemon {
             .open(&log)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", log.display()));
         let err = out.try_clone().unwrap_or_else(|e| panic!("log: {e}"));
-        let child = Command::new(binary(name))
+        let child = Command::new(path)
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
