@@ -61,6 +61,17 @@ where
     }
 }
 
+/// MIGRATIONS_DIR: the folders of the flows' own migrations (each with
+/// `postgres/` and `clickhouse/`), separated by commas, applied in that
+/// order after the product's.
+pub fn migrations_dirs(env: &Env) -> Vec<PathBuf> {
+    env.list("MIGRATIONS_DIR")
+        .unwrap_or_default()
+        .into_iter()
+        .map(PathBuf::from)
+        .collect()
+}
+
 /// One line naming the setting (the settings file's key when it came from
 /// there), exit code 2.
 pub fn bad_setting(name: &str, e: &SettingError) -> ExitCode {

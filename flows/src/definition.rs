@@ -2,8 +2,9 @@
 //! with an `id` key and a `sent_to_kafka` flag) publish to topics, and one
 //! consumer group loads those topics into ClickHouse tables.
 //!
-//! The built-in flows live in `builtin/flows.toml`; a user file (FLOWS_FILE)
-//! adds flows or replaces built-in ones by name.
+//! The product ships no flow: FLOWS_FILE names the files that define them
+//! (the demo's are in `demo/flows.toml`), a later file adding flows or
+//! replacing earlier ones by name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -11,8 +12,6 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::ident::{Ident, check_kafka_name};
-
-const BUILTIN: &str = include_str!("../builtin/flows.toml");
 
 /// One pipeline: what the relay publishes and what the sink loads.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -238,23 +237,19 @@ pub struct FlowCatalog {
 }
 
 impl FlowCatalog {
-    /// The built-in flows.
-    pub fn builtin() -> Result<Self, FlowError> {
-        Self::parse(BUILTIN, "builtin")
-    }
-
-    /// Built-in flows, with those of `file` added or replacing by name.
-    pub fn load(file: Option<&Path>) -> Result<Self, FlowError> {
-        let mut catalog = Self::builtin()?;
-        if let Some(path) = file {
+    /// The flows of `files`, in order: each file adds its flows, or
+    /// replaces flows of an earlier file by name.
+    pub fn load(files: &[impl AsRef<Path>]) -> Result<Self, FlowError> {
+        let mut catalog = Self { flows: Vec::new() };
+        for path in files {
+            let path = path.as_ref();
             let text = std::fs::read_to_string(path).map_err(|source| FlowError::Read {
                 path: path.display().to_string(),
                 source,
             })?;
-            let extra = Self::parse(&text, &path.display().to_string())?;
-            catalog.merge(extra);
-            catalog.one_flow_per_source_table()?;
+            catalog.merge(Self::parse(&text, &path.display().to_string())?);
         }
+        catalog.one_flow_per_source_table()?;
         Ok(catalog)
     }
 
@@ -475,15 +470,49 @@ impl TargetTable {
 mod tests {
     use super::*;
 
+    const TWO: &str = r#"
+[[flows]]
+name = "logins"
+consumer_group = "logins-consumer"
+[[flows.sources]]
+table = "logins"
+topic = "login_events"
+key = "username"
+columns = ["id", "username"]
+[[flows.targets]]
+topic = "login_events"
+table = "logins"
+
+[[flows]]
+name = "orders"
+consumer_group = "orders-consumer"
+[[flows.sources]]
+table = "orders"
+topic = "orders"
+columns = ["id"]
+"#;
+
+    fn two() -> FlowCatalog {
+        FlowCatalog::parse(TWO, "test").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `text` as a flows file of its own.
+    fn file(name: &str, text: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        path
+    }
+
     #[test]
-    fn builtin_flows_load() {
-        let catalog = FlowCatalog::builtin().unwrap_or_else(|e| panic!("{e}"));
+    fn flows_load_in_order() {
+        let catalog = two();
         let flow = &catalog.flows()[0];
-        assert_eq!(flow.name.as_str(), "user_logins");
-        assert_eq!(flow.consumer_group, "user-logins-consumer");
-        assert_eq!(flow.sources[0].topic, "user_events");
+        assert_eq!(flow.name.as_str(), "logins");
+        assert_eq!(flow.consumer_group, "logins-consumer");
+        assert_eq!(flow.sources[0].topic, "login_events");
         assert_eq!(flow.sources[0].key_column(), "username");
-        assert_eq!(flow.targets[0].table.as_str(), "user_logins");
+        assert_eq!(flow.targets[0].table.as_str(), "logins");
+        assert_eq!(catalog.flows()[1].sources[0].key_column(), "id");
     }
 
     #[test]
@@ -521,12 +550,10 @@ columns = ["id"]
 
     #[test]
     fn select_and_prefix() {
-        let catalog = FlowCatalog::builtin()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .with_prefixes("t1.", "g1.");
+        let catalog = two().with_prefixes("t1.", "g1.");
         let all = catalog.select(None).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(all[0].sources[0].topic, "t1.user_events");
-        assert_eq!(all[0].consumer_group, "g1.user-logins-consumer");
+        assert_eq!(all[0].sources[0].topic, "t1.login_events");
+        assert_eq!(all[0].consumer_group, "g1.logins-consumer");
         let err = catalog
             .select(Some(&["nope".to_owned()]))
             .err()
@@ -535,37 +562,41 @@ columns = ["id"]
     }
 
     #[test]
-    fn user_file_replaces_by_name_and_adds() {
-        let mut catalog = FlowCatalog::builtin().unwrap_or_else(|e| panic!("{e}"));
-        let extra = FlowCatalog::parse(
-            "[[flows]]\nname = \"user_logins\"\nconsumer_group = \"other\"\n[[flows]]\nname = \"mine\"\nconsumer_group = \"m\"\n",
-            "test",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        catalog.merge(extra);
-        assert_eq!(
-            catalog.names(),
-            vec!["user_logins", "my_table", "router", "sales", "etl", "mine"]
+    fn a_later_file_replaces_by_name_and_adds() {
+        let first = file("first-flows", TWO);
+        let second = file(
+            "second-flows",
+            "[[flows]]\nname = \"logins\"\nconsumer_group = \"other\"\n[[flows]]\nname = \"mine\"\nconsumer_group = \"m\"\n",
         );
+        let catalog = FlowCatalog::load(&[&first, &second]);
+        let _ = (std::fs::remove_file(&first), std::fs::remove_file(&second));
+        let catalog = catalog.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(catalog.names(), vec!["logins", "orders", "mine"]);
         assert_eq!(catalog.flows()[0].consumer_group, "other");
+        let none: [&Path; 0] = [];
+        assert_eq!(
+            FlowCatalog::load(&none).map(|c| c.names()).ok(),
+            Some(vec![])
+        );
     }
 
     #[test]
     fn two_flows_on_one_source_table_are_refused_naming_both() {
-        let shared = "[[flows]]\nname = \"audit\"\nconsumer_group = \"a\"\n[[flows.sources]]\ntable = \"user_logins\"\ntopic = \"audit\"\ncolumns = [\"id\"]\n";
-        let dir = std::env::temp_dir().join(format!("shared-source-{}.toml", std::process::id()));
-        std::fs::write(&dir, shared).unwrap_or_else(|e| panic!("{e}"));
-        let err = FlowCatalog::load(Some(&dir)).err().map(|e| e.to_string());
-        let _ = std::fs::remove_file(&dir);
-        let err = err.unwrap_or_else(|| panic!("a second flow on user_logins was accepted"));
+        let shared = "[[flows]]\nname = \"audit\"\nconsumer_group = \"a\"\n[[flows.sources]]\ntable = \"logins\"\ntopic = \"audit\"\ncolumns = [\"id\"]\n";
+        let (first, second) = (file("owner-flows", TWO), file("shared-source", shared));
+        let err = FlowCatalog::load(&[&first, &second])
+            .err()
+            .map(|e| e.to_string());
+        let _ = (std::fs::remove_file(&first), std::fs::remove_file(&second));
+        let err = err.unwrap_or_else(|| panic!("a second flow on logins was accepted"));
         assert!(
-            err.contains("audit") && err.contains("user_logins") && err.contains("sent_to_kafka"),
+            err.contains("audit") && err.contains("logins") && err.contains("sent_to_kafka"),
             "{err}"
         );
         // Replacing the flow that owns the table is still fine.
         assert!(
             FlowCatalog::parse(
-                &shared.replace("audit\"\nconsumer", "user_logins\"\nconsumer"),
+                &shared.replace("audit\"\nconsumer", "logins\"\nconsumer"),
                 "t"
             )
             .is_ok()

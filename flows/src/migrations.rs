@@ -1,5 +1,19 @@
-//! The SQL migrations of both databases, embedded in the binaries. Each
-//! runner records what it applied by name, so `migrate` is idempotent.
+//! The SQL migrations. The product's own — the outbox machinery every
+//! source table relies on: the NOTIFY function, the dead rows, the guard of
+//! pending rows, the relay's positions and windows, the partition detaches,
+//! the notes of changed sent rows — are embedded in the binaries and name no
+//! table of anyone's flows. The tables of the flows (a user's, the demo's in
+//! `demo/migrations`) come from MIGRATIONS_DIR. Each runner records what it
+//! applied by name, so `migrate` is idempotent.
+//!
+//! Names are what a database remembers: an applied migration's name stays
+//! for ever. Its content may change for fresh installs as long as a
+//! database that ran the old content needs nothing more — as when the demo
+//! tables (once `0002_user_logins` … `0005_sales` here, and every ClickHouse
+//! migration) moved to `demo/migrations`, whose files create them only if
+//! missing.
+
+use std::path::{Path, PathBuf};
 
 /// One migration file: `name` is its file stem, applied in name order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,13 +28,11 @@ macro_rules! embed {
     };
 }
 
+/// Numbers 0002–0005 were the demo's tables (now `demo/migrations`): left
+/// out, never reused.
 const POSTGRES: &[(&str, &str)] = embed!(
     "postgres",
     "0001_outbox_notify",
-    "0002_user_logins",
-    "0003_my_table",
-    "0004_router",
-    "0005_sales",
     "0006_outbox_dead_rows",
     "0007_pending_rows_immutable",
     "0008_keyset_relay",
@@ -29,14 +41,10 @@ const POSTGRES: &[(&str, &str)] = embed!(
     "0011_partition_detaches",
     "0012_changed_sent_rows",
 );
-const CLICKHOUSE: &[(&str, &str)] = embed!(
-    "clickhouse",
-    "0001_user_logins",
-    "0002_my_table",
-    "0003_router",
-    "0004_sales",
-    "0005_etl",
-);
+/// The sink needs no table of its own: `sink migrate` creates the database
+/// and its record of migrations, the flows' tables come from MIGRATIONS_DIR.
+/// (`0001_user_logins` … `0005_etl` were the demo's: never reused.)
+const CLICKHOUSE: &[(&str, &str)] = &[];
 
 fn owned(list: &[(&str, &str)]) -> Vec<Migration> {
     list.iter()
@@ -58,7 +66,14 @@ pub fn clickhouse() -> Vec<Migration> {
 /// A user's migrations for their own flows: `<dir>/<kind>/*.sql` (kind is
 /// `postgres` or `clickhouse`), applied after the built-in ones in file-name
 /// order and recorded as `user/<file stem>`. A missing folder is no migration.
-pub fn from_dir(dir: &std::path::Path, kind: &str) -> std::io::Result<Vec<Migration>> {
+pub fn from_dir(dir: &Path, kind: &str) -> std::io::Result<Vec<Migration>> {
+    Ok(files_of(dir, kind)?
+        .into_iter()
+        .map(|(migration, _)| migration)
+        .collect())
+}
+
+fn files_of(dir: &Path, kind: &str) -> std::io::Result<Vec<(Migration, PathBuf)>> {
     let folder = dir.join(kind);
     if !folder.is_dir() {
         return Ok(Vec::new());
@@ -76,23 +91,42 @@ pub fn from_dir(dir: &std::path::Path, kind: &str) -> std::io::Result<Vec<Migrat
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Ok(Migration {
+            let migration = Migration {
                 name: format!("user/{stem}"),
                 sql: std::fs::read_to_string(&path)?,
-            })
+            };
+            Ok((migration, path))
         })
         .collect()
 }
 
-/// Built-in migrations of `kind`, then those under MIGRATIONS_DIR if set.
-pub fn all(kind: &str, user_dir: Option<&std::path::Path>) -> std::io::Result<Vec<Migration>> {
+/// The product's migrations of `kind`, then those of each MIGRATIONS_DIR
+/// folder in the order given (e.g. the demo's, then a user's), each
+/// folder's files in name order. Two files of one name in different
+/// folders would be one record: refused, naming both.
+pub fn all(kind: &str, user_dirs: &[PathBuf]) -> std::io::Result<Vec<Migration>> {
     let mut list = if kind == "postgres" {
         postgres()
     } else {
         clickhouse()
     };
-    if let Some(dir) = user_dir {
-        list.extend(from_dir(dir, kind)?);
+    let mut seen: Vec<(String, PathBuf)> = Vec::new();
+    for dir in user_dirs {
+        for (migration, path) in files_of(dir, kind)? {
+            if let Some((_, first)) = seen.iter().find(|(name, _)| *name == migration.name) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} and {} would both be recorded as migration {}: rename one",
+                        first.display(),
+                        path.display(),
+                        migration.name
+                    ),
+                ));
+            }
+            seen.push((migration.name.clone(), path));
+            list.push(migration);
+        }
     }
     Ok(list)
 }
@@ -129,6 +163,72 @@ fn push_statement(out: &mut Vec<String>, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_product_migrations_name_no_flow_table() {
+        // The demo's tables, and their ClickHouse targets, are the demo's.
+        let demo = [
+            "user_logins",
+            "my_table",
+            "user_clicks",
+            "page_views",
+            "orders",
+            "sales",
+            "warehouse",
+            "events_processed",
+            "stock_movements",
+        ];
+        for m in postgres().iter().chain(clickhouse().iter()) {
+            let sql = m.sql.to_lowercase();
+            for table in demo {
+                assert!(
+                    !sql.contains(&format!("'{table}'")) && !sql.contains(&format!(" {table} ")),
+                    "{} names {table}",
+                    m.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn folders_follow_each_other_and_a_name_in_two_is_refused() {
+        let root = std::env::temp_dir().join(format!("migrations-{}", std::process::id()));
+        let write = |dir: &str, file: &str| {
+            let folder = root.join(dir).join("postgres");
+            std::fs::create_dir_all(&folder).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(folder.join(file), "SELECT 1;").unwrap_or_else(|e| panic!("{e}"));
+        };
+        write("demo", "0002_b.sql");
+        write("demo", "0001_a.sql");
+        write("mine", "0001_c.sql");
+        let names = |dirs: &[&str]| {
+            let dirs: Vec<PathBuf> = dirs.iter().map(|d| root.join(d)).collect();
+            all("postgres", &dirs).map(|list| {
+                list.into_iter()
+                    .filter(|m| m.name.starts_with("user/"))
+                    .map(|m| m.name)
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            names(&["demo", "mine"]).ok(),
+            Some(vec![
+                "user/0001_a".to_owned(),
+                "user/0002_b".to_owned(),
+                "user/0001_c".to_owned()
+            ])
+        );
+        write("mine", "0002_b.sql");
+        let err = names(&["demo", "mine"]).err().map(|e| e.to_string());
+        let _ = std::fs::remove_dir_all(&root);
+        let err = err.unwrap_or_else(|| panic!("a name in two folders was accepted"));
+        assert!(
+            err.contains("demo/postgres/0002_b.sql")
+                && err.contains("mine/postgres/0002_b.sql")
+                && err.contains("user/0002_b"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn embedded_lists_are_sorted_and_split() {

@@ -238,15 +238,27 @@ impl Env {
     }
 }
 
-/// The built-in flows plus those of FLOWS_FILE.
+/// The flows of FLOWS_FILE: one file, or several (a later one adding flows
+/// or replacing earlier ones by name). The product ships none: without it
+/// there is nothing to run.
 pub fn catalog(env: &Env) -> Result<FlowCatalog, SettingError> {
-    let file: Option<PathBuf> = FLOWS_FILE.get_opt(env)?;
-    FlowCatalog::load(file.as_deref())
-        .map_err(|e| SettingError::new(FLOWS_FILE.name, e.to_string()))
+    let files: Vec<PathBuf> = FLOWS_FILE
+        .get_opt(env)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    if files.is_empty() {
+        return Err(SettingError::new(
+            FLOWS_FILE.name,
+            "is required: the file defining your flows (the demo's: demo/flows.toml)",
+        ));
+    }
+    FlowCatalog::load(&files).map_err(|e| SettingError::new(FLOWS_FILE.name, e.to_string()))
 }
 
-/// The flows selected by FLOWS (default all), from the built-in catalogue
-/// plus FLOWS_FILE, with KAFKA_TOPIC_PREFIX and KAFKA_GROUP_PREFIX applied.
+/// The flows selected by FLOWS (default all) from FLOWS_FILE, with
+/// KAFKA_TOPIC_PREFIX and KAFKA_GROUP_PREFIX applied.
 pub fn selected_flows(env: &Env) -> Result<Vec<Flow>, SettingError> {
     let catalog =
         catalog(env)?.with_prefixes(&KAFKA_TOPIC_PREFIX.get(env)?, &KAFKA_GROUP_PREFIX.get(env)?);

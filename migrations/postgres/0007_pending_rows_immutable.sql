@@ -1,9 +1,8 @@
 -- An outbox row is an event: until it is delivered it must not change. A
 -- batch can reach Kafka twice (a crash between the Kafka and Postgres
 -- commits); if the row changed in between, the second copy carries new
--- values, and a ClickHouse table ordered by a changed column (sales by
--- event_time, the router's tables by timestamp) would keep both copies even
--- under FINAL. So an UPDATE that changes a pending row and leaves it
+-- values, and a ClickHouse table ordered by a changed column (an event
+-- time, say) would keep both copies even under FINAL. So an UPDATE that changes a pending row and leaves it
 -- pending is refused. Flagging (the relay), setting aside, replaying a sent
 -- row, changing a row already sent and an update that changes nothing stay
 -- allowed. The WHEN clause is all the relay's flag updates evaluate (its
@@ -32,6 +31,3 @@ BEGIN
         source);
 END;
 $$;
-
-SELECT outbox_protect_pending(t)
-FROM unnest(ARRAY['user_logins', 'my_table', 'user_clicks', 'page_views', 'orders', 'sales', 'warehouse']::regclass[]) AS t;

@@ -56,6 +56,3 @@ LANGUAGE sql STABLE AS $$
         SELECT 1 FROM pg_class c, pg_options_to_table(c.reloptions) o
         WHERE c.oid = source AND o.option_name = 'fillfactor' AND o.option_value::int <= 70)
 $$;
-
-SELECT outbox_tune_source(t)
-FROM unnest(ARRAY['user_logins', 'my_table', 'user_clicks', 'page_views', 'orders', 'sales', 'warehouse']::regclass[]) AS t;

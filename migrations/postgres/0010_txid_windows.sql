@@ -118,9 +118,6 @@ LANGUAGE sql STABLE AS $$
     SELECT cardinality(outbox_source_missing(source)) = 0
 $$;
 
-SELECT outbox_tune_source(t)
-FROM unnest(ARRAY['user_logins', 'my_table', 'user_clicks', 'page_views', 'orders', 'sales', 'warehouse']::regclass[]) AS t;
-
 -- Where each scan stands: a snapshot (pg_snapshot text) such that every
 -- transaction visible in it had its rows of the table (of the shard)
 -- published. Positions by id (the keyset scan's) mean nothing any more.

@@ -176,6 +176,10 @@ mod tests {
         vec![
             ("DATABASE_URL", "postgres://u:pw@localhost/db"),
             ("KAFKA_BROKERS", "localhost:9092"),
+            (
+                "FLOWS_FILE",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/flows.toml"),
+            ),
         ]
     }
 
@@ -214,6 +218,10 @@ mod tests {
             ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
             ("KAFKA_SASL_USERNAME", "u"),
             ("KAFKA_SASL_PASSWORD", "kafka-secret"),
+            (
+                "FLOWS_FILE",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/flows.toml"),
+            ),
         ];
         pairs.push(("KAFKA_SASL_MECHANISM", "PLAIN"));
         let cfg = RelayConfig::from_env(&Env::from_pairs(pairs)).unwrap_or_else(|e| panic!("{e}"));

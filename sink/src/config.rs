@@ -118,6 +118,10 @@ mod tests {
             ("CLICKHOUSE_URL", "http://localhost:8123"),
             ("KAFKA_BROKERS", "localhost:9092"),
             ("CLICKHOUSE_PASSWORD", "s3cret"),
+            (
+                "FLOWS_FILE",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/flows.toml"),
+            ),
         ];
         let env = Env::from_pairs(base);
         let cfg = SinkConfig::from_env(&env).unwrap_or_else(|e| panic!("{e}"));

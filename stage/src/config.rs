@@ -38,7 +38,7 @@ impl StageConfig {
         if flows.is_empty() {
             return Err(SettingError::new(
                 "FLOWS",
-                "selects no flow with a stage (the built-in one is `etl`)",
+                "selects no flow with a stage (the demo's is `etl`)",
             ));
         }
         Ok(Self {

@@ -30,19 +30,19 @@ pub const FLOWS: Setting<List> = Setting::new(
     Unset::Means("all flows"),
     "the flows to run, by name; each daemon takes those that have work for it",
 );
-pub const FLOWS_FILE: Setting<Path> = Setting::new(
+pub const FLOWS_FILE: Setting<List> = Setting::new(
     "FLOWS_FILE",
     EVERY,
-    Path,
-    Unset::Means("none"),
-    "a TOML file adding or replacing flows ([Adding your own flow](flows.md#adding-your-own-flow))",
+    List,
+    Unset::Required,
+    "your flows: TOML files, a later one adding flows or replacing earlier ones by name; the product ships none (the demo's: `demo/flows.toml`; [Adding your own flow](flows.md#adding-your-own-flow))",
 );
-pub const MIGRATIONS_DIR: Setting<Path> = Setting::new(
+pub const MIGRATIONS_DIR: Setting<List> = Setting::new(
     "MIGRATIONS_DIR",
     RELAY_AND_SINK,
-    Path,
+    List,
     Unset::Means("none"),
-    "your flows' SQL for `migrate`: `postgres/*.sql` (relay) and `clickhouse/*.sql` (sink), applied after the built-in ones",
+    "your flows' SQL for `migrate`: folders with `postgres/*.sql` (relay) and `clickhouse/*.sql` (sink), applied in order after the product's own and recorded as `user/<file stem>` (the demo's: `demo/migrations`)",
 );
 pub const KAFKA_TOPIC_PREFIX: Setting<Text> = Setting::new(
     "KAFKA_TOPIC_PREFIX",

@@ -31,7 +31,7 @@ pub enum SourceError {
         found: String,
     },
     #[error(
-        "flow `{flow}`: source table {table} has no outbox_txid column, which the relay reads it by: run SELECT outbox_tune_source('{table}') as its owner (relay migrate does it for the built-in flows)"
+        "flow `{flow}`: source table {table} has no outbox_txid column, which the relay reads it by: run SELECT outbox_tune_source('{table}') as its owner (a flow's own migration does: see README, \"Adding your own flow\")"
     )]
     Untuned { flow: String, table: String },
     #[error("flow `{flow}`: source table {table} has {count} columns, at most 50 are supported")]

@@ -1,6 +1,6 @@
 -- shared/FLOWS.md §4 (seed 002): sales and warehouse stock movements.
 -- event_time is text, as the demo's generator sends it; the sink parses it
--- best-effort.
+-- best-effort. Made as 0001 says.
 CREATE TABLE IF NOT EXISTS sales (
     id BIGSERIAL PRIMARY KEY,
     event_id UUID NOT NULL DEFAULT gen_random_uuid(),
@@ -33,11 +33,14 @@ CREATE TABLE IF NOT EXISTS warehouse (
     responsible TEXT NOT NULL,
     sent_to_kafka BOOLEAN DEFAULT FALSE
 );
-CREATE INDEX IF NOT EXISTS sales_pending ON sales (id) WHERE sent_to_kafka IS NOT TRUE;
-CREATE INDEX IF NOT EXISTS warehouse_pending ON warehouse (id) WHERE sent_to_kafka IS NOT TRUE;
 DROP TRIGGER IF EXISTS sales_outbox_notify ON sales;
 CREATE TRIGGER sales_outbox_notify AFTER INSERT ON sales
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
 DROP TRIGGER IF EXISTS warehouse_outbox_notify ON warehouse;
 CREATE TRIGGER warehouse_outbox_notify AFTER INSERT ON warehouse
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+
+SELECT outbox_tune_source('sales');
+SELECT outbox_tune_source('warehouse');
+SELECT outbox_protect_pending('sales');
+SELECT outbox_protect_pending('warehouse');

@@ -1,5 +1,5 @@
 -- shared/FLOWS.md §3 (seed 001): clicks, page views and orders, each with a
--- timestamp and the client's IPv4 address.
+-- timestamp and the client's IPv4 address. Made as 0001 says.
 CREATE TABLE IF NOT EXISTS user_clicks (
     id BIGSERIAL PRIMARY KEY,
     "timestamp" TIMESTAMP NOT NULL DEFAULT now(),
@@ -27,9 +27,6 @@ CREATE TABLE IF NOT EXISTS orders (
     amount NUMERIC(10, 2) NOT NULL,
     sent_to_kafka BOOLEAN DEFAULT FALSE
 );
-CREATE INDEX IF NOT EXISTS user_clicks_pending ON user_clicks (id) WHERE sent_to_kafka IS NOT TRUE;
-CREATE INDEX IF NOT EXISTS page_views_pending ON page_views (id) WHERE sent_to_kafka IS NOT TRUE;
-CREATE INDEX IF NOT EXISTS orders_pending ON orders (id) WHERE sent_to_kafka IS NOT TRUE;
 DROP TRIGGER IF EXISTS user_clicks_outbox_notify ON user_clicks;
 CREATE TRIGGER user_clicks_outbox_notify AFTER INSERT ON user_clicks
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
@@ -39,3 +36,10 @@ CREATE TRIGGER page_views_outbox_notify AFTER INSERT ON page_views
 DROP TRIGGER IF EXISTS orders_outbox_notify ON orders;
 CREATE TRIGGER orders_outbox_notify AFTER INSERT ON orders
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+
+SELECT outbox_tune_source('user_clicks');
+SELECT outbox_tune_source('page_views');
+SELECT outbox_tune_source('orders');
+SELECT outbox_protect_pending('user_clicks');
+SELECT outbox_protect_pending('page_views');
+SELECT outbox_protect_pending('orders');
