@@ -62,14 +62,15 @@ where
 }
 
 /// MIGRATIONS_DIR: the folders of the flows' own migrations (each with
-/// `postgres/` and `clickhouse/`), separated by commas, applied in that
-/// order after the product's.
-pub fn migrations_dirs(env: &Env) -> Vec<PathBuf> {
-    env.list("MIGRATIONS_DIR")
+/// `postgres/` and `clickhouse/`), applied in that order after the
+/// product's.
+pub fn migrations_dirs(env: &Env) -> Result<Vec<PathBuf>, SettingError> {
+    Ok(flows::settings::MIGRATIONS_DIR
+        .get_opt(env)?
         .unwrap_or_default()
         .into_iter()
         .map(PathBuf::from)
-        .collect()
+        .collect())
 }
 
 /// One line naming the setting (the settings file's key when it came from

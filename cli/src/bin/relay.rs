@@ -86,19 +86,6 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Insert realistic rows into a flow's source tables at a steady rate
-    /// (the demos' emitters, through Postgres); prints the rate every second.
-    Generate {
-        /// The flow whose source tables get rows (e.g. sales, router).
-        #[arg(long)]
-        flow: String,
-        /// Rows per second.
-        #[arg(long, default_value_t = 10)]
-        rate: u64,
-        /// Stop after this many rows (default: run until SIGTERM/SIGINT).
-        #[arg(long)]
-        total: Option<u64>,
-    },
 }
 
 fn main() -> ExitCode {
@@ -124,7 +111,6 @@ fn main() -> ExitCode {
                 older_than,
                 dry_run,
             } => prune(&env, &flow, older_than.as_deref(), dry_run).await,
-            Command::Generate { flow, rate, total } => generate(&env, &flow, rate, total).await,
         };
         outcome.unwrap_or_else(|code| code)
     })
@@ -164,8 +150,8 @@ async fn connect(
 }
 
 async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
-    let user_dir = setting(flows::settings::MIGRATIONS_DIR.get_opt(env))?;
-    let migrations = flows::migrations::all("postgres", user_dir.as_deref())
+    let dirs = setting(outbox_cli::migrations_dirs(env))?;
+    let migrations = flows::migrations::all("postgres", &dirs)
         .map_err(|e| bad_setting(NAME, &SettingError::new("MIGRATIONS_DIR", e.to_string())))?;
     let (mut client, _) = connect(env, "migrate").await?;
     let applied = relay::migrate::migrate(&mut client, &migrations)
@@ -201,29 +187,6 @@ async fn status(env: &Env) -> Result<ExitCode, ExitCode> {
         .await
         .map_err(|e| failure("relay status", &connections::pg::detail(&e)))?;
     print!("{report}");
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn generate(
-    env: &Env,
-    flow: &str,
-    rate: u64,
-    total: Option<u64>,
-) -> Result<ExitCode, ExitCode> {
-    let catalog = setting(flows::settings::catalog(env))?;
-    let target = setting(
-        ops::generate::source_flow(&catalog, flow).map_err(|e| SettingError::new("--flow", e)),
-    )?;
-    if rate == 0 {
-        return Err(bad_setting(
-            NAME,
-            &SettingError::new("--rate", "must be greater than 0"),
-        ));
-    }
-    let (client, shutdown) = connect(env, "generate").await?;
-    ops::generate::generate(&client, &target, rate, total, &shutdown)
-        .await
-        .map_err(|e| failure("relay generate", &connections::pg::detail(&e)))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -64,19 +64,9 @@ enum Command {
         allow_forward: bool,
     },
     /// The web dashboard on SINK_DASHBOARD_ADDR (default 127.0.0.1:9180):
-    /// each flow's pipeline status (read from the daemons' endpoints and
-    /// ClickHouse) and the seed 002 sales dashboard.
+    /// each flow's pipeline status, read from the daemons' endpoints and
+    /// ClickHouse.
     Dashboard,
-    /// The events watcher (seed 000): print new entries of the `events`
-    /// journal every few seconds, reading only ClickHouse.
-    Watch {
-        /// Seconds between polls.
-        #[arg(long, default_value_t = 3)]
-        interval_secs: u64,
-        /// Print the entries already there too.
-        #[arg(long)]
-        from_start: bool,
-    },
 }
 
 fn main() -> ExitCode {
@@ -97,10 +87,6 @@ fn main() -> ExitCode {
                 to,
                 allow_forward,
             } => rewind(&env, &flow, &to, allow_forward).await,
-            Command::Watch {
-                interval_secs,
-                from_start,
-            } => watch(&env, interval_secs, from_start).await,
         };
         outcome.unwrap_or_else(|code| code)
     })
@@ -112,9 +98,9 @@ fn setting<T>(result: Result<T, SettingError>) -> Result<T, ExitCode> {
 
 async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
     let cfg = setting(sink::config::clickhouse_config(env))?;
-    let user_dir = setting(flows::settings::MIGRATIONS_DIR.get_opt(env))?;
+    let dirs = setting(outbox_cli::migrations_dirs(env))?;
     let migrations = setting(
-        flows::migrations::all("clickhouse", user_dir.as_deref())
+        flows::migrations::all("clickhouse", &dirs)
             .map_err(|e| SettingError::new("MIGRATIONS_DIR", e.to_string())),
     )?;
     let shutdown = signals(NAME)?;
@@ -194,29 +180,6 @@ async fn dashboard(env: &Env) -> Result<ExitCode, ExitCode> {
         .map_err(|e| failure("sink dashboard", &format!("cannot serve: {e}")))?;
     tracing::info!(url = %format!("http://{addr}/"), "dashboard serving");
     shutdown.cancelled().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn watch(env: &Env, interval_secs: u64, from_start: bool) -> Result<ExitCode, ExitCode> {
-    let cfg = setting(sink::config::clickhouse_config(env))?;
-    if interval_secs == 0 {
-        return Err(bad_setting(
-            NAME,
-            &SettingError::new("--interval-secs", "must be greater than 0"),
-        ));
-    }
-    let shutdown = signals(NAME)?;
-    let client = sink::clickhouse::client::client(&cfg, Some(&cfg.database));
-    let interval = std::time::Duration::from_secs(interval_secs);
-    ops::watch::watch(
-        &client,
-        interval,
-        from_start,
-        &mut std::io::stdout(),
-        &shutdown,
-    )
-    .await
-    .map_err(|e| failure("sink watch", &e))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,4 +1,4 @@
-//! `sink watch`: the seed 000 events watcher. Polls the `events` journal
+//! `outbox-demo watch`: the seed 000 events watcher. Polls the `events` journal
 //! every few seconds and prints the entries it has not printed yet; it talks
 //! only to ClickHouse.
 

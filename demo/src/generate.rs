@@ -1,4 +1,4 @@
-//! `relay generate`: inserts realistic rows into a flow's source tables at a
+//! `outbox-demo generate`: inserts realistic rows into a flow's source tables at a
 //! steady rate, through plain SQL as any application would — the demos'
 //! emitters, but through Postgres. Postgres itself draws the random values
 //! (`random()`, `gen_random_uuid()`), so a tick is one INSERT per table.
@@ -22,8 +22,8 @@ pub struct TableGenerator {
     pub insert_sql: String,
 }
 
-/// The demos' shapes for the built-in tables.
-fn builtin_sql(table: &str) -> Option<&'static str> {
+/// The demos' shapes for the demo's tables.
+fn demo_sql(table: &str) -> Option<&'static str> {
     Some(match table {
         "user_logins" => {
             "INSERT INTO user_logins (username, event_type, event_time)
@@ -87,7 +87,7 @@ fn builtin_sql(table: &str) -> Option<&'static str> {
     })
 }
 
-/// A random value of a Postgres column type, for tables the product does not
+/// A random value of a Postgres column type, for tables the demo does not
 /// know (a user's own flow).
 fn random_expr(data_type: &str) -> &'static str {
     match data_type {
@@ -151,7 +151,7 @@ pub async fn generators(
             "warehouse" => 0.3,
             _ => 1.0,
         };
-        let insert_sql = match builtin_sql(table) {
+        let insert_sql = match demo_sql(table) {
             Some(sql) => sql.to_owned(),
             None => generic_sql(client, source).await?,
         };
