@@ -5,8 +5,9 @@ CI's server is Debian's 18.16; users run current releases. PyPI's `chdb`
 carries a current ClickHouse engine in-process (no HTTP server), so this
 feeds it what the sink would send a server of that version:
 
-1. every embedded migration, as `sink migrate` would send it to a server of
-   chdb's version (`sink/examples/chdb_fixture.rs migrations`);
+1. every ClickHouse migration of the demo's flows (demo/migrations; the
+   product has none of its own), as `sink migrate` would send it to a
+   server of chdb's version (`sink/examples/chdb_fixture.rs migrations`);
 2. one row per case of every column type the sink's encoder writes, sent
    as the sink's insert into a server of chdb's version sends it (the
    encoder's RowBinary, after the header declaring the types the server

@@ -91,7 +91,7 @@ pub async fn any_pending(pg: &tokio_postgres::Client, from: &mut i64) -> anyhow:
 ///    copy of the table as it was before 0008 (that index, pages filled).
 pub async fn ceiling(bench: &Bench, n: u64, batch: u32) -> anyhow::Result<Vec<Figure>> {
     let pg = bench.pg().await?;
-    let flow = flows::FlowCatalog::builtin()?
+    let flow = flows::FlowCatalog::load(&[outbox_demo::flows_file()])?
         .select(Some(&["user_logins".to_owned()]))?
         .remove(0);
     pg.batch_execute(

@@ -58,7 +58,9 @@ impl Bench {
         };
         let (mut pg, conn) = tokio_postgres::connect(&bench.database_url, NoTls).await?;
         tokio::spawn(conn);
-        relay::migrate::migrate(&mut pg, &flows::migrations::postgres()).await?;
+        // The demo's flows: the benchmark drives `user_logins`.
+        let demo = [outbox_demo::migrations_dir()];
+        relay::migrate::migrate(&mut pg, &flows::migrations::all("postgres", &demo)?).await?;
         let cfg = bench.clickhouse_config();
         let root = sink::clickhouse::client::client(&cfg, None);
         root.query(&format!("DROP DATABASE IF EXISTS `{name}`"))
@@ -66,7 +68,7 @@ impl Bench {
             .await?;
         sink::migrate_with_retry(
             &cfg,
-            &flows::migrations::clickhouse(),
+            &flows::migrations::all("clickhouse", &demo)?,
             &tokio_util::sync::CancellationToken::new(),
         )
         .await?;
@@ -142,6 +144,10 @@ impl Bench {
             ("KAFKA_TOPIC_PREFIX", &self.prefix),
             ("CLICKHOUSE_URL", &self.clickhouse_url),
             ("CLICKHOUSE_DATABASE", &self.name),
+            (
+                "FLOWS_FILE",
+                &outbox_demo::flows_file().display().to_string(),
+            ),
             ("FLOWS", "user_logins"),
             ("KAFKA_GROUP_PREFIX", &groups),
             ("RELAY_METRICS_ADDR", "off"),

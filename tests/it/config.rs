@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use outbox_tests::daemon::run_for_output;
+use outbox_tests::stack::demo_files;
 
 fn settings_file(name: &str, text: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("outbox-config-test-{}", std::process::id()));
@@ -39,6 +40,7 @@ fn the_file_sets_what_the_environment_does_not_and_config_says_where_each_came_f
          [stage]\nbatch_size = 77\n",
     )?;
     let path = file.display().to_string();
+    let (flows_file, _) = demo_files();
     let (code, out, err) = run_for_output(
         "relay",
         &["config", "--config", &path],
@@ -48,6 +50,7 @@ fn the_file_sets_what_the_environment_does_not_and_config_says_where_each_came_f
                 "postgres://u:pg-secret@db.example:5432/outbox",
             ),
             ("KAFKA_BROKERS", "env-broker:9092"),
+            ("FLOWS_FILE", &flows_file),
         ],
     );
     assert_eq!(code, Some(0), "{err}");
@@ -86,6 +89,7 @@ fn the_file_sets_what_the_environment_does_not_and_config_says_where_each_came_f
             ("OUTBOX_CONFIG", &path),
             ("CLICKHOUSE_URL", "http://ch.example:8123"),
             ("CLICKHOUSE_PASSWORD", "ch-secret"),
+            ("FLOWS_FILE", &flows_file),
         ],
     );
     assert_eq!(code, Some(0), "{err}");
@@ -102,7 +106,11 @@ fn the_file_sets_what_the_environment_does_not_and_config_says_where_each_came_f
     let (code, out, err) = run_for_output(
         "stage",
         &["config"],
-        &[("OUTBOX_CONFIG", &path), ("FLOWS", "etl")],
+        &[
+            ("OUTBOX_CONFIG", &path),
+            ("FLOWS", "etl"),
+            ("FLOWS_FILE", &flows_file),
+        ],
     );
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(line(&out, "FLOWS"), "FLOWS=etl  # environment");
@@ -116,9 +124,11 @@ fn the_file_sets_what_the_environment_does_not_and_config_says_where_each_came_f
 /// not echoed.
 #[test]
 fn unknown_keys_bad_values_and_secrets_in_either_layer_exit_2_naming_them() -> anyhow::Result<()> {
+    let (flows_file, _) = demo_files();
     let env = [
         ("DATABASE_URL", "postgres://u:pw@localhost/db"),
         ("KAFKA_BROKERS", "localhost:9092"),
+        ("FLOWS_FILE", flows_file.as_str()),
     ];
     let refused = |file_text: &str, name: &str, extra: &[(&str, &str)]| -> anyhow::Result<String> {
         let file = settings_file(name, file_text)?;

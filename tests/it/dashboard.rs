@@ -1,6 +1,8 @@
-//! `sink dashboard` end to end: rows inserted with SQL travel through the
+//! The dashboards end to end: rows inserted with SQL travel through the
 //! real relay and sink, the page's JSON holds their figures, and headless
-//! Chromium runs the page's scripts and draws the charts.
+//! Chromium runs the page's scripts and draws the charts. `outbox-demo
+//! dashboard` is the product's `sink dashboard` (each flow's status) with
+//! the demo's sales section; the product's page has no sales.
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 const ARRIVAL: Duration = Duration::from_secs(60);
-/// The charts' colours in `page.html`.
+/// The charts' colours in the demo's `sales.html`.
 const QUANTITY_COLOR: [u8; 3] = [0x2a, 0x7a, 0xb9];
 const REVENUE_COLOR: [u8; 3] = [0xe0, 0x78, 0x2f];
 
@@ -71,7 +73,13 @@ async fn the_dashboard_shows_each_flow_and_draws_the_sales_charts() -> anyhow::R
 
     let config = ops::dashboard::DashboardConfig::from_env(&Env::from_pairs(stack.daemon_env()))?;
     let shutdown = CancellationToken::new();
-    let addr = ops::dashboard::serve(config, shutdown.clone()).await?;
+    let addr = ops::dashboard::serve_with(
+        config.clone(),
+        &[outbox_demo::dashboard::SALES],
+        shutdown.clone(),
+    )
+    .await?;
+    let product = ops::dashboard::serve(config, shutdown.clone()).await?;
 
     // The status part: both daemons answer and call the flow ready.
     wait_until("relay and sink ready in the dashboard", ARRIVAL, || async {
@@ -156,6 +164,23 @@ async fn the_dashboard_shows_each_flow_and_draws_the_sales_charts() -> anyhow::R
             "{expected:?} missing from the page: {dom}"
         );
     }
+
+    // The product's page: the same status, no sales.
+    let p = api(product).await?;
+    assert_eq!(p["flows"][0]["name"], "sales", "{p}");
+    assert_eq!(p["flows"][0]["relay"]["published"], 9.0, "{p}");
+    assert!(
+        p.get("sales").is_none(),
+        "no sales in the product's JSON: {p}"
+    );
+    let product_dom = browser::dump_dom(&format!("http://{product}/"))?;
+    assert!(
+        product_dom.contains(r#"<span class="ok">ready"#)
+            && !product_dom.contains("sales-section")
+            && !product_dom.contains(r#"class="bar""#),
+        "the product's page shows the status and no sales: {product_dom}"
+    );
+
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     browser::screenshot(&url, &shot, 1280, 1400)?;
     let quantity = browser::count_pixels(&shot, QUANTITY_COLOR, 8)?;

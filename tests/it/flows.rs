@@ -1,7 +1,8 @@
 //! Every demo flow (shared/FLOWS.md) end to end through the real relay and
 //! sink: rows inserted in Postgres are found, exactly and correctly typed, in
-//! their ClickHouse tables. Also a user's own flow from config and SQL alone,
-//! and flows that contradict their tables.
+//! their ClickHouse tables (the demo's flows reach the daemons as a user's
+//! do: FLOWS_FILE and MIGRATIONS_DIR). Also a user's own flow from config
+//! and SQL alone, without the demo, and flows that contradict their tables.
 
 use std::time::Duration;
 
@@ -80,9 +81,9 @@ async fn my_table_objects_and_their_journal() -> anyhow::Result<()> {
         .await?;
     assert_eq!(fresh, 1, "created_at filled by the server default");
 
-    // The events watcher prints the journal, then each new entry.
+    // The demo's events watcher prints the journal, then each new entry.
     let mut watcher = outbox_tests::Daemon::spawn(
-        "sink",
+        "outbox-demo",
         &["watch", "--interval-secs", "1", "--from-start"],
         &stack.daemon_env(),
         &format!("{}-watch", stack.name),
@@ -277,9 +278,7 @@ async fn a_sixth_flow_from_config_and_sql_alone() -> anyhow::Result<()> {
         "FLOWS_FILE".into(),
         example.join("flows.toml").display().to_string(),
     ));
-    stack
-        .migrate_with(Some(&example.join("migrations")))
-        .await?;
+    stack.migrate_with(&example.join("migrations")).await?;
     let metrics = Metrics::default();
     let running = vec![stack.spawn_relay(&metrics)?, stack.spawn_sink(&metrics)?];
     let pg = stack.pg().await?;
@@ -381,7 +380,7 @@ async fn the_generator_feeds_a_flow_with_the_demo_mix() -> anyhow::Result<()> {
     let (code, stderr) = tokio::task::spawn_blocking(move || {
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         run_to_exit(
-            "relay",
+            "outbox-demo",
             &[
                 "generate", "--flow", "sales", "--rate", "1000", "--total", "1000",
             ],

@@ -338,8 +338,10 @@ async fn pooled_sessions_time_out_on_a_silent_server_and_carry_the_statement_tim
     let url: &'static str = Box::leak(
         format!("postgres://u:pw-secret@127.0.0.1:{port}/db?sslmode=disable").into_boxed_str(),
     );
+    let flows_file: &'static str = Box::leak(outbox_tests::stack::demo_files().0.into_boxed_str());
     let env = [
         ("DATABASE_URL", url),
+        ("FLOWS_FILE", flows_file),
         ("KAFKA_BROKERS", "127.0.0.1:9"),
         ("CLICKHOUSE_URL", "http://127.0.0.1:9"),
         ("POSTGRES_CONNECT_TIMEOUT_MS", "1000"),

@@ -26,9 +26,7 @@ async fn one_outbox_table_routed_to_topics_by_column_and_loaded() -> anyhow::Res
         "FLOWS_FILE".into(),
         example.join("flows.toml").display().to_string(),
     ));
-    stack
-        .migrate_with(Some(&example.join("migrations")))
-        .await?;
+    stack.migrate_with(&example.join("migrations")).await?;
     let env = stack.daemon_env();
     let _relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
     let _sink = Daemon::spawn("sink", &["run"], &env, &format!("{}-sink", stack.name));

@@ -402,7 +402,9 @@ fn bad_settings_exit_2_naming_the_setting_without_secrets() {
         &shared_toml,
         "[[flows]]\nname = \"audit\"\nconsumer_group = \"a\"\n[[flows.sources]]\ntable = \"user_logins\"\ntopic = \"audit\"\ncolumns = [\"id\"]\n",
     );
-    let shared = shared_toml.display().to_string();
+    let (demo_flows, _) = outbox_tests::stack::demo_files();
+    // The demo's file, then one adding a flow on its user_logins table.
+    let shared = format!("{demo_flows},{}", shared_toml.display());
     let more: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
         (
             "relay",
@@ -463,6 +465,16 @@ fn bad_settings_exit_2_naming_the_setting_without_secrets() {
             vec![("KAFKA_BROKERS", "h:1"), ("FLOWS", "user_logins")],
             "FLOWS",
         ),
+        // The product ships no flow: without FLOWS_FILE there is none to run.
+        (
+            "relay",
+            vec![
+                ("DATABASE_URL", pg),
+                ("KAFKA_BROKERS", "h:1"),
+                ("FLOWS_FILE", ""),
+            ],
+            "FLOWS_FILE",
+        ),
         ("stage", vec![("FLOWS", "etl")], "KAFKA_BROKERS"),
         (
             "stage",
@@ -475,8 +487,18 @@ fn bad_settings_exit_2_naming_the_setting_without_secrets() {
         .map(|(b, e, s)| (*b, *e, *s))
         .chain(more.iter().map(|(b, e, s)| (*b, e.as_slice(), *s)))
         .collect();
+    // Every case reads the demo's flows unless it names its own FLOWS_FILE.
+    let with_flows = |env: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        let mut env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        if !env.iter().any(|(k, _)| *k == "FLOWS_FILE") {
+            env.push(("FLOWS_FILE", demo_flows.clone()));
+        }
+        env
+    };
     for (binary, env, setting) in &all {
-        let (code, stderr) = run_to_exit(binary, &["run"], env);
+        let env = with_flows(env);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (code, stderr) = run_to_exit(binary, &["run"], &env);
         assert_eq!(code, Some(2), "{binary} with {env:?}: {stderr}");
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "one line for {binary} {env:?}: {stderr}");
@@ -562,8 +584,10 @@ fn bad_settings_exit_2_naming_the_setting_without_secrets() {
         ),
     ];
     for (binary, command, env, setting) in &url_cases {
+        let env = with_flows(env);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         // Before the check, these retried for ever (no exit at all).
-        let (code, stderr) = run_to_exit(binary, &[command], env);
+        let (code, stderr) = run_to_exit(binary, &[command], &env);
         assert_eq!(code, Some(2), "{binary} {command} with {env:?}: {stderr}");
         let last = stderr.lines().last().unwrap_or_default();
         assert!(

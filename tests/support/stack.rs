@@ -131,27 +131,33 @@ impl TestStack {
     }
 
     /// Writes `toml` as this test's flows file and has the daemons read it
-    /// (`FLOWS_FILE` in [`Self::daemon_env`]); its path.
+    /// after the demo's (`FLOWS_FILE` in [`Self::daemon_env`]: its flows are
+    /// added to the demo's, or replace them by name); its path.
     pub fn use_flows_file(&mut self, toml: &str) -> anyhow::Result<std::path::PathBuf> {
         let path = std::env::temp_dir().join(format!("{}-flows.toml", self.name));
         std::fs::write(&path, toml)?;
         self.overrides.retain(|(k, _)| k != "FLOWS_FILE");
+        let (demo, _) = demo_files();
         self.overrides
-            .push(("FLOWS_FILE".into(), path.display().to_string()));
+            .push(("FLOWS_FILE".into(), format!("{demo},{}", path.display())));
         Ok(path)
     }
 
-    /// Runs both migrations (as `relay migrate` and `sink migrate` do).
+    /// Runs both migrations with the demo's (as `relay migrate` and `sink
+    /// migrate` do with MIGRATIONS_DIR=demo/migrations): the demo's flows
+    /// are what most tests drive.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        self.migrate_with(None).await
+        self.migrate_with(&outbox_demo::migrations_dir()).await
     }
 
-    /// Built-in migrations plus a user's MIGRATIONS_DIR.
-    pub async fn migrate_with(&self, user_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    /// The product's migrations and those of one MIGRATIONS_DIR folder
+    /// (e.g. an example's own flows, without the demo's).
+    pub async fn migrate_with(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        let dirs = [dir.to_path_buf()];
         let mut pg = self.pg().await?;
-        relay::migrate::migrate(&mut pg, &flows::migrations::all("postgres", user_dir)?).await?;
+        relay::migrate::migrate(&mut pg, &flows::migrations::all("postgres", &dirs)?).await?;
         let cfg = sink::config::clickhouse_config(&Env::from_pairs(self.daemon_env()))?;
-        let ch = flows::migrations::all("clickhouse", user_dir)?;
+        let ch = flows::migrations::all("clickhouse", &dirs)?;
         sink::migrate_with_retry(&cfg, &ch, &CancellationToken::new()).await?;
         Ok(())
     }
@@ -165,10 +171,14 @@ impl TestStack {
     }
 
     /// The environment both daemons get: this test's databases, brokers and
-    /// name prefixes, short intervals, then any overrides.
+    /// name prefixes, the demo's flows and migrations, short intervals, then
+    /// any overrides.
     pub fn daemon_env(&self) -> Vec<(String, String)> {
+        let (flows_file, migrations_dir) = demo_files();
         let mut env: Vec<(String, String)> = [
             ("DATABASE_URL", self.database_url.as_str()),
+            ("FLOWS_FILE", &flows_file),
+            ("MIGRATIONS_DIR", &migrations_dir),
             ("FLOWS", &self.flows),
             ("KAFKA_BROKERS", &self.kafka_brokers),
             ("CLICKHOUSE_URL", &self.clickhouse_url),
@@ -268,6 +278,14 @@ impl TestStack {
             .await?
             .get(0))
     }
+}
+
+/// FLOWS_FILE and MIGRATIONS_DIR of the demo's flows in this checkout.
+pub fn demo_files() -> (String, String) {
+    (
+        outbox_demo::flows_file().display().to_string(),
+        outbox_demo::migrations_dir().display().to_string(),
+    )
 }
 
 /// A daemon running in-process.
