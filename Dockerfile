@@ -1,6 +1,10 @@
-# Multi-stage build of the relay, sink and stage binaries; the runtime image
-# holds only the binaries, OpenSSL and CA certificates, and runs as a
-# non-root user.
+# Multi-stage build. `product` (the default target, the last stage): the
+# relay, sink and stage binaries, OpenSSL and CA certificates, run as a
+# non-root user. `demo` (docker-compose.yml's): the same plus the demo —
+# `outbox-demo` and its flows and migrations under
+# /usr/local/share/outbox-relay/demo, for FLOWS_FILE and MIGRATIONS_DIR.
+# Neither has crash points: a release build leaves the `failpoints` feature
+# off (daemon/src/failpoint.rs).
 FROM rust:1-bookworm AS build
 # OpenSSL's headers for TLS to Postgres, ClickHouse and Kafka (the image
 # usually has them; stated so the build does not depend on it).
@@ -9,10 +13,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p outbox-cli --bins \
- && strip target/release/relay target/release/sink target/release/stage
+RUN cargo build --release --locked -p outbox-cli -p outbox-demo --bins \
+ && strip target/release/relay target/release/sink target/release/stage target/release/outbox-demo
 
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
@@ -20,3 +24,10 @@ RUN apt-get update \
 COPY --from=build /src/target/release/relay /src/target/release/sink /src/target/release/stage /usr/local/bin/
 USER 10001
 CMD ["relay", "--help"]
+
+FROM runtime AS demo
+COPY --from=build /src/target/release/outbox-demo /usr/local/bin/
+COPY demo/flows.toml /usr/local/share/outbox-relay/demo/flows.toml
+COPY demo/migrations /usr/local/share/outbox-relay/demo/migrations
+
+FROM runtime AS product

@@ -2,10 +2,12 @@
 # The local stack on this machine, without Docker: PostgreSQL and ClickHouse
 # (Debian packages, installed if missing), Apache Kafka (one KRaft broker from
 # Maven Central, see scripts/kafka-lib.sh), and the relay, sink and stage
-# built from this checkout.
+# built from this checkout, running the demo's five flows (demo/flows.toml
+# and demo/migrations, given to the daemons as FLOWS_FILE and MIGRATIONS_DIR,
+# followed by yours if you set those) with its dashboard.
 #
 #   scripts/stack.sh up      install/start everything, migrate, run relay + sink + stage
-#                            (all flows; GENERATE_RATE=N also runs the generator
+#                            (all flows; GENERATE_RATE=N also runs the demo's generator
 #                            for every flow at N rows/s each)
 #   scripts/stack.sh status  what runs, pending rows, rows in ClickHouse
 #   scripts/stack.sh down    stop the daemons, Kafka and our ClickHouse
@@ -18,6 +20,17 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 DB=${STACK_DATABASE:-outbox}
+
+# The demo's file or folder, then the entries of the list $2 (a user's own
+# flows, README "Adding your own flow") other than the demo's.
+with_demo() {
+    local list=$1 item items
+    IFS=, read -ra items <<<"${2:-}"
+    for item in "${items[@]}"; do
+        [ -n "$item" ] && [ "$item" != "$1" ] && list="$list,$item"
+    done
+    echo "$list"
+}
 
 up() {
     mkdir -p "$STACK_DIR/logs"
@@ -34,13 +47,15 @@ export DATABASE_URL=postgres://postgres@$PG_HOST:$PG_PORT/$DB
 export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export CLICKHOUSE_URL=http://127.0.0.1:$CH_HTTP_PORT
 export CLICKHOUSE_DATABASE=$DB
+export FLOWS_FILE="$(with_demo "$ROOT/demo/flows.toml" "${FLOWS_FILE:-}")"
+export MIGRATIONS_DIR="$(with_demo "$ROOT/demo/migrations" "${MIGRATIONS_DIR:-}")"
 ENV
     # shellcheck disable=SC1091
     source "$STACK_DIR/env"
     target/release/relay migrate
     target/release/sink migrate
     DAEMONS="relay sink"
-    # The stage runs flows that have one (the built-in etl).
+    # The stage runs flows that have one (the demo's etl).
     case ",${FLOWS:-etl}," in *,etl,*) DAEMONS="$DAEMONS stage" ;; esac
     for daemon in relay sink stage; do
         stop_pidfile "$STACK_DIR/$daemon.pid"
@@ -49,13 +64,14 @@ ENV
         echo $! >"$STACK_DIR/$daemon.pid"
     done
     stop_pidfile "$STACK_DIR/dashboard.pid"
-    nohup target/release/sink dashboard >>"$STACK_DIR/logs/dashboard.log" 2>&1 &
+    # The demo's dashboard: `sink dashboard`'s status per flow, and the sales charts.
+    nohup target/release/outbox-demo dashboard >>"$STACK_DIR/logs/dashboard.log" 2>&1 &
     echo $! >"$STACK_DIR/dashboard.pid"
     DAEMONS="$DAEMONS dashboard"
     for flow in user_logins my_table router sales; do
         stop_pidfile "$STACK_DIR/generate-$flow.pid"
         if [ -n "${GENERATE_RATE:-}" ]; then
-            nohup target/release/relay generate --flow "$flow" --rate "$GENERATE_RATE" \
+            nohup target/release/outbox-demo generate --flow "$flow" --rate "$GENERATE_RATE" \
                 >>"$STACK_DIR/logs/generate-$flow.log" 2>&1 &
             echo $! >"$STACK_DIR/generate-$flow.pid"
         fi
@@ -70,9 +86,9 @@ The pipeline runs (logs in $STACK_DIR/logs). Try it:
 
   psql -h $PG_HOST -U postgres $DB -c "INSERT INTO user_logins (username, event_type, event_time) VALUES ('alice', 'login', now())"
   curl -s http://127.0.0.1:$CH_HTTP_PORT/ --data-binary "SELECT * FROM $DB.user_logins FINAL ORDER BY id"
-  (source .stack/env; target/release/relay generate --flow sales --rate 500)   # the demos' emitters
-  (source .stack/env; target/release/sink watch)                              # the events watcher
-  http://127.0.0.1:9180/                        # the dashboard (sink dashboard): status per flow, seed 002 sales
+  (source .stack/env; target/release/outbox-demo generate --flow sales --rate 500)   # the demos' emitters
+  (source .stack/env; target/release/outbox-demo watch)                              # the events watcher
+  http://127.0.0.1:9180/                        # the dashboard (outbox-demo dashboard): status per flow, seed 002 sales
 
   scripts/stack.sh status | down | wipe
 MSG
