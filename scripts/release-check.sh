@@ -24,5 +24,5 @@ cargo build --release --locked --bins --quiet
 log "release build took $(($(date +%s) - started)) s"
 # The test build's relay (the control: crash points armed) next to it.
 cargo build --workspace --bins --quiet
-cargo test --quiet -p outbox-tests --test operations -- \
-    --ignored --exact a_release_build_ignores_crash_points
+cargo test --quiet -p outbox-tests --test it -- \
+    --ignored --exact operations::a_release_build_ignores_crash_points

@@ -132,15 +132,19 @@ time_column = "event_time"
     );
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--ids"), "{err}");
-    // The built-in user_logins flow has no time column.
-    let builtin: Vec<(String, String)> = stack
+    // The demo's user_logins flow has no time column.
+    let (demo_flows, _) = outbox_tests::stack::demo_files();
+    let demo: Vec<(String, String)> = stack
         .daemon_env()
         .into_iter()
-        .filter(|(k, _)| k != "FLOWS_FILE")
+        .map(|(k, v)| match k.as_str() {
+            "FLOWS_FILE" => (k, demo_flows.clone()),
+            _ => (k, v),
+        })
         .collect();
     let (code, _, err) = cli(
         "relay",
-        &builtin,
+        &demo,
         &["resend", "--flow", "user_logins", "--since", "1h"],
     );
     assert_eq!(code, Some(2), "{err}");
