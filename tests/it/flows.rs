@@ -511,3 +511,163 @@ async fn a_pending_row_cannot_change_between_a_crash_and_its_redelivery() -> any
     assert!(!relay::source::pending_rows_protected(&pg, &ident("warehouse")?).await?);
     stop(running).await
 }
+
+/// The migrations of `kind` as the product embedded them before the demo
+/// moved out (`tests/fixtures/migrations-with-the-demo`), under the names
+/// databases recorded them by.
+fn migrations_with_the_demo(kind: &str) -> anyhow::Result<Vec<flows::migrations::Migration>> {
+    let dir = repo_path("tests/fixtures/migrations-with-the-demo").join(kind);
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| p.extension().is_some_and(|x| x == "sql"));
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            Ok(flows::migrations::Migration {
+                name: path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                sql: std::fs::read_to_string(&path)?,
+            })
+        })
+        .collect()
+}
+
+/// What a fresh install and an upgraded database must share: every table's
+/// columns, indexes, triggers, storage options and the functions, in
+/// Postgres; every table's definition in ClickHouse (the database's name
+/// left out).
+async fn schema(stack: &TestStack) -> anyhow::Result<Vec<String>> {
+    let pg = stack.pg().await?;
+    let mut lines = Vec::new();
+    for query in [
+        "SELECT format('column %s.%s %s %s null=%s', table_name, column_name, data_type,
+                coalesce(column_default, '-'), is_nullable)
+         FROM information_schema.columns WHERE table_schema = 'public'
+         ORDER BY table_name, ordinal_position",
+        "SELECT format('index %s %s', tablename, indexdef) FROM pg_indexes
+         WHERE schemaname = 'public' ORDER BY tablename, indexname",
+        "SELECT format('trigger %s', pg_get_triggerdef(t.oid)) FROM pg_trigger t
+         WHERE NOT t.tgisinternal ORDER BY t.tgrelid::regclass::text, t.tgname",
+        "SELECT format('table %s %s', c.relname, coalesce(c.reloptions::text, '-'))
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY c.relname",
+        "SELECT format('function %s', pg_get_functiondef(p.oid)) FROM pg_proc p
+         JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'public' ORDER BY p.proname",
+    ] {
+        for row in pg.query(query, &[]).await? {
+            lines.push(row.get::<_, String>(0));
+        }
+    }
+    let tables: Vec<(String, String)> = stack
+        .ch()
+        .query(
+            "SELECT name, create_table_query FROM system.tables
+             WHERE database = currentDatabase() ORDER BY name",
+        )
+        .fetch_all()
+        .await?;
+    for (name, create) in tables {
+        lines.push(format!(
+            "clickhouse {name} {}",
+            create.replace(&stack.name, "DB")
+        ));
+    }
+    Ok(lines)
+}
+
+/// A database migrated while the demo's tables were the product's own
+/// migrations (0002–0005 in Postgres, all of ClickHouse's) upgrades
+/// cleanly: today's product migrations find nothing to do (their names are
+/// recorded; their content changed only by what the demo's files now do),
+/// the demo's folder (MIGRATIONS_DIR) runs over the existing tables without
+/// harm, and the schema is then exactly a fresh install's; rows written
+/// before the upgrade — one pending — travel on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_migrated_with_the_demo_inside_upgrades_to_a_fresh_install() -> anyhow::Result<()>
+{
+    let fresh = TestStack::migrated("fresh_install").await?;
+    let old = TestStack::start("upgraded").await?;
+    let mut pg = old.pg().await?;
+    relay::migrate::migrate(&mut pg, &migrations_with_the_demo("postgres")?).await?;
+    let ch_config = sink::config::clickhouse_config(&flows::Env::from_pairs(old.daemon_env()))?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    sink::migrate_with_retry(
+        &ch_config,
+        &migrations_with_the_demo("clickhouse")?,
+        &cancel,
+    )
+    .await?;
+    pg.batch_execute(
+        "INSERT INTO user_logins (username, event_type, event_time)
+         SELECT 'before-' || g, 'login', now() FROM generate_series(1, 3) g;
+         UPDATE user_logins SET sent_to_kafka = TRUE WHERE id = 1;",
+    )
+    .await?;
+
+    // Today's sequence, as `relay migrate` and `sink migrate` run it with
+    // MIGRATIONS_DIR=demo/migrations.
+    let demo = [outbox_demo::migrations_dir()];
+    let applied =
+        relay::migrate::migrate(&mut pg, &flows::migrations::all("postgres", &demo)?).await?;
+    assert_eq!(
+        applied,
+        [
+            "user/0001_user_logins",
+            "user/0002_my_table",
+            "user/0003_router",
+            "user/0004_sales"
+        ],
+        "only the demo's files are new"
+    );
+    let applied = sink::migrate_with_retry(
+        &ch_config,
+        &flows::migrations::all("clickhouse", &demo)?,
+        &cancel,
+    )
+    .await?;
+    assert_eq!(applied.len(), 5, "the demo's ClickHouse files: {applied:?}");
+    let (upgraded, installed) = (schema(&old).await?, schema(&fresh).await?);
+    let only = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter().filter(|l| !b.contains(l)).cloned().collect()
+    };
+    assert!(
+        upgraded == installed,
+        "upgraded and fresh schemas differ:\nonly upgraded: {:#?}\nonly fresh: {:#?}",
+        only(&upgraded, &installed),
+        only(&installed, &upgraded)
+    );
+    assert!(installed.len() > 100, "the schema was read: {installed:#?}");
+    let unready: Vec<String> = pg
+        .query(
+            "SELECT t || ': ' || array_to_string(outbox_source_missing(t::regclass), ', ')
+             FROM unnest(ARRAY['user_logins', 'my_table', 'user_clicks', 'page_views', 'orders',
+                               'sales', 'warehouse']) AS t
+             WHERE cardinality(outbox_source_missing(t::regclass)) > 0",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        unready.is_empty(),
+        "every demo table a ready source: {unready:?}"
+    );
+    // A second run of either has nothing to do.
+    let again =
+        relay::migrate::migrate(&mut pg, &flows::migrations::all("postgres", &demo)?).await?;
+    assert!(again.is_empty(), "{again:?}");
+
+    // The rows from before the upgrade: the pending ones travel.
+    assert_eq!(old.pending("user_logins").await?, 2);
+    let metrics = Metrics::default();
+    let running = vec![old.spawn_sink(&metrics)?, old.spawn_relay(&metrics)?];
+    wait_rows(&old, "user_logins", 2).await;
+    assert_eq!(old.pending("user_logins").await?, 0);
+    stop(running).await
+}
