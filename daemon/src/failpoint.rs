@@ -46,20 +46,22 @@ pub async fn hit_async(_name: &str) {}
 /// Whether this build has crash points (the `failpoints` feature).
 pub const COMPILED: bool = cfg!(feature = "failpoints");
 
-/// Logs, once at start, what becomes of `OUTBOX_FAILPOINTS`: armed in a
-/// test build (which also says it is one, armed or not), ignored with a
-/// warning in a build without crash points.
+/// Logs, once at start, what becomes of `OUTBOX_FAILPOINTS` when it is
+/// set: armed in a test build, ignored with a warning in a build without
+/// crash points. Unset, nothing (a command's output stays as it is).
 pub fn announce() {
-    let spec = std::env::var(VARIABLE)
+    let Some(spec) = std::env::var(VARIABLE)
         .ok()
-        .filter(|s| !s.trim().is_empty());
-    match (COMPILED, spec) {
-        (true, Some(spec)) => tracing::warn!(points = %spec, "test build: crash points armed"),
-        (true, None) => tracing::info!("test build: crash points compiled in, none armed"),
-        (false, Some(_)) => tracing::warn!(
+        .filter(|s| !s.trim().is_empty())
+    else {
+        return;
+    };
+    if COMPILED {
+        tracing::warn!(points = %spec, "test build: crash points armed");
+    } else {
+        tracing::warn!(
             "{VARIABLE} is set but ignored: this build has no crash points (cargo feature `failpoints`)"
-        ),
-        (false, None) => {}
+        );
     }
 }
 
