@@ -101,9 +101,10 @@ fn files_of(dir: &Path, kind: &str) -> std::io::Result<Vec<(Migration, PathBuf)>
 }
 
 /// The product's migrations of `kind`, then those of each MIGRATIONS_DIR
-/// folder in the order given (e.g. the demo's, then a user's), each
-/// folder's files in name order. Two files of one name in different
-/// folders would be one record: refused, naming both.
+/// folder in the order given (e.g. the demo's, then a user's; a folder
+/// named twice counts once), each folder's files in name order. Two files
+/// of one name in different folders would be one record: refused, naming
+/// both.
 pub fn all(kind: &str, user_dirs: &[PathBuf]) -> std::io::Result<Vec<Migration>> {
     let mut list = if kind == "postgres" {
         postgres()
@@ -111,7 +112,10 @@ pub fn all(kind: &str, user_dirs: &[PathBuf]) -> std::io::Result<Vec<Migration>>
         clickhouse()
     };
     let mut seen: Vec<(String, PathBuf)> = Vec::new();
-    for dir in user_dirs {
+    for (i, dir) in user_dirs.iter().enumerate() {
+        if user_dirs[..i].contains(dir) {
+            continue;
+        }
         for (migration, path) in files_of(dir, kind)? {
             if let Some((_, first)) = seen.iter().find(|(name, _)| *name == migration.name) {
                 return Err(std::io::Error::new(
@@ -211,7 +215,7 @@ mod tests {
             })
         };
         assert_eq!(
-            names(&["demo", "mine"]).ok(),
+            names(&["demo", "mine", "demo"]).ok(),
             Some(vec![
                 "user/0001_a".to_owned(),
                 "user/0002_b".to_owned(),
