@@ -189,9 +189,13 @@ fn unknown_keys_bad_values_and_secrets_in_either_layer_exit_2_naming_them() -> a
 #[test]
 fn a_shared_settings_file_with_the_relays_producer_settings_serves_every_daemon()
 -> anyhow::Result<()> {
+    let (flows_file, _) = demo_files();
     let file = settings_file(
         "shared",
-        "flows = [\"sales\", \"etl\"]\n[kafka]\nbrokers = \"b:9092\"\nacks = \"all\"\nlinger_ms = 5\n",
+        &format!(
+            "flows = [\"sales\", \"etl\"]\nflows_file = [\"{flows_file}\"]\n\
+             [kafka]\nbrokers = \"b:9092\"\nacks = \"all\"\nlinger_ms = 5\n"
+        ),
     )?;
     let path = file.display().to_string();
     let base = [

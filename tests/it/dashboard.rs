@@ -31,12 +31,14 @@ async fn api(addr: std::net::SocketAddr) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(&body)?)
 }
 
-/// `sink dashboard` after sales travelled through the real relay and sink:
-/// the JSON holds each flow's state (ready), backlog, lag, last
+/// `outbox-demo dashboard` after sales travelled through the real relay and
+/// sink: the JSON holds each flow's state (ready), backlog, lag, last
 /// publish/insert, rows per table, sales per hour over 24 h (a 36 h old
 /// sale left out), top movements, latest sales; headless Chromium runs the
 /// page: 3 bars in each chart in the DOM, and the screenshot has the bars'
-/// colours (`target/tmp/dashboard.png`).
+/// colours (`target/tmp/dashboard.png`). The product's `sink dashboard` on
+/// the same flows shows the same status and no sales (none in its JSON, no
+/// section on its page).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_each_flow_and_draws_the_sales_charts() -> anyhow::Result<()> {
     let mut stack = TestStack::start("dashboard").await?;

@@ -40,7 +40,8 @@ async fn stop(running: Vec<outbox_tests::stack::Running>) -> anyhow::Result<()> 
 }
 
 /// Objects land in `my_table`, one `INSERTED` journal entry each in
-/// `events`; `sink watch` prints them and then each new one.
+/// `events`; the demo's `outbox-demo watch` prints them and then each new
+/// one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn my_table_objects_and_their_journal() -> anyhow::Result<()> {
     let (stack, _, running) = start("my_table", "my_table").await?;
@@ -268,7 +269,8 @@ async fn sales_and_warehouse_with_decimal_money_and_best_effort_times() -> anyho
     stop(running).await
 }
 
-/// `examples/sixth-flow` (a TOML entry and two SQL files) runs end to end.
+/// `examples/sixth-flow` (a TOML entry and two SQL files) runs end to end,
+/// without the demo's flows or tables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sixth_flow_from_config_and_sql_alone() -> anyhow::Result<()> {
     let mut stack = TestStack::start("sixth").await?;
@@ -371,7 +373,7 @@ async fn a_flow_contradicting_its_tables_is_refused_naming_flow_and_column() -> 
     Ok(())
 }
 
-/// `relay generate --flow sales` inserts ~70/30 sales/warehouse with
+/// `outbox-demo generate --flow sales` inserts ~70/30 sales/warehouse with
 /// consistent totals; all arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generator_feeds_a_flow_with_the_demo_mix() -> anyhow::Result<()> {

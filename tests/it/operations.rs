@@ -447,8 +447,10 @@ async fn a_panicking_worker_ends_every_daemon_with_exit_101() -> anyhow::Result<
 /// service needed: the warning comes before the relay reaches anything.
 #[tokio::test]
 async fn a_setting_no_longer_used_is_named_in_one_warning_at_start_up() -> anyhow::Result<()> {
+    let (flows_file, _) = outbox_tests::stack::demo_files();
     let env: Vec<(String, String)> = [
         ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+        ("FLOWS_FILE", flows_file.as_str()),
         ("KAFKA_BROKERS", "127.0.0.1:1"),
         ("RELAY_METRICS_ADDR", "off"),
         ("RELAY_SWEEP_INTERVAL_MS", "500"),

@@ -307,8 +307,9 @@ async fn standby_relay_takes_over_when_the_active_one_dies() -> anyhow::Result<(
     Ok(())
 }
 
-/// Missing/malformed/misspelt settings: exit 2, one line, the variable
-/// named, no password echoed.
+/// Missing/malformed/misspelt settings — `FLOWS_FILE` among them, the
+/// product shipping no flow — exit 2, one line, the variable named, no
+/// password echoed.
 #[test]
 fn bad_settings_exit_2_naming_the_setting_without_secrets() {
     let pg = "postgres://relay:hunter2@127.0.0.1:5432/x";
