@@ -60,7 +60,14 @@ mod tests {
 
     #[test]
     fn defaults_and_only_declared_settings() {
-        let env = Env::from_pairs([("KAFKA_BROKERS", "localhost:9092"), ("FLOWS", "etl")]);
+        let env = Env::from_pairs([
+            ("KAFKA_BROKERS", "localhost:9092"),
+            ("FLOWS", "etl"),
+            (
+                "FLOWS_FILE",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/flows.toml"),
+            ),
+        ]);
         let cfg = StageConfig::from_env(&env).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.batch_size, 10_000);
         assert_eq!(cfg.flush_interval, Duration::from_millis(100));

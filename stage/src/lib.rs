@@ -1,5 +1,5 @@
-//! Kafka → Kafka stages. The built-in one is the `etl` flow's normaliser
-//! (seed 004, replacing a Flink job). See `stage_loop` for the guarantee.
+//! Kafka → Kafka stages. The one transform built in, `normalise`, is the
+//! demo's `etl` flow's (seed 004, replacing a Flink job). See `stage_loop` for the guarantee.
 
 mod batch;
 mod config;
