@@ -5,6 +5,13 @@
 # /usr/local/share/outbox-relay/demo, for FLOWS_FILE and MIGRATIONS_DIR.
 # Neither has crash points: a release build leaves the `failpoints` feature
 # off (daemon/src/failpoint.rs).
+#
+# On a machine that reaches no image registry, scripts/images.sh builds the
+# stages from `binaries` on — these lines — with `binaries` an image of
+# release binaries built on the host instead of the `build` stage, and BASE
+# its local Debian 12 image.
+ARG BASE=debian:bookworm-slim
+
 FROM rust:1-bookworm AS build
 # OpenSSL's headers for TLS to Postgres, ClickHouse and Kafka (the image
 # usually has them; stated so the build does not depend on it).
@@ -16,17 +23,20 @@ COPY . .
 RUN cargo build --release --locked -p outbox-cli -p outbox-demo --bins \
  && strip target/release/relay target/release/sink target/release/stage target/release/outbox-demo
 
-FROM debian:bookworm-slim AS runtime
+# Where the runtime stages take the binaries from (/src/target/release).
+FROM build AS binaries
+
+FROM ${BASE} AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home outbox
-COPY --from=build /src/target/release/relay /src/target/release/sink /src/target/release/stage /usr/local/bin/
+COPY --from=binaries /src/target/release/relay /src/target/release/sink /src/target/release/stage /usr/local/bin/
 USER 10001
 CMD ["relay", "--help"]
 
 FROM runtime AS demo
-COPY --from=build /src/target/release/outbox-demo /usr/local/bin/
+COPY --from=binaries /src/target/release/outbox-demo /usr/local/bin/
 COPY demo/flows.toml /usr/local/share/outbox-relay/demo/flows.toml
 COPY demo/migrations /usr/local/share/outbox-relay/demo/migrations
 

@@ -13,7 +13,7 @@
 # place it is set). `kafka_env` prints the endpoints, CA, client certificate
 # and the throw-away users as shell variables.
 
-KAFKA_VERSION=$(sed -n 's/^ *image: apache\/kafka:\([0-9.]*\).*/\1/p' "$ROOT/docker-compose.yml" | head -1)
+KAFKA_VERSION=$(sed -n 's/^ *image: .*apache\/kafka:\([0-9.]*\).*/\1/p' "$ROOT/docker-compose.yml" | head -1)
 KAFKA_CACHE=${KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/outbox-relay/kafka-$KAFKA_VERSION}
 KAFKA_DIR=$STACK_DIR/kafka
 KAFKA_PORT=${KAFKA_PORT:-9092}

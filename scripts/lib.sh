@@ -137,6 +137,8 @@ stop_pidfile() {
 
 # shellcheck source=scripts/kafka-lib.sh
 source "$ROOT/scripts/kafka-lib.sh"
+# shellcheck source=scripts/docker-lib.sh
+source "$ROOT/scripts/docker-lib.sh"
 
 # Points the tests at the services above: the local broker's listeners, CA
 # and throw-away users as TEST_* variables, and TEST_BACKEND=local said

@@ -62,7 +62,7 @@ async fn insert_clicks(stack: &TestStack, n: i32) -> anyhow::Result<()> {
 /// sink (events_processed), every client over the secured listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_sink_and_stage_deliver_over_tls_sasl_and_mutual_tls() -> anyhow::Result<()> {
-    let s = secure();
+    let s = secure()?;
     for name in ["ssl", "mtls", "sasl-plain", "scram-256", "scram-512"] {
         let mut stack = TestStack::start(&format!("ktls_{}", name.replace('-', "_"))).await?;
         stack.flows = "router,etl".into();
@@ -93,7 +93,7 @@ async fn relay_sink_and_stage_deliver_over_tls_sasl_and_mutual_tls() -> anyhow::
 /// password appears nowhere in its output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_and_untrusted_certificates_exit_2_naming_the_setting() {
-    let s = secure();
+    let s = secure().unwrap_or_else(|e| panic!("{e:#}"));
     let stack = TestStack::start("ktls_refused")
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));

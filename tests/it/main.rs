@@ -22,4 +22,5 @@ mod retention;
 mod schema_change;
 mod security;
 mod shards;
+mod systemd;
 mod user_logins;

@@ -42,8 +42,11 @@ pub struct Secure {
     pub password: String,
 }
 
-pub fn secure() -> Secure {
-    Secure {
+/// The local broker's TLS listeners and users: the testcontainers
+/// backend's broker has none (an error says so).
+pub fn secure() -> anyhow::Result<Secure> {
+    super::stack::require_local("the local broker's TLS and SASL listeners")?;
+    Ok(Secure {
         ssl: var("TEST_KAFKA_SSL_BROKERS", "127.0.0.1:9093"),
         sasl_ssl: var("TEST_KAFKA_SASL_SSL_BROKERS", "127.0.0.1:9094"),
         mtls: var("TEST_KAFKA_MTLS_BROKERS", "127.0.0.1:9095"),
@@ -53,7 +56,7 @@ pub fn secure() -> Secure {
         client_key: var("TEST_KAFKA_LOCAL_CLIENT_KEY", &stack_file("client.key")),
         user: var("TEST_KAFKA_LOCAL_SASL_USER", "outbox"),
         password: var("TEST_KAFKA_LOCAL_SASL_PASSWORD", "local-broker-secret"),
-    }
+    })
 }
 
 /// Loads the broker's transaction coordinator once per test process: on a

@@ -12,18 +12,23 @@
 //!   `TEST_KAFKA_SSL_BROKERS`, `TEST_KAFKA_SASL_SSL_BROKERS`,
 //!   `TEST_KAFKA_MTLS_BROKERS`, `TEST_KAFKA_LOCAL_*` for its TLS listeners,
 //!   CA and users (scripts/test.sh sets them all; see `broker`).
-//! - `TEST_BACKEND`: `local` (the services above), `testcontainers` (start
-//!   Postgres, apache/kafka and clickhouse-server containers), or `auto`
+//! - `TEST_BACKEND`: `local` (the services above), `testcontainers`
+//!   (Postgres, Kafka and ClickHouse containers as docker-compose.yml
+//!   describes them, started by the test process: `containers`), or `auto`
 //!   (default: testcontainers when a Docker socket exists, else local).
+//!   Tests that need what only the local services have fail on containers,
+//!   saying so (`stack::require_local`).
 
 pub mod broker;
 pub mod browser;
+pub mod compose;
 pub mod containers;
 pub mod daemon;
 pub mod faults;
 pub mod http;
 pub mod proxy;
 pub mod stack;
+pub mod systemd;
 pub mod tls_proxy;
 pub mod topic;
 pub mod wait;

@@ -18,6 +18,10 @@ pub struct TestStack {
     pub name: String,
     pub database_url: String,
     pub clickhouse_url: String,
+    /// The ClickHouse user the test and its daemons use (`default`, no
+    /// password, on the local services; compose's on containers).
+    pub clickhouse_user: String,
+    pub clickhouse_password: Option<String>,
     pub kafka_brokers: String,
     /// The in-process mock cluster, when not running against real Kafka.
     pub mock: Option<Arc<MockKafka>>,
@@ -30,22 +34,66 @@ pub struct TestStack {
 struct Endpoints {
     admin_url: String,
     clickhouse_url: String,
+    clickhouse_user: String,
+    clickhouse_password: Option<String>,
     kafka_brokers: Option<String>,
 }
 
-async fn endpoints() -> anyhow::Result<Endpoints> {
+/// Which services the tests run on (`TEST_BACKEND`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Backend {
+    /// The services on this machine (scripts/test.sh starts them).
+    Local,
+    /// Containers the test process starts (tests/support/containers.rs).
+    Testcontainers,
+}
+
+/// `TEST_BACKEND`: `local`, `testcontainers`, or `auto` (the default:
+/// testcontainers when a Docker socket exists, else local).
+pub fn backend() -> anyhow::Result<Backend> {
     let backend = std::env::var("TEST_BACKEND").unwrap_or_else(|_| "auto".into());
-    let use_containers = match backend.as_str() {
-        "testcontainers" => true,
-        "local" => false,
-        "auto" => containers::docker_available(),
+    Ok(match backend.as_str() {
+        "testcontainers" => Backend::Testcontainers,
+        "local" => Backend::Local,
+        "auto" if containers::docker_available() => Backend::Testcontainers,
+        "auto" => Backend::Local,
         other => anyhow::bail!("TEST_BACKEND must be local, testcontainers or auto, not {other}"),
-    };
-    if use_containers {
+    })
+}
+
+/// Fails, naming what the test needs (`needs`), unless the tests run on the
+/// local services: for what only they have (the broker's TLS listeners, a
+/// server this machine can restart). Never a silent pass on containers.
+pub fn require_local(needs: &str) -> anyhow::Result<()> {
+    match backend()? {
+        Backend::Local => Ok(()),
+        Backend::Testcontainers => anyhow::bail!(
+            "this test needs {needs}: it runs on the local services only (TEST_BACKEND=local, as scripts/test.sh sets)"
+        ),
+    }
+}
+
+/// Fails, naming what the test needs, unless the tests run on the
+/// testcontainers backend: for tests that start containers of their own on
+/// its network.
+pub fn require_containers(needs: &str) -> anyhow::Result<()> {
+    match backend()? {
+        Backend::Testcontainers => Ok(()),
+        Backend::Local => anyhow::bail!(
+            "this test needs {needs}: it runs on the testcontainers backend only (TEST_BACKEND=testcontainers, \
+             as scripts/containers-check.sh sets, after scripts/images.sh)"
+        ),
+    }
+}
+
+async fn endpoints() -> anyhow::Result<Endpoints> {
+    if backend()? == Backend::Testcontainers {
         let c = containers::shared().await?;
         return Ok(Endpoints {
             admin_url: c.database_url.clone(),
             clickhouse_url: c.clickhouse_url.clone(),
+            clickhouse_user: c.clickhouse_user.clone(),
+            clickhouse_password: c.clickhouse_password.clone(),
             kafka_brokers: Some(c.kafka_brokers.clone()),
         });
     }
@@ -54,6 +102,8 @@ async fn endpoints() -> anyhow::Result<Endpoints> {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
         clickhouse_url: std::env::var("TEST_CLICKHOUSE_URL")
             .unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
+        clickhouse_user: "default".into(),
+        clickhouse_password: None,
         kafka_brokers: Some(super::broker::plaintext()),
     })
 }
@@ -107,6 +157,8 @@ impl TestStack {
         Ok(Self {
             database_url: connections::pg::with_database(&ep.admin_url, &name),
             clickhouse_url: ep.clickhouse_url,
+            clickhouse_user: ep.clickhouse_user,
+            clickhouse_password: ep.clickhouse_password,
             kafka_brokers,
             mock,
             overrides: Vec::new(),
@@ -171,8 +223,8 @@ impl TestStack {
     }
 
     /// The environment both daemons get: this test's databases, brokers and
-    /// name prefixes, the demo's flows and migrations, short intervals, then
-    /// any overrides.
+    /// name prefixes, the demo's flows and migrations, short intervals, the
+    /// ClickHouse user where it is not `default`, then any overrides.
     pub fn daemon_env(&self) -> Vec<(String, String)> {
         let (flows_file, migrations_dir) = demo_files();
         let mut env: Vec<(String, String)> = [
@@ -200,6 +252,12 @@ impl TestStack {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+        if self.clickhouse_user != "default" {
+            env.push(("CLICKHOUSE_USER".into(), self.clickhouse_user.clone()));
+        }
+        if let Some(password) = &self.clickhouse_password {
+            env.push(("CLICKHOUSE_PASSWORD".into(), password.clone()));
+        }
         for (k, v) in &self.overrides {
             env.retain(|(name, _)| name != k);
             env.push((k.clone(), v.clone()));
@@ -241,8 +299,8 @@ impl TestStack {
         sink::clickhouse::client::client(
             &sink::clickhouse::ClickHouseConfig {
                 url: self.clickhouse_url.clone(),
-                user: "default".into(),
-                password: None,
+                user: self.clickhouse_user.clone(),
+                password: self.clickhouse_password.clone(),
                 database: self.name.clone(),
                 ca_file: None,
             },

@@ -10,6 +10,7 @@ use super::*;
 /// row in ClickHouse once under FINAL, nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connection_terminated_and_server_restarted() -> anyhow::Result<()> {
+    outbox_tests::stack::require_local("a Postgres server this machine restarts (pg_ctlcluster)")?;
     let _serial = SERIAL.lock().await;
     let stack = stack("f_postgres").await?;
     let metrics = Metrics::default();
