@@ -11,6 +11,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 ensure_docker
+fit_clickhouse_nofile
 read -r -a compose <<<"$(compose_command)"
 command -v psql >/dev/null || apt_install postgresql-client
 command -v curl >/dev/null || apt_install curl

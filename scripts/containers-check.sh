@@ -18,6 +18,7 @@ scripts/images.sh
 ensure_build_deps
 cargo build --workspace --bins --quiet
 export TEST_BACKEND=testcontainers
+fit_clickhouse_nofile
 log "delivery tests and the systemd units on testcontainers"
 step=$SECONDS
 cargo test -p outbox-tests --test it "$@" -- user_logins:: broker:: flows:: etl:: systemd::

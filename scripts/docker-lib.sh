@@ -41,3 +41,18 @@ docker_disk_use() {
     docker system df --format '{{.Type}}: {{.Size}} ({{.Reclaimable}} reclaimable)' 2>/dev/null |
         paste -sd ';' - | sed 's/;/; /g'
 }
+
+# Exports CLICKHOUSE_NOFILE (docker-compose.yml's open-files limit for
+# ClickHouse, 262144 unless set) as the engine's own hard limit where that is
+# lower: an engine without CAP_SYS_RESOURCE (in a container or sandbox) cannot
+# raise it, and the container would not start ("error setting rlimit type 7").
+fit_clickhouse_nofile() {
+    local wanted=${CLICKHOUSE_NOFILE:-262144} engine
+    engine=$(awk '/^Max open files/ {print $5}' "/proc/$(pgrep -xo dockerd)/limits" 2>/dev/null || true)
+    [[ "$engine" =~ ^[0-9]+$ ]] || engine=$(ulimit -Hn)
+    if [[ "$engine" =~ ^[0-9]+$ ]] && [ "$engine" -lt "$wanted" ]; then
+        log "the Docker engine's open-files limit is $engine: CLICKHOUSE_NOFILE=$engine (compose's default: 262144)"
+        wanted=$engine
+    fi
+    export CLICKHOUSE_NOFILE=$wanted
+}

@@ -280,12 +280,22 @@ pub fn parse_service(
     if let Yaml::Hash(map) = &svc["ulimits"] {
         for (k, v) in map {
             let key = scalar(k).context("a ulimit name")?;
+            // A number, or `${NAME:-number}` (interpolated, then read).
+            let number = |v: &Yaml, what: &str| -> anyhow::Result<i64> {
+                match v {
+                    Yaml::Integer(n) => Ok(*n),
+                    Yaml::String(text) => {
+                        let text = get(text)?;
+                        text.trim()
+                            .parse()
+                            .with_context(|| format!("ulimit {key} {what} {text:?}"))
+                    }
+                    _ => bail!("ulimit {key} {what} is not a number"),
+                }
+            };
             let (soft, hard) = match v {
-                Yaml::Integer(n) => (*n, *n),
-                limits => (
-                    limits["soft"].as_i64().context("ulimit soft")?,
-                    limits["hard"].as_i64().context("ulimit hard")?,
-                ),
+                Yaml::Hash(_) => (number(&v["soft"], "soft")?, number(&v["hard"], "hard")?),
+                n => (number(n, "limit")?, number(n, "limit")?),
             };
             ulimits.push((key, soft, hard));
         }
@@ -336,7 +346,7 @@ services:
     healthcheck:
       test: ["CMD-SHELL", "pg_isready -U ${USER_NAME-postgres}"]
     ulimits:
-      nofile: {soft: 10, hard: 20}
+      nofile: {soft: 10, hard: "${NOFILE:-20}"}
 "#;
 
     #[test]

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -88,11 +87,6 @@ pub async fn on_docker<T: Send + 'static>(
     work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
 ) -> anyhow::Result<T> {
     DOCKER.spawn(work).await.context("a Docker call panicked")?
-}
-
-/// Whether a Docker engine socket is present.
-pub fn docker_available() -> bool {
-    Path::new("/var/run/docker.sock").exists()
 }
 
 /// The shared containers, started by the first test that asks.

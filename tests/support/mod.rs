@@ -14,8 +14,8 @@
 //!   CA and users (scripts/test.sh sets them all; see `broker`).
 //! - `TEST_BACKEND`: `local` (the services above), `testcontainers`
 //!   (Postgres, Kafka and ClickHouse containers as docker-compose.yml
-//!   describes them, started by the test process: `containers`), or `auto`
-//!   (default: testcontainers when a Docker socket exists, else local).
+//!   describes them, started by the test process: `containers`). `local`
+//!   unless set: the backend is chosen outright, never guessed.
 //!   Tests that need what only the local services have fail on containers,
 //!   saying so (`stack::require_local`).
 

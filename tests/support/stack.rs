@@ -48,17 +48,15 @@ pub enum Backend {
     Testcontainers,
 }
 
-/// `TEST_BACKEND`: `local`, `testcontainers`, or `auto` (the default:
-/// testcontainers when a Docker socket exists, else local).
+/// `TEST_BACKEND`: `local` (the default) or `testcontainers`. Chosen
+/// outright, never guessed from what the machine has: a backend that cannot
+/// start fails every test that needs it, saying why.
 pub fn backend() -> anyhow::Result<Backend> {
-    let backend = std::env::var("TEST_BACKEND").unwrap_or_else(|_| "auto".into());
-    Ok(match backend.as_str() {
-        "testcontainers" => Backend::Testcontainers,
-        "local" => Backend::Local,
-        "auto" if containers::docker_available() => Backend::Testcontainers,
-        "auto" => Backend::Local,
-        other => anyhow::bail!("TEST_BACKEND must be local, testcontainers or auto, not {other}"),
-    })
+    match std::env::var("TEST_BACKEND").as_deref() {
+        Err(_) | Ok("local") => Ok(Backend::Local),
+        Ok("testcontainers") => Ok(Backend::Testcontainers),
+        Ok(other) => anyhow::bail!("TEST_BACKEND must be local or testcontainers, not {other:?}"),
+    }
 }
 
 /// Fails, naming what the test needs (`needs`), unless the tests run on the

@@ -11,9 +11,13 @@ users=/etc/clickhouse-server/users.d
 user=${CLICKHOUSE_USER:-default}
 if [ -n "${CLICKHOUSE_PASSWORD:-}" ] || [ "$user" != default ]; then
     hash=$(printf '%s' "${CLICKHOUSE_PASSWORD:-}" | sha256sum | cut -d' ' -f1)
+    # users.xml gives `default` a plain password, to be replaced; a user of
+    # its own has none (a `remove` of one it lacks would add an empty one).
+    plain=
+    [ "$user" = default ] && plain='<password remove="remove"/>'
     cat >"$users/docker-user.xml" <<XML
 <yandex><users><$user>
-    <password remove="remove"/>
+    $plain
     <password_sha256_hex>$hash</password_sha256_hex>
     <networks replace="replace"><ip>::/0</ip></networks>
     <profile>default</profile>
