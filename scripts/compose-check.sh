@@ -39,9 +39,11 @@ failed() {
     log "the compose stack failed: $*"
     dc ps >&2 || true
     dc logs --tail=30 >&2 || true
-    dc down -v >/dev/null 2>&1 || true
     exit 1
 }
+# However the script ends (a failure, a Ctrl-C), the stack goes.
+down_done=
+trap '[ -n "$down_done" ] || dc down -v >/dev/null 2>&1 || true' EXIT
 
 started=$SECONDS
 log "${compose[*]} up -d (images: $(sed -n 's/^\(POSTGRES\|KAFKA\|CLICKHOUSE\)_IMAGE=//p' .env 2>/dev/null | paste -sd' ' -))"
@@ -69,6 +71,7 @@ done
 log "the row inserted on 127.0.0.1:$POSTGRES_PORT is in ClickHouse on 127.0.0.1:$CLICKHOUSE_PORT after $((SECONDS - inserted)) s"
 
 dc down -v >&2
+down_done=1
 left=$(leftovers)
 [ "$left" = 0 ] || die "down -v left $left containers, volumes or networks of project $project"
 log "down -v removed everything; the compose check took $((SECONDS - started)) s"
