@@ -98,6 +98,7 @@ kafka_context() {
     kafka_jars
     local tools=$KAFKA_CACHE/tools
     if [ ! -f "$tools/.complete" ]; then
+        command -v mvn >/dev/null || apt_install maven >&2
         log "fetching the Kafka $KAFKA_VERSION tools with Maven into $tools"
         rm -rf "$tools"
         mvn -q -B -f "$ROOT/devstack/kafka/tools/pom.xml" -Dkafka.version="$KAFKA_VERSION" \

@@ -82,18 +82,30 @@ static DOCKER: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .unwrap_or_else(|e| panic!("a runtime for Docker calls: {e}"))
 });
 
-/// Runs `work` on the Docker runtime.
-pub async fn on_docker<T: Send + 'static>(
-    work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
-) -> anyhow::Result<T> {
-    DOCKER.spawn(work).await.context("a Docker call panicked")?
+/// Runs the future `make` returns on the Docker runtime, from a thread of
+/// its own (blocking on it there): testcontainers' exec results are not
+/// `Sync`, so a future that awaits their exit code cannot be spawned.
+pub async fn on_docker<T, F, Fut>(make: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("docker-call".into())
+        .spawn(move || {
+            let _ = tx.send(DOCKER.block_on(make()));
+        })
+        .context("a thread for a Docker call")?;
+    rx.await.context("a Docker call panicked")?
 }
 
 /// The shared containers, started by the first test that asks.
 pub async fn shared() -> anyhow::Result<&'static Containers> {
     CONTAINERS
         .get_or_init(|| async {
-            on_docker(start())
+            on_docker(start)
                 .await
                 .map_err(|e| format!("{e:#}"))
         })

@@ -74,7 +74,7 @@ impl SystemdHost {
                 host.publish_all_ports = Some(false);
                 host.port_bindings = Some(HashMap::new());
             });
-        let container = on_docker(async move {
+        let container = on_docker(move || async move {
             request
                 .start()
                 .await
@@ -86,7 +86,9 @@ impl SystemdHost {
             etc,
         };
         let (_, state) = host
-            .sh("timeout 60 systemctl is-system-running --wait")
+            // Its bus first (a moment after PID 1 starts), then the boot.
+            .sh("i=0; until [ -S /run/systemd/private ] || [ $i -ge 300 ]; do sleep 0.2; i=$((i+1)); done; \
+                 timeout 60 systemctl is-system-running --wait")
             .await?;
         let state = state.trim();
         if state != "running" {
@@ -100,7 +102,7 @@ impl SystemdHost {
     pub async fn sh(&self, script: &str) -> anyhow::Result<(i64, String)> {
         let container = Arc::clone(&self.container);
         let cmd = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
-        on_docker(async move { containers::exec(&container, &cmd).await }).await
+        on_docker(move || async move { containers::exec(&container, &cmd).await }).await
     }
 
     /// Runs `script`, failing with its output unless it exits 0.
