@@ -449,7 +449,8 @@ async fn a_backlog_older_than_the_topics_time_limits_is_published_and_loaded() -
         // The sink measures a batch's freshness just after ClickHouse takes
         // it: the rows can be seen there a moment before the metric is.
         let metrics = outbox_tests::http::get(&addr, "/metrics").await?.1;
-        let measured = daemon::http::metric_value(&metrics, "sink_freshness_seconds_count", &labels);
+        let measured =
+            daemon::http::metric_value(&metrics, "sink_freshness_seconds_count", &labels);
         Ok(stack.pending("user_logins").await? == 0
             && stack.ch_count_final("user_logins").await? == 50
             && measured >= Some(50.0))

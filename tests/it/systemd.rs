@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use outbox_tests::TestStack;
 use outbox_tests::containers::{self, Containers};
 use outbox_tests::systemd::SystemdHost;
-use outbox_tests::TestStack;
 
 struct Fixture {
     stack: TestStack,
@@ -45,7 +45,8 @@ impl Fixture {
             values.retain(|(name, _)| name != k);
             values.push((*k, v.clone()));
         }
-        self.host.write_env("relay.env", "relay.env.example", &values)?;
+        self.host
+            .write_env("relay.env", "relay.env.example", &values)?;
         self.host
             .write_credential("database-url", &self.c.inside.database_url(name))
     }
@@ -132,14 +133,18 @@ async fn a_unit_turns_active_only_when_its_daemon_says_ready() -> anyhow::Result
         ("RUST_LOG", "info,daemon::systemd=debug".to_owned()),
     ])?;
     let unit = "outbox-relay";
-    fx.host.run(&format!("systemctl start --no-block {unit}")).await?;
+    fx.host
+        .run(&format!("systemctl start --no-block {unit}"))
+        .await?;
     let started = Instant::now();
     let mut activating_since: Option<Instant> = None;
     let mut longest_activating = Duration::ZERO;
     loop {
         let text = fx
             .host
-            .run(&format!("systemctl show -p ActiveState -p SubState -p MainPID {unit}"))
+            .run(&format!(
+                "systemctl show -p ActiveState -p SubState -p MainPID {unit}"
+            ))
             .await?;
         let state = properties(&text);
         let running = state.get("MainPID").is_some_and(|pid| *pid != "0");
@@ -152,7 +157,8 @@ async fn a_unit_turns_active_only_when_its_daemon_says_ready() -> anyhow::Result
             _ => {}
         }
         anyhow::ensure!(
-            state.get("ActiveState") != Some(&"failed") && started.elapsed() < Duration::from_secs(60),
+            state.get("ActiveState") != Some(&"failed")
+                && started.elapsed() < Duration::from_secs(60),
             "the unit never turned active: {text}\n{}",
             fx.host.journal(unit).await?
         );
@@ -190,7 +196,10 @@ async fn the_watchdog_restarts_a_relay_whose_flow_loop_hangs() -> anyhow::Result
         ("RELAY_QUERY_TIMEOUT_MS", "1000".to_owned()),
         ("RELAY_STUCK_AFTER_MS", "2000".to_owned()),
         ("KAFKA_COMMIT_TIMEOUT_MS", "600".to_owned()),
-        ("OUTBOX_FAILPOINTS", "relay-before-kafka-commit=hang".to_owned()),
+        (
+            "OUTBOX_FAILPOINTS",
+            "relay-before-kafka-commit=hang".to_owned(),
+        ),
     ];
     fx.relay_env(&hang)?;
     let unit = "outbox-relay";
@@ -200,25 +209,31 @@ async fn the_watchdog_restarts_a_relay_whose_flow_loop_hangs() -> anyhow::Result
     fx.host
         .wait("the flow loop hanging", Duration::from_secs(30), || async {
             let journal = fx.host.journal(unit).await?;
-            Ok(if journal.contains("failpoint relay-before-kafka-commit: hanging") {
-                Ok(())
-            } else {
-                Err("not yet".to_owned())
-            })
+            Ok(
+                if journal.contains("failpoint relay-before-kafka-commit: hanging") {
+                    Ok(())
+                } else {
+                    Err("not yet".to_owned())
+                },
+            )
         })
         .await?;
     // The next start runs without the crash point.
     fx.relay_env(&hang[..3])?;
     fx.host
-        .wait("a restart for the watchdog", Duration::from_secs(75), || async {
-            let restarts: u32 = fx.host.show(unit, "NRestarts").await?.parse()?;
-            let journal = fx.host.journal(unit).await?;
-            Ok(if restarts >= 1 && journal.contains("Watchdog timeout") {
-                Ok(())
-            } else {
-                Err(format!("{restarts} restarts"))
-            })
-        })
+        .wait(
+            "a restart for the watchdog",
+            Duration::from_secs(75),
+            || async {
+                let restarts: u32 = fx.host.show(unit, "NRestarts").await?.parse()?;
+                let journal = fx.host.journal(unit).await?;
+                Ok(if restarts >= 1 && journal.contains("Watchdog timeout") {
+                    Ok(())
+                } else {
+                    Err(format!("{restarts} restarts"))
+                })
+            },
+        )
         .await?;
     let journal = fx.host.journal(unit).await?;
     assert!(
@@ -226,12 +241,24 @@ async fn the_watchdog_restarts_a_relay_whose_flow_loop_hangs() -> anyhow::Result
         "the relay says why:\n{journal}"
     );
     fx.host
-        .wait("the held row published", Duration::from_secs(60), || async {
-            let pending = fx.stack.pending("user_logins").await?;
-            Ok(if pending == 0 { Ok(()) } else { Err(format!("{pending} pending")) })
-        })
+        .wait(
+            "the held row published",
+            Duration::from_secs(60),
+            || async {
+                let pending = fx.stack.pending("user_logins").await?;
+                Ok(if pending == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{pending} pending"))
+                })
+            },
+        )
         .await?;
-    assert_ne!(fx.host.show(unit, "MainPID").await?, first_pid, "a new process");
+    assert_ne!(
+        fx.host.show(unit, "MainPID").await?,
+        first_pid,
+        "a new process"
+    );
     assert_eq!(fx.host.show(unit, "ActiveState").await?, "active");
     Ok(())
 }
@@ -253,7 +280,11 @@ async fn the_units_deliver_a_row_and_stop_cleanly_with_exit_0() -> anyhow::Resul
     fx.host
         .wait("the row in ClickHouse", Duration::from_secs(60), || async {
             let rows = fx.stack.ch_count_final("user_logins").await?;
-            Ok(if rows == 1 { Ok(()) } else { Err(format!("{rows} rows")) })
+            Ok(if rows == 1 {
+                Ok(())
+            } else {
+                Err(format!("{rows} rows"))
+            })
         })
         .await?;
     for unit in outbox_tests::systemd::UNITS {
@@ -322,20 +353,31 @@ async fn the_hardening_holds_in_the_running_relay() -> anyhow::Result<()> {
     assert_eq!(field("CapEff"), ["0000000000000000"]);
     assert_eq!(field("CapBnd"), ["0000000000000000"]);
     let as_daemon = |script: &str| {
-        format!("nsenter --target {pid} --mount --setuid {uid} --setgid {gid} -- sh -c '{script}' 2>&1")
+        format!(
+            "nsenter --target {pid} --mount --setuid {uid} --setgid {gid} -- sh -c '{script}' 2>&1"
+        )
     };
-    for dir in ["/etc/outbox-relay", "/usr/local", "/var/lib", "/root", "/home"] {
+    for dir in [
+        "/etc/outbox-relay",
+        "/usr/local",
+        "/var/lib",
+        "/root",
+        "/home",
+    ] {
         let (code, out) = fx
             .host
             .sh(&as_daemon(&format!("echo x > {dir}/outbox-probe")))
             .await?;
         assert!(
-            code != 0 && (out.contains("Read-only file system") || out.contains("Permission denied")),
+            code != 0
+                && (out.contains("Read-only file system") || out.contains("Permission denied")),
             "the relay can write to {dir} (exit {code}: {out})"
         );
     }
     fx.host
-        .run(&as_daemon("echo x > /tmp/outbox-probe && test -s /tmp/outbox-probe"))
+        .run(&as_daemon(
+            "echo x > /tmp/outbox-probe && test -s /tmp/outbox-probe",
+        ))
         .await?;
     let (code, _) = fx.host.sh("test -e /tmp/outbox-probe").await?;
     assert_ne!(code, 0, "the relay's /tmp is its own");

@@ -201,7 +201,10 @@ fn merged(map: &yaml_rust2::yaml::Hash) -> anyhow::Result<Vec<(String, String)>>
                 bail!("<< merges {source:?}, not a mapping");
             };
             for entry in merged(inner)? {
-                if !inherited.iter().any(|(k, _): &(String, String)| *k == entry.0) {
+                if !inherited
+                    .iter()
+                    .any(|(k, _): &(String, String)| *k == entry.0)
+                {
                     inherited.push(entry);
                 }
             }
@@ -258,7 +261,9 @@ pub fn parse_service(
         value => {
             let test = strings(value, "healthcheck.test")?;
             match test.first().map(String::as_str) {
-                Some("CMD-SHELL") => Some(vec!["sh".into(), "-c".into(), get(&test[1..].join(" "))?]),
+                Some("CMD-SHELL") => {
+                    Some(vec!["sh".into(), "-c".into(), get(&test[1..].join(" "))?])
+                }
                 Some("CMD") => Some(
                     test[1..]
                         .iter()
@@ -323,7 +328,9 @@ fn parse_port(spec: &str) -> anyhow::Result<Port> {
     Ok(Port {
         host_ip: host_ip.to_owned(),
         host_port: host.parse().with_context(|| format!("port {spec:?}"))?,
-        container_port: container.parse().with_context(|| format!("port {spec:?}"))?,
+        container_port: container
+            .parse()
+            .with_context(|| format!("port {spec:?}"))?,
     })
 }
 
@@ -350,14 +357,17 @@ services:
 "#;
 
     #[test]
-    fn a_service_reads_as_compose_reads_it() {
+    fn a_service_reads_as_compose_reads_it() -> anyhow::Result<()> {
         let vars = |name: &str| match name {
             "PORT" => Some("15432".to_owned()),
             "DB_IMAGE" => Some(String::new()),
             _ => None,
         };
-        let s = parse_service(FILE, "db", &vars).unwrap();
-        assert_eq!(s.image, "postgres:16", "an empty value takes the :- default");
+        let s = parse_service(FILE, "db", &vars)?;
+        assert_eq!(
+            s.image, "postgres:16",
+            "an empty value takes the :- default"
+        );
         assert_eq!(
             s.image_name_and_tag(),
             ("postgres".to_owned(), "16".to_owned())
@@ -379,11 +389,29 @@ services:
             }]
         );
         assert_eq!(
-            s.healthcheck.unwrap(),
-            ["sh", "-c", "pg_isready -U postgres"]
+            s.healthcheck.as_deref(),
+            Some(
+                &[
+                    "sh".to_owned(),
+                    "-c".into(),
+                    "pg_isready -U postgres".into()
+                ][..]
+            )
         );
-        assert_eq!(s.ulimits, [("nofile".to_owned(), 10, 20)]);
+        assert_eq!(
+            s.ulimits,
+            [("nofile".to_owned(), 10, 20)],
+            "a number, or one interpolated"
+        );
         assert!(parse_service(FILE, "nope", &vars).is_err());
+        let nofile = |name: &str| (name == "NOFILE").then(|| "4096".to_owned());
+        assert_eq!(
+            parse_service(FILE, "db", &nofile)?.ulimits,
+            [("nofile".to_owned(), 10, 4096)]
+        );
+        let bad = |name: &str| (name == "NOFILE").then(|| "lots".to_owned());
+        assert!(parse_service(FILE, "db", &bad).is_err(), "not a number");
+        Ok(())
     }
 
     #[test]

@@ -67,7 +67,6 @@ impl Inside {
     }
 }
 
-
 static CONTAINERS: OnceCell<Result<Containers, String>> = OnceCell::const_new();
 
 /// Docker calls run on this runtime, which lives as long as the process:
@@ -104,14 +103,12 @@ where
 /// The shared containers, started by the first test that asks.
 pub async fn shared() -> anyhow::Result<&'static Containers> {
     CONTAINERS
-        .get_or_init(|| async {
-            on_docker(start)
-                .await
-                .map_err(|e| format!("{e:#}"))
-        })
+        .get_or_init(|| async { on_docker(start).await.map_err(|e| format!("{e:#}")) })
         .await
         .as_ref()
-        .map_err(|e| anyhow::anyhow!("TEST_BACKEND=testcontainers: the containers did not start: {e}"))
+        .map_err(|e| {
+            anyhow::anyhow!("TEST_BACKEND=testcontainers: the containers did not start: {e}")
+        })
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -220,7 +217,10 @@ pub async fn exec(
         .await?;
     let mut out = String::from_utf8_lossy(&result.stdout_to_vec().await?).into_owned();
     out.push_str(&String::from_utf8_lossy(&result.stderr_to_vec().await?));
-    let code = result.exit_code().await?.context("exec ended without a code")?;
+    let code = result
+        .exit_code()
+        .await?
+        .context("exec ended without a code")?;
     Ok((code, out))
 }
 
@@ -327,7 +327,9 @@ async fn start() -> anyhow::Result<Containers> {
 /// The listener Kafka advertises to the other containers: compose's
 /// inter-broker one (`KAFKA_INTER_BROKER_LISTENER_NAME`).
 fn kafka_inside(kafka: &Service, names: &[(&str, String)]) -> anyhow::Result<String> {
-    let listener = kafka.env("KAFKA_INTER_BROKER_LISTENER_NAME").unwrap_or("PLAINTEXT");
+    let listener = kafka
+        .env("KAFKA_INTER_BROKER_LISTENER_NAME")
+        .unwrap_or("PLAINTEXT");
     let advertised = kafka
         .env("KAFKA_ADVERTISED_LISTENERS")
         .context("kafka has no KAFKA_ADVERTISED_LISTENERS")?;
@@ -350,7 +352,11 @@ async fn ready_from_host(c: &Containers) -> anyhow::Result<()> {
             (pg, ch) if Instant::now() >= deadline => bail!(
                 "healthy containers do not answer on 127.0.0.1: Postgres {:?}, ClickHouse {}",
                 pg.err().map(|e| e.to_string()),
-                if ch.is_some() { "answers" } else { "does not answer" }
+                if ch.is_some() {
+                    "answers"
+                } else {
+                    "does not answer"
+                }
             ),
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -371,7 +377,10 @@ mod tests {
             rename_services("PLAINTEXT://kafka:19092,EXTERNAL://127.0.0.1:9092", &names),
             "PLAINTEXT://outbox-1-kafka:19092,EXTERNAL://127.0.0.1:9092"
         );
-        assert_eq!(rename_services("1@kafka:9093", &names), "1@outbox-1-kafka:9093");
+        assert_eq!(
+            rename_services("1@kafka:9093", &names),
+            "1@outbox-1-kafka:9093"
+        );
         assert_eq!(
             rename_services("postgres://u:p@postgres:5432/db", &names),
             "postgres://u:p@outbox-1-postgres:5432/db"

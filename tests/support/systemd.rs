@@ -31,7 +31,9 @@ fn binds(etc: &Path) -> anyhow::Result<Vec<String>> {
     let mut binds = vec!["/sys/fs/cgroup:/sys/fs/cgroup:ro".to_owned()];
     for unit in UNITS {
         let file = super::repo_path(&format!("deploy/systemd/{unit}.service"));
-        let file = file.canonicalize().with_context(|| format!("{}", file.display()))?;
+        let file = file
+            .canonicalize()
+            .with_context(|| format!("{}", file.display()))?;
         binds.push(format!(
             "{}:/etc/systemd/system/{unit}.service:ro",
             file.display()
@@ -132,7 +134,12 @@ impl SystemdHost {
     /// Writes /etc/outbox-relay/`file`: the example `deploy/systemd/<example>`
     /// with each of `values` replacing the example's line of that name (or
     /// added), so the example's other settings stay as shipped.
-    pub fn write_env(&self, file: &str, example: &str, values: &[(&str, String)]) -> anyhow::Result<()> {
+    pub fn write_env(
+        &self,
+        file: &str,
+        example: &str,
+        values: &[(&str, String)],
+    ) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(super::repo_path(&format!("deploy/systemd/{example}")))?;
         let mut lines: Vec<String> = Vec::new();
         let mut set: Vec<&str> = Vec::new();
@@ -167,7 +174,12 @@ impl SystemdHost {
 
     /// Polls `check` every 200 ms until it returns Ok(true), failing at the
     /// deadline with `what` and the last state seen.
-    pub async fn wait<F, Fut>(&self, what: &str, within: Duration, mut check: F) -> anyhow::Result<()>
+    pub async fn wait<F, Fut>(
+        &self,
+        what: &str,
+        within: Duration,
+        mut check: F,
+    ) -> anyhow::Result<()>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = anyhow::Result<Result<(), String>>>,
