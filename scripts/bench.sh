@@ -9,7 +9,9 @@
 #
 # It measures on the real Kafka broker the scripts run (Apache Kafka, the
 # version docker-compose.yml pins); ClickHouse's Kafka-engine peer runs in a
-# throw-away ClickHouse of its own (scripts/peer-clickhouse.sh).
+# throw-away ClickHouse of its own (scripts/peer-clickhouse.sh); Debezium's
+# PostgreSQL connector runs in Kafka Connect standalone on the same Postgres
+# and broker (scripts/peer-debezium.sh, fetched with Maven on first use).
 # BENCH_KAFKA=mock measures on librdkafka's mock cluster instead, for
 # comparison.
 #
@@ -29,6 +31,8 @@ fi
 # away afterwards.
 export BENCH_PEER_CLICKHOUSE_RESTART=$ROOT/scripts/peer-clickhouse.sh
 trap stop_peer_clickhouse EXIT
+# Debezium's: Kafka Connect, started and stopped by the bench for its run.
+export BENCH_PEER_DEBEZIUM=$ROOT/scripts/peer-debezium.sh
 profile=${BENCH_PROFILE:-release}
 ensure_build_deps
 if [ "$profile" = release ]; then

@@ -4,6 +4,7 @@
 //! in BENCHMARKS.md. Results: a Markdown table on stdout and JSON.
 
 mod cluster;
+mod debezium;
 mod peers;
 mod scale;
 mod scenarios;
@@ -105,6 +106,9 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?,
         );
+        // Debezium on the same Postgres, table and broker; the relay's
+        // commit → in Kafka beside its own.
+        figures.extend(debezium::peers(&bench, rows, latency_secs).await?);
     }
     if run("growth") {
         let sent = if cli.smoke { 10 * rows } else { 10_000_000 };

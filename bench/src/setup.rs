@@ -36,6 +36,9 @@ impl Bench {
             .await
             .context("connecting to Postgres")?;
         tokio::spawn(conn);
+        // A Debezium run that died may have left its slot, which would keep
+        // the database from being dropped (and WAL from being recycled).
+        crate::debezium::drop_slots(&admin, name).await?;
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
             .await?;
@@ -197,13 +200,7 @@ impl Daemon {
 
     /// Peak resident memory so far, MiB (VmHWM).
     pub fn peak_rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_owned();
-                line.split_whitespace().nth(1)?.parse::<f64>().ok()
-            })
-            .map_or(0.0, |kib| kib / 1024.0)
+        peak_rss_mib(self.child.id())
     }
 
     /// SIGTERM and wait (kill after 15 s).
@@ -232,6 +229,17 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Peak resident memory of process `pid` so far, MiB (VmHWM).
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// Polls `check` every `every` until it is true; returns the elapsed time.
