@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => 8,
     };
     let bench =
-        setup::Bench::start("outbox_bench", &admin, &clickhouse, kafka, partitions, rows).await?;
+        setup::Bench::start(setup::DATABASE, &admin, &clickhouse, kafka, partitions, rows).await?;
 
     let run = |name: &str| {
         let wanted = cli.only.is_empty() || cli.only.iter().any(|o| o == name);
