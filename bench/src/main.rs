@@ -23,8 +23,9 @@ struct Cli {
     #[arg(long)]
     rows: Option<u64>,
     /// Run only these measurements (comma-separated: ceiling, relay, shards,
-    /// sink, members, peers, growth, latency, engine-latency). The sink loads
-    /// what the relay run published.
+    /// sink, members, peers, growth, latency, engine-latency; debezium is
+    /// the Debezium part of peers alone). The sink loads what the relay run
+    /// published.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the JSON results.
@@ -53,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => 8,
     };
     let bench =
-        setup::Bench::start(setup::DATABASE, &admin, &clickhouse, kafka, partitions, rows).await?;
+        setup::Bench::start(setup::database(), &admin, &clickhouse, kafka, partitions, rows).await?;
 
     let run = |name: &str| {
         let wanted = cli.only.is_empty() || cli.only.iter().any(|o| o == name);
@@ -88,7 +89,8 @@ async fn main() -> anyhow::Result<()> {
             figures.push(scale::sink_members(&bench, rows, members).await?);
         }
     }
-    if run("peers") {
+    let peers = run("peers");
+    if peers {
         let budget = std::time::Duration::from_secs(if cli.smoke { 2 } else { 10 });
         figures.push(peers::row_by_row_relay(&bench, budget).await?);
         figures.push(peers::row_by_row_sink(&bench, budget).await?);
@@ -106,6 +108,8 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?,
         );
+    }
+    if peers || run("debezium") {
         // Debezium on the same Postgres, table and broker; the relay's
         // commit → in Kafka beside its own.
         figures.extend(debezium::peers(&bench, rows, latency_secs).await?);

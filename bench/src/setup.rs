@@ -319,12 +319,18 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// The benchmark's own database (its sessions are the Postgres CPU a run
-/// counts, see [`cpu_seconds_of`]).
-pub const DATABASE: &str = "outbox_bench";
+/// counts, see [`cpu_seconds_of`]): `outbox_bench`, or BENCH_DATABASE_NAME
+/// for a run beside another one on the same Postgres and ClickHouse.
+pub fn database() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::env::var("BENCH_DATABASE_NAME").unwrap_or_else(|_| "outbox_bench".into())
+    })
+}
 
 /// CPU time of every live process whose command name is `comm`, seconds.
 /// For `postgres`, only the processes working for the benchmark: the
-/// sessions of [`DATABASE`] (and their parallel workers) and the server's
+/// sessions of [`database`] (and their parallel workers) and the server's
 /// own (WAL writer, checkpointer, …) — not another database's sessions (a
 /// test run beside the benchmark would otherwise count as its cost).
 pub fn cpu_seconds_of(comm: &str) -> f64 {
@@ -341,7 +347,7 @@ pub fn cpu_seconds_of(comm: &str) -> f64 {
         .sum()
 }
 
-/// Whether Postgres process `pid` works for [`DATABASE`], by its title
+/// Whether Postgres process `pid` works for [`database`], by its title
 /// (`postgres: 15/main: <user> <database> <host> <state>`, `…: autovacuum
 /// worker <database>`, `…: parallel worker for PID <n>`, `…: checkpointer`).
 fn works_for_bench(pid: u32) -> bool {
@@ -358,12 +364,12 @@ fn works_for_bench(pid: u32) -> bool {
         return leader.trim().parse().is_ok_and(works_for_bench);
     }
     if what.starts_with("autovacuum worker") {
-        return words.contains(&DATABASE);
+        return words.contains(&database());
     }
     let is_session = words
         .get(2)
         .is_some_and(|host| host.contains('(') || *host == "[local]");
-    !is_session || words.get(1) == Some(&DATABASE)
+    !is_session || words.get(1) == Some(&database())
 }
 
 /// CPU seconds used by the parties of a run: one daemon, a server
