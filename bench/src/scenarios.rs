@@ -378,7 +378,12 @@ pub(crate) fn kafka_name(bench: &Bench) -> &'static str {
 
 /// Where the CPU went, per 100,000 rows, and the rate the machine's cores
 /// would allow if that were the only limit.
-pub(crate) fn cpu_figures(measure: &str, rows: u64, used: &[f64; 3], names: [&str; 3]) -> Vec<Figure> {
+pub(crate) fn cpu_figures(
+    measure: &str,
+    rows: u64,
+    used: &[f64; 3],
+    names: [&str; 3],
+) -> Vec<Figure> {
     let per = |s: f64| s / rows as f64 * 100_000.0;
     let total: f64 = used.iter().sum();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;

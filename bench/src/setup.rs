@@ -363,6 +363,12 @@ fn works_for_bench(pid: u32) -> bool {
     if let Some(leader) = what.strip_prefix("parallel worker for PID ") {
         return leader.trim().parse().is_ok_and(works_for_bench);
     }
+    // A WAL sender's title names its user, not its database: whose it is
+    // cannot be told here (the Debezium measurement counts its own by its
+    // slot's `active_pid`).
+    if what.starts_with("walsender ") {
+        return false;
+    }
     if what.starts_with("autovacuum worker") {
         return words.contains(&database());
     }
