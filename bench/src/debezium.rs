@@ -106,8 +106,7 @@ impl Install {
             script.display(),
             stderr
                 .lines()
-                .filter(|l| !l.trim().is_empty())
-                .last()
+                .rfind(|l| !l.trim().is_empty())
                 .unwrap_or("failed")
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -635,6 +634,9 @@ async fn relay_latency(bench: &Bench, secs: u64) -> anyhow::Result<Latencies> {
     latencies
 }
 
+/// Each inserted transaction's row ids and the instant its commit returned.
+type Commits = Arc<Mutex<Vec<(Vec<i64>, Instant)>>>;
+
 /// One commit → in Kafka run.
 struct Latencies {
     /// Per transaction, sorted.
@@ -658,7 +660,7 @@ async fn commit_to_kafka(
     let marks = Arc::new(Watermarks::new(bench, topic)?);
     let watch = Watch::start(bench, &marks)?;
     let warm_up = warm_up(bench, &marks, pending).await?;
-    let commits: Arc<Mutex<Vec<(Vec<i64>, Instant)>>> = Arc::default();
+    let commits: Commits = Arc::default();
     let inserter = tokio::spawn(insert_steadily(
         bench.database_url.clone(),
         secs,
@@ -714,7 +716,7 @@ async fn insert_steadily(
     url: String,
     secs: u64,
     pending: bool,
-    commits: Arc<Mutex<Vec<(Vec<i64>, Instant)>>>,
+    commits: Commits,
 ) -> anyhow::Result<()> {
     let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
