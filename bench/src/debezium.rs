@@ -230,35 +230,10 @@ impl Connect {
         }
     }
 
-    /// The log's last errors, for a row that says why. Not the plugin
-    /// scanner's: it logs an ERROR at every start for a Debezium converter
-    /// that does not load on Kafka 4.1's JsonConverter, which is not used.
+    /// The log's last errors, for a row that says why.
     fn errors(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let mut scanner = false;
-        let errors: Vec<&str> = text
-            .lines()
-            .filter(|l| {
-                if l.starts_with('[') {
-                    scanner = l.contains("isolation.PluginScanner");
-                }
-                !scanner
-                    && (l.contains(" ERROR ")
-                        || l.starts_with("Caused by")
-                        || l.starts_with("Error"))
-            })
-            .collect();
-        let last = errors[errors.len().saturating_sub(2)..].join(" / ");
-        let last: String = last.chars().take(600).collect();
-        format!(
-            "{} (log: {})",
-            if last.is_empty() {
-                "no error logged"
-            } else {
-                &last
-            },
-            self.log.display()
-        )
+        format!("{} (log: {})", last_errors(&text), self.log.display())
     }
 
     /// SIGTERM (the connector drops its slot on a clean stop), then the slot
@@ -295,6 +270,29 @@ impl Drop for Connect {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The last two error lines of a Kafka Connect log (an ERROR record or a
+/// `Caused by`), at most 600 characters. Not the plugin scanner's: it logs
+/// an ERROR at every start for a Debezium converter that does not load on
+/// Kafka 4.1's JsonConverter, which the benchmark does not use.
+fn last_errors(log: &str) -> String {
+    let mut scanner = false;
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            if l.starts_with('[') {
+                scanner = l.contains("isolation.PluginScanner");
+            }
+            !scanner
+                && (l.contains(" ERROR ") || l.starts_with("Caused by") || l.starts_with("Error"))
+        })
+        .collect();
+    let last = errors[errors.len().saturating_sub(2)..].join(" / ");
+    if last.is_empty() {
+        return "no error logged".into();
+    }
+    last.chars().take(600).collect()
 }
 
 /// Drops the replication slots of `database` (a slot keeps WAL forever and
@@ -846,4 +844,42 @@ fn latency_figures(who: &str, run: anyhow::Result<Latencies>, versions: &str) ->
         )
     })
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed start's row names the connector's error, not the plugin
+    /// scanner's ERROR that every start on Kafka 4.1 logs first.
+    #[test]
+    fn last_errors_skips_the_plugin_scanner() {
+        let log = "\
+[2026-12-06 10:51:58,297] ERROR Failed to discover Converter in plugins (org.apache.kafka.connect.runtime.isolation.PluginScanner)
+Caused by: java.lang.ExceptionInInitializerError
+\tat org.apache.kafka.connect.runtime.isolation.PluginScanner.scan(PluginScanner.java:1)
+[2026-12-06 10:52:10,458] INFO Starting streaming (io.debezium.pipeline.ChangeEventSourceCoordinator)
+[2026-12-06 10:52:11,000] ERROR WorkerSourceTask{id=x-0} Task threw an uncaught exception (org.apache.kafka.connect.runtime.WorkerTask)
+Caused by: org.postgresql.util.PSQLException: ERROR: replication slot \"x\" is active
+";
+        let errors = last_errors(log);
+        assert!(errors.contains("Task threw"), "{errors}");
+        assert!(errors.contains("replication slot"), "{errors}");
+        assert!(
+            !errors.contains("PluginScanner") && !errors.contains("ExceptionInInitializerError"),
+            "{errors}"
+        );
+        assert_eq!(
+            last_errors(&log.lines().take(3).collect::<Vec<_>>().join("\n")),
+            "no error logged"
+        );
+    }
+
+    /// A Java properties value keeps a backslash or a line break in a
+    /// password as itself, not as an escape or a new property.
+    #[test]
+    fn property_escapes_backslashes_and_line_breaks() {
+        assert_eq!(property("a\\b\nc=d\re"), "a\\\\b\\nc=d\\re");
+        assert_eq!(property("plain"), "plain");
+    }
 }
