@@ -40,9 +40,15 @@ const DEBEZIUM: &str = "peer, Debezium PostgreSQL connector (Kafka Connect stand
 const LATENCY_RATE: u64 = 1_000;
 
 /// Debezium's figures (backlog, CPU, RSS, commit → in Kafka), then the
-/// relay's commit → in Kafka. A part that cannot run gives its row with the
-/// error; only a replication slot or publication left behind is an error.
+/// relay's commit → in Kafka; the rows they inserted deleted afterwards. A
+/// part that cannot run gives its row with the error; only a replication
+/// slot or publication left behind (or the clean-up failing) is an error.
 pub async fn peers(bench: &Bench, rows: u64, latency_secs: u64) -> anyhow::Result<Vec<Figure>> {
+    let pg = bench.pg().await?;
+    let floor: i64 = pg
+        .query_one("SELECT coalesce(max(id), 0)::int8 FROM user_logins", &[])
+        .await?
+        .get(0);
     let backlog_measure = format!("{DEBEZIUM}: backlog streamed into Kafka");
     let latency_measure = format!("{DEBEZIUM}: {}", latency_label("p50"));
     let mut figures = match Connect::start(bench).await {
@@ -68,6 +74,11 @@ pub async fn peers(bench: &Bench, rows: u64, latency_secs: u64) -> anyhow::Resul
     };
     let relay = relay_latency(bench, latency_secs).await;
     figures.extend(latency_figures("relay", relay, ""));
+    // The rows inserted here go again: the measurements after this one (the
+    // growth run's history) find the table as they did before it.
+    pg.execute("DELETE FROM user_logins WHERE id > $1::int8", &[&floor])
+        .await?;
+    pg.batch_execute("VACUUM ANALYZE user_logins").await?;
     Ok(figures)
 }
 
@@ -195,7 +206,12 @@ impl Connect {
         self.child.id()
     }
 
-    /// Until the connector's slot is active (its WAL sender streaming).
+    /// Until the connector's WAL sender is streaming. Not merely its slot
+    /// active: the slot is active from its creation, and the connector
+    /// skips what was committed before the WAL position it reads after that
+    /// (its `snapshot.mode=no_data` offset), so a row inserted in between
+    /// never reaches Kafka. The WAL sender is `streaming` only once the
+    /// connector has started replication from that position and caught up.
     async fn wait_streaming(&mut self, bench: &Bench, timeout: Duration) -> anyhow::Result<()> {
         let pg = bench.pg().await?;
         let start = Instant::now();
@@ -206,14 +222,15 @@ impl Connect {
                     self.errors()
                 );
             }
-            let active = pg
+            let streaming = pg
                 .query_opt(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    "SELECT r.state = 'streaming' FROM pg_replication_slots s \
+                     JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1",
                     &[&self.slot],
                 )
                 .await?
-                .is_some_and(|row| row.get::<_, bool>(0));
-            if active {
+                .is_some_and(|row| row.get::<_, Option<bool>>(0) == Some(true));
+            if streaming {
                 eprintln!(
                     "  Kafka Connect streaming after {:.1} s",
                     start.elapsed().as_secs_f64()

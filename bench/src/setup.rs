@@ -334,8 +334,13 @@ pub fn database() -> &'static str {
 /// own (WAL writer, checkpointer, …) — not another database's sessions (a
 /// test run beside the benchmark would otherwise count as its cost).
 pub fn cpu_seconds_of(comm: &str) -> f64 {
+    cpu_seconds_by_pid(comm).values().sum()
+}
+
+/// [`cpu_seconds_of`] per process id.
+fn cpu_seconds_by_pid(comm: &str) -> std::collections::HashMap<u32, f64> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
+        return Default::default();
     };
     dir.filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
@@ -343,8 +348,8 @@ pub fn cpu_seconds_of(comm: &str) -> f64 {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
         })
         .filter(|pid| comm != "postgres" || works_for_bench(*pid))
-        .map(cpu_seconds)
-        .sum()
+        .map(|pid| (pid, cpu_seconds(pid)))
+        .collect()
 }
 
 /// Whether Postgres process `pid` works for [`database`], by its title
@@ -385,7 +390,10 @@ pub struct CpuMeter {
     daemon: u32,
     server: &'static str,
     kafka: u32,
-    start: [f64; 3],
+    start: [f64; 2],
+    /// The server's processes at the start, by id: one that ends during the
+    /// run (a session closing) must not take its earlier CPU off the total.
+    server_start: std::collections::HashMap<u32, f64>,
 }
 
 impl CpuMeter {
@@ -394,21 +402,23 @@ impl CpuMeter {
             daemon,
             server,
             kafka,
-            start: Self::read(daemon, server, kafka),
+            start: [cpu_seconds(daemon), cpu_seconds(kafka)],
+            server_start: cpu_seconds_by_pid(server),
         }
     }
 
-    fn read(daemon: u32, server: &str, kafka: u32) -> [f64; 3] {
-        [
-            cpu_seconds(daemon),
-            cpu_seconds_of(server),
-            cpu_seconds(kafka),
-        ]
-    }
-
     /// [daemon, server, Kafka] seconds since `start`.
+    /// The server's: what its processes alive now used since the start
+    /// (all of it for one started since).
     pub fn used(&self) -> [f64; 3] {
-        let now = Self::read(self.daemon, self.server, self.kafka);
-        [0, 1, 2].map(|i| now[i] - self.start[i])
+        let server = cpu_seconds_by_pid(self.server)
+            .into_iter()
+            .map(|(pid, now)| now - self.server_start.get(&pid).copied().unwrap_or(0.0))
+            .sum();
+        [
+            cpu_seconds(self.daemon) - self.start[0],
+            server,
+            cpu_seconds(self.kafka) - self.start[1],
+        ]
     }
 }
