@@ -330,31 +330,37 @@ pub fn cpu_seconds_of(comm: &str) -> f64 {
 pub struct CpuMeter {
     daemon: u32,
     server: &'static str,
-    kafka: u32,
+    kafka: Vec<u32>,
     start: [f64; 3],
 }
 
 impl CpuMeter {
-    pub fn start(daemon: u32, server: &'static str, kafka: u32) -> Self {
+    pub fn start(daemon: u32, server: &'static str, kafka: Vec<u32>) -> Self {
+        let start = Self::read(daemon, server, &kafka);
         Self {
             daemon,
             server,
             kafka,
-            start: Self::read(daemon, server, kafka),
+            start,
         }
     }
 
-    fn read(daemon: u32, server: &str, kafka: u32) -> [f64; 3] {
+    fn read(daemon: u32, server: &str, kafka: &[u32]) -> [f64; 3] {
         [
             cpu_seconds(daemon),
             cpu_seconds_of(server),
-            cpu_seconds(kafka),
+            cpu_seconds_all(kafka),
         ]
     }
 
     /// [daemon, server, Kafka] seconds since `start`.
     pub fn used(&self) -> [f64; 3] {
-        let now = Self::read(self.daemon, self.server, self.kafka);
+        let now = Self::read(self.daemon, self.server, &self.kafka);
         [0, 1, 2].map(|i| now[i] - self.start[i])
     }
+}
+
+/// CPU time of these processes, seconds.
+pub fn cpu_seconds_all(pids: &[u32]) -> f64 {
+    pids.iter().map(|pid| cpu_seconds(*pid)).sum()
 }
