@@ -19,10 +19,9 @@ cd "$ROOT"
 ensure_postgres
 ensure_clickhouse
 ensure_kafka
-while IFS='=' read -r name value; do export "TEST_$name=$value"; done < <(kafka_env)
+use_local_services
 # The cluster faults start their own three brokers from these jars.
 export TEST_KAFKA_JARS=$KAFKA_CACHE/libs
-export TEST_KAFKA_BROKERS=$TEST_KAFKA_PLAINTEXT_BROKERS
 export FAULT_ROUNDS=${FAULT_ROUNDS:-long}
 export FAULT_RESULTS=$ROOT/target/fault-results-$FAULT_ROUNDS.jsonl
 rm -f "$FAULT_RESULTS"
