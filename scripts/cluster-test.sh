@@ -14,6 +14,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 ensure_postgres
 ensure_clickhouse
+use_local_services
 kafka_jars
 export TEST_KAFKA_JARS=$KAFKA_CACHE/libs
 ensure_build_deps
