@@ -202,6 +202,20 @@ impl TestStack {
         Ok(())
     }
 
+    /// Creates the topics of the stack's flows as `relay migrate` does
+    /// given the Kafka settings (the relay itself creates a missing one
+    /// before its first batch): for a test whose measure must not include a
+    /// topic's creation and the sink's discovery of it.
+    pub async fn create_topics(&self) -> anyhow::Result<()> {
+        let env = Env::from_pairs(self.daemon_env());
+        let endpoint = connections::kafka::KafkaEndpoint::from_env(&env)?;
+        let topics = connections::topics::Topics::new(&endpoint)?;
+        let flows = flows::settings::selected_flows(&env)?;
+        let spec = connections::topics::TopicSpec::from_env(&env)?;
+        relay::migrate::create_topics(&topics, &flows, &spec, &CancellationToken::new()).await?;
+        Ok(())
+    }
+
     pub fn topic(&self, topic: &str) -> String {
         format!("{}.{topic}", self.name)
     }
