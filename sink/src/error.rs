@@ -75,8 +75,15 @@ pub enum SinkError {
 pub enum DeadLetterError {
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// Boxed: it would make every `SinkError` larger.
     #[error(transparent)]
-    Topic(#[from] connections::topics::TopicError),
+    Topic(Box<connections::topics::TopicError>),
+}
+
+impl From<connections::topics::TopicError> for DeadLetterError {
+    fn from(error: connections::topics::TopicError) -> Self {
+        Self::Topic(Box::new(error))
+    }
 }
 
 impl SinkError {
