@@ -333,7 +333,15 @@ pub fn cpu_seconds_of(comm: &str) -> f64 {
         .sum()
 }
 
-/// Whether Postgres process `pid` works for [`DATABASE`], by its title
+/// Whether `name` is a database of the benchmark: [`DATABASE`], or one of
+/// its own runs beside it (`outbox_bench_cluster`, the three brokers' rows).
+fn bench_database(name: &str) -> bool {
+    name.strip_prefix(DATABASE)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'))
+}
+
+/// Whether Postgres process `pid` works for a benchmark database
+/// ([`bench_database`]), by its title
 /// (`postgres: 15/main: <user> <database> <host> <state>`, `…: autovacuum
 /// worker <database>`, `…: parallel worker for PID <n>`, `…: checkpointer`).
 fn works_for_bench(pid: u32) -> bool {
@@ -350,12 +358,12 @@ fn works_for_bench(pid: u32) -> bool {
         return leader.trim().parse().is_ok_and(works_for_bench);
     }
     if what.starts_with("autovacuum worker") {
-        return words.contains(&DATABASE);
+        return words.iter().any(|w| bench_database(w));
     }
     let is_session = words
         .get(2)
         .is_some_and(|host| host.contains('(') || *host == "[local]");
-    !is_session || words.get(1) == Some(&DATABASE)
+    !is_session || words.get(1).is_some_and(|db| bench_database(db))
 }
 
 /// CPU seconds used by the parties of a run: one daemon, a server
@@ -397,4 +405,17 @@ impl CpuMeter {
 /// CPU time of these processes, seconds.
 pub fn cpu_seconds_all(pids: &[u32]) -> f64 {
     pids.iter().map(|pid| cpu_seconds(*pid)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bench_database;
+
+    #[test]
+    fn the_three_brokers_database_is_the_benchmarks_too() {
+        assert!(bench_database("outbox_bench"));
+        assert!(bench_database("outbox_bench_cluster"));
+        assert!(!bench_database("outbox_benchmark"));
+        assert!(!bench_database("t_fresh_hist_1"));
+    }
 }
