@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh            full run (1,000,000-row backlog, 30 s latency run), release build
 #   scripts/bench.sh --smoke    a few seconds, to keep it working (CI runs this on the debug build)
+#   scripts/bench.sh --only kafka-cluster   relay and sink on three brokers it starts (RF 3, acks=all)
 #
 # A full run (no arguments) writes its table into BENCHMARKS.md between the
 # `bench` markers, stamped with the commit and date.
@@ -26,6 +27,8 @@ if [ "${BENCH_KAFKA:-}" != mock ]; then
     export BENCH_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT BENCH_KAFKA_VERSION=$KAFKA_VERSION
     BENCH_KAFKA_PID=$(cat "$KAFKA_DIR/pid")
     export BENCH_KAFKA_PID
+    # `--only kafka-cluster` (and a full run) start three brokers from these.
+    export KAFKA_JARS=$KAFKA_CACHE/libs
 fi
 # The Kafka-engine peer's own ClickHouse, a new one per measurement, thrown
 # away afterwards.

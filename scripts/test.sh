@@ -37,8 +37,9 @@ cargo build --workspace --bins --quiet
 log "testing"
 # Everything but the fault suite, then the fault suite alone, one test at a
 # time: it restarts the shared Postgres and loads the machine. One
-# integration binary (tests/it) serves both.
-cargo test --workspace "$@" -- --skip faults::
+# integration binary (tests/it) serves both. The three-broker cluster tests
+# run in scripts/cluster-test.sh (.ci/run calls it).
+cargo test --workspace "$@" -- --skip faults:: --skip cluster::
 log "the fault suite"
 cargo test -p outbox-tests --test it "$@" -- faults:: --test-threads=1
 log "checking what the sink sends a current ClickHouse (chdb)"

@@ -576,7 +576,7 @@ async fn backlog(
         .await?
         .get(0);
     let sender = sender.context("the connector's replication slot has no WAL sender")? as u32;
-    let cpu = CpuMeter::start(connect.pid(), "postgres", bench.kafka.pid());
+    let cpu = CpuMeter::start(connect.pid(), "postgres", bench.kafka.pids());
     let decoding = cpu_seconds(sender);
     let inserting = cpu_seconds(backend as u32);
     let started = Instant::now();

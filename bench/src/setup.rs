@@ -318,14 +318,15 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// The benchmark's database by default.
+pub const DATABASE: &str = "outbox_bench";
+
 /// The benchmark's own database (its sessions are the Postgres CPU a run
-/// counts, see [`cpu_seconds_of`]): `outbox_bench`, or BENCH_DATABASE_NAME
+/// counts, see [`cpu_seconds_of`]): [`DATABASE`], or BENCH_DATABASE_NAME
 /// for a run beside another one on the same Postgres and ClickHouse.
 pub fn database() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| {
-        std::env::var("BENCH_DATABASE_NAME").unwrap_or_else(|_| "outbox_bench".into())
-    })
+    NAME.get_or_init(|| std::env::var("BENCH_DATABASE_NAME").unwrap_or_else(|_| DATABASE.into()))
 }
 
 /// CPU time of every live process whose command name is `comm`, seconds.
@@ -352,7 +353,17 @@ fn cpu_seconds_by_pid(comm: &str) -> std::collections::HashMap<u32, f64> {
         .collect()
 }
 
-/// Whether Postgres process `pid` works for [`database`], by its title
+/// Whether `name` is a database of the benchmark: [`database`], or one of
+/// its own runs beside it (`outbox_bench_cluster`, the three brokers' rows).
+fn bench_database(name: &str) -> bool {
+    name == database()
+        || name
+            .strip_prefix(DATABASE)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'))
+}
+
+/// Whether Postgres process `pid` works for a benchmark database
+/// ([`bench_database`]), by its title
 /// (`postgres: 15/main: <user> <database> <host> <state>`, `…: autovacuum
 /// worker <database>`, `…: parallel worker for PID <n>`, `…: checkpointer`).
 fn works_for_bench(pid: u32) -> bool {
@@ -375,12 +386,12 @@ fn works_for_bench(pid: u32) -> bool {
         return false;
     }
     if what.starts_with("autovacuum worker") {
-        return words.contains(&database());
+        return words.iter().any(|w| bench_database(w));
     }
     let is_session = words
         .get(2)
         .is_some_and(|host| host.contains('(') || *host == "[local]");
-    !is_session || words.get(1) == Some(&database())
+    !is_session || words.get(1).is_some_and(|db| bench_database(db))
 }
 
 /// CPU seconds used by the parties of a run: one daemon, a server
@@ -389,7 +400,7 @@ fn works_for_bench(pid: u32) -> bool {
 pub struct CpuMeter {
     daemon: u32,
     server: &'static str,
-    kafka: u32,
+    kafka: Vec<u32>,
     start: [f64; 2],
     /// The server's processes at the start, by id: one that ends during the
     /// run (a session closing) must not take its earlier CPU off the total.
@@ -397,19 +408,19 @@ pub struct CpuMeter {
 }
 
 impl CpuMeter {
-    pub fn start(daemon: u32, server: &'static str, kafka: u32) -> Self {
+    pub fn start(daemon: u32, server: &'static str, kafka: Vec<u32>) -> Self {
         Self {
             daemon,
             server,
-            kafka,
-            start: [cpu_seconds(daemon), cpu_seconds(kafka)],
+            start: [cpu_seconds(daemon), cpu_seconds_all(&kafka)],
             server_start: cpu_seconds_by_pid(server),
+            kafka,
         }
     }
 
-    /// [daemon, server, Kafka] seconds since `start`.
-    /// The server's: what its processes alive now used since the start
-    /// (all of it for one started since).
+    /// [daemon, server, Kafka] seconds since `start`. The server's: what
+    /// its processes alive now used since the start (all of it for one
+    /// started since).
     pub fn used(&self) -> [f64; 3] {
         let server = cpu_seconds_by_pid(self.server)
             .into_iter()
@@ -418,7 +429,25 @@ impl CpuMeter {
         [
             cpu_seconds(self.daemon) - self.start[0],
             server,
-            cpu_seconds(self.kafka) - self.start[1],
+            cpu_seconds_all(&self.kafka) - self.start[1],
         ]
+    }
+}
+
+/// CPU time of these processes, seconds.
+pub fn cpu_seconds_all(pids: &[u32]) -> f64 {
+    pids.iter().map(|pid| cpu_seconds(*pid)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bench_database;
+
+    #[test]
+    fn the_three_brokers_database_is_the_benchmarks_too() {
+        assert!(bench_database("outbox_bench"));
+        assert!(bench_database("outbox_bench_cluster"));
+        assert!(!bench_database("outbox_benchmark"));
+        assert!(!bench_database("t_fresh_hist_1"));
     }
 }

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use testcontainers::ContainerAsync;
 use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, ImageExt};
 use testcontainers_modules::{clickhouse::ClickHouse, kafka::apache::Kafka, postgres::Postgres};
 use tokio::sync::OnceCell;
 
@@ -30,7 +30,11 @@ pub async fn shared() -> anyhow::Result<&'static Containers> {
         .get_or_try_init(|| async {
             let pg = Postgres::default().start().await?;
             let ch = ClickHouse::default().start().await?;
-            let kafka = Kafka::default().start().await?;
+            // As every broker the scripts run: the daemons create their topics.
+            let kafka = Kafka::default()
+                .with_env_var("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+                .start()
+                .await?;
             Ok(Containers {
                 database_url: format!(
                     "postgres://postgres:postgres@127.0.0.1:{}/postgres",

@@ -12,12 +12,15 @@
 //!   `TEST_KAFKA_SSL_BROKERS`, `TEST_KAFKA_SASL_SSL_BROKERS`,
 //!   `TEST_KAFKA_MTLS_BROKERS`, `TEST_KAFKA_LOCAL_*` for its TLS listeners,
 //!   CA and users (scripts/test.sh sets them all; see `broker`).
+//! - `TEST_KAFKA_JARS`, `TEST_CLUSTER_PORT`: the three-broker cluster the
+//!   cluster tests start themselves (see `cluster`).
 //! - `TEST_BACKEND`: `local` (the services above), `testcontainers` (start
 //!   Postgres, apache/kafka and clickhouse-server containers), or `auto`
 //!   (default: testcontainers when a Docker socket exists, else local).
 
 pub mod broker;
 pub mod browser;
+pub mod cluster;
 pub mod containers;
 pub mod daemon;
 pub mod faults;
