@@ -3,13 +3,16 @@
 #
 #   scripts/bench.sh            full run (1,000,000-row backlog, 30 s latency run), release build
 #   scripts/bench.sh --smoke    a few seconds, to keep it working (CI runs this on the debug build)
+#   scripts/bench.sh --only kafka-cluster   relay and sink on three brokers it starts (RF 3, acks=all)
 #
 # A full run (no arguments) writes its table into BENCHMARKS.md between the
 # `bench` markers, stamped with the commit and date.
 #
 # It measures on the real Kafka broker the scripts run (Apache Kafka, the
 # version docker-compose.yml pins); ClickHouse's Kafka-engine peer runs in a
-# throw-away ClickHouse of its own (scripts/peer-clickhouse.sh).
+# throw-away ClickHouse of its own (scripts/peer-clickhouse.sh); Debezium's
+# PostgreSQL connector runs in Kafka Connect standalone on the same Postgres
+# and broker (scripts/peer-debezium.sh, fetched with Maven on first use).
 # BENCH_KAFKA=mock measures on librdkafka's mock cluster instead, for
 # comparison.
 #
@@ -24,11 +27,15 @@ if [ "${BENCH_KAFKA:-}" != mock ]; then
     export BENCH_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT BENCH_KAFKA_VERSION=$KAFKA_VERSION
     BENCH_KAFKA_PID=$(cat "$KAFKA_DIR/pid")
     export BENCH_KAFKA_PID
+    # `--only kafka-cluster` (and a full run) start three brokers from these.
+    export KAFKA_JARS=$KAFKA_CACHE/libs
 fi
 # The Kafka-engine peer's own ClickHouse, a new one per measurement, thrown
 # away afterwards.
 export BENCH_PEER_CLICKHOUSE_RESTART=$ROOT/scripts/peer-clickhouse.sh
 trap stop_peer_clickhouse EXIT
+# Debezium's: Kafka Connect, started and stopped by the bench for its run.
+export BENCH_PEER_DEBEZIUM=$ROOT/scripts/peer-debezium.sh
 profile=${BENCH_PROFILE:-release}
 ensure_build_deps
 if [ "$profile" = release ]; then

@@ -8,7 +8,8 @@
 # Every fault of tests/faults.rs, the stage's crash test (tests/etl.rs) and
 # the delivery tests that record a row (ids out of commit order, retention
 # races, ClickHouse type changes, resend and rewind, old record timestamps)
-# run on the real broker (the mock-only Kafka faults on the mock cluster),
+# run on the real broker (the mock-only Kafka faults on the mock cluster,
+# the cluster faults of tests/it/cluster.rs on three brokers they start),
 # each writing the numbers it measured. The table goes to docs/faults.md,
 # stamped with the commit and date. Exits non-zero, after writing, if a test failed or a row
 # lost or doubled anything.
@@ -19,6 +20,8 @@ ensure_postgres
 ensure_clickhouse
 ensure_kafka
 use_local_services
+# The cluster faults start their own three brokers from these jars.
+export TEST_KAFKA_JARS=$KAFKA_CACHE/libs
 export FAULT_ROUNDS=${FAULT_ROUNDS:-long}
 export FAULT_RESULTS=$ROOT/target/fault-results-$FAULT_ROUNDS.jsonl
 rm -f "$FAULT_RESULTS"
@@ -26,7 +29,7 @@ ensure_build_deps
 cargo build --workspace --bins --quiet
 status=0
 cargo test -p outbox-tests --test it -- --test-threads=1 faults:: etl::kill_9 commit_order:: \
-    retention:: schema_change:: resend:: broker:: >&2 || status=$?
+    retention:: schema_change:: resend:: broker:: cluster:: >&2 || status=$?
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!docs' ':!README.md' || echo "+uncommitted")
 table=$(python3 - "$FAULT_RESULTS" "$commit" "$FAULT_ROUNDS" <<'PY'
 import datetime, json, sys

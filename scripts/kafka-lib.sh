@@ -9,6 +9,10 @@
 #   SASL_SSL   $KAFKA_SASL_PORT   (default 9094)  TLS + SASL PLAIN, SCRAM-SHA-256/512
 #   MTLS       $KAFKA_MTLS_PORT   (default 9095)  TLS, client certificate required
 #
+# Topics are never created by the broker (auto.create.topics.enable=false,
+# as in production): the daemons create the topics they write, and tests
+# create those they write themselves.
+#
 # The version is the one docker-compose.yml's apache/kafka image pins (the one
 # place it is set). `kafka_env` prints the endpoints, CA, client certificate
 # and the throw-away users as shell variables.
@@ -82,7 +86,7 @@ listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL,MTL
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$KAFKA_DIR/data
 num.partitions=4
-auto.create.topics.enable=true
+auto.create.topics.enable=false
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=4
 transaction.state.log.replication.factor=1

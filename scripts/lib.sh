@@ -59,14 +59,40 @@ ensure_postgres() {
             as_root pg_ctlcluster --skip-systemctl-redirect "$version" main restart
         fi
     fi
-    if pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; then return 0; fi
-    log "starting PostgreSQL $version"
-    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    if ! pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; then
+        log "starting PostgreSQL $version"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+        wait_postgres
+    fi
+    ensure_logical_wal "$version"
+}
+
+wait_postgres() {
     for _ in $(seq 1 60); do
         pg_isready -q -h "$PG_HOST" -p "$PG_PORT" && return 0
         sleep 0.5
     done
     die "PostgreSQL is not answering on $PG_HOST:$PG_PORT"
+}
+
+# Debezium, the benchmark's change-data-capture peer (scripts/peer-debezium.sh),
+# reads the WAL through a logical replication slot: wal_level = logical, and
+# room for its slot and WAL sender beside others'. Set with ALTER SYSTEM;
+# Postgres restarts only when a running value falls short, so this is a no-op
+# once done.
+ensure_logical_wal() {
+    local version=$1 level slots senders
+    local psql=(psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atq)
+    level=$("${psql[@]}" -c 'SHOW wal_level') || die "cannot read wal_level from PostgreSQL"
+    slots=$("${psql[@]}" -c 'SHOW max_replication_slots')
+    senders=$("${psql[@]}" -c 'SHOW max_wal_senders')
+    if [ "$level" = logical ] && [ "$slots" -ge 10 ] && [ "$senders" -ge 10 ]; then return 0; fi
+    log "PostgreSQL $version: wal_level = logical (was $level), max_replication_slots and max_wal_senders at least 10; restarting"
+    [ "$level" = logical ] || "${psql[@]}" -c 'ALTER SYSTEM SET wal_level = logical'
+    [ "$slots" -ge 10 ] || "${psql[@]}" -c 'ALTER SYSTEM SET max_replication_slots = 10'
+    [ "$senders" -ge 10 ] || "${psql[@]}" -c 'ALTER SYSTEM SET max_wal_senders = 10'
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+    wait_postgres
 }
 
 # What building needs besides Rust: OpenSSL's headers (TLS to Postgres,

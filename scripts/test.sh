@@ -37,9 +37,10 @@ cargo build --workspace --bins --quiet
 log "testing"
 # Everything but the fault suite, then the fault suite alone, one test at a
 # time: it restarts the shared Postgres and loads the machine. One
-# integration binary (tests/it) serves both. The systemd units run in a
-# container on the testcontainers backend (scripts/containers-check.sh).
-cargo test --workspace "$@" -- --skip faults:: --skip systemd::
+# integration binary (tests/it) serves both. The three-broker cluster tests
+# run in scripts/cluster-test.sh (.ci/run calls it); the systemd units need
+# the testcontainers backend (tests/it/systemd.rs).
+cargo test --workspace "$@" -- --skip faults:: --skip cluster:: --skip systemd::
 log "the fault suite"
 cargo test -p outbox-tests --test it "$@" -- faults:: --test-threads=1
 log "checking what the sink sends a current ClickHouse (chdb)"

@@ -4,6 +4,7 @@
 //! in BENCHMARKS.md. Results: a Markdown table on stdout and JSON.
 
 mod cluster;
+mod debezium;
 mod peers;
 mod scale;
 mod scenarios;
@@ -22,13 +23,39 @@ struct Cli {
     #[arg(long)]
     rows: Option<u64>,
     /// Run only these measurements (comma-separated: ceiling, relay, shards,
-    /// sink, members, peers, growth, latency, engine-latency). The sink loads
-    /// what the relay run published.
+    /// sink, members, peers, growth, latency, engine-latency,
+    /// kafka-cluster; debezium is the Debezium part of peers alone). The
+    /// sink loads what the relay run published; kafka-cluster starts three
+    /// brokers and runs relay and sink there.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: std::path::PathBuf,
+}
+
+/// The relay and the sink on three brokers (replication factor 3,
+/// `min.insync.replicas=2`, the relay's `acks=all`): the same backlog and
+/// measurements as `relay` and `sink`, beside the single node's.
+async fn on_three_brokers(
+    admin: &str,
+    clickhouse: &str,
+    rows: u64,
+) -> anyhow::Result<(Vec<scenarios::Figure>, setup::Bench)> {
+    let kafka = tokio::task::spawn_blocking(cluster::Cluster::three).await??;
+    let bench =
+        setup::Bench::start("outbox_bench_cluster", admin, clickhouse, kafka, 8, rows).await?;
+    scenarios::backlog(&bench, rows).await?;
+    let mut figures = scenarios::relay_throughput(
+        &bench,
+        rows,
+        "relay on three brokers (RF 3, acks=all): backlog drained into Kafka",
+    )
+    .await?;
+    figures.extend(
+        scenarios::sink_throughput(&bench, rows, "sink.", "sink on three brokers (RF 3)").await?,
+    );
+    Ok((figures, bench))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -42,6 +69,12 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let clickhouse =
         std::env::var("BENCH_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+    if !cli.only.is_empty() && cli.only.iter().all(|o| o == "kafka-cluster") {
+        // Alone: the single node and its database are not touched.
+        eprintln!("kafka-cluster");
+        let (figures, bench) = on_three_brokers(&admin, &clickhouse, rows).await?;
+        return report(&cli, rows, &figures, &bench.ch(), bench.kafka.label()).await;
+    }
     let kafka = cluster::Cluster::from_env()?;
     // The mock keeps ~5 MiB per partition: enough partitions for the backlog,
     // with room for keys hashing unevenly (checked before the sink run). A
@@ -51,8 +84,15 @@ async fn main() -> anyhow::Result<()> {
         Err(_) if kafka.is_mock() => ((rows * 160 * 3 / (4 * 1024 * 1024)) as i32 + 8).max(8),
         Err(_) => 8,
     };
-    let bench =
-        setup::Bench::start(setup::DATABASE, &admin, &clickhouse, kafka, partitions, rows).await?;
+    let bench = setup::Bench::start(
+        setup::database(),
+        &admin,
+        &clickhouse,
+        kafka,
+        partitions,
+        rows,
+    )
+    .await?;
 
     let run = |name: &str| {
         let wanted = cli.only.is_empty() || cli.only.iter().any(|o| o == name);
@@ -80,14 +120,15 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("sink") {
         figures.push(scenarios::consume_ceiling(&bench, rows).await?);
-        figures.extend(scenarios::sink_throughput(&bench, rows, "sink.").await?);
+        figures.extend(scenarios::sink_throughput(&bench, rows, "sink.", "sink").await?);
     }
     if run("members") {
         for members in [1, 2] {
             figures.push(scale::sink_members(&bench, rows, members).await?);
         }
     }
-    if run("peers") {
+    let peers = run("peers");
+    if peers {
         let budget = std::time::Duration::from_secs(if cli.smoke { 2 } else { 10 });
         figures.push(peers::row_by_row_relay(&bench, budget).await?);
         figures.push(peers::row_by_row_sink(&bench, budget).await?);
@@ -106,6 +147,11 @@ async fn main() -> anyhow::Result<()> {
             .await?,
         );
     }
+    if peers || run("debezium") {
+        // Debezium on the same Postgres, table and broker; the relay's
+        // commit → in Kafka beside its own.
+        figures.extend(debezium::peers(&bench, rows, latency_secs).await?);
+    }
     if run("growth") {
         let sent = if cli.smoke { 10 * rows } else { 10_000_000 };
         figures.extend(scenarios::growth(&bench, rows, sent).await?);
@@ -117,6 +163,9 @@ async fn main() -> anyhow::Result<()> {
             let loader = scenarios::Loader::Sink { flush_ms: None };
             figures.extend(scenarios::latency(&bench, rate, latency_secs, loader).await?);
         }
+    }
+    if run("kafka-cluster") {
+        figures.extend(on_three_brokers(&admin, &clickhouse, rows).await?.0);
     }
     if run("engine-latency") {
         let label = bench.kafka.label().to_owned();
@@ -135,6 +184,18 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let ch = bench.ch();
+    report(&cli, rows, &figures, &ch, bench.kafka.label()).await
+}
+
+/// The machine line, the table on stdout, the JSON.
+async fn report(
+    cli: &Cli,
+    rows: u64,
+    figures: &[scenarios::Figure],
+    ch: &clickhouse::Client,
+    kafka: &str,
+) -> anyhow::Result<()> {
     let machine = format!(
         "{} cores, {} GiB; PostgreSQL, ClickHouse {} and {} on the same machine",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -148,17 +209,15 @@ async fn main() -> anyhow::Result<()> {
                 .parse::<u64>()
                 .ok())
             .map_or(0, |kib| kib / 1024 / 1024),
-        bench
-            .ch()
-            .query("SELECT version()")
+        ch.query("SELECT version()")
             .fetch_one::<String>()
             .await
             .unwrap_or_default(),
-        bench.kafka.label()
+        kafka
     );
     println!("Machine: {machine}\n");
     println!("| measure | value | unit | notes |\n|---|---|---|---|");
-    for f in &figures {
+    for f in figures {
         println!(
             "| {} | {:.1} | {} | {} |",
             f.measure, f.value, f.unit, f.note

@@ -49,7 +49,10 @@ pub async fn relay_shards(bench: &Bench, n: u64, shards: u16) -> anyhow::Result<
         )
         .await?
         .get::<_, i64>(0);
-    let cpu_before = [cpu_seconds_of("postgres"), cpu_seconds(bench.kafka.pid())];
+    let cpu_before = [
+        cpu_seconds_of("postgres"),
+        crate::setup::cpu_seconds_all(&bench.kafka.pids()),
+    ];
     let mut relays = Vec::new();
     for shard in 0..shards {
         let mut env = bench.env("relay.");
@@ -74,7 +77,7 @@ pub async fn relay_shards(bench: &Bench, n: u64, shards: u16) -> anyhow::Result<
     let cpu = [
         relay_cpu,
         cpu_seconds_of("postgres") - cpu_before[0],
-        cpu_seconds(bench.kafka.pid()) - cpu_before[1],
+        crate::setup::cpu_seconds_all(&bench.kafka.pids()) - cpu_before[1],
     ];
     for relay in relays {
         relay.stop();

@@ -192,7 +192,7 @@ pub async fn relay_throughput(bench: &Bench, n: u64, measure: &str) -> anyhow::R
     let mut env = bench.env("relay.");
     env.push(("RELAY_METRICS_ADDR".into(), metrics_addr.clone()));
     let relay = Daemon::spawn("relay", &env)?;
-    let cpu = CpuMeter::start(relay.pid(), "postgres", bench.kafka.pid());
+    let cpu = CpuMeter::start(relay.pid(), "postgres", bench.kafka.pids());
     let took = time_until(
         Duration::from_secs(900),
         Duration::from_millis(20),
@@ -294,6 +294,7 @@ pub async fn sink_throughput(
     bench: &Bench,
     n: u64,
     group_prefix: &str,
+    measure: &str,
 ) -> anyhow::Result<Vec<Figure>> {
     let held = topic_messages(
         bench.kafka.bootstrap_servers(),
@@ -310,7 +311,7 @@ pub async fn sink_throughput(
     let mut env = bench.env(group_prefix);
     env.push(("SINK_METRICS_ADDR".into(), metrics_addr.clone()));
     let sink = Daemon::spawn("sink", &env)?;
-    let cpu = CpuMeter::start(sink.pid(), "clickhouse-serv", bench.kafka.pid());
+    let cpu = CpuMeter::start(sink.pid(), "clickhouse-serv", bench.kafka.pids());
     let count = || async {
         let c: u64 = ch
             .query("SELECT count() FROM user_logins")
@@ -342,10 +343,10 @@ pub async fn sink_throughput(
         .unwrap_or_default();
     sink.stop();
     let secs = took.as_secs_f64();
-    let mut figures = cpu_figures("sink", n, &used, ["sink", "clickhouse", kafka_name(bench)]);
+    let mut figures = cpu_figures(measure, n, &used, ["sink", "clickhouse", kafka_name(bench)]);
     figures.splice(0..0, [
         figure(
-            "sink: topic preloaded into ClickHouse",
+            &format!("{measure}: topic preloaded into ClickHouse"),
             (n - first) as f64 / steady,
             "rows/s",
             format!(
@@ -354,7 +355,7 @@ pub async fn sink_throughput(
             ),
         ),
         figure(
-            "sink: topic preloaded into ClickHouse, process start included",
+            &format!("{measure}: topic preloaded into ClickHouse, process start included"),
             n as f64 / secs,
             "rows/s",
             format!(
@@ -362,23 +363,24 @@ pub async fn sink_throughput(
                 to_first.as_secs_f64()
             ),
         ),
-        figure("sink: peak RSS", rss, "MiB", ""),
+        figure(&format!("{measure}: peak RSS"), rss, "MiB", ""),
     ]);
-    figures.extend(phase_figures("sink", &scraped, "sink_batch_phase_seconds"));
+    figures.extend(phase_figures(measure, &scraped, "sink_batch_phase_seconds"));
     Ok(figures)
 }
 
-fn kafka_name(bench: &Bench) -> &'static str {
-    if bench.kafka.is_mock() {
-        "mock Kafka (bench process)"
-    } else {
-        "Kafka broker"
-    }
+pub(crate) fn kafka_name(bench: &Bench) -> &'static str {
+    bench.kafka.name()
 }
 
 /// Where the CPU went, per 100,000 rows, and the rate the machine's cores
 /// would allow if that were the only limit.
-fn cpu_figures(measure: &str, rows: u64, used: &[f64; 3], names: [&str; 3]) -> Vec<Figure> {
+pub(crate) fn cpu_figures(
+    measure: &str,
+    rows: u64,
+    used: &[f64; 3],
+    names: [&str; 3],
+) -> Vec<Figure> {
     let per = |s: f64| s / rows as f64 * 100_000.0;
     let total: f64 = used.iter().sum();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;

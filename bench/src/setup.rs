@@ -36,6 +36,9 @@ impl Bench {
             .await
             .context("connecting to Postgres")?;
         tokio::spawn(conn);
+        // A Debezium run that died may have left its slot, which would keep
+        // the database from being dropped (and WAL from being recycled).
+        crate::debezium::drop_slots(&admin, name).await?;
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
             .await?;
@@ -197,13 +200,7 @@ impl Daemon {
 
     /// Peak resident memory so far, MiB (VmHWM).
     pub fn peak_rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_owned();
-                line.split_whitespace().nth(1)?.parse::<f64>().ok()
-            })
-            .map_or(0.0, |kib| kib / 1024.0)
+        peak_rss_mib(self.child.id())
     }
 
     /// SIGTERM and wait (kill after 15 s).
@@ -232,6 +229,17 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Peak resident memory of process `pid` so far, MiB (VmHWM).
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// Polls `check` every `every` until it is true; returns the elapsed time.
@@ -310,18 +318,30 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// The benchmark's own database (its sessions are the Postgres CPU a run
-/// counts, see [`cpu_seconds_of`]).
+/// The benchmark's database by default.
 pub const DATABASE: &str = "outbox_bench";
+
+/// The benchmark's own database (its sessions are the Postgres CPU a run
+/// counts, see [`cpu_seconds_of`]): [`DATABASE`], or BENCH_DATABASE_NAME
+/// for a run beside another one on the same Postgres and ClickHouse.
+pub fn database() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| std::env::var("BENCH_DATABASE_NAME").unwrap_or_else(|_| DATABASE.into()))
+}
 
 /// CPU time of every live process whose command name is `comm`, seconds.
 /// For `postgres`, only the processes working for the benchmark: the
-/// sessions of [`DATABASE`] (and their parallel workers) and the server's
+/// sessions of [`database`] (and their parallel workers) and the server's
 /// own (WAL writer, checkpointer, …) — not another database's sessions (a
 /// test run beside the benchmark would otherwise count as its cost).
 pub fn cpu_seconds_of(comm: &str) -> f64 {
+    cpu_seconds_by_pid(comm).values().sum()
+}
+
+/// [`cpu_seconds_of`] per process id.
+fn cpu_seconds_by_pid(comm: &str) -> std::collections::HashMap<u32, f64> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
+        return Default::default();
     };
     dir.filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
@@ -329,11 +349,21 @@ pub fn cpu_seconds_of(comm: &str) -> f64 {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
         })
         .filter(|pid| comm != "postgres" || works_for_bench(*pid))
-        .map(cpu_seconds)
-        .sum()
+        .map(|pid| (pid, cpu_seconds(pid)))
+        .collect()
 }
 
-/// Whether Postgres process `pid` works for [`DATABASE`], by its title
+/// Whether `name` is a database of the benchmark: [`database`], or one of
+/// its own runs beside it (`outbox_bench_cluster`, the three brokers' rows).
+fn bench_database(name: &str) -> bool {
+    name == database()
+        || name
+            .strip_prefix(DATABASE)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'))
+}
+
+/// Whether Postgres process `pid` works for a benchmark database
+/// ([`bench_database`]), by its title
 /// (`postgres: 15/main: <user> <database> <host> <state>`, `…: autovacuum
 /// worker <database>`, `…: parallel worker for PID <n>`, `…: checkpointer`).
 fn works_for_bench(pid: u32) -> bool {
@@ -349,13 +379,19 @@ fn works_for_bench(pid: u32) -> bool {
     if let Some(leader) = what.strip_prefix("parallel worker for PID ") {
         return leader.trim().parse().is_ok_and(works_for_bench);
     }
+    // A WAL sender's title names its user, not its database: whose it is
+    // cannot be told here (the Debezium measurement counts its own by its
+    // slot's `active_pid`).
+    if what.starts_with("walsender ") {
+        return false;
+    }
     if what.starts_with("autovacuum worker") {
-        return words.contains(&DATABASE);
+        return words.iter().any(|w| bench_database(w));
     }
     let is_session = words
         .get(2)
         .is_some_and(|host| host.contains('(') || *host == "[local]");
-    !is_session || words.get(1) == Some(&DATABASE)
+    !is_session || words.get(1).is_some_and(|db| bench_database(db))
 }
 
 /// CPU seconds used by the parties of a run: one daemon, a server
@@ -364,31 +400,54 @@ fn works_for_bench(pid: u32) -> bool {
 pub struct CpuMeter {
     daemon: u32,
     server: &'static str,
-    kafka: u32,
-    start: [f64; 3],
+    kafka: Vec<u32>,
+    start: [f64; 2],
+    /// The server's processes at the start, by id: one that ends during the
+    /// run (a session closing) must not take its earlier CPU off the total.
+    server_start: std::collections::HashMap<u32, f64>,
 }
 
 impl CpuMeter {
-    pub fn start(daemon: u32, server: &'static str, kafka: u32) -> Self {
+    pub fn start(daemon: u32, server: &'static str, kafka: Vec<u32>) -> Self {
         Self {
             daemon,
             server,
+            start: [cpu_seconds(daemon), cpu_seconds_all(&kafka)],
+            server_start: cpu_seconds_by_pid(server),
             kafka,
-            start: Self::read(daemon, server, kafka),
         }
     }
 
-    fn read(daemon: u32, server: &str, kafka: u32) -> [f64; 3] {
+    /// [daemon, server, Kafka] seconds since `start`. The server's: what
+    /// its processes alive now used since the start (all of it for one
+    /// started since).
+    pub fn used(&self) -> [f64; 3] {
+        let server = cpu_seconds_by_pid(self.server)
+            .into_iter()
+            .map(|(pid, now)| now - self.server_start.get(&pid).copied().unwrap_or(0.0))
+            .sum();
         [
-            cpu_seconds(daemon),
-            cpu_seconds_of(server),
-            cpu_seconds(kafka),
+            cpu_seconds(self.daemon) - self.start[0],
+            server,
+            cpu_seconds_all(&self.kafka) - self.start[1],
         ]
     }
+}
 
-    /// [daemon, server, Kafka] seconds since `start`.
-    pub fn used(&self) -> [f64; 3] {
-        let now = Self::read(self.daemon, self.server, self.kafka);
-        [0, 1, 2].map(|i| now[i] - self.start[i])
+/// CPU time of these processes, seconds.
+pub fn cpu_seconds_all(pids: &[u32]) -> f64 {
+    pids.iter().map(|pid| cpu_seconds(*pid)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bench_database;
+
+    #[test]
+    fn the_three_brokers_database_is_the_benchmarks_too() {
+        assert!(bench_database("outbox_bench"));
+        assert!(bench_database("outbox_bench_cluster"));
+        assert!(!bench_database("outbox_benchmark"));
+        assert!(!bench_database("t_fresh_hist_1"));
     }
 }

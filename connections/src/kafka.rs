@@ -326,7 +326,8 @@ impl rdkafka::consumer::ConsumerContext for Ownership {
 pub type GroupConsumer = rdkafka::consumer::StreamConsumer<Ownership>;
 
 /// read_committed (aborted transactions are never loaded), offsets committed
-/// by hand only after the work is durable, a topic created after the
+/// by hand only after the work is durable, topics never created by
+/// subscribing to them, a topic created after the
 /// subscription (or gaining partitions) noticed within a second, a killed
 /// member's partitions moved on after 10 s (Kafka's 45 s default stalls
 /// restarts), and a bounded prefetch queue so memory stays bounded at any
@@ -340,7 +341,9 @@ pub fn consumer_config(kafka: &KafkaEndpoint, group: &str, client_id: &str) -> C
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
         ("auto.offset.reset", "earliest"),
-        ("allow.auto.create.topics", "true"),
+        // A consumer waits for its topics; the daemon that writes a topic
+        // creates it (`topics`), never a broker on a consumer's behalf.
+        ("allow.auto.create.topics", "false"),
         // How soon a running consumer sees a topic created after it
         // subscribed (librdkafka's default: 5 minutes), for one small
         // Metadata request of the subscribed topics a second.

@@ -8,6 +8,9 @@
 //! transaction (TxnOffsetCommit) are acknowledged but not stored.
 #![allow(unsafe_code)]
 
+pub mod cluster;
+pub mod link;
+
 use std::ffi::{CStr, CString};
 use std::time::Duration;
 

@@ -39,6 +39,53 @@ pub struct Flow {
     /// `relay::prune`). Needs each source's `time_column`.
     #[serde(default, deserialize_with = "retention")]
     pub retention: Option<std::time::Duration>,
+    /// What the daemons create this flow's topics with, over the
+    /// `KAFKA_TOPIC_*` settings: the relay's topics, the stage's output and
+    /// the dead-letter topics of its sink and stage.
+    #[serde(default)]
+    pub topics: TopicSettings,
+}
+
+/// A flow's `[flows.topics]`: each field given replaces the setting of the
+/// same name for the flow's topics; `config` entries replace those of
+/// `KAFKA_TOPIC_CONFIG` by name and add to them.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    /// `KAFKA_TOPIC_PARTITIONS` for this flow.
+    pub partitions: Option<u32>,
+    /// `KAFKA_TOPIC_REPLICATION_FACTOR` for this flow.
+    pub replication_factor: Option<u16>,
+    /// Topic configs (`"min.insync.replicas" = 2`): text, numbers or
+    /// booleans, sent as their text.
+    #[serde(default, deserialize_with = "topic_configs")]
+    pub config: BTreeMap<String, String>,
+}
+
+fn topic_configs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Text(String),
+        Whole(i64),
+        Real(f64),
+        Flag(bool),
+    }
+    let raw = BTreeMap::<String, Value>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(name, value)| {
+            let text = match value {
+                Value::Text(t) => t,
+                Value::Whole(n) => n.to_string(),
+                Value::Real(x) => x.to_string(),
+                Value::Flag(b) => b.to_string(),
+            };
+            (name, text)
+        })
+        .collect())
 }
 
 fn retention<'de, D: serde::Deserializer<'de>>(
@@ -378,6 +425,7 @@ impl Flow {
         for target in &self.targets {
             target.check()?;
         }
+        self.topics.check()?;
         if let Some(stage) = &self.stage {
             check_kafka_name(&stage.consumer_group)
                 .map_err(|e| format!("stage consumer_group: {e}"))?;
@@ -388,6 +436,23 @@ impl Flow {
             for input in &stage.inputs {
                 check_kafka_name(input).map_err(|e| format!("stage input: {e}"))?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl TopicSettings {
+    /// Counts of at least 1; config names that are names.
+    fn check(&self) -> Result<(), String> {
+        if self.partitions == Some(0) {
+            return Err("topics.partitions must be at least 1".into());
+        }
+        if self.replication_factor == Some(0) {
+            return Err("topics.replication_factor must be at least 1".into());
+        }
+        for name in self.config.keys() {
+            crate::ident::check_topic_config_name(name)
+                .map_err(|e| format!("topics.config: {e}"))?;
         }
         Ok(())
     }
@@ -546,6 +611,34 @@ columns = ["id"]
             .err()
             .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("`id`")));
+    }
+
+    #[test]
+    fn a_flow_may_say_how_its_topics_are_created() {
+        let text = format!(
+            "{TWO}[flows.topics]\npartitions = 12\nreplication_factor = 3\nconfig = {{ \"min.insync.replicas\" = 2, \"cleanup.policy\" = \"compact,delete\" }}\n"
+        );
+        let catalog = FlowCatalog::parse(&text, "test").unwrap_or_else(|e| panic!("{e}"));
+        let topics = &catalog.flows()[1].topics;
+        assert_eq!(topics.partitions, Some(12));
+        assert_eq!(topics.replication_factor, Some(3));
+        assert_eq!(
+            topics.config.get("min.insync.replicas").map(String::as_str),
+            Some("2")
+        );
+        assert_eq!(
+            topics.config.get("cleanup.policy").map(String::as_str),
+            Some("compact,delete")
+        );
+        assert_eq!(catalog.flows()[0].topics, TopicSettings::default());
+        for bad in [
+            "partitions = 0",
+            "replication = 3",
+            "config = { \"Min ISR\" = 2 }",
+        ] {
+            let text = format!("{TWO}[flows.topics]\n{bad}\n");
+            assert!(FlowCatalog::parse(&text, "test").is_err(), "{bad}");
+        }
     }
 
     #[test]

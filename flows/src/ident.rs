@@ -81,6 +81,22 @@ pub fn check_kafka_name(name: &str) -> Result<(), InvalidIdent> {
     }
 }
 
+/// A Kafka topic config's name (`min.insync.replicas`, `retention.ms`):
+/// lower-case letters, digits, `.`, `_`, `-`.
+pub fn check_topic_config_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a topic config name (like min.insync.replicas)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ pub mod migrations;
 pub mod settings;
 
 pub use definition::{
-    Flow, FlowCatalog, SourceTable, TargetTable, TopicPart, parse_age, parse_time,
+    Flow, FlowCatalog, SourceTable, TargetTable, TopicPart, TopicSettings, parse_age, parse_time,
 };
 pub use settings::{Env, SettingError};
 

@@ -22,7 +22,7 @@ use crate::definition::{Flow, FlowCatalog};
 pub use doc::markdown;
 pub use kind::{
     Brokers, Choice, Identifier, Ignored, KafkaName, Kind, List, Listen, Millis, MillisOrOff, Path,
-    Text, Url, Whole,
+    Text, TopicConfigs, Url, Whole, parse_topic_configs,
 };
 pub use setting::{Declared, Reader, Setting, Unset};
 pub use table::*;

@@ -55,6 +55,9 @@ pub struct KafkaConfig {
     /// take; past it the commit's outcome is unknown (see
     /// `PublishError::CommitUnknown`).
     pub commit_timeout: Duration,
+    /// What the relay creates its topics with (`KAFKA_TOPIC_*`; a flow's
+    /// `[flows.topics]` over it).
+    pub topics: connections::topics::TopicSpec,
 }
 
 #[derive(Clone, Debug)]
@@ -150,6 +153,7 @@ impl RelayConfig {
                 batch_size_bytes: settings::KAFKA_BATCH_SIZE.get(env)?,
                 transaction_timeout: settings::KAFKA_TRANSACTION_TIMEOUT_MS.get(env)?,
                 commit_timeout,
+                topics: connections::topics::TopicSpec::from_env(env)?,
             },
             batch: BatchConfig {
                 // At most 100000, by its declaration.

@@ -59,6 +59,9 @@ pub enum Recovery {
     /// (flagged, so the flow goes on), retry the rest at once, and build a
     /// new producer first (as after any aborted transaction).
     SetAside,
+    /// Back off and retry the batch with the same producer: nothing was
+    /// sent (a topic of the batch could not be created or found).
+    Retry,
     /// The flow's definition contradicts the database: stop with a message.
     Fatal,
 }
@@ -79,6 +82,12 @@ pub fn classify(err: &RelayError) -> Recovery {
         // a new producer here would fence the active relay in turn.
         RelayError::Publish(PublishError::Fenced(_)) => Recovery::Reconnect,
         RelayError::Publish(PublishError::Rejected(_)) => Recovery::SetAside,
+        // No transaction was begun: the producer is as good as before. A
+        // cluster that refuses to create the topic (no grant, a policy, a
+        // replication factor above its brokers) holds the flow, not ready
+        // with the reason, until someone acts; an unreachable one until it
+        // answers. Nothing is flagged meanwhile.
+        RelayError::Publish(PublishError::Topic(_)) => Recovery::Retry,
         // Even a cleanly aborted transaction gets a new producer: librdkafka
         // may need an epoch bump after it (the next transaction then fails
         // with OUT_OF_ORDER_SEQUENCE_NUMBER, and its commit can hang until
@@ -130,6 +139,15 @@ mod tests {
                 Recovery::SetAside,
             ),
             (RelayError::Producer(kafka()), Recovery::RecreateProducer),
+            (
+                RelayError::Publish(PublishError::Topic(
+                    connections::topics::TopicError::Refused {
+                        topic: "t".into(),
+                        code: RDKafkaErrorCode::TopicAuthorizationFailed,
+                    },
+                )),
+                Recovery::Retry,
+            ),
             (
                 RelayError::Panicked(daemon::workers::Panic {
                     place: "flow".into(),

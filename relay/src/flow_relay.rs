@@ -41,6 +41,12 @@ pub struct FlowRelay {
     pub beats: daemon::systemd::Beats,
     /// Sessions for the prune (see `prune`).
     pub pool: connections::pg_pool::Pool,
+    /// Creates the flow's topics before a batch first goes to one.
+    pub topics: connections::topics::Topics,
+    /// What the flow's topics are created with.
+    pub spec: connections::topics::TopicSpec,
+    /// `/readyz`: held not ready, with Kafka's reason, while batches fail.
+    pub health: daemon::health::FlowHealth,
 }
 
 /// A source table of the flow this relay leads: checked, with its metrics
@@ -146,6 +152,8 @@ impl FlowRelay {
         let result = self
             .relay_until_error(&lanes, &led, &mut publisher, backoff, shutdown, &stats)
             .await;
+        // A standby publishes nothing: Kafka's troubles are the leader's.
+        self.health.unblock(&self.kafka_cause());
         stats.leader.add(-1);
         for led in &led {
             led.stats.show_waiting_for(0);
@@ -307,6 +315,8 @@ impl FlowRelay {
             beats: &self.beats,
             query_timeout: self.config.postgres.query_timeout,
             publisher,
+            topics: &self.topics,
+            spec: &self.spec,
             flow,
             batch_size: self.config.batch.batch_size,
             stats,
@@ -314,6 +324,7 @@ impl FlowRelay {
         let renew = match pipeline.drain(&source, shutdown).await {
             Ok(drained) => {
                 backoff.reset();
+                self.health.unblock(&self.kafka_cause());
                 // Recovery::SetAside: the aborted transaction may leave the
                 // producer needing an epoch bump.
                 if drained.set_aside == 0 {
@@ -324,12 +335,16 @@ impl FlowRelay {
             Err(err) => match classify(&err) {
                 // `drain` sets rows aside itself; a rejection that still
                 // comes back is retried like an abort.
-                Recovery::RecreateProducer | Recovery::SetAside => {
+                recovery @ (Recovery::RecreateProducer | Recovery::SetAside | Recovery::Retry) => {
                     stats.failed.inc();
                     let retry_in_ms = backoff.upcoming().as_millis() as u64;
-                    tracing::warn!(flow, table = %led.table.table, error = %err, retry_in_ms, "batch not published; nothing flagged, retrying with a new kafka producer");
+                    tracing::warn!(flow, table = %led.table.table, error = %err, retry_in_ms, "batch not published; nothing flagged, retrying");
+                    self.kafka_trouble(&err.to_string()).await;
                     if !backoff.wait(shutdown).await {
                         return Ok(None);
+                    }
+                    if recovery == Recovery::Retry {
+                        return Ok(Some(false));
                     }
                     false
                 }
@@ -444,6 +459,35 @@ impl FlowRelay {
         }
     }
 
+    /// The health cause of Kafka not taking this loop's batches.
+    fn kafka_cause(&self) -> String {
+        format!("kafka {}", self.unit())
+    }
+
+    /// Holds the flow not ready: Kafka's `error`, what the cluster's
+    /// metadata shows of the flow's topics (a partition without a leader,
+    /// too few in-sync replicas), and that nothing is flagged meanwhile.
+    /// Cleared by the next batch published (or the end of leading).
+    async fn kafka_trouble(&self, error: &str) {
+        /// Diagnosing must not hold the retries up when no broker answers.
+        const LOOK_FOR: Duration = Duration::from_secs(5);
+        let fixed: Vec<&str> = self
+            .flow
+            .sources
+            .iter()
+            .filter(|s| !s.routed())
+            .map(|s| s.topic.as_str())
+            .collect();
+        let seen = tokio::time::timeout(LOOK_FOR, self.topics.diagnose(&fixed, &self.spec));
+        let mut reason = format!("kafka does not take its batches ({}): {error}", self.unit());
+        if let Ok(Some(seen)) = self.beating(seen).await {
+            reason.push_str("; ");
+            reason.push_str(&seen);
+        }
+        reason.push_str("; nothing flagged sent, retrying");
+        self.health.block(&self.kafka_cause(), &reason);
+    }
+
     async fn new_publisher(
         &self,
         backoff: &mut Backoff,
@@ -460,6 +504,8 @@ impl FlowRelay {
                 Ok(Err(error)) => {
                     let retry_in_ms = backoff.upcoming().as_millis() as u64;
                     tracing::warn!(flow, %error, retry_in_ms, "kafka producer not ready");
+                    self.kafka_trouble(&format!("its producer cannot start transactions: {error}"))
+                        .await;
                     if !backoff.wait(shutdown).await {
                         return None;
                     }

@@ -61,6 +61,7 @@ pub async fn run(
             }
         }
     }
+    let topics = connections::topics::Topics::new(&config.kafka.endpoint)?;
     let mut workers = Workers::new(&shutdown);
     workers.spawn(
         "probe",
@@ -68,7 +69,7 @@ pub async fn run(
             config.flows.clone(),
             pool.clone(),
             metrics.clone(),
-            health,
+            health.clone(),
             daemon::health::probe_interval(config.stall_after),
             shutdown.clone(),
         )
@@ -92,6 +93,9 @@ pub async fn run(
                 metrics: metrics.clone(),
                 beats: beats.clone(),
                 pool: pool.clone(),
+                topics: topics.clone(),
+                spec: config.kafka.topics.for_flow(&flow.topics),
+                health: health.flow(flow.name.as_str()),
             };
             workers.spawn(
                 format!("flow {}", shard.unit(flow.name.as_str())),

@@ -1,6 +1,7 @@
 //! `relay migrate`: applies the embedded Postgres migrations not yet recorded
 //! in `outbox_schema_migrations`, each in its own transaction, under an
-//! advisory lock so two concurrent runs do not race.
+//! advisory lock so two concurrent runs do not race; and, given the Kafka
+//! settings, creates the flows' topics ahead of time ([`create_topics`]).
 
 use flows::migrations::Migration;
 use tokio_postgres::Client;
@@ -63,4 +64,44 @@ pub async fn migrate(
         tx.commit().await?;
     }
     Ok(applied_now)
+}
+
+/// Creates the topics the flows' sources publish to and that do not exist
+/// yet (`connections::topics`), each with its flow's spec (`spec` with the
+/// flow's `[flows.topics]` over it); a topic chosen per row is created
+/// when a row first goes to it. Waits, with backoff, while Kafka does not
+/// answer; a refusal is returned. Returns the topics made sure of (none
+/// when `shutdown` came first).
+pub async fn create_topics(
+    topics: &connections::topics::Topics,
+    flows: &[flows::Flow],
+    spec: &connections::topics::TopicSpec,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Vec<String>, connections::topics::TopicError> {
+    let mut done = Vec::new();
+    let mut backoff = daemon::backoff::Backoff::default();
+    for flow in flows {
+        let wanted: Vec<&str> = flow
+            .sources
+            .iter()
+            .filter(|s| !s.routed())
+            .map(|s| s.topic.as_str())
+            .collect();
+        let spec = spec.for_flow(&flow.topics);
+        loop {
+            match topics.ensure(&wanted, &spec).await {
+                Ok(()) => break,
+                Err(error @ connections::topics::TopicError::Unanswered { .. }) => {
+                    let retry_in_ms = backoff.upcoming().as_millis() as u64;
+                    tracing::warn!(flow = %flow.name, %error, retry_in_ms, "kafka unreachable");
+                    if !backoff.wait(shutdown).await {
+                        return Ok(Vec::new());
+                    }
+                }
+                Err(refused) => return Err(refused),
+            }
+        }
+        done.extend(wanted.iter().map(|t| (*t).to_owned()));
+    }
+    Ok(done)
 }

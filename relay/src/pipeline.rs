@@ -54,6 +54,10 @@ pub struct Lanes<'a> {
     /// Beaten once per batch (the systemd watchdog's view of the loop).
     pub beats: &'a daemon::systemd::Beats,
     pub publisher: &'a SharedPublisher,
+    /// Makes sure a batch's topics exist before it is sent.
+    pub topics: &'a connections::topics::Topics,
+    /// What the flow's topics are created with.
+    pub spec: &'a connections::topics::TopicSpec,
     pub flow: &'a str,
     pub batch_size: u32,
     pub stats: &'a FlowStats,
@@ -295,12 +299,16 @@ impl Lanes<'_> {
         Ok(Some(Locked { lane, batch }))
     }
 
-    /// Publishes on a blocking thread; hands the batch back either way.
+    /// Publishes on a blocking thread, once its topics exist; hands the
+    /// batch back either way.
     async fn publish(
         &self,
         source: &OutboxSource,
         batch: OutboxBatch,
     ) -> (OutboxBatch, Result<PublishTimings, PublishError>) {
+        if let Err(err) = self.ensure_topics(source, &batch).await {
+            return (batch, Err(err));
+        }
         let publisher = Arc::clone(self.publisher);
         let topic = source.topic.clone();
         let table = source.table.clone();
@@ -315,6 +323,33 @@ impl Lanes<'_> {
                 tracing::error!(flow = self.flow, error = %join, "publishing task panicked");
                 let lost = rdkafka::error::KafkaError::Canceled;
                 (OutboxBatch::default(), Err(PublishError::Fatal(lost)))
+            }
+        }
+    }
+
+    /// Creates the batch's topics that do not exist yet (a routed source's
+    /// new ones too), before anything is sent. A topic whose name Kafka
+    /// refuses makes the rows routed to it rows Kafka refuses for good.
+    async fn ensure_topics(
+        &self,
+        source: &OutboxSource,
+        batch: &OutboxBatch,
+    ) -> Result<(), PublishError> {
+        let topics = batch.topics(&source.topic);
+        match self.topics.ensure(&topics, self.spec).await {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                let ids = err.name_refused().map(|t| batch.routed_to(t));
+                match ids {
+                    Some(ids) if !ids.is_empty() => {
+                        let reason = err.to_string();
+                        Err(PublishError::Rejected(
+                            ids.into_iter().map(|id| (id, reason.clone())).collect(),
+                        ))
+                    }
+                    // The source's own topic: the flow is held instead.
+                    _ => Err(PublishError::Topic(err)),
+                }
             }
         }
     }

@@ -64,6 +64,10 @@ pub enum PublishError {
     /// was aborted. The caller sets them aside and retries the others.
     #[error("kafka refused {} row(s) permanently", .0.len())]
     Rejected(Vec<(i64, String)>),
+    /// A topic of the batch could not be made sure of (created, or found):
+    /// nothing was sent, no transaction begun.
+    #[error(transparent)]
+    Topic(#[from] connections::topics::TopicError),
 }
 
 /// Errors that no retry will cure for that one message.
@@ -129,6 +133,9 @@ impl Publisher {
                 format!("{}.{unit}", cfg.transactional_id_prefix),
             )
             .set("enable.idempotence", "true")
+            // Topics are created by the relay itself (`connections::topics`),
+            // never by a broker as a side effect of a metadata request.
+            .set("allow.auto.create.topics", "false")
             .set("acks", &cfg.acks)
             .set("linger.ms", cfg.linger.as_millis().to_string())
             .set("batch.size", cfg.batch_size_bytes.to_string())

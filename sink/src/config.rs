@@ -35,6 +35,9 @@ pub struct KafkaConfig {
     /// instead of waiting out the session timeout. Unique per sink process
     /// (e.g. the host name); `None` = dynamic membership.
     pub group_instance_id: Option<String>,
+    /// What dead-letter topics are created with (`KAFKA_TOPIC_*`; a flow's
+    /// `[flows.topics]` over it).
+    pub topics: connections::topics::TopicSpec,
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +97,7 @@ impl SinkConfig {
                 dlq_suffix,
                 dlq_timeout: settings::SINK_DLQ_TIMEOUT_MS.get(env)?,
                 group_instance_id: settings::SINK_GROUP_INSTANCE_ID.get_opt(env)?,
+                topics: connections::topics::TopicSpec::from_env(env)?,
             },
             flush: FlushPolicy {
                 max_rows: usize::try_from(max_rows).unwrap_or(usize::MAX),

@@ -16,6 +16,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::error::DeadLetterError;
+
 #[derive(Clone, Debug)]
 pub struct DeadLetter {
     pub topic: String,
@@ -31,6 +33,10 @@ pub struct DeadLetter {
 pub struct DeadLetterQueue {
     producer: FutureProducer,
     suffix: String,
+    /// Creates a dead-letter topic before its first letter.
+    topics: connections::topics::Topics,
+    /// What the flow's dead-letter topics are created with.
+    spec: connections::topics::TopicSpec,
 }
 
 /// Dead letters carry at most this much of the original payload, so that a
@@ -50,10 +56,13 @@ impl DeadLetterQueue {
         kafka: &connections::kafka::KafkaEndpoint,
         suffix: &str,
         timeout: Duration,
+        topics: connections::topics::Topics,
+        spec: connections::topics::TopicSpec,
     ) -> Result<Self, KafkaError> {
         let producer = kafka
             .client_config()
             .set("client.id", "outbox-sink-dlq")
+            .set("allow.auto.create.topics", "false")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", timeout.as_millis().to_string())
@@ -61,6 +70,8 @@ impl DeadLetterQueue {
         Ok(Self {
             producer,
             suffix: suffix.to_owned(),
+            topics,
+            spec,
         })
     }
 
@@ -71,8 +82,14 @@ impl DeadLetterQueue {
     /// Publishes `letters` and waits for Kafka's answers; the letters it
     /// acknowledged are removed, those it did not stay for the next attempt
     /// (Err: the first error). A letter refused as too large is sent next
-    /// time without its payload.
-    pub async fn publish(&self, letters: &mut Vec<DeadLetter>) -> Result<(), KafkaError> {
+    /// time without its payload. Their topics are created first where they
+    /// do not exist.
+    pub async fn publish(&self, letters: &mut Vec<DeadLetter>) -> Result<(), DeadLetterError> {
+        let mut topics: Vec<String> = letters.iter().map(|l| self.topic_for(&l.topic)).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.topics.ensure(&topics, &self.spec).await?;
         let mut deliveries = Vec::with_capacity(letters.len());
         for letter in letters.iter() {
             deliveries.push(self.send(letter));
@@ -101,7 +118,7 @@ impl DeadLetterQueue {
         }
         let mut sent = delivered.into_iter();
         letters.retain(|_| !sent.next().unwrap_or(false));
-        first_error.map_or(Ok(()), Err)
+        first_error.map_or(Ok(()), |e| Err(e.into()))
     }
 
     fn send(&self, letter: &DeadLetter) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {

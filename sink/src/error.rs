@@ -62,11 +62,28 @@ pub enum SinkError {
     DeadLetters {
         topics: String,
         waiting: usize,
-        error: KafkaError,
+        error: DeadLetterError,
     },
     /// The offsets of a stored batch were not committed.
     #[error("offset commit: {0}")]
     OffsetCommit(KafkaError),
+}
+
+/// Why dead letters were not written: Kafka did not acknowledge them, or
+/// their topic could not be created (nothing was sent then).
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// Boxed: it would make every `SinkError` larger.
+    #[error(transparent)]
+    Topic(Box<connections::topics::TopicError>),
+}
+
+impl From<connections::topics::TopicError> for DeadLetterError {
+    fn from(error: connections::topics::TopicError) -> Self {
+        Self::Topic(Box::new(error))
+    }
 }
 
 impl SinkError {
@@ -355,7 +372,7 @@ mod tests {
         let letters = SinkError::DeadLetters {
             topics: "t.dlq".into(),
             waiting: 3,
-            error: kafka(),
+            error: kafka().into(),
         };
         assert!(matches!(
             classify(&letters),

@@ -45,6 +45,8 @@ pub async fn run(
         "clickhouse server"
     );
     let writer = Arc::new(ClickHouseWriter::new(ch, caps));
+    let topics = connections::topics::Topics::new(&config.kafka.endpoint)
+        .map_err(|e| RunError::Sink(SinkError::Kafka(e)))?;
     let mut sinks = Vec::new();
     for flow in config.flows.iter().filter(|f| !f.targets.is_empty()) {
         let mut plans = Vec::new();
@@ -71,6 +73,7 @@ pub async fn run(
             plans,
             writer: Arc::clone(&writer),
             metrics: metrics.clone(),
+            topics: topics.clone(),
         });
     }
     daemon::systemd::ready(&shutdown);

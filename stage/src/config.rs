@@ -25,6 +25,9 @@ pub struct StageConfig {
     /// A flow with input lag and no record committed for this long is not
     /// ready (`/readyz`).
     pub stall_after: Duration,
+    /// What the output and dead-letter topics are created with
+    /// (`KAFKA_TOPIC_*`; a flow's `[flows.topics]` over it).
+    pub topics: connections::topics::TopicSpec,
 }
 
 impl StageConfig {
@@ -50,6 +53,7 @@ impl StageConfig {
             flows,
             metrics_addr: settings::STAGE_METRICS_ADDR.get(env)?,
             stall_after: settings::STAGE_STALL_AFTER_MS.get(env)?,
+            topics: connections::topics::TopicSpec::from_env(env)?,
         })
     }
 }

@@ -20,6 +20,10 @@ pub enum StageError {
     /// librdkafka stopped the consumer for good: a new session takes a new one.
     #[error("kafka consumer failed for good: {0}")]
     Fatal(String),
+    /// A topic the stage writes could not be created or found; nothing of
+    /// the batch was sent.
+    #[error(transparent)]
+    Topic(#[from] connections::topics::TopicError),
 }
 
 /// What the stage does after a failed session.
@@ -54,6 +58,13 @@ pub fn classify(error: &StageError) -> Recovery {
         // it): the next session builds a new one, which fences the twin in
         // turn or is fenced again — either way nothing is committed twice.
         StageError::Fatal(_) => Recovery::Restart,
+        // The cluster refuses to create a topic the stage writes (no grant,
+        // a policy, a replication factor above its brokers): someone must
+        // act. One that does not answer is waited for.
+        StageError::Topic(e @ connections::topics::TopicError::Refused { .. }) => {
+            Recovery::Hold(e.to_string())
+        }
+        StageError::Topic(connections::topics::TopicError::Unanswered { .. }) => Recovery::Restart,
     }
 }
 
@@ -99,6 +110,20 @@ mod tests {
             (StageError::NoGroupMetadata, false),
             (StageError::Task, false),
             (StageError::Fatal("FencedInstanceId".into()), false),
+            (
+                StageError::Topic(connections::topics::TopicError::Refused {
+                    topic: "out".into(),
+                    code: RDKafkaErrorCode::PolicyViolation,
+                }),
+                true,
+            ),
+            (
+                StageError::Topic(connections::topics::TopicError::Unanswered {
+                    topic: "out".into(),
+                    source: KafkaError::Canceled,
+                }),
+                false,
+            ),
         ];
         for (error, holds) in table {
             let recovery = classify(&error);

@@ -78,6 +78,11 @@ impl FlowStage {
         shutdown: &CancellationToken,
     ) -> Result<(), StageError> {
         let (consumer, producer) = self.connect().await?;
+        // The output and dead-letter topics are created before they are
+        // written; the output at once, as its sink may be waiting for it.
+        let topics = connections::topics::Topics::new(&self.config.kafka)?;
+        let spec = self.config.topics.for_flow(&self.flow.topics);
+        topics.ensure(&[self.stage.output.as_str()], &spec).await?;
         let _probe = self.probe_lag(&consumer, shutdown);
         let mut idle_committed = TopicPartitionList::new();
         loop {
@@ -91,6 +96,10 @@ impl FlowStage {
                 continue;
             }
             let records = batch.records.len();
+            let mut written: Vec<&str> = batch.records.iter().map(|r| r.topic.as_str()).collect();
+            written.sort_unstable();
+            written.dedup();
+            topics.ensure(&written, &spec).await?;
             crate::transaction::commit(&producer, &consumer, batch).await?;
             backoff.reset();
             self.health.unblock(KAFKA_REFUSES);

@@ -33,6 +33,8 @@ pub async fn producer(config: &StageConfig, flow: &str) -> Result<Arc<BaseProduc
                 format!("{}.{flow}", config.transactional_id_prefix),
             )
             .set("enable.idempotence", "true")
+            // Its topics are created by the stage (`connections::topics`).
+            .set("allow.auto.create.topics", "false")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("transaction.timeout.ms", "60000")

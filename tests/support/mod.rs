@@ -12,6 +12,8 @@
 //!   `TEST_KAFKA_SSL_BROKERS`, `TEST_KAFKA_SASL_SSL_BROKERS`,
 //!   `TEST_KAFKA_MTLS_BROKERS`, `TEST_KAFKA_LOCAL_*` for its TLS listeners,
 //!   CA and users (scripts/test.sh sets them all; see `broker`).
+//! - `TEST_KAFKA_JARS`, `TEST_CLUSTER_PORT`: the three-broker cluster the
+//!   cluster tests start themselves (see `cluster`).
 //! - `TEST_BACKEND`: `local` (the services above), `testcontainers`
 //!   (Postgres, Kafka and ClickHouse containers as docker-compose.yml
 //!   describes them, started by the test process: `containers`). `local`
@@ -21,6 +23,7 @@
 
 pub mod broker;
 pub mod browser;
+pub mod cluster;
 pub mod compose;
 pub mod containers;
 pub mod daemon;

@@ -131,8 +131,36 @@ impl TestStack {
     }
 
     pub async fn start_on(test: &str, kafka: Kafka) -> anyhow::Result<Self> {
-        super::init_logging();
         let ep = endpoints().await?;
+        let mut stack = Self::databases(test, &ep).await?;
+        match (kafka, ep.kafka_brokers) {
+            (Kafka::Broker, Some(b)) => {
+                super::broker::check_answers(&b)?;
+                stack.kafka_brokers = b;
+            }
+            _ => {
+                let mock = MockKafka::start(3)?;
+                stack.kafka_brokers = mock.bootstrap_servers().to_owned();
+                stack.create_demo_topics_on(&mock)?;
+                stack.mock = Some(Arc::new(mock));
+            }
+        }
+        Ok(stack)
+    }
+
+    /// Creates the test's databases, its Kafka the brokers at `brokers` (a
+    /// cluster the test started, see `cluster`).
+    pub async fn start_on_brokers(test: &str, brokers: &str) -> anyhow::Result<Self> {
+        let mut stack = Self::databases(test, &endpoints().await?).await?;
+        super::broker::check_answers(brokers)?;
+        stack.kafka_brokers = brokers.to_owned();
+        Ok(stack)
+    }
+
+    /// The test's Postgres database (ClickHouse's is made by `migrate`);
+    /// no Kafka yet.
+    async fn databases(test: &str, ep: &Endpoints) -> anyhow::Result<Self> {
+        super::init_logging();
         let name = format!("t_{test}_{}", rand::random::<u32>());
         let (admin, conn) = tokio_postgres::connect(&ep.admin_url, NoTls)
             .await
@@ -141,28 +169,40 @@ impl TestStack {
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await?;
-        let (mock, kafka_brokers) = match (kafka, ep.kafka_brokers) {
-            (Kafka::Broker, Some(b)) => {
-                super::broker::check_answers(&b)?;
-                (None, b)
-            }
-            _ => {
-                let mock = MockKafka::start(3)?;
-                let bootstrap = mock.bootstrap_servers().to_owned();
-                (Some(Arc::new(mock)), bootstrap)
-            }
-        };
         Ok(Self {
             database_url: connections::pg::with_database(&ep.admin_url, &name),
-            clickhouse_url: ep.clickhouse_url,
-            clickhouse_user: ep.clickhouse_user,
-            clickhouse_password: ep.clickhouse_password,
-            kafka_brokers,
-            mock,
+            clickhouse_url: ep.clickhouse_url.clone(),
+            clickhouse_user: ep.clickhouse_user.clone(),
+            clickhouse_password: ep.clickhouse_password.clone(),
+            kafka_brokers: String::new(),
+            mock: None,
             overrides: Vec::new(),
             flows: "user_logins".into(),
             name,
         })
+    }
+
+    /// librdkafka's mock cluster has no CreateTopics and the daemons never
+    /// let a broker create a topic for them: every topic the demo's flows
+    /// touch (their dead-letter topics too) is made on the mock first.
+    fn create_demo_topics_on(&self, mock: &MockKafka) -> anyhow::Result<()> {
+        let (flows_file, _) = demo_files();
+        let catalog =
+            flows::FlowCatalog::load(&[flows_file])?.with_prefixes(&format!("{}.", self.name), "");
+        let mut topics = std::collections::BTreeSet::new();
+        for flow in catalog.flows() {
+            topics.extend(flow.sources.iter().map(|s| s.topic.clone()));
+            topics.extend(flow.targets.iter().map(|t| t.topic.clone()));
+            if let Some(stage) = &flow.stage {
+                topics.insert(stage.output.clone());
+                topics.extend(stage.inputs.iter().cloned());
+            }
+        }
+        for topic in topics {
+            mock.create_topic(&topic, 4)?;
+            mock.create_topic(&format!("{topic}.dlq"), 4)?;
+        }
+        Ok(())
     }
 
     /// A stack with both migrations run: where most tests start.
@@ -209,6 +249,20 @@ impl TestStack {
         let cfg = sink::config::clickhouse_config(&Env::from_pairs(self.daemon_env()))?;
         let ch = flows::migrations::all("clickhouse", &dirs)?;
         sink::migrate_with_retry(&cfg, &ch, &CancellationToken::new()).await?;
+        Ok(())
+    }
+
+    /// Creates the topics of the stack's flows as `relay migrate` does
+    /// given the Kafka settings (the relay itself creates a missing one
+    /// before its first batch): for a test whose measure must not include a
+    /// topic's creation and the sink's discovery of it.
+    pub async fn create_topics(&self) -> anyhow::Result<()> {
+        let env = Env::from_pairs(self.daemon_env());
+        let endpoint = connections::kafka::KafkaEndpoint::from_env(&env)?;
+        let topics = connections::topics::Topics::new(&endpoint)?;
+        let flows = flows::settings::selected_flows(&env)?;
+        let spec = connections::topics::TopicSpec::from_env(&env)?;
+        relay::migrate::create_topics(&topics, &flows, &spec, &CancellationToken::new()).await?;
         Ok(())
     }
 

@@ -1,6 +1,8 @@
 //! Reading a topic back as a reader of the product's output would: every
 //! partition from the beginning, read_committed (what consumers see) or
-//! read_uncommitted (what the log holds, aborted records included).
+//! read_uncommitted (what the log holds, aborted records included). And the
+//! topics a test writes itself, which it creates first: brokers never
+//! create a topic on a client's behalf (`auto.create.topics.enable=false`).
 
 use std::time::{Duration, Instant};
 
@@ -127,4 +129,82 @@ pub fn read_all(
         }
     }
     anyhow::bail!("reading {topics:?} did not finish within 60 s")
+}
+
+/// Creates `topic` with `partitions` partitions, one replica and `config`
+/// (an existing one is fine).
+pub async fn create(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (key, value) in config {
+        new = new.set(key, value);
+    }
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&[new], &options).await? {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// A topic as the cluster holds it.
+#[derive(Debug, Default)]
+pub struct Described {
+    /// 0 when it does not exist.
+    pub partitions: usize,
+    /// The fewest replicas of a partition.
+    pub replicas: usize,
+    pub config: std::collections::BTreeMap<String, String>,
+}
+
+/// `topic`'s partitions, replicas and configs (nothing created by asking).
+pub async fn describe(brokers: &str, topic: &str) -> anyhow::Result<Described> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false")
+        .create()?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let Some(t) = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+    else {
+        return Ok(Described::default());
+    };
+    let mut described = Described {
+        partitions: t.partitions().len(),
+        replicas: t
+            .partitions()
+            .iter()
+            .map(|p| p.replicas().len())
+            .min()
+            .unwrap_or(0),
+        config: Default::default(),
+    };
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    for resource in admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)
+        .await?
+    {
+        let resource = resource.map_err(|code| anyhow::anyhow!("describing {topic}: {code}"))?;
+        for entry in resource.entries {
+            if let Some(value) = entry.value {
+                described.config.insert(entry.name, value);
+            }
+        }
+    }
+    Ok(described)
 }

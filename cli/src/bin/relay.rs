@@ -31,7 +31,9 @@ enum Command {
     /// its value (secrets redacted) and where it came from (default, file,
     /// environment). Exit 2 naming a bad setting.
     Config,
-    /// Apply the Postgres migrations (idempotent: records what it applied).
+    /// Apply the Postgres migrations (idempotent: records what it applied);
+    /// with KAFKA_BROKERS set, also create the flows' topics that do not
+    /// exist (KAFKA_TOPIC_*; existing ones are left as they are).
     Migrate,
     /// Relay the selected flows until SIGTERM or SIGINT.
     Run,
@@ -153,12 +155,49 @@ async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
     let dirs = setting(outbox_cli::migrations_dirs(env))?;
     let migrations = flows::migrations::all("postgres", &dirs)
         .map_err(|e| bad_setting(NAME, &SettingError::new("MIGRATIONS_DIR", e.to_string())))?;
-    let (mut client, _) = connect(env, "migrate").await?;
+    let kafka = setting(topics_to_create(env))?;
+    let (mut client, shutdown) = connect(env, "migrate").await?;
     let applied = relay::migrate::migrate(&mut client, &migrations)
         .await
         .map_err(|e| failure("relay migrate", &connections::pg::detail(&e)))?;
     tracing::info!(applied = ?applied, "postgres migrations up to date");
+    if let Some((endpoint, flows, spec)) = kafka {
+        outbox_cli::check_kafka(NAME, &endpoint).await?;
+        let topics = connections::topics::Topics::new(&endpoint)
+            .map_err(|e| failure("relay migrate", &format!("kafka: {e}")))?;
+        let made = relay::migrate::create_topics(&topics, &flows, &spec, &shutdown)
+            .await
+            .map_err(|e| match e.setting() {
+                Some(name) => bad_setting(NAME, &SettingError::new(name, e.to_string())),
+                None => failure("relay migrate", &e),
+            })?;
+        tracing::info!(topics = ?made, "kafka topics exist");
+    } else {
+        tracing::info!("KAFKA_BROKERS not set: no topics created");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// With KAFKA_BROKERS set, `migrate` creates the selected flows' topics:
+/// the brokers, the flows and what topics are created with.
+fn topics_to_create(
+    env: &Env,
+) -> Result<
+    Option<(
+        connections::kafka::KafkaEndpoint,
+        Vec<flows::Flow>,
+        connections::topics::TopicSpec,
+    )>,
+    SettingError,
+> {
+    if !flows::settings::KAFKA_BROKERS.is_set(env) {
+        return Ok(None);
+    }
+    Ok(Some((
+        connections::kafka::KafkaEndpoint::from_env(env)?,
+        flows::settings::selected_flows(env)?,
+        connections::topics::TopicSpec::from_env(env)?,
+    )))
 }
 
 async fn run(env: &Env) -> Result<ExitCode, ExitCode> {

@@ -392,6 +392,59 @@ impl Kind for KafkaName {
     }
 }
 
+/// Kafka topic configs as `name=value` pairs separated by commas, e.g.
+/// `min.insync.replicas=2,retention.ms=604800000`. A piece without `=`
+/// continues the value before it, so a value may hold commas
+/// (`cleanup.policy=compact,delete`).
+pub struct TopicConfigs;
+
+impl Kind for TopicConfigs {
+    type Value = Vec<(String, String)>;
+    type Default = &'static [(&'static str, &'static str)];
+    fn parse(&self, raw: &str) -> Result<Vec<(String, String)>, String> {
+        parse_topic_configs(raw)
+    }
+    fn value(&self, default: Self::Default) -> Vec<(String, String)> {
+        default
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+    fn show(&self, default: Self::Default) -> String {
+        let pairs: Vec<String> = default.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.join(",")
+    }
+    fn describe(&self) -> String {
+        "`name=value` pairs, comma-separated".to_owned()
+    }
+}
+
+/// See [`TopicConfigs`]; a name given twice is refused.
+pub fn parse_topic_configs(raw: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for piece in raw.split(',') {
+        match piece.split_once('=') {
+            Some((name, value)) => {
+                let name = name.trim();
+                crate::ident::check_topic_config_name(name)?;
+                if pairs.iter().any(|(n, _)| n == name) {
+                    return Err(format!("topic config {name} given twice"));
+                }
+                pairs.push((name.to_owned(), value.trim().to_owned()));
+            }
+            None if piece.trim().is_empty() => {}
+            None => match pairs.last_mut() {
+                Some((_, value)) => {
+                    value.push(',');
+                    value.push_str(piece.trim());
+                }
+                None => return Err(format!("`{}` is not name=value", piece.trim())),
+            },
+        }
+    }
+    Ok(pairs)
+}
+
 /// Accepted and ignored: a setting the product no longer uses, kept so
 /// that old deployments still start; `why` says what replaced it.
 pub struct Ignored {
@@ -479,5 +532,24 @@ mod tests {
         assert!(Url { schemes: &["http"] }.parse("http://h:port").is_err());
         assert!(Identifier.parse("a;b").is_err());
         assert!(KafkaName.parse("a b").is_err());
+    }
+
+    #[test]
+    fn topic_configs_are_pairs_whose_values_may_hold_commas() {
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            TopicConfigs.parse("min.insync.replicas=2, cleanup.policy=compact,delete"),
+            Ok(pairs(&[
+                ("min.insync.replicas", "2"),
+                ("cleanup.policy", "compact,delete")
+            ]))
+        );
+        assert!(TopicConfigs.parse("compact").is_err());
+        assert!(TopicConfigs.parse("a=1,a=2").is_err());
+        assert!(TopicConfigs.parse("Bad Name=1").is_err());
     }
 }

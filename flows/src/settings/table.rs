@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::kind::{
     Brokers, Choice, Identifier, Ignored, KafkaName, List, Listen, Millis, MillisOrOff, Path, Text,
-    Url, Whole, loopback,
+    TopicConfigs, Url, Whole, loopback,
 };
 use super::setting::{Declared, Reader, Setting, Unset};
 
@@ -166,6 +166,38 @@ pub const KAFKA_DEBUG: Setting<List> = Setting::new(
     List,
     Unset::Means("none"),
     "librdkafka debug contexts for every Kafka client (e.g. `eos,cgrp`; `all`), logged with `RUST_LOG=info,librdkafka=debug,rdkafka=debug`; the tests pass it on to the daemons they start",
+);
+
+// The topics the daemons create (`connections::topics`).
+
+pub const KAFKA_TOPIC_PARTITIONS: Setting<Whole> = Setting::new(
+    "KAFKA_TOPIC_PARTITIONS",
+    EVERY,
+    Whole {
+        min: 1,
+        max: 1_000_000,
+        unit: "",
+    },
+    Unset::Means("the broker's `num.partitions`"),
+    "partitions of each topic the product creates; an existing topic with fewer is named in a warning, never changed",
+);
+pub const KAFKA_TOPIC_REPLICATION_FACTOR: Setting<Whole> = Setting::new(
+    "KAFKA_TOPIC_REPLICATION_FACTOR",
+    EVERY,
+    Whole {
+        min: 1,
+        max: 32_767,
+        unit: "",
+    },
+    Unset::Means("the broker's `default.replication.factor`"),
+    "replicas of each partition of a topic the product creates (production: 3, with `min.insync.replicas=2`); an existing topic with fewer is named in a warning, never changed",
+);
+pub const KAFKA_TOPIC_CONFIG: Setting<TopicConfigs> = Setting::new(
+    "KAFKA_TOPIC_CONFIG",
+    EVERY,
+    TopicConfigs,
+    Unset::Means("the broker's defaults"),
+    "configs of each topic the product creates, e.g. `min.insync.replicas=2,retention.ms=604800000`; an existing topic with another value is named in a warning, never changed",
 );
 
 // Postgres: the relay, and the sink's `reconcile`.
@@ -562,6 +594,15 @@ pub static GROUPS: &[Group] = &[
             &KAFKA_SSL_KEY_PASSWORD,
             &KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM,
             &KAFKA_DEBUG,
+        ],
+    },
+    Group {
+        title: "Kafka topics",
+        about: "The topics the product writes — the relay's, a stage's output, the dead-letter topics — are created through Kafka's admin API by the daemon that writes them, before it first writes to one (`relay migrate` creates the relay's ahead of time), so brokers may run with `auto.create.topics.enable=false`. A flow's `[flows.topics]` overrides these for its topics ([Flows](flows.md#the-topics-a-flow-writes)); [Running on clusters](clusters.md#kafka) says what to choose.",
+        settings: &[
+            &KAFKA_TOPIC_PARTITIONS,
+            &KAFKA_TOPIC_REPLICATION_FACTOR,
+            &KAFKA_TOPIC_CONFIG,
         ],
     },
     Group {

@@ -41,6 +41,32 @@ impl OutboxBatch {
     pub fn end(&self) -> Option<(i64, i64)> {
         self.messages.last().map(|m| (m.txid, m.id))
     }
+    /// The topics its messages go to: `fixed` (the source's) for those not
+    /// routed, the routed ones; not a row that makes no topic.
+    pub fn topics<'a>(&'a self, fixed: &'a str) -> Vec<&'a str> {
+        let mut topics: Vec<&str> = self
+            .messages
+            .iter()
+            .filter_map(|m| match &m.topic {
+                None => Some(fixed),
+                Some(Ok(routed)) => Some(routed.as_str()),
+                Some(Err(_)) => None,
+            })
+            .collect();
+        topics.sort_unstable();
+        topics.dedup();
+        topics
+    }
+
+    /// The ids of the rows routed to `topic`.
+    pub fn routed_to(&self, topic: &str) -> Vec<i64> {
+        self.messages
+            .iter()
+            .filter(|m| matches!(&m.topic, Some(Ok(t)) if t == topic))
+            .map(|m| m.id)
+            .collect()
+    }
+
     /// The ids as runs, `1-5,9,12-14` (in batch order): for debug logs.
     pub fn id_runs(&self) -> String {
         let mut runs: Vec<(i64, i64)> = Vec::new();
@@ -117,5 +143,43 @@ impl Shape {
             return Err(format!("topic `{topic}` is longer than 249 characters"));
         }
         Ok(topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: i64, topic: Option<Result<&str, &str>>) -> OutboxMessage {
+        OutboxMessage {
+            id,
+            txid: 1,
+            key: None,
+            payload: "{}".into(),
+            topic: topic.map(|t| t.map(str::to_owned).map_err(str::to_owned)),
+            headers: Vec::new(),
+            stamp: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_names_each_topic_it_goes_to_once() {
+        let batch = OutboxBatch {
+            messages: vec![
+                message(1, Some(Ok("events.order"))),
+                message(2, Some(Ok("events.customer"))),
+                message(3, Some(Err("the topic column is NULL"))),
+                message(4, Some(Ok("events.order"))),
+            ],
+        };
+        assert_eq!(
+            batch.topics("unused"),
+            vec!["events.customer", "events.order"]
+        );
+        assert_eq!(batch.routed_to("events.order"), vec![1, 4]);
+        let plain = OutboxBatch {
+            messages: vec![message(1, None), message(2, None)],
+        };
+        assert_eq!(plain.topics("user_events"), vec!["user_events"]);
     }
 }

@@ -64,6 +64,8 @@ pub struct FlowSink {
     pub plans: Vec<TablePlan>,
     pub writer: Arc<ClickHouseWriter>,
     pub metrics: Metrics,
+    /// Creates the dead-letter topics before their first letter.
+    pub topics: connections::topics::Topics,
 }
 
 /// The flow's consumer (settings: `connections::kafka::consumer_config`), a
@@ -130,6 +132,8 @@ impl FlowSink {
             &self.config.kafka.endpoint,
             &self.config.kafka.dlq_suffix,
             self.config.kafka.dlq_timeout,
+            self.topics.clone(),
+            self.config.kafka.topics.for_flow(&self.flow.topics),
         )?;
         let topics = intake.topics();
         consumer.subscribe(&topics)?;
