@@ -40,7 +40,7 @@ log "testing"
 # integration binary (tests/it) serves both. The three-broker cluster tests
 # run in scripts/cluster-test.sh (.ci/run calls it); the systemd units need
 # the testcontainers backend (tests/it/systemd.rs).
-cargo test --workspace "$@" -- --skip faults:: --skip cluster:: --skip systemd::
+cargo test --workspace "$@" -- --skip faults:: --skip cluster::
 log "the fault suite"
 cargo test -p outbox-tests --test it "$@" -- faults:: --test-threads=1
 log "checking what the sink sends a current ClickHouse (chdb)"
