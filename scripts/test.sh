@@ -37,8 +37,9 @@ cargo build --workspace --bins --quiet
 log "testing"
 # Everything but the fault suite, then the fault suite alone, one test at a
 # time: it restarts the shared Postgres and loads the machine. One
-# integration binary (tests/it) serves both.
-cargo test --workspace "$@" -- --skip faults::
+# integration binary (tests/it) serves both. The ClickHouse cluster tests
+# (ch_cluster::) need a cluster of their own: scripts/ch-cluster-test.sh.
+cargo test --workspace "$@" -- --skip faults:: --skip ch_cluster::
 log "the fault suite"
 cargo test -p outbox-tests --test it "$@" -- faults:: --test-threads=1
 log "checking what the sink sends a current ClickHouse (chdb)"

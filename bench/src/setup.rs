@@ -82,6 +82,7 @@ impl Bench {
             password: None,
             database: self.name.clone(),
             ca_file: None,
+            cluster: None,
         }
     }
 
@@ -105,6 +106,7 @@ impl Bench {
             password: None,
             database: "engine_peer".into(),
             ca_file: None,
+            cluster: None,
         };
         sink::clickhouse::client::client(&cfg, None)
             .query("CREATE DATABASE IF NOT EXISTS engine_peer")

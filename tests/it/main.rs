@@ -6,6 +6,7 @@
 //! loads the machine). docs/testing.md says which test proves what.
 
 mod broker;
+mod ch_cluster;
 mod commit_order;
 mod config;
 mod dashboard;

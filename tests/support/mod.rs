@@ -12,12 +12,16 @@
 //!   `TEST_KAFKA_SSL_BROKERS`, `TEST_KAFKA_SASL_SSL_BROKERS`,
 //!   `TEST_KAFKA_MTLS_BROKERS`, `TEST_KAFKA_LOCAL_*` for its TLS listeners,
 //!   CA and users (scripts/test.sh sets them all; see `broker`).
+//! - `TEST_CH_CLUSTER_URLS`, `TEST_CH_CLUSTER_NAME`: the ClickHouse cluster
+//!   of 2 shards × 2 replicas the cluster tests need (`ch_cluster`;
+//!   scripts/ch-cluster-test.sh starts it and sets them).
 //! - `TEST_BACKEND`: `local` (the services above), `testcontainers` (start
 //!   Postgres, apache/kafka and clickhouse-server containers), or `auto`
 //!   (default: testcontainers when a Docker socket exists, else local).
 
 pub mod broker;
 pub mod browser;
+pub mod ch_cluster;
 pub mod containers;
 pub mod daemon;
 pub mod faults;

@@ -245,6 +245,7 @@ impl TestStack {
                 password: None,
                 database: self.name.clone(),
                 ca_file: None,
+                cluster: None,
             },
             Some(&self.name),
         )

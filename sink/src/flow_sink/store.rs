@@ -12,8 +12,9 @@ use daemon::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use crate::clickhouse::schema::{Fit, TablePlan, column_types, fit};
+use crate::clickhouse::schema::{Fit, TablePlan, fit};
 use crate::clickhouse::types::ChType;
+use crate::clickhouse::writer::{ColumnsNow, ShardsDone};
 use crate::error::{Recovery, SinkError, classify};
 use crate::stats::TableStats;
 
@@ -26,6 +27,8 @@ struct Insert<'p> {
     refit: bool,
     /// The table's inserts are held (the flow not ready).
     held: bool,
+    /// On a cluster, the shards that stored their rows already.
+    done: ShardsDone,
 }
 
 impl Context {
@@ -45,6 +48,7 @@ impl Context {
             rows,
             refit: !self.writer.caps().insert_checks_types,
             held: false,
+            done: ShardsDone::new(),
         };
         loop {
             let error = match self.try_insert(&mut insert).await {
@@ -98,7 +102,7 @@ impl Context {
             (insert.plan, insert.rows) = (Cow::Owned(now), converted);
         }
         self.writer
-            .insert(&insert.plan, insert.rows.clone())
+            .insert(&insert.plan, insert.rows.clone(), &mut insert.done)
             .await
             .map_err(|error| SinkError::Insert {
                 table: insert.plan.table.clone(),
@@ -116,19 +120,19 @@ impl Context {
         rows: &Bytes,
     ) -> Result<Option<(TablePlan, Bytes)>, SinkError> {
         let flow = self.name();
-        let database = &self.config.clickhouse.database;
-        let now = match column_types(self.writer.client(), database, &plan.table).await {
+        let unfit = |reason| SinkError::Unfit {
+            table: plan.table.clone(),
+            reason,
+        };
+        let now = match self.writer.columns_now(plan).await {
             Ok(now) if now.is_empty() => return Ok(None),
             Ok(now) => now,
-            Err(error) => {
+            Err(ColumnsNow::Unread(error)) => {
                 tracing::warn!(flow, table = %plan.table, %error, "cannot read the target table's columns before the insert; retrying, offsets not committed");
                 let table = plan.table.clone();
                 return Err(SinkError::ColumnsUnread { table, error });
             }
-        };
-        let unfit = |reason| SinkError::Unfit {
-            table: plan.table.clone(),
-            reason,
+            Err(ColumnsNow::Differ(reason)) => return Err(unfit(reason)),
         };
         match fit(plan, &now) {
             Fit::Refuse(reason) => Err(unfit(reason)),
