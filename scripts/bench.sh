@@ -37,7 +37,9 @@ ensure_build_deps
 if [ "$profile" = release ]; then
     cargo build --release --bins --quiet
 else
-    cargo build --bins --quiet
+    # --workspace, as scripts/test.sh builds them: the debug binaries the
+    # tests run keep their crash points (the failpoints feature).
+    cargo build --workspace --bins --quiet
 fi
 mkdir -p target/bench
 "target/$profile/bench" "$@" | tee target/bench/results.md

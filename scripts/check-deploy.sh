@@ -26,7 +26,11 @@ command -v systemd-analyze >/dev/null || apt_install systemd
 profile=${CHECK_PROFILE:-debug}
 if [ ! -x "target/$profile/relay" ]; then
     ensure_build_deps
-    cargo build --bins --quiet $([ "$profile" = release ] && echo --release)
+    if [ "$profile" = release ]; then
+        cargo build --release --bins --quiet
+    else
+        cargo build --workspace --bins --quiet  # as scripts/test.sh does
+    fi
 fi
 units=$(mktemp -d)
 trap 'rm -rf "$units"' EXIT

@@ -19,8 +19,7 @@ cd "$ROOT"
 ensure_postgres
 ensure_clickhouse
 ensure_kafka
-while IFS='=' read -r name value; do export "TEST_$name=$value"; done < <(kafka_env)
-export TEST_KAFKA_BROKERS=$TEST_KAFKA_PLAINTEXT_BROKERS
+use_local_services
 export FAULT_ROUNDS=${FAULT_ROUNDS:-long}
 export FAULT_RESULTS=$ROOT/target/fault-results-$FAULT_ROUNDS.jsonl
 rm -f "$FAULT_RESULTS"

@@ -137,3 +137,13 @@ stop_pidfile() {
 
 # shellcheck source=scripts/kafka-lib.sh
 source "$ROOT/scripts/kafka-lib.sh"
+
+# Points the tests at the services above: the local broker's listeners, CA
+# and throw-away users as TEST_* variables, and TEST_BACKEND=local said
+# outright (left to `auto`, the tests would pick testcontainers as soon as a
+# Docker engine runs on the machine).
+use_local_services() {
+    while IFS='=' read -r name value; do export "TEST_$name=$value"; done < <(kafka_env)
+    export TEST_KAFKA_BROKERS=$TEST_KAFKA_PLAINTEXT_BROKERS
+    export TEST_BACKEND=local
+}

@@ -14,8 +14,7 @@ cd "$ROOT"
 ensure_postgres
 ensure_clickhouse
 ensure_kafka
-while IFS='=' read -r name value; do export "TEST_$name=$value"; done < <(kafka_env)
-export TEST_KAFKA_BROKERS=$TEST_KAFKA_PLAINTEXT_BROKERS
+use_local_services
 
 ensure_build_deps
 log "building the release binaries"

@@ -14,9 +14,9 @@ cd "$ROOT"
 ensure_postgres
 ensure_clickhouse
 ensure_kafka
-# The tests find the broker's listeners, CA and throw-away users here.
-while IFS='=' read -r name value; do export "TEST_$name=$value"; done < <(kafka_env)
-export TEST_KAFKA_BROKERS=$TEST_KAFKA_PLAINTEXT_BROKERS
+# The tests find the broker's listeners, CA and throw-away users here (and
+# run on these services, not on containers).
+use_local_services
 # The dashboard's end-to-end test drives headless Chromium.
 apt_install chromium
 

@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => 8,
     };
     let bench =
-        setup::Bench::start("outbox_bench", &admin, &clickhouse, kafka, partitions, rows).await?;
+        setup::Bench::start(setup::DATABASE, &admin, &clickhouse, kafka, partitions, rows).await?;
 
     let run = |name: &str| {
         let wanted = cli.only.is_empty() || cli.only.iter().any(|o| o == name);
@@ -119,11 +119,11 @@ async fn main() -> anyhow::Result<()> {
         figures.extend(scenarios::growth(&bench, rows, sent).await?);
     }
     if run("latency") {
-        // The default flush interval (100 ms: at most ten inserts a second
-        // per table), then one tuned for latency.
-        for flush_ms in [None, Some(20)] {
-            let loader = scenarios::Loader::Sink { flush_ms };
-            figures.extend(scenarios::latency(&bench, 1000, latency_secs, loader).await?);
+        // Default settings: single rows on an idle pipeline, then steady
+        // 1,000 and 10,000 rows/s.
+        for rate in [5, 1_000, 10_000] {
+            let loader = scenarios::Loader::Sink { flush_ms: None };
+            figures.extend(scenarios::latency(&bench, rate, latency_secs, loader).await?);
         }
     }
     if run("engine-latency") {

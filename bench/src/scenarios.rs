@@ -84,7 +84,7 @@ pub async fn any_pending(pg: &tokio_postgres::Client, from: &mut i64) -> anyhow:
     })
 }
 
-/// 1. The relay's own SQL loop — lock a batch of pending rows (building their
+/// Scenario 1: The relay's own SQL loop — lock a batch of pending rows (building their
 ///    JSON, as the relay does), flag them, commit — with no Kafka at all:
 ///    the relay's window fetch on the tuned table (migration 0010, HOT flag
 ///    flips), and for reference the statements of a pending-id index on a
@@ -176,7 +176,7 @@ pub async fn ceiling(bench: &Bench, n: u64, batch: u32) -> anyhow::Result<Vec<Fi
     ])
 }
 
-/// 2. The relay draining a backlog into Kafka (committed), and its peak RSS.
+/// Scenario 2: The relay draining a backlog into Kafka (committed), and its peak RSS.
 /// From the first pending row on (see [`any_pending`]).
 pub async fn relay_throughput(bench: &Bench, n: u64, measure: &str) -> anyhow::Result<Vec<Figure>> {
     let pg = bench.pg().await?;
@@ -253,7 +253,7 @@ fn phase_figures(measure: &str, scraped: &str, histogram: &str) -> Vec<Figure> {
         .collect()
 }
 
-/// 7. Growth: `sent` more rows already flagged sent — history a relay
+/// Scenario 7: Growth: `sent` more rows already flagged sent — history a relay
 /// published earlier, its position saved after them — then a new backlog
 /// of `n` rows after them, drained.
 pub async fn growth(bench: &Bench, n: u64, sent: u64) -> anyhow::Result<Vec<Figure>> {
@@ -288,7 +288,7 @@ pub async fn growth(bench: &Bench, n: u64, sent: u64) -> anyhow::Result<Vec<Figu
     relay_throughput(bench, n, &measure).await
 }
 
-/// 3. The sink loading the topic the relay filled (a new consumer group, so
+/// Scenario 3: The sink loading the topic the relay filled (a new consumer group, so
 /// from the start), and its peak RSS.
 pub async fn sink_throughput(
     bench: &Bench,
@@ -465,8 +465,13 @@ pub enum Loader<'a> {
     KafkaEngine { brokers: &'a str },
 }
 
-/// 4. End-to-end latency at a steady `rate` rows/s for `secs`: from the
+/// Scenario 4: End-to-end latency at a steady `rate` rows/s for `secs`: from the
 /// inserting transaction's commit to the row being visible in ClickHouse.
+/// Below 100 rows/s one row per transaction, `rate` a second (5: single
+/// rows on an otherwise idle pipeline); from 100, `rate / 100` rows every
+/// 10 ms. Beside the percentiles: the sink's inserts a second and the
+/// target table's active parts at the end (what the flush rule costs
+/// ClickHouse).
 pub async fn latency(
     bench: &Bench,
     rate: u64,
@@ -494,7 +499,11 @@ pub async fn latency(
     let (table, sink, label) = match loader {
         Loader::Sink { flush_ms } => {
             bench.kafka.create_topic(&topic, 4).await?;
-            let mut label = "end-to-end latency".to_owned();
+            let mut label = if rate < 100 {
+                "end-to-end latency, single rows on an idle pipeline".to_owned()
+            } else {
+                "end-to-end latency".to_owned()
+            };
             if let Some(ms) = flush_ms {
                 env.retain(|(k, _)| k != "SINK_FLUSH_INTERVAL_MS");
                 env.push(("SINK_FLUSH_INTERVAL_MS".into(), ms.to_string()));
@@ -563,8 +572,12 @@ pub async fn latency(
         async move {
             let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
             tokio::spawn(conn);
-            let per_tick = (rate / 100).max(1) as i32;
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let (per_tick, every) = if rate < 100 {
+                (1, Duration::from_millis(1000 / rate.max(1)))
+            } else {
+                ((rate / 100) as i32, Duration::from_millis(10))
+            };
+            let mut tick = tokio::time::interval(every);
             let end = Instant::now() + Duration::from_secs(secs);
             while Instant::now() < end {
                 tick.tick().await;
@@ -637,11 +650,15 @@ pub async fn latency(
             .copied()
             .unwrap_or(f64::NAN)
     };
+    let cadence = if rate < 100 {
+        format!("1 row every {} ms", 1000 / rate.max(1))
+    } else {
+        format!("batches of {} rows every 10 ms", rate / 100)
+    };
     let note = format!(
-        "{} of {} batches of {} rows (every 10 ms for {secs} s) seen; ClickHouse polled every 2 ms; warm-up {:.0} s",
+        "{} of {} transactions seen ({cadence} for {secs} s); ClickHouse polled every 2 ms; warm-up {:.0} s",
         latencies.len(),
         commits.lock().map_or(0, |c| c.len()),
-        (rate / 100).max(1),
         warmed.as_secs_f64()
     );
     let mut figures = vec![
@@ -664,6 +681,32 @@ pub async fn latency(
             "",
         ),
     ];
+    if sink_rss.is_some() {
+        let flushes = daemon::http::metric_value(
+            &sink_phases,
+            "sink_flushes_total",
+            &[("flow", "user_logins")],
+        )
+        .unwrap_or(0.0);
+        figures.push(figure(
+            &format!("{label} at {rate} rows/s: inserts a second into {table}"),
+            flushes / secs as f64,
+            "1/s",
+            "the sink's flushes over the run (one insert per table each)",
+        ));
+        let parts: u64 = ch
+            .query("SELECT count() FROM system.parts WHERE database = currentDatabase() AND table = ? AND active")
+            .bind(table)
+            .fetch_one()
+            .await
+            .unwrap_or_default();
+        figures.push(figure(
+            &format!("{label} at {rate} rows/s: active parts of {table} at the end"),
+            parts as f64,
+            "parts",
+            "system.parts, right after the run",
+        ));
+    }
     if let Some(sink_rss) = sink_rss {
         figures.push(figure(
             &format!("{label}: relay peak RSS"),

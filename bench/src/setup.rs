@@ -312,7 +312,15 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// The benchmark's own database (its sessions are the Postgres CPU a run
+/// counts, see [`cpu_seconds_of`]).
+pub const DATABASE: &str = "outbox_bench";
+
 /// CPU time of every live process whose command name is `comm`, seconds.
+/// For `postgres`, only the processes working for the benchmark: the
+/// sessions of [`DATABASE`] (and their parallel workers) and the server's
+/// own (WAL writer, checkpointer, …) — not another database's sessions (a
+/// test run beside the benchmark would otherwise count as its cost).
 pub fn cpu_seconds_of(comm: &str) -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;
@@ -322,8 +330,34 @@ pub fn cpu_seconds_of(comm: &str) -> f64 {
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
         })
+        .filter(|pid| comm != "postgres" || works_for_bench(*pid))
         .map(cpu_seconds)
         .sum()
+}
+
+/// Whether Postgres process `pid` works for [`DATABASE`], by its title
+/// (`postgres: 15/main: <user> <database> <host> <state>`, `…: autovacuum
+/// worker <database>`, `…: parallel worker for PID <n>`, `…: checkpointer`).
+fn works_for_bench(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read_to_string(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let title = cmdline.trim_end_matches('\0').replace('\0', " ");
+    // After "postgres: <cluster>: ", or the postmaster's own command line.
+    let Some(what) = title.splitn(3, ": ").nth(2) else {
+        return true;
+    };
+    let words: Vec<&str> = what.split_whitespace().collect();
+    if let Some(leader) = what.strip_prefix("parallel worker for PID ") {
+        return leader.trim().parse().is_ok_and(works_for_bench);
+    }
+    if what.starts_with("autovacuum worker") {
+        return words.contains(&DATABASE);
+    }
+    let is_session = words
+        .get(2)
+        .is_some_and(|host| host.contains('(') || *host == "[local]");
+    !is_session || words.get(1) == Some(&DATABASE)
 }
 
 /// CPU seconds used by the parties of a run: one daemon, a server

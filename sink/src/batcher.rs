@@ -40,6 +40,8 @@ pub struct PendingBatch {
     rows: usize,
     bytes: usize,
     oldest: Option<Instant>,
+    /// The consumer had nothing more queued after the last message taken.
+    quiet: bool,
     max_message_bytes: usize,
 }
 
@@ -55,6 +57,7 @@ impl PendingBatch {
             rows: 0,
             bytes: 0,
             oldest: None,
+            quiet: false,
             max_message_bytes,
         }
     }
@@ -189,9 +192,24 @@ impl PendingBatch {
         self.rows
     }
 
-    /// The flush decision: rows, bytes or age, whichever limit comes first.
-    pub fn should_flush(&self, policy: &FlushPolicy, now: Instant) -> bool {
-        self.is_full(policy) || self.deadline(policy).is_some_and(|d| now >= d)
+    /// The flush decision: rows, bytes or age, whichever limit comes first
+    /// — or, when the consumer had nothing more queued (`quiet`), at once,
+    /// though not sooner than `policy.min_interval` after the flow's last
+    /// insert (`last_flush`): a lone row does not wait out the age limit,
+    /// and a busy stream still makes few, large inserts.
+    pub fn should_flush(
+        &self,
+        policy: &FlushPolicy,
+        now: Instant,
+        last_flush: Option<Instant>,
+    ) -> bool {
+        self.is_full(policy) || self.deadline(policy, last_flush).is_some_and(|d| now >= d)
+    }
+
+    /// The consumer had (`true`) nothing more queued after this batch's
+    /// last message.
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
     }
 
     /// The row or byte limit is reached (no clock read).
@@ -205,9 +223,17 @@ impl PendingBatch {
             .map_or_else(Default::default, |t| now.saturating_duration_since(t))
     }
 
-    /// When the age limit forces a flush, if anything is buffered.
-    pub fn deadline(&self, policy: &FlushPolicy) -> Option<Instant> {
-        self.oldest.map(|t| t + policy.max_age)
+    /// When the batch is due, if anything is buffered: its age limit, or,
+    /// quiet, the floor after the last insert (see [`Self::should_flush`]).
+    pub fn deadline(&self, policy: &FlushPolicy, last_flush: Option<Instant>) -> Option<Instant> {
+        let oldest = self.oldest?;
+        let by_age = oldest + policy.max_age;
+        if !self.quiet {
+            return Some(by_age);
+        }
+        // Quiet: as soon as the floor after the last insert allows.
+        let by_quiet = last_flush.map_or(oldest, |t| (t + policy.min_interval).max(oldest));
+        Some(by_quiet.min(by_age))
     }
 }
 
@@ -297,28 +323,66 @@ mod tests {
             max_rows: 2,
             max_bytes: 1 << 20,
             max_age: Duration::from_millis(50),
+            min_interval: Duration::from_millis(20),
         };
         let mut batch = PendingBatch::new(2, 1 << 20);
         let now = Instant::now();
         assert!(
-            !batch.should_flush(&policy, now),
+            !batch.should_flush(&policy, now, None),
             "an empty batch never flushes"
         );
         batch.add_message(&plans, &[0], origin(0), Some(br#"{"id": 1}"#));
-        assert!(!batch.should_flush(&policy, Instant::now()));
+        assert!(!batch.should_flush(&policy, Instant::now(), None));
         assert!(
-            batch.should_flush(&policy, Instant::now() + Duration::from_millis(60)),
+            batch.should_flush(&policy, Instant::now() + Duration::from_millis(60), None),
             "age"
         );
         batch.add_message(&plans, &[0], origin(1), Some(br#"{"id": 2}"#));
-        assert!(batch.should_flush(&policy, Instant::now()), "rows");
+        assert!(batch.should_flush(&policy, Instant::now(), None), "rows");
         let bytes = FlushPolicy {
             max_rows: 100,
             max_bytes: 8,
             max_age: Duration::from_secs(60),
+            min_interval: Duration::ZERO,
         };
         let mut small = PendingBatch::new(2, 1 << 20);
         small.add_message(&plans, &[0], origin(0), Some(br#"{"id": 1}"#));
-        assert!(small.should_flush(&bytes, Instant::now()), "bytes");
+        assert!(small.should_flush(&bytes, Instant::now(), None), "bytes");
+    }
+
+    #[test]
+    fn a_quiet_stream_flushes_at_once_but_not_sooner_than_the_floor_after_the_last_insert() {
+        let plans = plans();
+        let policy = FlushPolicy {
+            max_rows: 100,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_millis(100),
+            min_interval: Duration::from_millis(20),
+        };
+        let mut batch = PendingBatch::new(2, 1 << 20);
+        batch.add_message(&plans, &[0], origin(0), Some(br#"{"id": 1}"#));
+        let now = Instant::now();
+        assert!(
+            !batch.should_flush(&policy, now, None),
+            "more may be queued: wait for the age limit"
+        );
+        batch.set_quiet(true);
+        assert!(
+            batch.should_flush(&policy, now, None),
+            "nothing queued, no insert before: at once"
+        );
+        let just_now = Some(now);
+        assert!(
+            !batch.should_flush(&policy, now + Duration::from_millis(5), just_now),
+            "the last insert 5 ms ago: the floor holds it"
+        );
+        assert!(batch.should_flush(&policy, now + Duration::from_millis(21), just_now));
+        assert_eq!(
+            batch.deadline(&policy, just_now),
+            Some(now + Duration::from_millis(20)),
+            "due at the floor"
+        );
+        let long_ago = Some(now - Duration::from_secs(1));
+        assert!(batch.should_flush(&policy, now, long_ago));
     }
 }

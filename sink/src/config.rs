@@ -16,6 +16,9 @@ pub struct FlushPolicy {
     pub max_bytes: usize,
     /// Age of the oldest buffered message; an idle stream still flushes.
     pub max_age: Duration,
+    /// A quiet stream (nothing more queued) is stored at once, but no
+    /// sooner than this after the flow's last insert.
+    pub min_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -97,6 +100,7 @@ impl SinkConfig {
                 max_rows: usize::try_from(max_rows).unwrap_or(usize::MAX),
                 max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
                 max_age: settings::SINK_FLUSH_INTERVAL_MS.get(env)?,
+                min_interval: settings::SINK_MIN_INSERT_INTERVAL_MS.get(env)?,
             },
             max_message_bytes: usize::try_from(settings::SINK_MAX_MESSAGE_BYTES.get(env)?)
                 .unwrap_or(usize::MAX),

@@ -49,6 +49,13 @@ pub enum SinkError {
         table: String,
         error: clickhouse::error::Error,
     },
+    /// A column's type changed while a batch went in (read before and
+    /// after the insert, where the server does not check the types an
+    /// insert declares, `schema::retyped`): its rows may have been read as
+    /// the new type, so the batch goes in again once it fits. The table
+    /// keeps the last insert of a key.
+    #[error("column {table}.{column} changed type during an insert; inserting the batch again")]
+    ChangedDuringInsert { table: String, column: String },
     /// A batch does not fit its table's columns as they are now
     /// (`schema::fit`): a column it fills is gone or narrowed.
     #[error("a batch for {table} is held (nothing committed): {reason}")]
@@ -267,6 +274,8 @@ pub fn classify(error: &SinkError) -> Recovery {
         )),
         // The read before the insert is part of it: as a transient failure.
         SinkError::ColumnsUnread { .. } => Recovery::Retry,
+        // Fitted to the table as it is now on the next attempt.
+        SinkError::ChangedDuringInsert { .. } => Recovery::Retry,
         // Only a change of the table (back, or wider) lets it in.
         SinkError::Unfit { .. } => Recovery::Hold(error.to_string()),
         // The stream stops here rather than skip the letters.

@@ -407,6 +407,7 @@ async fn a_backlog_older_than_the_topics_time_limits_is_published_and_loaded() -
 {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let stack = stack("old_stamps").await?;
+    outbox_tests::faults::record_arrivals_into(&stack, &["user_logins"]).await?;
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &stack.kafka_brokers)
         .create()?;
@@ -460,7 +461,7 @@ async fn a_backlog_older_than_the_topics_time_limits_is_published_and_loaded() -
         .query("SELECT count(), uniqExact(id) FROM user_logins FINAL")
         .fetch_one()
         .await?;
-    let raw = stack.ch_count_raw("user_logins").await?;
+    let raw = stack.ch_count_arrived("user_logins").await?;
     outbox_tests::faults::record_checked(outbox_tests::faults::FaultReport {
         fault: "A backlog older than the topic's timestamp limit (message.timestamp.before.max.ms 5 s, retention.ms 60 s)".into(),
         injected: 1,

@@ -172,13 +172,14 @@ fn committed(stack: &TestStack) -> anyhow::Result<(Vec<Option<i64>>, i64)> {
 async fn sink_rewind_is_refused_while_the_sink_runs_and_reloads_the_topic_after()
 -> anyhow::Result<()> {
     let stack = TestStack::migrated("rewind").await?;
+    outbox_tests::faults::record_arrivals_into(&stack, &["user_logins"]).await?;
     let pg = stack.pg().await?;
     let env = stack.daemon_env();
     let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
     let mut sink = Daemon::spawn("sink", &["run"], &env, &format!("{}-sink", stack.name));
     insert(&pg, 50, 0).await?;
     wait_until("the first rows loaded", SETTLE, || async {
-        Ok(stack.ch_count_raw("user_logins").await? == 50)
+        Ok(stack.ch_count_arrived("user_logins").await? == 50)
     })
     .await;
     let between = SystemTime::now();
@@ -189,7 +190,7 @@ async fn sink_rewind_is_refused_while_the_sink_runs_and_reloads_the_topic_after(
     let since = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     insert(&pg, 30, 0).await?;
     wait_until("the later rows loaded", SETTLE, || async {
-        Ok(stack.ch_count_raw("user_logins").await? == 80)
+        Ok(stack.ch_count_arrived("user_logins").await? == 80)
     })
     .await;
 
@@ -223,7 +224,7 @@ async fn sink_rewind_is_refused_while_the_sink_runs_and_reloads_the_topic_after(
         &format!("{}-sink-since", stack.name),
     );
     wait_until("the later rows loaded again", SETTLE, || async {
-        Ok(stack.ch_count_raw("user_logins").await? == 110)
+        Ok(stack.ch_count_arrived("user_logins").await? == 110)
     })
     .await;
     again.terminate(Duration::from_secs(15));
@@ -242,8 +243,13 @@ async fn sink_rewind_is_refused_while_the_sink_runs_and_reloads_the_topic_after(
         &env,
         &format!("{}-sink-again", stack.name),
     );
-    wait_until("the topic loaded again", SETTLE, || async {
-        Ok(stack.ch_count_raw("user_logins").await? == 190)
+    wait_for("the topic loaded again", SETTLE, || async {
+        let rows = stack.ch_count_arrived("user_logins").await?;
+        Ok(if rows == 190 {
+            Ok(())
+        } else {
+            Err(format!("{rows} rows stored"))
+        })
     })
     .await;
     assert_eq!(
@@ -281,6 +287,7 @@ async fn insert_sales(pg: &tokio_postgres::Client, n: i64, at: &str) -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_under_load_never_doubles_a_row_under_final() -> anyhow::Result<()> {
     let stack = TestStack::migrated_for("resend_load", "sales").await?;
+    outbox_tests::faults::record_arrivals_into(&stack, &["sales"]).await?;
     let pg = stack.pg().await?;
     let env = stack.daemon_env();
     let mut relay = Daemon::spawn("relay", &["run"], &env, &format!("{}-relay", stack.name));
@@ -343,7 +350,7 @@ async fn a_resend_under_load_never_doubles_a_row_under_final() -> anyhow::Result
     let expected = 50 + written as u64;
     wait_until("everything published and loaded", SETTLE, || async {
         Ok(stack.pending("sales").await? == 0
-            && stack.ch_count_raw("sales").await? >= expected + 49)
+            && stack.ch_count_arrived("sales").await? >= expected + 49)
     })
     .await;
     relay.terminate(Duration::from_secs(15));
@@ -353,7 +360,7 @@ async fn a_resend_under_load_never_doubles_a_row_under_final() -> anyhow::Result
         .query("SELECT count(), uniqExact(id) FROM sales FINAL")
         .fetch_one()
         .await?;
-    let raw = stack.ch_count_raw("sales").await?;
+    let raw = stack.ch_count_arrived("sales").await?;
     outbox_tests::faults::record_checked(outbox_tests::faults::FaultReport {
         fault: "relay resend of 50 rows under load, one changed since it was sent".into(),
         injected: 1,

@@ -171,6 +171,7 @@ async fn relay_prune_deletes_old_sent_rows_and_never_a_pending_one() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_relay_prunes_a_flow_with_retention() -> anyhow::Result<()> {
     let stack = TestStack::migrated("r_relay").await?;
+    outbox_tests::faults::record_arrivals_into(&stack, &["user_logins"]).await?;
     let pg = stack.pg().await?;
     insert_aged(&pg, 1_000, 30, true, "old").await?;
     insert_aged(&pg, 10, 30, false, "old-pending").await?;
@@ -232,7 +233,7 @@ async fn the_active_relay_prunes_a_flow_with_retention() -> anyhow::Result<()> {
     let expected = 10 + written as u64;
     wait_until("every published row in ClickHouse", SETTLE, || async {
         Ok(stack.pending("user_logins").await? == 0
-            && stack.ch_count_raw("user_logins").await? >= expected)
+            && stack.ch_count_arrived("user_logins").await? >= expected)
     })
     .await;
     relay.terminate(Duration::from_secs(15));

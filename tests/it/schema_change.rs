@@ -300,6 +300,7 @@ impl SalesLoad {
         let mut stack = TestStack::start(test).await?;
         stack.flows = "sales".into();
         stack.migrate().await?;
+        outbox_tests::faults::record_arrivals_into(&stack, &["sales"]).await?;
         let metrics = free_addr()?;
         let mut env = stack.daemon_env();
         env.retain(|(k, _)| k != "SINK_METRICS_ADDR");
@@ -326,7 +327,7 @@ impl SalesLoad {
             alters: std::sync::atomic::AtomicU32::new(0),
         };
         wait_until("sales loading", SETTLE, || async {
-            Ok(this.stack.ch_count_raw("sales").await? > 100)
+            Ok(this.stack.ch_count_arrived("sales").await? > 100)
         })
         .await;
         Ok(this)
@@ -375,9 +376,15 @@ impl SalesLoad {
             },
         )
         .await;
-        let before = (self.stack.ch_count_raw("sales").await?, self.committed()?);
+        let before = (
+            self.stack.ch_count_arrived("sales").await?,
+            self.committed()?,
+        );
         self.more_rows(200).await?;
-        let after = (self.stack.ch_count_raw("sales").await?, self.committed()?);
+        let after = (
+            self.stack.ch_count_arrived("sales").await?,
+            self.committed()?,
+        );
         assert_eq!(
             after, before,
             "(rows stored, offsets committed) while the batch is held"
@@ -447,7 +454,7 @@ impl SalesLoad {
             .filter(|(p, c)| p != c)
             .map(|(p, c)| format!("{p:?} stored as {c:?}"))
             .collect();
-        let raw = stack.ch_count_raw("sales").await?;
+        let raw = stack.ch_count_arrived("sales").await?;
         outbox_tests::faults::record(&outbox_tests::faults::FaultReport {
             fault: fault.into(),
             injected: alters.load(Ordering::SeqCst),

@@ -260,11 +260,23 @@ impl TestStack {
             .await?)
     }
 
-    /// Rows physically stored, duplicates included (before merges).
+    /// Rows stored now, duplicates included until a merge folds them
+    /// (see [`Self::ch_count_arrived`] for every row accepted).
     pub async fn ch_count_raw(&self, table: &str) -> anyhow::Result<u64> {
         Ok(self
             .ch()
             .query(&format!("SELECT count() FROM `{table}`"))
+            .fetch_one()
+            .await?)
+    }
+
+    /// Rows ClickHouse accepted into `table` so far, every insert counted
+    /// (its `<table>_arrivals` view, `faults::record_arrivals_into`): a
+    /// count no merge lowers.
+    pub async fn ch_count_arrived(&self, table: &str) -> anyhow::Result<u64> {
+        Ok(self
+            .ch()
+            .query(&format!("SELECT count() FROM `{table}_arrivals`"))
             .fetch_one()
             .await?)
     }

@@ -129,6 +129,7 @@ pub struct Millis {
 
 impl Millis {
     pub const POSITIVE: Millis = Millis { min: 1 };
+    pub const ANY: Millis = Millis { min: 0 };
 }
 
 impl Kind for Millis {

@@ -411,12 +411,23 @@ pub const SINK_BATCH_BYTES: Setting<Whole> = Setting::new(
     Unset::Default(16 * 1024 * 1024),
     "…or this many encoded bytes…",
 );
+/// The floor between a flow's inserts when its stream goes quiet, chosen
+/// by the benchmark's latency runs (BENCHMARKS.md: inserts a second per
+/// table and active parts beside the latency).
+const MIN_INSERT_INTERVAL_DEFAULT_MS: u64 = 20;
 pub const SINK_FLUSH_INTERVAL_MS: Setting<Millis> = Setting::new(
     "SINK_FLUSH_INTERVAL_MS",
     SINK,
     Millis::POSITIVE,
     ms(100),
-    "…or when the oldest buffered message is this old: most of the end-to-end latency at low rates (20 halves the p99: BENCHMARKS.md), and at most 1000/this inserts a second per table",
+    "…or when the oldest buffered message is this old (an upper bound: a stream that goes quiet is stored at once, see SINK_MIN_INSERT_INTERVAL_MS)",
+);
+pub const SINK_MIN_INSERT_INTERVAL_MS: Setting<Millis> = Setting::new(
+    "SINK_MIN_INSERT_INTERVAL_MS",
+    SINK,
+    Millis::ANY,
+    ms(MIN_INSERT_INTERVAL_DEFAULT_MS),
+    "when the consumer has nothing more queued the sink stores what it holds at once, but no sooner than this after the flow's last insert: at most 1000/this inserts a second per table (ClickHouse makes a part of each), the floor under the latency of a busy stream (BENCHMARKS.md)",
 );
 pub const SINK_MAX_MESSAGE_BYTES: Setting<Whole> = Setting::new(
     "SINK_MAX_MESSAGE_BYTES",
@@ -619,6 +630,7 @@ pub static GROUPS: &[Group] = &[
             &SINK_BATCH_ROWS,
             &SINK_BATCH_BYTES,
             &SINK_FLUSH_INTERVAL_MS,
+            &SINK_MIN_INSERT_INTERVAL_MS,
             &SINK_MAX_MESSAGE_BYTES,
             &SINK_DLQ_SUFFIX,
             &SINK_DLQ_TIMEOUT_MS,

@@ -260,6 +260,30 @@ pub async fn column_types(
         .await
 }
 
+/// The first of `plan`'s columns whose type is not the same in `after` as
+/// in `before` (two [`column_types`] reads around an insert): the insert
+/// may have read the rows as either. A column dropped or added in between
+/// does not count: an insert naming a column the table lacks fails whole.
+/// An ALTER and its reversal both in between go unseen.
+pub fn retyped<'p>(
+    plan: &'p TablePlan,
+    before: &[(String, String)],
+    after: &[(String, String)],
+) -> Option<&'p str> {
+    fn type_of<'c>(columns: &'c [(String, String)], name: &str) -> Option<&'c str> {
+        columns
+            .iter()
+            .find(|(c, _)| c == name)
+            .map(|(_, t)| t.as_str())
+    }
+    plan.columns.iter().map(|c| c.column.as_str()).find(|name| {
+        matches!(
+            (type_of(before, name), type_of(after, name)),
+            (Some(was), Some(now)) if was != now
+        )
+    })
+}
+
 /// How a batch encoded with `plan` goes into its table as the table is
 /// `now` ([`column_types`], read right before the insert).
 #[derive(Debug)]
@@ -624,6 +648,31 @@ mod tests {
         let renamed = plan(&[("id", "UInt64"), ("p", "Decimal32(2)")]);
         assert!(
             matches!(judge(&p, &renamed), Change::Adopt(a) if a[0].contains("p now Decimal32(2)"))
+        );
+    }
+
+    #[test]
+    fn a_column_retyped_around_an_insert_is_named_and_a_dropped_or_added_one_is_not() {
+        let batch = plan(&[("id", "UInt64"), ("price", "Decimal32(2)")]);
+        let before = pairs(&batch);
+        let owned = |columns: &[(&str, &str)]| -> Vec<(String, String)> {
+            columns
+                .iter()
+                .map(|(c, t)| ((*c).into(), (*t).into()))
+                .collect()
+        };
+        assert_eq!(retyped(&batch, &before, &before), None);
+        let rescaled = owned(&[("id", "UInt64"), ("price", "Decimal32(4)")]);
+        assert_eq!(retyped(&batch, &before, &rescaled), Some("price"));
+        let dropped = owned(&[("id", "UInt64")]);
+        assert_eq!(retyped(&batch, &before, &dropped), None);
+        let added = owned(&[("id", "UInt64"), ("price", "Decimal32(2)"), ("n", "String")]);
+        assert_eq!(retyped(&batch, &before, &added), None);
+        let other = owned(&[("id", "UInt64"), ("price", "Decimal32(2)"), ("n", "UInt8")]);
+        assert_eq!(
+            retyped(&batch, &added, &other),
+            None,
+            "a column the batch does not fill"
         );
     }
 }

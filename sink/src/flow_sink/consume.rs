@@ -52,7 +52,8 @@ impl Intake {
 
     /// Takes a received message, then those already queued (without a
     /// round through `select!`, timers and the clock per message) until
-    /// the batch is full. Err when the consumer failed for good.
+    /// the batch is full or nothing more is queued (the batch is then
+    /// quiet). Err when the consumer failed for good.
     pub fn take(
         &self,
         cx: &Context,
@@ -61,15 +62,22 @@ impl Intake {
         received: Result<BorrowedMessage<'_>, KafkaError>,
     ) -> Result<(), SinkError> {
         self.take_one(cx, batch, plans, received)?;
+        // Whether the consumer had nothing more queued: the batch may then
+        // be stored at once (`PendingBatch::should_flush`).
+        let mut quiet = false;
         for _ in 0..READY_BURST {
             if batch.is_full(&cx.config.flush) {
                 break;
             }
             match cx.consumer.recv().now_or_never() {
                 Some(received) => self.take_one(cx, batch, plans, received)?,
-                None => break,
+                None => {
+                    quiet = true;
+                    break;
+                }
             }
         }
+        batch.set_quiet(quiet);
         Ok(())
     }
 

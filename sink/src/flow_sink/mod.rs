@@ -207,6 +207,8 @@ struct Consuming<'a> {
     schema: SchemaWatch,
     freshness: Freshness,
     idle: IdleCommit,
+    /// When the last flush started (the floor of a quiet stream's next).
+    last_flush: Option<Instant>,
 }
 
 impl<'a> Consuming<'a> {
@@ -220,13 +222,14 @@ impl<'a> Consuming<'a> {
             schema: SchemaWatch::new(cx.config.schema_check),
             freshness: Freshness::new(cx.config.max_freshness, cx.config.stall_after),
             idle: IdleCommit::new(),
+            last_flush: None,
         }
     }
 
     async fn consume(&mut self, shutdown: &'a CancellationToken) -> End {
         let cx = self.cx;
         loop {
-            let deadline = self.batch.deadline(&cx.config.flush);
+            let deadline = self.batch.deadline(&cx.config.flush, self.last_flush);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return End::Shutdown,
@@ -264,10 +267,16 @@ impl<'a> Consuming<'a> {
     async fn flush_if_due(&mut self, shutdown: &'a CancellationToken) -> bool {
         let cx = self.cx;
         let replan = self.schema.has_adopted() && !self.batch.is_empty();
-        if replan || self.batch.should_flush(&cx.config.flush, Instant::now()) {
+        let now = Instant::now();
+        if replan
+            || self
+                .batch
+                .should_flush(&cx.config.flush, now, self.last_flush)
+        {
             if !self.storing.stored().await {
                 return false;
             }
+            self.last_flush = Some(Instant::now());
             let full = std::mem::replace(&mut self.batch, cx.empty_batch());
             self.storing
                 .start(cx, full, Arc::clone(&self.plans), shutdown);
@@ -280,9 +289,11 @@ impl<'a> Consuming<'a> {
 
     /// Finishes the batch being stored, then stores and commits what was
     /// taken in since — unless an earlier batch was abandoned (committing
-    /// later offsets would skip its rows) or the consumer failed.
+    /// later offsets would skip its rows) or the consumer failed. With
+    /// everything stored, the position past the last transaction marker
+    /// is committed too: a sink stopped cleanly leaves no lag behind.
     async fn finish(mut self, end: End) -> Result<(), SinkError> {
-        let clean = self.storing.stored().await && !matches!(end, End::Abandoned);
+        let mut clean = self.storing.stored().await && !matches!(end, End::Abandoned);
         if let End::Failed(error) = end {
             return Err(error);
         }
@@ -293,8 +304,11 @@ impl<'a> Consuming<'a> {
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
                 stop_retrying.cancel();
             });
-            self.cx.flush(self.batch, self.plans, &finishing).await;
+            clean = self.cx.flush(self.batch, self.plans, &finishing).await;
             grace.abort();
+        }
+        if clean {
+            self.idle.commit(self.cx).await;
         }
         tracing::info!(flow = self.cx.name(), "sink stopped");
         Ok(())

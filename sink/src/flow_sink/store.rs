@@ -3,7 +3,10 @@
 //! rows go only into columns of the types they were encoded for, or are
 //! converted to a widened column first ([`Context::refit`]): where the
 //! server checks the types an insert declares, when it says they differ;
-//! elsewhere right before every insert.
+//! elsewhere right before every insert, and the table is read again right
+//! after it: a column's type changed in between may have had the rows read
+//! as the new type, so the batch goes in again (the table keeps the last
+//! insert of a key) once it fits.
 
 use std::borrow::Cow;
 
@@ -12,7 +15,7 @@ use daemon::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use crate::clickhouse::schema::{Fit, TablePlan, fit};
+use crate::clickhouse::schema::{Fit, TablePlan, fit, retyped};
 use crate::clickhouse::types::ChType;
 use crate::clickhouse::writer::{ColumnsNow, ShardsDone};
 use crate::error::{Recovery, SinkError, classify};
@@ -23,7 +26,7 @@ struct Insert<'p> {
     /// The plan the rows are encoded for (a newer one once converted).
     plan: Cow<'p, TablePlan>,
     rows: Bytes,
-    /// Compare the table's columns before each insert.
+    /// Compare the table's columns before each insert (and after it).
     refit: bool,
     /// The table's inserts are held (the flow not ready).
     held: bool,
@@ -79,7 +82,7 @@ impl Context {
                 }
                 _ => None,
             };
-            if let SinkError::Insert { error, .. } = &error {
+            if let SinkError::Insert { .. } | SinkError::ChangedDuringInsert { .. } = &error {
                 let retry_in_ms = backoff.upcoming().as_millis() as u64;
                 tracing::warn!(flow = self.name(), table = %insert.plan.table, %error, retry_in_ms, "clickhouse insert failed; retrying, offsets not committed");
             }
@@ -94,52 +97,95 @@ impl Context {
     }
 
     /// One attempt: the rows fitted to the table first when asked, then
-    /// the insert.
+    /// the insert, then (when fitted) the table read again: changed in
+    /// between, the attempt counts as failed
+    /// ([`SinkError::ChangedDuringInsert`]).
     async fn try_insert(&self, insert: &mut Insert<'_>) -> Result<(), SinkError> {
-        if insert.refit
-            && let Some((now, converted)) = self.refit(&insert.plan, &insert.rows).await?
-        {
-            (insert.plan, insert.rows) = (Cow::Owned(now), converted);
-        }
+        let before = if insert.refit {
+            let (before, fitted) = self.refit(&insert.plan, &insert.rows).await?;
+            if let Some((now, converted)) = fitted {
+                (insert.plan, insert.rows) = (Cow::Owned(now), converted);
+            }
+            Some(before)
+        } else {
+            None
+        };
         self.writer
             .insert(&insert.plan, insert.rows.clone(), &mut insert.done)
             .await
             .map_err(|error| SinkError::Insert {
                 table: insert.plan.table.clone(),
                 error,
-            })
+            })?;
+        let Some(before) = before else {
+            return Ok(());
+        };
+        let after = self.columns(&insert.plan).await?;
+        match retyped(&insert.plan, &before, &after) {
+            Some(column) => Err(SinkError::ChangedDuringInsert {
+                table: insert.plan.table.clone(),
+                column: column.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The columns `plan`'s rows go into now
+    /// ([`ClickHouseWriter::columns_now`](crate::clickhouse::writer::ClickHouseWriter::columns_now):
+    /// on a cluster, every shard's local table, which must agree).
+    async fn columns(&self, plan: &TablePlan) -> Result<Vec<(String, String)>, SinkError> {
+        let table = &plan.table;
+        match self.writer.columns_now(plan).await {
+            Ok(now) => Ok(now),
+            Err(ColumnsNow::Unread(error)) => {
+                tracing::warn!(flow = self.name(), %table, %error, "cannot read the target table's columns around the insert; retrying, offsets not committed");
+                Err(SinkError::ColumnsUnread {
+                    table: table.clone(),
+                    error,
+                })
+            }
+            Err(ColumnsNow::Differ(reason)) => Err(SinkError::Unfit {
+                table: table.clone(),
+                reason,
+            }),
+        }
     }
 
     /// Compares the types `rows` were encoded for (`plan`) with the table's
-    /// columns as they are now (`schema::fit`). `Some`: insert as this
-    /// plan, with these rows (converted when a column was widened); `None`:
-    /// the table is gone, the insert will say so (and hold).
+    /// columns as they are now (`schema::fit`), returning the table as read
+    /// and `Some`: insert as this plan, with these rows (converted when a
+    /// column was widened); `None`: the table is gone, the insert will say
+    /// so (and hold).
     async fn refit(
         &self,
         plan: &TablePlan,
         rows: &Bytes,
-    ) -> Result<Option<(TablePlan, Bytes)>, SinkError> {
-        let flow = self.name();
+    ) -> Result<(Vec<(String, String)>, Option<(TablePlan, Bytes)>), SinkError> {
+        let now = self.columns(plan).await?;
+        if now.is_empty() {
+            return Ok((now, None));
+        }
+        let fitted = self.fit(plan, rows, &now)?;
+        Ok((now, Some(fitted)))
+    }
+
+    /// [`fit`] with the rows converted where it says so.
+    fn fit(
+        &self,
+        plan: &TablePlan,
+        rows: &Bytes,
+        now: &[(String, String)],
+    ) -> Result<(TablePlan, Bytes), SinkError> {
         let unfit = |reason| SinkError::Unfit {
             table: plan.table.clone(),
             reason,
         };
-        let now = match self.writer.columns_now(plan).await {
-            Ok(now) if now.is_empty() => return Ok(None),
-            Ok(now) => now,
-            Err(ColumnsNow::Unread(error)) => {
-                tracing::warn!(flow, table = %plan.table, %error, "cannot read the target table's columns before the insert; retrying, offsets not committed");
-                let table = plan.table.clone();
-                return Err(SinkError::ColumnsUnread { table, error });
-            }
-            Err(ColumnsNow::Differ(reason)) => return Err(unfit(reason)),
-        };
-        match fit(plan, &now) {
+        match fit(plan, now) {
             Fit::Refuse(reason) => Err(unfit(reason)),
             Fit::Fits {
                 plan: now,
                 convert: false,
-            } => Ok(Some((now, rows.clone()))),
+            } => Ok((now, rows.clone())),
             Fit::Fits {
                 plan: now,
                 convert: true,
@@ -152,8 +198,8 @@ impl Context {
                             "its rows do not convert to the table's new column types ({e})"
                         ))
                     })?;
-                tracing::info!(flow, table = %plan.table, rows = rows.len(), "batch encoded before a column was widened; converted to the new types");
-                Ok(Some((now, converted.freeze())))
+                tracing::info!(flow = self.name(), table = %plan.table, rows = rows.len(), "batch encoded before a column was widened; converted to the new types");
+                Ok((now, converted.freeze()))
             }
         }
     }
@@ -173,7 +219,7 @@ impl Context {
                 self.health.block(&cause, reason);
             }
             None => {
-                tracing::info!(flow, table = %plan.table, "inserts into the target table go on");
+                tracing::info!(flow = self.name(), table = %plan.table, "inserts into the target table go on");
                 self.health.unblock(&cause);
             }
         }
