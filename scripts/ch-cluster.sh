@@ -40,9 +40,12 @@ http_port() { echo $((CH_CLUSTER_HTTP + $1 - 1)); }
 tcp_port() { echo $((CH_CLUSTER_TCP + $1 - 1)); }
 shard_of() { echo $((($1 + 1) / 2)); }
 
-# The server's jars: fetched once with Maven (runtime scope), then offline.
+# The server's jars: fetched once with Maven (runtime scope), then offline;
+# again when devstack/zookeeper/pom.xml changes (.complete holds its hash).
 zk_jars() {
-    if [ -f "$ZK_CACHE/.complete" ]; then return 0; fi
+    local pom_sum
+    pom_sum=$(sha256sum "$ROOT/devstack/zookeeper/pom.xml" | cut -d' ' -f1)
+    if [ "$(cat "$ZK_CACHE/.complete" 2>/dev/null)" = "$pom_sum" ]; then return 0; fi
     command -v mvn >/dev/null || apt_install maven
     command -v java >/dev/null || apt_install openjdk-17-jre-headless
     log "fetching Apache ZooKeeper $ZK_VERSION with Maven into $ZK_CACHE"
@@ -52,7 +55,7 @@ zk_jars() {
         dependency:copy-dependencies -DincludeScope=runtime \
         -DoutputDirectory="$ZK_CACHE/libs" >&2 ||
         die "Maven could not fetch org.apache.zookeeper:zookeeper:$ZK_VERSION"
-    touch "$ZK_CACHE/.complete"
+    echo "$pom_sum" >"$ZK_CACHE/.complete"
 }
 
 zk_up() {
