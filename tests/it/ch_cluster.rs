@@ -140,7 +140,7 @@ async fn every_demo_flow_lands_once_through_the_distributed_tables() -> anyhow::
     // (synchronously, so that they are on the shards when it answers)
     // land by the same rule.
     ch.query("INSERT INTO user_logins (id, username) SELECT number + 1000000000, 'via-distributed' FROM system.numbers LIMIT 200")
-        .with_option("insert_distributed_sync", "1")
+        .with_setting("insert_distributed_sync", "1")
         .execute()
         .await?;
     assert_rows_on_their_shards(

@@ -137,7 +137,7 @@ impl ChCluster {
                 ),
             ] {
                 ch.query(&sql)
-                    .with_option("wait_end_of_query", "1")
+                    .with_setting("wait_end_of_query", "1")
                     .execute()
                     .await
                     .with_context(|| sql.clone())?;

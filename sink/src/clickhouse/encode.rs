@@ -666,7 +666,7 @@ mod tests {
             plan("n", "Int32"),
             plan("d", "Decimal32(2)"),
         ];
-        let rows: Vec<Value> = (-3..4)
+        let rows: Vec<Value> = (-3i32..4)
             .map(|n| json!({"name": if n % 2 == 0 { Value::Null } else { json!("x".repeat(n.unsigned_abs() as usize)) }, "n": n, "d": "1.50"}))
             .collect();
         let mut all = BytesMut::new();

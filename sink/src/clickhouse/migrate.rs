@@ -140,7 +140,7 @@ pub fn rendered(
 async fn ddl_query(client: &Client, statement: &str) -> Result<(), clickhouse::error::Error> {
     client
         .query_raw(statement)
-        .with_option("wait_end_of_query", "1")
+        .with_setting("wait_end_of_query", "1")
         .execute()
         .await
 }

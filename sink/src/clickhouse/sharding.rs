@@ -118,12 +118,15 @@ fn split_args(args: &str) -> Vec<String> {
     out
 }
 
-/// ClickHouse's `intHash64` (a 64-bit mix, the finaliser of MurmurHash3).
-pub fn int_hash64(mut x: u64) -> u64 {
+/// ClickHouse's SQL function `intHash64`: the value XORed with a constant,
+/// then MurmurHash3's 64-bit finaliser (its `IntHash64Impl` over
+/// `intHash64` of `Common/HashTable/Hash.h`).
+pub fn int_hash64(value: u64) -> u64 {
+    let mut x = value ^ 0x4cf2_d2ba_ae6d_a887;
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b1a5_e85a_53eb);
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     x ^= x >> 33;
     x
 }
