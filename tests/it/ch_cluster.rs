@@ -143,6 +143,10 @@ async fn every_demo_flow_lands_once_through_the_distributed_tables() -> anyhow::
         .with_setting("insert_distributed_sync", "1")
         .execute()
         .await?;
+    // Stored on one replica of each shard: the other fetches them.
+    cluster
+        .wait_replicas_agree(&stack.name, &["user_logins"])
+        .await;
     assert_rows_on_their_shards(
         &cluster,
         &stack.name,
