@@ -73,10 +73,7 @@ fn migrations(version: &str, cluster: Option<&str>) -> Result<(), String> {
     // are the ones to check (their types cover what flows use).
     let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/migrations");
     let all = flows::migrations::all("clickhouse", &[demo]).map_err(|e| e.to_string())?;
-    let ddl = cluster.map(|cluster| ClusterDdl {
-        database: "chk",
-        cluster,
-    });
+    let mut ddl = cluster.map(|cluster| ClusterDdl::new("chk", cluster));
     let mut out = std::io::stdout().lock();
     if let Some(ddl) = &ddl {
         for statement in [ddl.create_database(), ddl.migrations_table()] {
@@ -84,7 +81,7 @@ fn migrations(version: &str, cluster: Option<&str>) -> Result<(), String> {
         }
     }
     for migration in all {
-        let statements = rendered(&caps, ddl.as_ref(), &migration).map_err(|e| e.to_string())?;
+        let statements = rendered(&caps, ddl.as_mut(), &migration).map_err(|e| e.to_string())?;
         for statement in statements {
             writeln!(out, "-- {}\n{statement}\n-- ;;", migration.name)
                 .map_err(|e| e.to_string())?;

@@ -22,7 +22,14 @@
 //! immutable) — so all copies of one source row land on one shard, where
 //! the replacing merge and `FINAL` collapse them: `FINAL` through the
 //! `Distributed` table stays exact. `ALTER TABLE t` changes of columns go
-//! to both tables, other `ALTER`s to the local one. A statement that says
+//! to the local table and re-create the `Distributed` one over it (`DROP`,
+//! then `CREATE … AS` the altered local table, both `ON CLUSTER`: a server
+//! refuses an `ALTER … ON CLUSTER` of a table that is not replicated on a
+//! cluster whose shards replicate themselves — 18.16's
+//! `INCONSISTENT_CLUSTER_DEFINITION`), other `ALTER`s to the local one.
+//! The sharding key of a re-created table is the one its `CREATE TABLE`
+//! rendered: the migrations are rendered in order, the ones applied already
+//! too. A statement that says
 //! `ON CLUSTER` itself is left as it is (`{{cluster}}` stands for the
 //! cluster's name); anything else has no cluster form and is refused,
 //! naming the migration.
@@ -30,17 +37,29 @@
 /// The suffix of the local (Replicated) table behind a `Distributed` one.
 pub const LOCAL_SUFFIX: &str = "_local";
 
-/// Where the cluster's tables live: the database and the cluster.
+/// Where the cluster's tables live: the database and the cluster; and
+/// the sharding key of each table rendered so far.
 pub struct ClusterDdl<'a> {
     pub database: &'a str,
     pub cluster: &'a str,
+    keys: BTreeMap<String, String>,
 }
+
+use std::collections::BTreeMap;
 
 fn quote(name: &str) -> String {
     format!("`{}`", name.replace('`', ""))
 }
 
-impl ClusterDdl<'_> {
+impl<'a> ClusterDdl<'a> {
+    pub fn new(database: &'a str, cluster: &'a str) -> Self {
+        Self {
+            database,
+            cluster,
+            keys: BTreeMap::new(),
+        }
+    }
+
     /// `CREATE DATABASE` on every server.
     pub fn create_database(&self) -> String {
         format!(
@@ -66,7 +85,7 @@ impl ClusterDdl<'_> {
 
     /// The statements that do what `statement` (written for one server)
     /// does, on the cluster; `Err` says why it has no cluster form.
-    pub fn render(&self, statement: &str) -> Result<Vec<String>, String> {
+    pub fn render(&mut self, statement: &str) -> Result<Vec<String>, String> {
         let statement = without_comments(&statement.replace("{{cluster}}", self.cluster));
         let upper = statement.to_ascii_uppercase();
         if find_word(&upper, "ON CLUSTER").is_some() {
@@ -84,7 +103,7 @@ impl ClusterDdl<'_> {
         ))
     }
 
-    fn create_table(&self, statement: &str) -> Result<Vec<String>, String> {
+    fn create_table(&mut self, statement: &str) -> Result<Vec<String>, String> {
         let table = CreateTable::parse(statement)?;
         let engine = &table.engine;
         if !engine.ends_with("MergeTree") || engine.starts_with("Replicated") {
@@ -116,19 +135,28 @@ impl ClusterDdl<'_> {
             )
             .trim_end()
             .to_owned(),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {}.{} ON CLUSTER {cluster} AS {}.{} ENGINE = Distributed('{}', '{db}', '{local}', intHash64({}))",
-                quote(db),
-                quote(name),
-                quote(db),
-                quote(&local),
-                self.cluster,
-                quote(&key)
-            ),
+            self.distributed(name, &key),
         ])
     }
 
-    fn alter_table(&self, statement: &str) -> Result<Vec<String>, String> {
+    /// The `Distributed` table `name` over its local table, sharded by
+    /// `key`; remembered for re-creating it after an `ALTER`.
+    fn distributed(&mut self, name: &str, key: &str) -> String {
+        self.keys.insert(name.to_owned(), key.to_owned());
+        let (db, local) = (self.database, format!("{name}{LOCAL_SUFFIX}"));
+        format!(
+            "CREATE TABLE IF NOT EXISTS {}.{} ON CLUSTER {} AS {}.{} ENGINE = Distributed('{}', '{db}', '{local}', intHash64({}))",
+            quote(db),
+            quote(name),
+            quote(self.cluster),
+            quote(db),
+            quote(&local),
+            self.cluster,
+            quote(key)
+        )
+    }
+
+    fn alter_table(&mut self, statement: &str) -> Result<Vec<String>, String> {
         let after = statement["ALTER TABLE".len()..].trim_start();
         let (name, ops) = split_name(after)
             .ok_or_else(|| format!("cannot read the table's name: {}", abridged(statement)))?;
@@ -151,10 +179,17 @@ impl ClusterDdl<'_> {
             .any(|kind| op.starts_with(kind))
         });
         if columns_only {
+            let key = self.keys.get(&name).cloned().ok_or_else(|| {
+                format!(
+                    "table {name} was not created by these migrations, so its Distributed table's sharding key is not known; write this statement with ON CLUSTER {{{{cluster}}}}: {}",
+                    abridged(statement)
+                )
+            })?;
             out.push(format!(
-                "ALTER TABLE {db}.{} ON CLUSTER {cluster} {ops}",
+                "DROP TABLE IF EXISTS {db}.{} ON CLUSTER {cluster}",
                 quote(&name)
             ));
+            out.push(self.distributed(&name, &key));
         }
         Ok(out)
     }
@@ -387,10 +422,9 @@ fn abridged(statement: &str) -> String {
 mod tests {
     use super::*;
 
-    const DDL: ClusterDdl = ClusterDdl {
-        database: "shop",
-        cluster: "two_by_two",
-    };
+    fn ddl() -> ClusterDdl<'static> {
+        ClusterDdl::new("shop", "two_by_two")
+    }
 
     #[test]
     fn a_replacing_table_becomes_a_replicated_local_table_behind_a_distributed_one() {
@@ -400,7 +434,7 @@ mod tests {
     price Decimal32(2),
     processing_time DateTime DEFAULT now()
 ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(event_time) ORDER BY (event_time, product_id, id)";
-        let out = DDL.render(sales).unwrap_or_else(|e| panic!("{e}"));
+        let out = ddl().render(sales).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out.len(), 2);
         assert!(
             out[0].starts_with("CREATE TABLE IF NOT EXISTS `shop`.`sales_local` ON CLUSTER `two_by_two` (id UInt64,"),
@@ -424,7 +458,7 @@ mod tests {
         // A version column stays the engine's argument, after the path.
         let versioned =
             "CREATE TABLE t (v UInt32, id Int64) ENGINE = ReplacingMergeTree(v) ORDER BY id";
-        let out = DDL.render(versioned).unwrap_or_else(|e| panic!("{e}"));
+        let out = ddl().render(versioned).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             out[0].contains("ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/shop/t_local', '{replica}', v) ORDER BY id"),
             "{}",
@@ -435,24 +469,32 @@ mod tests {
     #[test]
     fn comments_do_not_hide_the_key() {
         let commented = "CREATE TABLE t (\n  name String, -- who, e.g. 'a--b'\n  id UInt64 -- the source id\n) ENGINE = ReplacingMergeTree ORDER BY (name, id)";
-        let out = DDL.render(commented).unwrap_or_else(|e| panic!("{e}"));
+        let out = ddl().render(commented).unwrap_or_else(|e| panic!("{e}"));
         assert!(out[1].ends_with("intHash64(`id`))"), "{}", out[1]);
         assert!(!out[0].contains("--"), "{}", out[0]);
     }
 
     #[test]
     fn alters_of_columns_reach_both_tables_others_the_local_one() {
-        let out = DDL
-            .render("ALTER TABLE user_logins ADD COLUMN device Nullable(String)")
+        let mut ddl = ddl();
+        let add = "ALTER TABLE user_logins ADD COLUMN device Nullable(String)";
+        let unknown = ddl.render(add).err().unwrap_or_default();
+        assert!(
+            unknown.contains("table user_logins was not created by these migrations"),
+            "{unknown}"
+        );
+        ddl.render("CREATE TABLE user_logins (name String, id UInt64) ENGINE = ReplacingMergeTree ORDER BY (name, id)")
             .unwrap_or_else(|e| panic!("{e}"));
+        let out = ddl.render(add).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             out,
             [
                 "ALTER TABLE `shop`.`user_logins_local` ON CLUSTER `two_by_two` ADD COLUMN device Nullable(String)",
-                "ALTER TABLE `shop`.`user_logins` ON CLUSTER `two_by_two` ADD COLUMN device Nullable(String)"
+                "DROP TABLE IF EXISTS `shop`.`user_logins` ON CLUSTER `two_by_two`",
+                "CREATE TABLE IF NOT EXISTS `shop`.`user_logins` ON CLUSTER `two_by_two` AS `shop`.`user_logins_local` ENGINE = Distributed('two_by_two', 'shop', 'user_logins_local', intHash64(`id`))"
             ]
         );
-        let out = DDL
+        let out = ddl
             .render("ALTER TABLE user_logins DELETE WHERE id < 10")
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
@@ -482,14 +524,14 @@ mod tests {
             ),
         ];
         for (statement, why) in refused {
-            match DDL.render(statement) {
+            match ddl().render(statement) {
                 Err(e) => assert!(e.contains(why), "{statement}: {e}"),
                 Ok(out) => panic!("{statement}: rendered {out:?}"),
             }
         }
         let own = "CREATE MATERIALIZED VIEW v ON CLUSTER {{cluster}} ENGINE = MergeTree ORDER BY id AS SELECT id FROM t_local";
         assert_eq!(
-            DDL.render(own).unwrap_or_else(|e| panic!("{e}")),
+            ddl().render(own).unwrap_or_else(|e| panic!("{e}")),
             [
                 "CREATE MATERIALIZED VIEW v ON CLUSTER two_by_two ENGINE = MergeTree ORDER BY id AS SELECT id FROM t_local"
             ]
@@ -502,9 +544,10 @@ mod tests {
         let all = flows::migrations::all("clickhouse", &[dir]).unwrap_or_else(|e| panic!("{e}"));
         let caps = super::super::caps::ServerCaps::from_version("18.16.1");
         let mut tables = 0;
+        let mut ddl = ddl();
         for migration in all {
             for statement in flows::migrations::statements(&caps.substitute(&migration.sql)) {
-                let out = DDL
+                let out = ddl
                     .render(&statement)
                     .unwrap_or_else(|e| panic!("{}: {e}", migration.name));
                 assert_eq!(out.len(), 2, "{}", migration.name);

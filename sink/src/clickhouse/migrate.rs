@@ -48,7 +48,7 @@ pub async fn migrate(
     migrations: &[Migration],
 ) -> Result<Vec<String>, MigrateError> {
     let caps = server_caps(root).await?;
-    let ddl = cluster.map(|cluster| ClusterDdl { database, cluster });
+    let mut ddl = cluster.map(|cluster| ClusterDdl::new(database, cluster));
     if let Some(ddl) = &ddl {
         check_cluster(root, ddl.cluster).await?;
     }
@@ -66,9 +66,14 @@ pub async fn migrate(
             return Ok(Vec::new());
         }
     }
+    // Every migration rendered in order (those applied too: the cluster
+    // form of an ALTER needs its table's CREATE), the pending ones kept.
     let mut pending = Vec::new();
-    for migration in migrations.iter().filter(|m| !done.contains(&m.name)) {
-        pending.push((migration, rendered(&caps, ddl.as_ref(), migration)?));
+    for migration in migrations {
+        let statements = rendered(&caps, ddl.as_mut(), migration);
+        if !done.contains(&migration.name) {
+            pending.push((migration, statements?));
+        }
     }
     let (create_database, create_record) = match &ddl {
         Some(ddl) => (ddl.create_database(), ddl.migrations_table()),
@@ -113,7 +118,7 @@ async fn applied(client: &Client) -> Result<Vec<String>, clickhouse::error::Erro
 /// `migration`'s statements as this server (`caps`) and mode take them.
 pub fn rendered(
     caps: &ServerCaps,
-    ddl: Option<&ClusterDdl>,
+    ddl: Option<&mut ClusterDdl>,
     migration: &Migration,
 ) -> Result<Vec<String>, MigrateError> {
     let plain = statements(&caps.substitute(&migration.sql));
