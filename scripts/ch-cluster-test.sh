@@ -12,8 +12,7 @@ cd "$ROOT"
 
 ensure_postgres
 ensure_kafka
-while IFS='=' read -r name value; do export "TEST_$name=$value"; done < <(kafka_env)
-export TEST_KAFKA_BROKERS=$TEST_KAFKA_PLAINTEXT_BROKERS
+use_local_services
 started=$SECONDS
 trap 'scripts/ch-cluster.sh down' EXIT
 while IFS='=' read -r name value; do export "TEST_$name=$value"; done < <(scripts/ch-cluster.sh up)
