@@ -52,8 +52,15 @@ async fn main() -> anyhow::Result<()> {
         Err(_) if kafka.is_mock() => ((rows * 160 * 3 / (4 * 1024 * 1024)) as i32 + 8).max(8),
         Err(_) => 8,
     };
-    let bench =
-        setup::Bench::start(setup::DATABASE, &admin, &clickhouse, kafka, partitions, rows).await?;
+    let bench = setup::Bench::start(
+        setup::DATABASE,
+        &admin,
+        &clickhouse,
+        kafka,
+        partitions,
+        rows,
+    )
+    .await?;
 
     let run = |name: &str| {
         let wanted = cli.only.is_empty() || cli.only.iter().any(|o| o == name);
