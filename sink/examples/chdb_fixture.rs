@@ -46,7 +46,10 @@ fn main() -> ExitCode {
             args.get(2).map(String::as_str),
         ),
         Some("shards") => shards(&args[1..]),
-        Some("sharding") => sharding(args.get(1).map_or("", String::as_str)),
+        Some("sharding") => sharding(
+            args.get(1).map_or("", String::as_str),
+            args.get(2..).unwrap_or_default(),
+        ),
         Some("insert-format") => {
             let caps = ServerCaps::from_version(args.get(1).map_or("", String::as_str));
             println!("{}", sink::clickhouse::writer::insert_format(&caps));
@@ -54,7 +57,7 @@ fn main() -> ExitCode {
         }
         Some("encode") => encode(args.get(1).map(String::as_str)),
         _ => Err(
-            "usage: chdb_fixture migrations VERSION [CLUSTER] | shards N ID… | sharding ENGINE_FULL | insert-format VERSION | encode [VERSION]"
+            "usage: chdb_fixture migrations VERSION [CLUSTER] | shards N ID… | sharding ENGINE_FULL NAME TYPE… | insert-format VERSION | encode [VERSION]"
                 .to_owned(),
         ),
     };
@@ -103,7 +106,8 @@ fn shards(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn sharding(engine_full: &str) -> Result<(), String> {
+/// `sharding ENGINE_FULL NAME TYPE…`: the table's columns as name, type.
+fn sharding(engine_full: &str, columns: &[String]) -> Result<(), String> {
     let cluster = engine_full
         .trim_start_matches("Distributed(")
         .split(',')
@@ -111,7 +115,10 @@ fn sharding(engine_full: &str) -> Result<(), String> {
         .unwrap_or("")
         .trim()
         .trim_matches('\'');
-    let columns = [("id".to_owned(), "UInt64".to_owned())];
+    let columns: Vec<(String, String)> = columns
+        .chunks(2)
+        .map(|pair| (pair[0].clone(), pair.get(1).cloned().unwrap_or_default()))
+        .collect();
     let sharding = sink::clickhouse::sharding::from_engine(engine_full, cluster, &columns)?;
     println!(
         "{} {} {:?}",
