@@ -33,9 +33,12 @@ fi
 # The Kafka-engine peer's own ClickHouse, a new one per measurement, thrown
 # away afterwards.
 export BENCH_PEER_CLICKHOUSE_RESTART=$ROOT/scripts/peer-clickhouse.sh
-trap stop_peer_clickhouse EXIT
 # Debezium's: Kafka Connect, started and stopped by the bench for its run.
 export BENCH_PEER_DEBEZIUM=$ROOT/scripts/peer-debezium.sh
+# The ClickHouse cluster (2 shards × 2 replicas, ZooKeeper) of the
+# sink-cluster measurement, started for it and stopped after it.
+export BENCH_CH_CLUSTER=$ROOT/scripts/ch-cluster.sh
+trap 'stop_peer_clickhouse; scripts/ch-cluster.sh down >/dev/null 2>&1 || true' EXIT
 profile=${BENCH_PROFILE:-release}
 ensure_build_deps
 if [ "$profile" = release ]; then

@@ -17,10 +17,21 @@ feeds it what the sink would send a server of that version:
    count doubles, `FINAL` shows each row once;
 4. a batch encoded for a column's old type after an `ALTER` (same width,
    narrowed, widened): refused whole, nothing stored; with the type back,
-   accepted with its values.
+   accepted with its values;
+5. cluster mode (`CLICKHOUSE_CLUSTER`), in a process of its own (chdb
+   reads its configuration once per process): what `sink migrate` sends a
+   cluster of this version — every statement parsed as written (`ON
+   CLUSTER` included), then created without `ON CLUSTER` (no distributed
+   DDL in-process) on an engine configured with the cluster's macros and
+   an in-memory ZooKeeper (`testkeeper`): each target a Replicated table
+   behind a `Distributed` one whose definition (`engine_full`, as this
+   version writes it) the sink reads as sharded by the source id; and the
+   sink's choice of shard equal to this engine's `intHash64(id) % 2`.
 
-Usage: chdb_check.py FIXTURE_BINARY. Exit 0 when every check holds, 1
-naming each that does not.
+Check 5 runs with CHDB_CLUSTER_CHECK=1 (not in CI: see main()).
+
+Usage: chdb_check.py FIXTURE_BINARY [--cluster]. Exit 0 when every check
+holds, 1 naming each that does not.
 """
 import json
 import os
@@ -129,7 +140,75 @@ EXPECTED = [
 ]
 
 
+CLUSTER_CONFIG = """<clickhouse>
+  <zookeeper><implementation>testkeeper</implementation></zookeeper>
+  <macros><shard>1</shard><replica>r1</replica></macros>
+  <remote_servers><chk_cluster>
+    <shard><internal_replication>true</internal_replication><replica><host>127.0.0.1</host><port>9000</port></replica></shard>
+    <shard><internal_replication>true</internal_replication><replica><host>127.0.0.2</host><port>9000</port></replica></shard>
+  </chk_cluster></remote_servers>
+</clickhouse>
+"""
+
+
+def cluster_mode():
+    """Check 5, in this process of its own."""
+    with tempfile.TemporaryDirectory() as workdir:
+        config = os.path.join(workdir, "config.xml")
+        with open(config, "w") as f:
+            f.write(CLUSTER_CONFIG)
+        # The connection held: dropped, it closes the cursor under us.
+        conn = chdb.connect(f":memory:?config-file={config}")
+        cur = conn.cursor()
+
+        def query(sql):
+            cur.execute(sql)
+            return cur.fetchall()
+
+        version = query("SELECT version()")[0][0]
+        out = subprocess.run([FIXTURE, "migrations", version, "chk_cluster"], capture_output=True, check=True)
+        statements = [s.strip() for s in out.stdout.decode().split("-- ;;") if s.strip()]
+        for statement in statements:
+            name, sql = statement.split("\n", 1)
+            what = f"cluster DDL {name.removeprefix('-- ')}: {sql[:70]}"
+            try:
+                query("EXPLAIN AST " + sql)
+                query(sql.replace(" ON CLUSTER `chk_cluster`", ""))
+                check(what, True)
+            except Exception as e:  # noqa: BLE001 - report any refusal
+                check(what, False, str(e)[:300])
+        tables = dict(query("SELECT name, engine_full FROM system.tables WHERE database = 'chk'"))
+        distributed = {n: e for n, e in tables.items() if e.startswith("Distributed(")}
+        check("cluster DDL: a Distributed table per target", len(distributed) == 9, sorted(distributed))
+        for name, engine in sorted(distributed.items()):
+            local = tables.get(f"{name}_local", "")
+            check(f"{name}_local is Replicated", local.startswith("ReplicatedReplacingMergeTree("), local[:100])
+            columns = query(f"SELECT name, type FROM system.columns WHERE database = 'chk' AND table = '{name}'")
+            pairs = [part for column in columns for part in column]
+            read = subprocess.run([FIXTURE, "sharding", engine, *pairs], capture_output=True)
+            key = "source_id" if name == "events_processed" else "event_id" if name == "events" else "id"
+            got = read.stdout.decode().split()
+            check(
+                f"the sink reads {name}'s Distributed definition as sharded by {key}",
+                read.returncode == 0 and got[:2] == [f"{name}_local", key],
+                read.stdout.decode() + read.stderr.decode() + f" ({engine})",
+            )
+        ids = [str(i) for i in range(1, 2001)]
+        sink = subprocess.run([FIXTURE, "shards", "2", *ids], capture_output=True, check=True)
+        engine = [str(r[0]) for r in query("SELECT intHash64(number) % 2 + 1 FROM numbers(1, 2000) ORDER BY number")]
+        check("the sink's shard of each id is intHash64(id) % 2 here", sink.stdout.decode().split() == engine)
+        city = query("SELECT countIf(cityHash64(toUInt64(number)) != intHash64(toUInt64(number))) FROM numbers(100000)")
+        check("cityHash64 of a UInt64 is its intHash64 here (the sink takes both keys)", city[0][0] == 0, city)
+
+
 def main():
+    if "--cluster" in sys.argv:
+        cluster_mode()
+        # chdb 4.4's engine configured from a file aborts at exit ("mutex
+        # lock failed"), after every check ran: the parent reads this line,
+        # not the exit status.
+        print(f"cluster checks done: {len(failures)} failed", flush=True)
+        os._exit(1 if failures else 0)
     with tempfile.TemporaryDirectory() as workdir:
         sess = session.Session(os.path.join(workdir, "db"))
         version = str(sess.query("SELECT version()", "CSV")).strip().strip('"')
@@ -219,6 +298,19 @@ def main():
             got == [{"price": "19.99", "quantity": 70000}],
             got,
         )
+
+    # 5. Cluster mode, in a process of its own, when asked
+    # (CHDB_CLUSTER_CHECK=1): chdb 4.4 configured from a file has aborted
+    # and hung at exit here after its checks passed, so it is not part of
+    # the default run (CI).
+    if os.environ.get("CHDB_CLUSTER_CHECK") == "1":
+        try:
+            cluster = subprocess.run([sys.executable, __file__, FIXTURE, "--cluster"], capture_output=True, timeout=300)
+            print(cluster.stdout.decode(), end="")
+            done = "cluster checks done: 0 failed" in cluster.stdout.decode()
+            check("cluster mode", done, cluster.stderr.decode()[-500:])
+        except subprocess.TimeoutExpired:
+            check("cluster mode", False, "no answer within 300 s")
 
     if failures:
         print(f"{len(failures)} check(s) failed", file=sys.stderr)

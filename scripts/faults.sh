@@ -9,8 +9,9 @@
 # the delivery tests that record a row (ids out of commit order, retention
 # races, ClickHouse type changes, resend and rewind, old record timestamps)
 # run on the real broker (the mock-only Kafka faults on the mock cluster,
-# the cluster faults of tests/it/cluster.rs on three brokers they start),
-# each writing the numbers it measured. The table goes to docs/faults.md,
+# the cluster faults of tests/it/cluster.rs on three brokers they start, the
+# ClickHouse cluster's of tests/it/ch_cluster.rs on a 2×2 cluster of their
+# own), each writing the numbers it measured. The table goes to docs/faults.md,
 # stamped with the commit and date. Exits non-zero, after writing, if a test failed or a row
 # lost or doubled anything.
 set -euo pipefail
@@ -25,11 +26,15 @@ export TEST_KAFKA_JARS=$KAFKA_CACHE/libs
 export FAULT_ROUNDS=${FAULT_ROUNDS:-long}
 export FAULT_RESULTS=$ROOT/target/fault-results-$FAULT_ROUNDS.jsonl
 rm -f "$FAULT_RESULTS"
+# The ClickHouse cluster's faults (a replica killed, ZooKeeper lost) run on
+# a cluster of their own (scripts/ch-cluster.sh).
+trap 'scripts/ch-cluster.sh down' EXIT
+while IFS='=' read -r name value; do export "TEST_$name=$value"; done < <(scripts/ch-cluster.sh up)
 ensure_build_deps
 cargo build --workspace --bins --quiet
 status=0
 cargo test -p outbox-tests --test it -- --test-threads=1 faults:: etl::kill_9 commit_order:: \
-    retention:: schema_change:: resend:: broker:: cluster:: >&2 || status=$?
+    retention:: schema_change:: resend:: broker:: cluster:: ch_cluster:: >&2 || status=$?
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!docs' ':!README.md' || echo "+uncommitted")
 table=$(python3 - "$FAULT_RESULTS" "$commit" "$FAULT_ROUNDS" <<'PY'
 import datetime, json, sys

@@ -38,9 +38,10 @@ log "testing"
 # Everything but the fault suite, then the fault suite alone, one test at a
 # time: it restarts the shared Postgres and loads the machine. One
 # integration binary (tests/it) serves both. The three-broker cluster tests
-# run in scripts/cluster-test.sh (.ci/run calls it); the systemd units need
-# the testcontainers backend (tests/it/systemd.rs).
-cargo test --workspace "$@" -- --skip faults:: --skip cluster::
+# run in scripts/cluster-test.sh, the ClickHouse cluster tests (ch_cluster::,
+# a cluster of their own) in scripts/ch-cluster-test.sh (.ci/run calls both);
+# the systemd units need the testcontainers backend (tests/it/systemd.rs).
+cargo test --workspace "$@" -- --skip faults:: --skip cluster:: --skip ch_cluster::
 log "the fault suite"
 cargo test -p outbox-tests --test it "$@" -- faults:: --test-threads=1
 log "checking what the sink sends a current ClickHouse (chdb)"

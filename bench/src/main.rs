@@ -3,6 +3,7 @@
 //! `--smoke` runs it small (CI keeps it working); the full run is documented
 //! in BENCHMARKS.md. Results: a Markdown table on stdout and JSON.
 
+mod ch_cluster;
 mod cluster;
 mod debezium;
 mod peers;
@@ -23,7 +24,7 @@ struct Cli {
     #[arg(long)]
     rows: Option<u64>,
     /// Run only these measurements (comma-separated: ceiling, relay, shards,
-    /// sink, members, peers, growth, latency, engine-latency,
+    /// sink, sink-cluster, members, peers, growth, latency, engine-latency,
     /// kafka-cluster; debezium is the Debezium part of peers alone). The
     /// sink loads what the relay run published; kafka-cluster starts three
     /// brokers and runs relay and sink there.
@@ -121,6 +122,13 @@ async fn main() -> anyhow::Result<()> {
     if run("sink") {
         figures.push(scenarios::consume_ceiling(&bench, rows).await?);
         figures.extend(scenarios::sink_throughput(&bench, rows, "sink.", "sink").await?);
+    }
+    if run("sink-cluster") {
+        if !run("relay") {
+            // Run alone: the relay publishes the backlog first (no figures).
+            scenarios::relay_throughput(&bench, rows, "relay").await?;
+        }
+        figures.extend(ch_cluster::sink_into_cluster(&bench, rows).await?);
     }
     if run("members") {
         for members in [1, 2] {

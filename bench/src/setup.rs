@@ -85,6 +85,7 @@ impl Bench {
             password: None,
             database: self.name.clone(),
             ca_file: None,
+            cluster: None,
         }
     }
 
@@ -108,6 +109,7 @@ impl Bench {
             password: None,
             database: "engine_peer".into(),
             ca_file: None,
+            cluster: None,
         };
         sink::clickhouse::client::client(&cfg, None)
             .query("CREATE DATABASE IF NOT EXISTS engine_peer")

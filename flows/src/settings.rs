@@ -22,7 +22,7 @@ use crate::definition::{Flow, FlowCatalog};
 pub use doc::markdown;
 pub use kind::{
     Brokers, Choice, Identifier, Ignored, KafkaName, Kind, List, Listen, Millis, MillisOrOff, Path,
-    Text, TopicConfigs, Url, Whole, parse_topic_configs,
+    Text, TopicConfigs, Url, UrlList, Whole, parse_topic_configs,
 };
 pub use setting::{Declared, Reader, Setting, Unset};
 pub use table::*;
@@ -316,6 +316,12 @@ pub fn check_port(name: &str, host: &str) -> Result<(), SettingError> {
     }
 }
 
+/// [`redact_url`] of each URL of a comma-separated list (`CLICKHOUSE_URL`).
+pub fn redact_urls(urls: &str) -> String {
+    let each: Vec<String> = urls.split(',').map(|u| redact_url(u.trim())).collect();
+    each.join(",")
+}
+
 /// `url` with any password replaced by `***`, for logs.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -495,5 +501,9 @@ mod tests {
             "postgres://u:***@h:5432/db?***"
         );
         assert_eq!(redact_url("http://h:8123"), "http://h:8123");
+        assert_eq!(
+            redact_urls("http://h:8123,http://u:secret@g:8123"),
+            "http://h:8123,http://u:***@g:8123"
+        );
     }
 }

@@ -6,6 +6,15 @@
 //! - `chdb_fixture migrations VERSION`: every embedded ClickHouse migration's
 //!   statements as `sink migrate` sends them to a server of that version
 //!   (`caps.rs` decides), one per line group, separated by `-- ;;` lines.
+//! - `chdb_fixture migrations VERSION CLUSTER`: what `sink migrate` sends in
+//!   cluster mode (`CLICKHOUSE_CLUSTER=CLUSTER`, database `chk`): the
+//!   database and the migrations' record, then every migration rendered `ON
+//!   CLUSTER`, Replicated tables behind `Distributed` ones.
+//! - `chdb_fixture shards N ID…`: the shard (1 to N, of N equal shards) the
+//!   sink writes the row with source id ID to.
+//! - `chdb_fixture sharding ENGINE_FULL`: how the sink reads a `Distributed`
+//!   table's `engine_full` (its key column `id UInt64`): `local_table
+//!   key_column hash`, or exit 1 with its reason.
 //! - `chdb_fixture insert-format VERSION`: the format the sink's inserts
 //!   into a server of that version use.
 //! - `chdb_fixture encode [VERSION]`: reads `{"columns": [[name, type], …],
@@ -22,14 +31,25 @@ use std::process::ExitCode;
 use bytes::BytesMut;
 use serde_json::Value;
 use sink::clickhouse::caps::ServerCaps;
+use sink::clickhouse::cluster_ddl::ClusterDdl;
 use sink::clickhouse::encode::{ColumnPlan, encode_row};
+use sink::clickhouse::migrate::rendered;
 use sink::clickhouse::schema::TablePlan;
+use sink::clickhouse::sharding::{KeyHash, Slots};
 use sink::clickhouse::types::ChType;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let outcome = match args.first().map(String::as_str) {
-        Some("migrations") => migrations(args.get(1).map_or("", String::as_str)),
+        Some("migrations") => migrations(
+            args.get(1).map_or("", String::as_str),
+            args.get(2).map(String::as_str),
+        ),
+        Some("shards") => shards(&args[1..]),
+        Some("sharding") => sharding(
+            args.get(1).map_or("", String::as_str),
+            args.get(2..).unwrap_or_default(),
+        ),
         Some("insert-format") => {
             let caps = ServerCaps::from_version(args.get(1).map_or("", String::as_str));
             println!("{}", sink::clickhouse::writer::insert_format(&caps));
@@ -37,7 +57,7 @@ fn main() -> ExitCode {
         }
         Some("encode") => encode(args.get(1).map(String::as_str)),
         _ => Err(
-            "usage: chdb_fixture migrations VERSION | insert-format VERSION | encode [VERSION]"
+            "usage: chdb_fixture migrations VERSION [CLUSTER] | shards N ID… | sharding ENGINE_FULL NAME TYPE… | insert-format VERSION | encode [VERSION]"
                 .to_owned(),
         ),
     };
@@ -50,19 +70,60 @@ fn main() -> ExitCode {
     }
 }
 
-fn migrations(version: &str) -> Result<(), String> {
+fn migrations(version: &str, cluster: Option<&str>) -> Result<(), String> {
     let caps = ServerCaps::from_version(version);
     // The product has no ClickHouse migration of its own: the demo's tables
     // are the ones to check (their types cover what flows use).
     let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/migrations");
     let all = flows::migrations::all("clickhouse", &[demo]).map_err(|e| e.to_string())?;
+    let mut ddl = cluster.map(|cluster| ClusterDdl::new("chk", cluster));
     let mut out = std::io::stdout().lock();
+    if let Some(ddl) = &ddl {
+        for statement in [ddl.create_database(), ddl.migrations_table()] {
+            writeln!(out, "-- outbox\n{statement}\n-- ;;").map_err(|e| e.to_string())?;
+        }
+    }
     for migration in all {
-        for statement in flows::migrations::statements(&caps.substitute(&migration.sql)) {
+        let statements = rendered(&caps, ddl.as_mut(), &migration).map_err(|e| e.to_string())?;
+        for statement in statements {
             writeln!(out, "-- {}\n{statement}\n-- ;;", migration.name)
                 .map_err(|e| e.to_string())?;
         }
     }
+    Ok(())
+}
+
+fn shards(args: &[String]) -> Result<(), String> {
+    let n: usize = args
+        .first()
+        .and_then(|n| n.parse().ok())
+        .ok_or("shards N ID…")?;
+    let slots = Slots::new(&vec![1; n]);
+    for id in &args[1..] {
+        let id: u64 = id.parse().map_err(|_| format!("not an id: {id}"))?;
+        println!("{}", slots.shard_of(KeyHash::IntHash64, id) + 1);
+    }
+    Ok(())
+}
+
+/// `sharding ENGINE_FULL NAME TYPE…`: the table's columns as name, type.
+fn sharding(engine_full: &str, columns: &[String]) -> Result<(), String> {
+    let cluster = engine_full
+        .trim_start_matches("Distributed(")
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('\'');
+    let columns: Vec<(String, String)> = columns
+        .chunks(2)
+        .map(|pair| (pair[0].clone(), pair.get(1).cloned().unwrap_or_default()))
+        .collect();
+    let sharding = sink::clickhouse::sharding::from_engine(engine_full, cluster, &columns)?;
+    println!(
+        "{} {} {:?}",
+        sharding.local_table, sharding.key_column, sharding.hash
+    );
     Ok(())
 }
 

@@ -74,6 +74,7 @@ pub fn clickhouse_config(env: &Env) -> Result<ClickHouseConfig, SettingError> {
     }
     let database = settings::CLICKHOUSE_DATABASE.get(env)?;
     Ok(ClickHouseConfig {
+        cluster: settings::CLICKHOUSE_CLUSTER.get_opt(env)?,
         url,
         user: settings::CLICKHOUSE_USER.get(env)?,
         password: settings::CLICKHOUSE_PASSWORD.get_opt(env)?,

@@ -13,6 +13,9 @@ pub enum RunError {
     /// A flow's definition contradicts its ClickHouse tables.
     #[error(transparent)]
     Schema(SchemaError),
+    /// `CLICKHOUSE_CLUSTER` names no cluster of the servers.
+    #[error("{0}")]
+    Cluster(String),
     #[error(transparent)]
     Sink(#[from] SinkError),
     /// A worker panicked (a bug): the sink stops, exit code 101.
@@ -123,6 +126,63 @@ pub enum InsertError {
     /// restarting.
     #[error("{0}")]
     Transient(clickhouse::error::Error),
+    /// No replica of a shard takes the rows: each is unreachable or
+    /// refuses writes ([`ReplicaFault`]), at least one refuses (with all
+    /// unreachable the error is [`InsertError::Transient`], as for one
+    /// server down). `shard`: `of shard N ` in cluster mode, else empty.
+    #[error("no replica {shard}takes writes: {detail}")]
+    NoReplica { shard: String, detail: String },
+    /// The rows cannot be sent to their shards (no endpoint of a shard in
+    /// `CLICKHOUSE_URL`, the sharding key's column not filled).
+    #[error("{0}")]
+    Unroutable(String),
+}
+
+/// Why one replica is left for another of its shard (`clickhouse::replicas`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaFault {
+    /// Not reached, or the connection broke: the server is down,
+    /// restarting, or cut off.
+    Unreachable,
+    /// It answers but cannot store rows now — the same insert may go
+    /// through on another replica of its shard.
+    RefusesWrites(&'static str),
+}
+
+/// The ClickHouse codes with which one replica refuses writes that
+/// another replica of its shard may take: its Replicated table lost
+/// ZooKeeper (read-only until the session is back), or ZooKeeper failed
+/// during the insert (the block may or may not be stored: sent again, a
+/// repeat the table absorbs).
+const REFUSES_WRITES: &[(u32, &str)] = &[
+    (
+        242,
+        "its table is read-only (the replica lost its ZooKeeper session)",
+    ),
+    (225, "it has no ZooKeeper"),
+    (319, "ZooKeeper failed during the insert"),
+    (999, "its ZooKeeper request failed"),
+];
+
+/// The code in a ClickHouse error's text (`Code: 60, …` or `Code: 60. …`).
+fn code_of(text: &str) -> Option<u32> {
+    text.split_once("Code: ").and_then(|(_, rest)| {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    })
+}
+
+/// Whether an insert's failure is this replica's — another replica of the
+/// shard may take the rows — rather than the table's or the rows' own.
+pub fn replica_fault(error: &clickhouse::error::Error) -> Option<ReplicaFault> {
+    use clickhouse::error::Error;
+    match error {
+        Error::Network(_) | Error::TimedOut => Some(ReplicaFault::Unreachable),
+        Error::BadResponse(text) => code_of(text)
+            .and_then(|code| REFUSES_WRITES.iter().find(|(c, _)| *c == code))
+            .map(|&(_, what)| ReplicaFault::RefusesWrites(what)),
+        _ => None,
+    }
 }
 
 /// The ClickHouse codes that refuse an INSERT until someone changes the
@@ -152,11 +212,7 @@ impl From<clickhouse::error::Error> for InsertError {
         if text.contains("Code: 117") && text.contains("Type of '") {
             return Self::TypesDiffer(error);
         }
-        let code = text.split_once("Code: ").and_then(|(_, rest)| {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse::<u32>().ok()
-        });
-        match code.and_then(|code| FOR_GOOD.iter().find(|(c, _)| *c == code)) {
+        match code_of(&text).and_then(|code| FOR_GOOD.iter().find(|(c, _)| *c == code)) {
             Some(&(code, what)) => Self::Refused { code, what, error },
             None => Self::Transient(error),
         }
@@ -219,6 +275,20 @@ pub fn classify(error: &SinkError) -> Recovery {
             error: InsertError::Transient(_),
             ..
         } => Recovery::Retry,
+        // Every replica of a shard down or refusing writes (ZooKeeper
+        // lost): nothing of the shard's rows is stored until one takes
+        // them again, which needs no one to act but may need a while.
+        SinkError::Insert {
+            table,
+            error: error @ InsertError::NoReplica { .. },
+        } => Recovery::Hold(format!("ClickHouse cannot store rows for {table}: {error}")),
+        // The endpoints or the table do not match the cluster.
+        SinkError::Insert {
+            table,
+            error: InsertError::Unroutable(why),
+        } => Recovery::Hold(format!(
+            "the rows for {table} cannot be sent to their shards: {why}"
+        )),
         // The read before the insert is part of it: as a transient failure.
         SinkError::ColumnsUnread { .. } => Recovery::Retry,
         // Fitted to the table as it is now on the next attempt.
@@ -335,6 +405,54 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn which_failures_are_one_replicas() {
+        let cases: Vec<(clickhouse::error::Error, Option<ReplicaFault>)> = vec![
+            (
+                clickhouse::error::Error::Network("connection refused".into()),
+                Some(ReplicaFault::Unreachable),
+            ),
+            (
+                clickhouse::error::Error::TimedOut,
+                Some(ReplicaFault::Unreachable),
+            ),
+            (
+                ch(
+                    "Code: 242, e.displayText() = DB::Exception: Table is in readonly mode, e.what() = DB::Exception",
+                ),
+                Some(ReplicaFault::RefusesWrites(
+                    "its table is read-only (the replica lost its ZooKeeper session)",
+                )),
+            ),
+            (
+                ch(
+                    "Code: 999, e.displayText() = Coordination::Exception: Connection loss, path: /clickhouse/tables/1/t/t_local/blocks",
+                ),
+                Some(ReplicaFault::RefusesWrites("its ZooKeeper request failed")),
+            ),
+            (
+                ch(
+                    "Code: 319, e.displayText() = DB::Exception: Unknown status, client must retry. Reason: Connection loss",
+                ),
+                Some(ReplicaFault::RefusesWrites(
+                    "ZooKeeper failed during the insert",
+                )),
+            ),
+            // The table's or the rows' own: the same on every replica.
+            (
+                ch("Code: 60. DB::Exception: Table t.x does not exist. (UNKNOWN_TABLE)"),
+                None,
+            ),
+            (
+                ch("Code: 164. DB::Exception: Cannot insert: readonly mode"),
+                None,
+            ),
+        ];
+        for (error, fault) in cases {
+            assert_eq!(replica_fault(&error), fault, "{error}");
+        }
+    }
+
     /// One row per arm of [`classify`].
     #[test]
     fn the_policy_table() {
@@ -354,6 +472,29 @@ mod tests {
             "Code: 202. DB::Exception: Too many simultaneous queries.",
         ));
         assert_eq!(classify(&busy), Recovery::Retry);
+        let no_replica = SinkError::Insert {
+            table: "t.x".into(),
+            error: InsertError::NoReplica {
+                shard: "of shard 2 ".into(),
+                detail: "http://h:1: its table is read-only (…)".into(),
+            },
+        };
+        assert_eq!(
+            classify(&no_replica),
+            Recovery::Hold(
+                "ClickHouse cannot store rows for t.x: no replica of shard 2 takes writes: http://h:1: its table is read-only (…)".into()
+            )
+        );
+        let unroutable = SinkError::Insert {
+            table: "t.x".into(),
+            error: InsertError::Unroutable(
+                "no endpoint of CLICKHOUSE_URL is a replica of shard 2 of cluster c".into(),
+            ),
+        };
+        assert!(matches!(
+            classify(&unroutable),
+            Recovery::Hold(r) if r.starts_with("the rows for t.x cannot be sent to their shards: no endpoint")
+        ));
         let unread = SinkError::ColumnsUnread {
             table: "t.x".into(),
             error: clickhouse::error::Error::TimedOut,

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub use config::SinkConfig;
 pub use error::{RunError, SinkError};
 
+use crate::clickhouse::migrate::MigrateError;
+use crate::clickhouse::replicas::{Replicas, ShapeError};
 use crate::clickhouse::schema::{SchemaError, plan_table};
 use crate::clickhouse::{ClickHouseWriter, client};
 use crate::flow_sink::FlowSink;
@@ -35,16 +37,24 @@ pub async fn run(
     let config = Arc::new(config);
     let health = daemon::health::Health::new(config.stall_after);
     daemon::http::serve_if_configured(config.metrics_addr, &metrics, &health, &shutdown).await;
-    let ch = client::client(&config.clickhouse, Some(&config.clickhouse.database));
-    let Some(caps) = caps_with_retry(&ch, &config, &shutdown).await else {
+    let replicas = Replicas::new(&config.clickhouse, &metrics);
+    let Some(caps) = caps_with_retry(&replicas, &config, &shutdown).await else {
         return Ok(());
     };
     tracing::info!(
         version = ?caps.version,
         insert_checks_types = caps.insert_checks_types,
+        cluster = ?config.clickhouse.cluster,
         "clickhouse server"
     );
-    let writer = Arc::new(ClickHouseWriter::new(ch, caps));
+    if !shape_with_retry(&replicas, &config, &shutdown).await? {
+        return Ok(());
+    }
+    let writer = Arc::new(ClickHouseWriter::new(
+        replicas,
+        caps,
+        config.clickhouse.database.clone(),
+    ));
     let topics = connections::topics::Topics::new(&config.kafka.endpoint)
         .map_err(|e| RunError::Sink(SinkError::Kafka(e)))?;
     let mut sinks = Vec::new();
@@ -97,17 +107,39 @@ fn known_fields(flow: &flows::Flow, topic: &str) -> Option<Vec<String>> {
     Some(source.columns.iter().map(ToString::to_string).collect())
 }
 
-/// The server's capabilities (its version), retrying while ClickHouse is
-/// unreachable. `None` on shutdown.
+/// The server's capabilities (its version, from the first endpoint that
+/// answers), retrying while ClickHouse is unreachable. `None` on shutdown.
 async fn caps_with_retry(
-    client: &::clickhouse::Client,
+    replicas: &Replicas,
     config: &SinkConfig,
     shutdown: &CancellationToken,
 ) -> Option<crate::clickhouse::caps::ServerCaps> {
     until_answered(&config.clickhouse.url, shutdown, || {
-        crate::clickhouse::migrate::server_caps(client)
+        replicas.any(|c| async move { crate::clickhouse::migrate::server_caps(&c).await })
     })
     .await
+}
+
+/// Cluster mode: the cluster's shards and which endpoint is which,
+/// retrying while no endpoint answers. False on shutdown; an error when
+/// the servers have no such cluster.
+async fn shape_with_retry(
+    replicas: &Replicas,
+    config: &SinkConfig,
+    shutdown: &CancellationToken,
+) -> Result<bool, RunError> {
+    let answer = until_answered(&config.clickhouse.url, shutdown, || async {
+        match replicas.learn_shape().await {
+            Err(ShapeError::ClickHouse(unreachable)) => Err(unreachable),
+            answer => Ok(answer),
+        }
+    })
+    .await;
+    match answer {
+        None => Ok(false),
+        Some(Ok(())) => Ok(true),
+        Some(Err(error)) => Err(RunError::Cluster(error.to_string())),
+    }
 }
 
 /// Plans a target table, retrying while ClickHouse is unreachable. `None` on
@@ -122,7 +154,11 @@ async fn plan_with_retry(
 ) -> Result<Option<crate::clickhouse::schema::TablePlan>, RunError> {
     let database = &config.clickhouse.database;
     let answer = until_answered(&config.clickhouse.url, shutdown, || async {
-        match plan_table(writer.client(), database, flow, target, fields).await {
+        let planned = match plan_table(writer.client(), database, flow, target, fields).await {
+            Ok(plan) => writer.resolve(flow, &plan).await.map(|()| plan),
+            error => error,
+        };
+        match planned {
             Err(SchemaError::ClickHouse(unreachable)) => Err(unreachable),
             answer => Ok(answer),
         }
@@ -131,22 +167,38 @@ async fn plan_with_retry(
     answer.transpose().map_err(RunError::Schema)
 }
 
-/// `sink migrate`: waits for ClickHouse (retrying with backoff), then
-/// creates the database and applies the migrations. Returns the names applied.
+/// `sink migrate`: waits for ClickHouse (retrying with backoff: the first
+/// endpoint of `CLICKHOUSE_URL` that answers), then creates the database
+/// and applies the migrations. Returns the names applied.
 pub async fn migrate_with_retry(
     cfg: &crate::clickhouse::ClickHouseConfig,
     migrations: &[flows::migrations::Migration],
     shutdown: &CancellationToken,
-) -> Result<Vec<String>, ::clickhouse::error::Error> {
-    let root = client::client(cfg, None);
-    let db = client::client(cfg, Some(&cfg.database));
-    let reachable = until_answered(&cfg.url, shutdown, || {
-        crate::clickhouse::migrate::server_caps(&root)
+) -> Result<Vec<String>, MigrateError> {
+    let answering = until_answered(&cfg.url, shutdown, || async {
+        let mut last = None;
+        for url in cfg.endpoints() {
+            let root = client::client_at(cfg, url, None);
+            match crate::clickhouse::migrate::server_caps(&root).await {
+                Ok(_) => return Ok(url.to_owned()),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or(::clickhouse::error::Error::TimedOut))
     });
-    if reachable.await.is_none() {
+    let Some(url) = answering.await else {
         return Ok(Vec::new());
-    }
-    crate::clickhouse::migrate::migrate(&root, &db, &cfg.database, migrations).await
+    };
+    let root = client::client_at(cfg, &url, None);
+    let db = client::client_at(cfg, &url, Some(&cfg.database));
+    crate::clickhouse::migrate::migrate(
+        &root,
+        &db,
+        &cfg.database,
+        cfg.cluster.as_deref(),
+        migrations,
+    )
+    .await
 }
 
 /// Calls `attempt` until ClickHouse answers it, backing off while it fails
@@ -166,7 +218,7 @@ where
             Ok(answer) => return Some(answer),
             Err(error) => {
                 let retry_in_ms = backoff.upcoming().as_millis() as u64;
-                tracing::warn!(url = %flows::settings::redact_url(url), %error, retry_in_ms, "clickhouse unreachable");
+                tracing::warn!(url = %flows::settings::redact_urls(url), %error, retry_in_ms, "clickhouse unreachable");
                 if !backoff.wait(shutdown).await {
                     return None;
                 }

@@ -8,6 +8,7 @@
 //! docs/testing.md says which test proves what.
 
 mod broker;
+mod ch_cluster;
 mod cluster;
 mod commit_order;
 mod config;

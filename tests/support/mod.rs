@@ -14,6 +14,9 @@
 //!   CA and users (scripts/test.sh sets them all; see `broker`).
 //! - `TEST_KAFKA_JARS`, `TEST_CLUSTER_PORT`: the three-broker cluster the
 //!   cluster tests start themselves (see `cluster`).
+//! - `TEST_CH_CLUSTER_URLS`, `TEST_CH_CLUSTER_NAME`: the ClickHouse cluster
+//!   of 2 shards × 2 replicas the cluster tests need (`ch_cluster`;
+//!   scripts/ch-cluster-test.sh starts it and sets them).
 //! - `TEST_BACKEND`: `local` (the services above), `testcontainers`
 //!   (Postgres, Kafka and ClickHouse containers as docker-compose.yml
 //!   describes them, started by the test process: `containers`). `local`
@@ -23,6 +26,7 @@
 
 pub mod broker;
 pub mod browser;
+pub mod ch_cluster;
 pub mod cluster;
 pub mod compose;
 pub mod containers;

@@ -355,6 +355,7 @@ impl TestStack {
                 password: self.clickhouse_password.clone(),
                 database: self.name.clone(),
                 ca_file: None,
+                cluster: None,
             },
             Some(&self.name),
         )

@@ -106,7 +106,14 @@ async fn migrate(env: &Env) -> Result<ExitCode, ExitCode> {
     let shutdown = signals(NAME)?;
     let applied = sink::migrate_with_retry(&cfg, &migrations, &shutdown)
         .await
-        .map_err(|e| failure("sink migrate", &e))?;
+        .map_err(|e| match e.is_setting() {
+            // A cluster the servers lack, a migration without a cluster form.
+            true => bad_setting(
+                NAME,
+                &SettingError::new("CLICKHOUSE_CLUSTER", e.to_string()),
+            ),
+            false => failure("sink migrate", &e),
+        })?;
     tracing::info!(applied = ?applied, "clickhouse migrations up to date");
     Ok(ExitCode::SUCCESS)
 }
@@ -119,6 +126,18 @@ async fn run(env: &Env) -> Result<ExitCode, ExitCode> {
     match sink::run(config, daemon::metrics::Metrics::default(), shutdown).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(RunError::Panicked(panic)) => Err(outbox_cli::panicked(NAME, &panic)),
+        // Tables of another mode than CLICKHOUSE_CLUSTER says, or a
+        // cluster the servers do not have: a configuration error.
+        Err(RunError::Schema(e @ sink::clickhouse::schema::SchemaError::Cluster { .. })) => {
+            Err(bad_setting(
+                NAME,
+                &SettingError::new("CLICKHOUSE_CLUSTER", e.to_string()),
+            ))
+        }
+        Err(RunError::Cluster(e)) => Err(bad_setting(
+            NAME,
+            &SettingError::new("CLICKHOUSE_CLUSTER", e),
+        )),
         // A flow contradicting its tables is a configuration error.
         Err(RunError::Schema(e)) => Err(bad_setting(
             NAME,

@@ -291,6 +291,44 @@ impl Kind for Url {
     }
 }
 
+/// One URL or several separated by commas (each with one of `schemes`
+/// and a valid port: `http://a:8123,http://b:8123`), checked and shown
+/// like [`Url`]. The value is the text as given; its reader splits it.
+pub struct UrlList {
+    pub schemes: &'static [&'static str],
+}
+
+impl Kind for UrlList {
+    type Value = String;
+    type Default = &'static str;
+    fn parse(&self, raw: &str) -> Result<String, String> {
+        let entries: Vec<&str> = raw.split(',').map(str::trim).collect();
+        for (i, entry) in entries.iter().enumerate() {
+            if entry.is_empty() {
+                return Err(format!("endpoint {} is empty", i + 1));
+            }
+            super::check_url("", entry, self.schemes).map_err(|e| match entries.len() {
+                1 => e.reason,
+                _ => format!("endpoint {}: {}", i + 1, e.reason),
+            })?;
+        }
+        Ok(raw.to_owned())
+    }
+    fn value(&self, default: &'static str) -> String {
+        default.to_owned()
+    }
+    fn show(&self, default: &'static str) -> String {
+        default.to_owned()
+    }
+    fn describe(&self) -> String {
+        let schemes: Vec<String> = self.schemes.iter().map(|s| format!("`{s}://`")).collect();
+        format!("URLs ({}), comma-separated", schemes.join(", "))
+    }
+    fn redact(&self, raw: &str) -> String {
+        super::redact_urls(raw)
+    }
+}
+
 /// Kafka bootstrap servers: `host:port[,host:port…]`, each optionally with
 /// a `scheme://`, no empty entry, ports that are numbers.
 pub struct Brokers;
@@ -530,6 +568,22 @@ mod tests {
         assert!(Brokers.parse("h:99999").is_err());
         assert!(Brokers.parse("SSL://h:1,h").is_ok());
         assert!(Url { schemes: &["http"] }.parse("http://h:port").is_err());
+        let urls = UrlList {
+            schemes: &["http", "https"],
+        };
+        assert!(urls.parse("http://a:8123, https://b:8443").is_ok());
+        assert_eq!(
+            urls.parse("http://a:8123,b:8123"),
+            Err("endpoint 2: expected a URL starting with http://".to_owned())
+        );
+        assert_eq!(
+            urls.parse("http://a:8123,,http://b"),
+            Err("endpoint 2 is empty".to_owned())
+        );
+        assert_eq!(
+            urls.redact("http://u:pw@a:1,http://b:2"),
+            "http://u:***@a:1,http://b:2"
+        );
         assert!(Identifier.parse("a;b").is_err());
         assert!(KafkaName.parse("a b").is_err());
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::kind::{
     Brokers, Choice, Identifier, Ignored, KafkaName, List, Listen, Millis, MillisOrOff, Path, Text,
-    TopicConfigs, Url, Whole, loopback,
+    TopicConfigs, Url, UrlList, Whole, loopback,
 };
 use super::setting::{Declared, Reader, Setting, Unset};
 
@@ -381,14 +381,21 @@ pub const KAFKA_COMMIT_TIMEOUT_MS: Setting<Millis> = Setting::new(
 
 // ClickHouse: the sink.
 
-pub const CLICKHOUSE_URL: Setting<Url> = Setting::new(
+pub const CLICKHOUSE_URL: Setting<UrlList> = Setting::new(
     "CLICKHOUSE_URL",
     SINK,
-    Url {
+    UrlList {
         schemes: &["http", "https"],
     },
     Unset::Required,
-    "`http://host:8123` or `https://host:8443`",
+    "`http://host:8123` or `https://host:8443`; several, comma-separated, are replicas the sink writes to in this order, leaving one that is down or refuses writes for the next and taking it back when healthy (with `CLICKHOUSE_CLUSTER`: the replicas of every shard, see [Running on clusters](clusters.md#clickhouse))",
+);
+pub const CLICKHOUSE_CLUSTER: Setting<Identifier> = Setting::new(
+    "CLICKHOUSE_CLUSTER",
+    SINK,
+    Identifier,
+    Unset::Means("one server: plain tables"),
+    "a cluster of the servers' `remote_servers`: `sink migrate` creates each table `ON CLUSTER` as a Replicated table per shard behind a `Distributed` table of the table's name, and the sink writes each row straight into its shard ([Running on clusters](clusters.md#clickhouse))",
 );
 pub const CLICKHOUSE_USER: Setting<Text> = Setting::new(
     "CLICKHOUSE_USER",
@@ -650,6 +657,7 @@ pub static GROUPS: &[Group] = &[
         about: "Where the sink stores the rows.",
         settings: &[
             &CLICKHOUSE_URL,
+            &CLICKHOUSE_CLUSTER,
             &CLICKHOUSE_USER,
             &CLICKHOUSE_PASSWORD,
             &CLICKHOUSE_DATABASE,

@@ -19,22 +19,41 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct ClickHouseConfig {
+    /// One endpoint, or several separated by commas (`CLICKHOUSE_URL`):
+    /// see [`ClickHouseConfig::endpoints`].
     pub url: String,
     pub user: String,
     pub password: Option<String>,
     pub database: String,
     /// PEM CA bundle for an `https://` URL; `None` = the system's CAs.
     pub ca_file: Option<String>,
+    /// `CLICKHOUSE_CLUSTER`: the cluster (of the servers' `remote_servers`)
+    /// the tables are spread over; `None` = plain tables on one server (or
+    /// on every endpoint alike).
+    pub cluster: Option<String>,
+}
+
+impl ClickHouseConfig {
+    /// The endpoints of `url`, in the order given (the order the sink
+    /// prefers replicas in).
+    pub fn endpoints(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for ClickHouseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClickHouseConfig")
-            .field("url", &flows::settings::redact_url(&self.url))
+            .field("url", &flows::settings::redact_urls(&self.url))
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("database", &self.database)
             .field("ca_file", &self.ca_file)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -52,16 +71,24 @@ fn https(
     Ok(HttpsConnector::with_connector(http, ssl)?)
 }
 
-/// A client bound to `database` (or to no database, for CREATE DATABASE).
+/// A client of the first endpoint, bound to `database` (or to no
+/// database, for CREATE DATABASE): for queries any endpoint answers alike
+/// (status, reconcile, the dashboard). The sink's writes go through
+/// [`super::replicas::Replicas`], which uses every endpoint.
 pub fn client(cfg: &ClickHouseConfig, database: Option<&str>) -> Client {
+    let first = cfg.endpoints().first().copied().unwrap_or("").to_owned();
+    client_at(cfg, &first, database)
+}
+
+/// A client of the endpoint `url` (one of `cfg`'s), bound to `database`.
+pub fn client_at(cfg: &ClickHouseConfig, url: &str, database: Option<&str>) -> Client {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
     let builder = HyperClient::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .clone();
-    let tls = cfg
-        .url
+    let tls = url
         .starts_with("https://")
         .then(|| https(connector.clone(), cfg.ca_file.as_deref()));
     let client = match tls {
@@ -75,7 +102,7 @@ pub fn client(cfg: &ClickHouseConfig, database: Option<&str>) -> Client {
         None => Client::with_http_client(builder.build(connector)),
     };
     let mut client = client
-        .with_url(cfg.url.trim_end_matches('/'))
+        .with_url(url.trim_end_matches('/'))
         .with_user(cfg.user.clone())
         .with_compression(Compression::None)
         .with_validation(false);

@@ -354,6 +354,58 @@ pub fn convert(rows: &[u8], from: &[&ChType], to: &[&ChType]) -> Result<BytesMut
     Ok(out)
 }
 
+/// `rows` (RowBinary for the column `types`) split into `parts` blocks,
+/// each row going to `place(its value of column key)` — an integer
+/// column's value in 64 bits, sign-extended where the type is signed.
+/// Rows keep their order within a block; rows cut short are an error.
+pub fn rows_by_key(
+    rows: &[u8],
+    types: &[&ChType],
+    key: usize,
+    parts: usize,
+    mut place: impl FnMut(u64) -> usize,
+) -> Result<Vec<BytesMut>, String> {
+    let Some((width, signed)) = types.get(key).and_then(|ty| int_width(ty)) else {
+        return Err("the sharding key's column is not an integer column".to_owned());
+    };
+    let mut out: Vec<BytesMut> = (0..parts).map(|_| BytesMut::new()).collect();
+    let mut input = rows;
+    while !input.is_empty() {
+        let start = input;
+        let mut value = 0u64;
+        for (i, ty) in types.iter().enumerate() {
+            if i == key {
+                let n = if signed {
+                    read_signed(&mut input, width)? as i64 as u64
+                } else {
+                    u64::from_le_bytes(widen_le(take(&mut input, width)?))
+                };
+                value = n;
+                continue;
+            }
+            skip_value(ty, &mut input)?;
+        }
+        let row = &start[..start.len() - input.len()];
+        let part = place(value);
+        out.get_mut(part)
+            .ok_or_else(|| format!("no block {part} of {parts}"))?
+            .put_slice(row);
+    }
+    Ok(out)
+}
+
+/// Moves `input` past one value of type `ty`.
+fn skip_value(ty: &ChType, input: &mut &[u8]) -> Result<(), String> {
+    if let ChType::Nullable(inner) = ty {
+        if take(input, 1)?[0] != 0 {
+            return Ok(());
+        }
+        return skip_value(inner, input);
+    }
+    let len = value_len(ty, input)?;
+    take(input, len).map(|_| ())
+}
+
 fn convert_value(
     from: &ChType,
     to: &ChType,
@@ -605,6 +657,36 @@ mod tests {
         assert_eq!(&bytes[12..20], &2u64.to_le_bytes());
         assert_eq!(&bytes[20..28], &1_704_164_645_250i64.to_le_bytes());
         assert!(encode(&cols[..1], json!({"ip": "300.1.1.1"})).is_err());
+    }
+
+    #[test]
+    fn rows_split_by_their_key_whatever_the_columns_before_it() {
+        let cols = [
+            plan("name", "Nullable(String)"),
+            plan("n", "Int32"),
+            plan("d", "Decimal32(2)"),
+        ];
+        let rows: Vec<Value> = (-3i32..4)
+            .map(|n| json!({"name": if n % 2 == 0 { Value::Null } else { json!("x".repeat(n.unsigned_abs() as usize)) }, "n": n, "d": "1.50"}))
+            .collect();
+        let mut all = BytesMut::new();
+        let mut expected: [Vec<u8>; 2] = Default::default();
+        for row in &rows {
+            let Value::Object(map) = row else { panic!() };
+            let mut one = BytesMut::new();
+            encode_row(&cols, map, &mut one).unwrap_or_else(|e| panic!("{e}"));
+            let n = row["n"].as_i64().unwrap_or(0);
+            expected[usize::from(n < 0)].extend_from_slice(&one);
+            all.extend_from_slice(&one);
+        }
+        let types: Vec<&ChType> = cols.iter().map(|c| &c.ty).collect();
+        // Negative values arrive sign-extended: their top bit is set.
+        let parts = rows_by_key(&all, &types, 1, 2, |v| usize::from(v >> 63 == 1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parts[0].to_vec(), expected[0]);
+        assert_eq!(parts[1].to_vec(), expected[1]);
+        assert!(rows_by_key(&all[..all.len() - 1], &types, 1, 2, |_| 0).is_err());
+        assert!(rows_by_key(&all, &types, 0, 2, |_| 0).is_err());
     }
 
     /// Rows encoded for `from`, converted to `to`.

@@ -38,6 +38,13 @@ pub enum SchemaError {
         column: String,
         field: String,
     },
+    /// The table is not what `CLICKHOUSE_CLUSTER` (set or not) expects.
+    #[error("flow `{flow}`: ClickHouse table {table}: {reason}")]
+    Cluster {
+        flow: String,
+        table: String,
+        reason: String,
+    },
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
 }
@@ -69,12 +76,8 @@ impl TablePlan {
         columns: Vec<ColumnPlan>,
         headers: Vec<String>,
     ) -> Self {
-        let names: Vec<String> = columns
-            .iter()
-            .map(|c| format!("`{}`", c.column.replace('`', "\\`")))
-            .collect();
         Self {
-            insert_into: format!("INSERT INTO {sql_table} ({})", names.join(", ")),
+            insert_into: insert_into(sql_table, &columns),
             types_header: types_header(&columns),
             table,
             topic,
@@ -82,6 +85,20 @@ impl TablePlan {
             headers,
         }
     }
+
+    /// `INSERT INTO sql_table (…)` of this plan's columns, into another
+    /// table of the same columns (a shard's local table).
+    pub fn insert_into_table(&self, sql_table: &str) -> String {
+        insert_into(sql_table, &self.columns)
+    }
+}
+
+fn insert_into(sql_table: &str, columns: &[ColumnPlan]) -> String {
+    let names: Vec<String> = columns
+        .iter()
+        .map(|c| format!("`{}`", c.column.replace('`', "\\`")))
+        .collect();
+    format!("INSERT INTO {sql_table} ({})", names.join(", "))
 }
 
 fn types_header(columns: &[ColumnPlan]) -> Bytes {

@@ -15,8 +15,9 @@ use daemon::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use crate::clickhouse::schema::{Fit, TablePlan, column_types, fit, retyped};
+use crate::clickhouse::schema::{Fit, TablePlan, fit, retyped};
 use crate::clickhouse::types::ChType;
+use crate::clickhouse::writer::{ColumnsNow, ShardsDone};
 use crate::error::{Recovery, SinkError, classify};
 use crate::stats::TableStats;
 
@@ -29,6 +30,8 @@ struct Insert<'p> {
     refit: bool,
     /// The table's inserts are held (the flow not ready).
     held: bool,
+    /// On a cluster, the shards that stored their rows already.
+    done: ShardsDone,
 }
 
 impl Context {
@@ -48,6 +51,7 @@ impl Context {
             rows,
             refit: !self.writer.caps().insert_checks_types,
             held: false,
+            done: ShardsDone::new(),
         };
         loop {
             let error = match self.try_insert(&mut insert).await {
@@ -107,7 +111,7 @@ impl Context {
             None
         };
         self.writer
-            .insert(&insert.plan, insert.rows.clone())
+            .insert(&insert.plan, insert.rows.clone(), &mut insert.done)
             .await
             .map_err(|error| SinkError::Insert {
                 table: insert.plan.table.clone(),
@@ -116,7 +120,7 @@ impl Context {
         let Some(before) = before else {
             return Ok(());
         };
-        let after = self.columns(&insert.plan.table).await?;
+        let after = self.columns(&insert.plan).await?;
         match retyped(&insert.plan, &before, &after) {
             Some(column) => Err(SinkError::ChangedDuringInsert {
                 table: insert.plan.table.clone(),
@@ -126,18 +130,25 @@ impl Context {
         }
     }
 
-    /// The table's columns now ([`column_types`]).
-    async fn columns(&self, table: &str) -> Result<Vec<(String, String)>, SinkError> {
-        let database = &self.config.clickhouse.database;
-        column_types(self.writer.client(), database, table)
-            .await
-            .map_err(|error| {
-                tracing::warn!(flow = self.name(), table, %error, "cannot read the target table's columns around the insert; retrying, offsets not committed");
-                SinkError::ColumnsUnread {
-                    table: table.to_string(),
+    /// The columns `plan`'s rows go into now
+    /// ([`ClickHouseWriter::columns_now`](crate::clickhouse::writer::ClickHouseWriter::columns_now):
+    /// on a cluster, every shard's local table, which must agree).
+    async fn columns(&self, plan: &TablePlan) -> Result<Vec<(String, String)>, SinkError> {
+        let table = &plan.table;
+        match self.writer.columns_now(plan).await {
+            Ok(now) => Ok(now),
+            Err(ColumnsNow::Unread(error)) => {
+                tracing::warn!(flow = self.name(), %table, %error, "cannot read the target table's columns around the insert; retrying, offsets not committed");
+                Err(SinkError::ColumnsUnread {
+                    table: table.clone(),
                     error,
-                }
-            })
+                })
+            }
+            Err(ColumnsNow::Differ(reason)) => Err(SinkError::Unfit {
+                table: table.clone(),
+                reason,
+            }),
+        }
     }
 
     /// Compares the types `rows` were encoded for (`plan`) with the table's
@@ -150,7 +161,7 @@ impl Context {
         plan: &TablePlan,
         rows: &Bytes,
     ) -> Result<(Vec<(String, String)>, Option<(TablePlan, Bytes)>), SinkError> {
-        let now = self.columns(&plan.table).await?;
+        let now = self.columns(plan).await?;
         if now.is_empty() {
             return Ok((now, None));
         }
