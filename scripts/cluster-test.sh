@@ -19,5 +19,5 @@ kafka_jars
 export TEST_KAFKA_JARS=$KAFKA_CACHE/libs
 ensure_build_deps
 start=$SECONDS
-cargo test -p outbox-tests --test it "$@" -- cluster:: --test-threads=1
+cargo test -p outbox-tests --test it "$@" -- cluster:: --skip ch_cluster:: --test-threads=1
 log "cluster tests: $((SECONDS - start)) s"

@@ -81,6 +81,20 @@ impl ClusterOptions {
     }
 }
 
+/// The Kafka version docker-compose.yml pins: the first `image:` line naming
+/// `apache/kafka:<version>`, also inside a default such as
+/// `${KAFKA_IMAGE:-apache/kafka:4.1.1}` (as scripts/kafka-lib.sh reads it).
+fn compose_kafka_version(compose: &str) -> Option<&str> {
+    compose.lines().find_map(|line| {
+        let image = line.trim().strip_prefix("image:")?;
+        let (_, rest) = image.split_once("apache/kafka:")?;
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        (end > 0).then(|| &rest[..end])
+    })
+}
+
 /// `KAFKA_JARS`, or where `scripts/kafka-lib.sh` puts the jars of the
 /// version docker-compose.yml pins (`$KAFKA_CACHE/libs`, by default
 /// `~/.cache/outbox-relay/kafka-<version>/libs`).
@@ -94,11 +108,8 @@ pub fn default_jars() -> Result<PathBuf> {
             let compose = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml");
             let text = std::fs::read_to_string(&compose)
                 .with_context(|| format!("reading {}", compose.display()))?;
-            let version = text
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("image: apache/kafka:"))
-                .context("no apache/kafka image in docker-compose.yml")?
-                .trim();
+            let version = compose_kafka_version(&text)
+                .context("no apache/kafka image version in docker-compose.yml")?;
             let base = std::env::var_os("XDG_CACHE_HOME")
                 .map(PathBuf::from)
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
@@ -750,5 +761,23 @@ mod tests {
         let id = cluster_id().unwrap_or_default();
         assert_eq!(id.len(), 22, "{id}");
         assert!(!id.starts_with('-'));
+    }
+}
+
+#[cfg(test)]
+mod compose_version_tests {
+    use super::compose_kafka_version;
+
+    #[test]
+    fn reads_the_version_plain_or_inside_an_image_setting() {
+        assert_eq!(
+            compose_kafka_version("    image: apache/kafka:4.1.1\n"),
+            Some("4.1.1")
+        );
+        assert_eq!(
+            compose_kafka_version("  x:\n    image: ${KAFKA_IMAGE:-apache/kafka:4.1.1}\n"),
+            Some("4.1.1")
+        );
+        assert_eq!(compose_kafka_version("    image: postgres:16\n"), None);
     }
 }
