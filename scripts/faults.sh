@@ -33,10 +33,14 @@ while IFS='=' read -r name value; do export "TEST_$name=$value"; done < <(script
 ensure_build_deps
 cargo build --workspace --bins --quiet
 status=0
+# The tests' own lines are kept too: a test that failed before writing its
+# row is named under the table, never left out silently.
+TEST_LOG=$ROOT/target/faults-$FAULT_ROUNDS.log
 cargo test -p outbox-tests --test it -- --test-threads=1 faults:: etl::kill_9 commit_order:: \
-    retention:: schema_change:: resend:: broker:: cluster:: ch_cluster:: >&2 || status=$?
+    retention:: schema_change:: resend:: broker:: cluster:: ch_cluster:: 2>&1 | tee "$TEST_LOG" >&2 \
+    || status=$?
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!docs' ':!README.md' || echo "+uncommitted")
-table=$(python3 - "$FAULT_RESULTS" "$commit" "$FAULT_ROUNDS" <<'PY'
+table=$(python3 - "$FAULT_RESULTS" "$commit" "$FAULT_ROUNDS" "$TEST_LOG" <<'PY'
 import datetime, json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print(f"Run of commit `{sys.argv[2]}`, {datetime.date.today()}, `FAULT_ROUNDS={sys.argv[3]}` "
@@ -47,6 +51,10 @@ for r in rows:
     print(f"| {r['fault']} | {r['injected']} | {r['rows_sent']} | {r['rows_lost']} | {r['doubled_in_view']} | "
           f"{r['raw_duplicates']} | {r['recovery_ms'] / 1000:.1f} s | {r['note']} |")
 bad = [r["fault"] for r in rows if r["rows_lost"] or r["doubled_in_view"]]
+failed = [l.split()[1] for l in open(sys.argv[4], errors="replace")
+          if l.startswith("test ") and l.rstrip().endswith("FAILED")]
+if failed:
+    bad += [f"test `{t}` (no row: it failed before writing one)" for t in failed]
 if bad:
     print(f"\n**Failed:** {', '.join(bad)}")
 PY
