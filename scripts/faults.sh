@@ -11,7 +11,8 @@
 # run on the real broker (the mock-only Kafka faults on the mock cluster,
 # the cluster faults of tests/it/cluster.rs on three brokers they start, the
 # ClickHouse cluster's of tests/it/ch_cluster.rs on a 2×2 cluster of their
-# own), each writing the numbers it measured. The table goes to docs/faults.md,
+# own, Postgres failover of tests/it/pg_failover.rs on a primary and standby
+# of their own), each writing the numbers it measured. The table goes to docs/faults.md,
 # stamped with the commit and date. Exits non-zero, after writing, if a test failed or a row
 # lost or doubled anything.
 set -euo pipefail
@@ -37,7 +38,7 @@ status=0
 # row is named under the table, never left out silently.
 TEST_LOG=$ROOT/target/faults-$FAULT_ROUNDS.log
 cargo test -p outbox-tests --test it -- --test-threads=1 faults:: etl::kill_9 commit_order:: \
-    retention:: schema_change:: resend:: broker:: cluster:: ch_cluster:: 2>&1 | tee "$TEST_LOG" >&2 \
+    retention:: schema_change:: resend:: broker:: cluster:: ch_cluster:: pg_failover:: 2>&1 | tee "$TEST_LOG" >&2 \
     || status=$?
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!docs' ':!README.md' || echo "+uncommitted")
 table=$(python3 - "$FAULT_RESULTS" "$commit" "$FAULT_ROUNDS" "$TEST_LOG" <<'PY'

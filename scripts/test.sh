@@ -41,8 +41,10 @@ log "testing"
 # run in scripts/cluster-test.sh, the ClickHouse cluster tests (ch_cluster::,
 # a cluster of their own) in scripts/ch-cluster-test.sh (.ci/run calls both);
 # the systemd units need the testcontainers backend (tests/it/systemd.rs).
-cargo test --workspace "$@" -- --skip faults:: --skip cluster:: --skip ch_cluster::
+cargo test --workspace "$@" -- --skip faults:: --skip cluster:: --skip ch_cluster:: --skip pg_failover::
+# The fault suite and the Postgres failover tests (a primary and a standby of
+# their own, killed and promoted), one test at a time.
 log "the fault suite"
-cargo test -p outbox-tests --test it "$@" -- faults:: --test-threads=1
+cargo test -p outbox-tests --test it "$@" -- faults:: pg_failover:: --test-threads=1
 log "checking what the sink sends a current ClickHouse (chdb)"
 scripts/chdb-check.sh

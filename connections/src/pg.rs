@@ -22,10 +22,35 @@ use flows::settings::redact_url;
 
 /// tokio-postgres displays server errors as just "db error"; show the
 /// server's message (never a parameter value).
+/// Other errors show what caused them too (tokio-postgres's own text stops
+/// at e.g. "error connecting to server").
 pub fn detail(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// What tokio-postgres says when `target_session_attrs=read-write` found
+/// no host taking writes (each one a standby, or read-only by setting).
+const NO_WRITABLE_HOST: &str = "database does not allow writes";
+
+impl PgConnectError {
+    /// Whether every host answered but none takes writes: with
+    /// `target_session_attrs=read-write`, no primary among the hosts (a
+    /// failover under way: the standby not yet promoted).
+    pub fn no_primary(&self) -> bool {
+        matches!(self, Self::Postgres(e) if detail(e).contains(NO_WRITABLE_HOST))
     }
 }
 
@@ -41,7 +66,7 @@ pub enum PgConnectError {
     Tls(#[from] openssl::error::ErrorStack),
     #[error("TLS set-up: {0}")]
     Trust(#[from] crate::tls::TrustError),
-    #[error(transparent)]
+    #[error("{}", detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -241,8 +266,24 @@ pub async fn connect_once(url: &str) -> Result<(Client, PgConnection), PgConnect
 /// Connects, retrying with backoff until it succeeds or `shutdown` fires
 /// (then `None`). The connection is driven by a spawned task.
 pub async fn connect(url: &str, purpose: &str, shutdown: &CancellationToken) -> Option<Client> {
-    let (client, connection) =
-        until_reachable(url, purpose, shutdown, || connect_once(url)).await?;
+    connect_observed(url, purpose, shutdown, |_| {}).await
+}
+
+/// [`connect`], telling `seen` of every failed attempt (`Some`, with why)
+/// and of the success (`None`): e.g. for `/readyz` to name the reason.
+pub async fn connect_observed(
+    url: &str,
+    purpose: &str,
+    shutdown: &CancellationToken,
+    seen: impl Fn(Option<&PgConnectError>),
+) -> Option<Client> {
+    let seen = &seen;
+    let attempt = move || async move {
+        let result = connect_once(url).await;
+        seen(result.as_ref().err());
+        result
+    };
+    let (client, connection) = until_reachable(url, purpose, shutdown, attempt).await?;
     let owner = purpose.to_owned();
     tokio::spawn(async move {
         if let Err(error) = connection.await {

@@ -501,6 +501,21 @@ mod tests {
             "postgres://u:***@h:5432/db?***"
         );
         assert_eq!(redact_url("http://h:8123"), "http://h:8123");
+        // Several Postgres hosts (a failover pair): one URL.
+        assert_eq!(
+            redact_url(
+                "postgres://u:secret@pg-a:5432,pg-b:5432/db?target_session_attrs=read-write"
+            ),
+            "postgres://u:***@pg-a:5432,pg-b:5432/db?***"
+        );
+        assert!(
+            check_url(
+                "DATABASE_URL",
+                "postgres://u:secret@pg-a:5432,pg-b:5432/db?target_session_attrs=read-write",
+                &["postgres", "postgresql"],
+            )
+            .is_ok()
+        );
         assert_eq!(
             redact_urls("http://h:8123,http://u:secret@g:8123"),
             "http://h:8123,http://u:***@g:8123"

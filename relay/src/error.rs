@@ -18,6 +18,14 @@ pub enum RelayError {
     Join(#[from] tokio::task::JoinError),
     #[error("postgres: {0}")]
     Connect(#[from] connections::pg::PgConnectError),
+    /// The session takes no writes: the server is a standby (or
+    /// `default_transaction_read_only` is on). Not ready, reconnecting: a
+    /// multi-host `DATABASE_URL` finds the primary once one is promoted.
+    #[error(
+        "postgres: the server takes no writes (a standby, or default_transaction_read_only=on); \
+         the relay needs the primary: name every host in DATABASE_URL with target_session_attrs=read-write"
+    )]
+    ReadOnly,
     /// A worker panicked (a bug): the relay stops, exit code 101.
     #[error(transparent)]
     Panicked(daemon::workers::Panic),
@@ -76,6 +84,8 @@ pub fn classify(err: &RelayError) -> Recovery {
         // ends it by its own timeouts); its locks go to whoever asks next.
         RelayError::Stuck { .. } => Recovery::Reconnect,
         RelayError::Connect(_) => Recovery::Reconnect,
+        // A standby: the next connection may reach the promoted primary.
+        RelayError::ReadOnly => Recovery::Reconnect,
         // Fenced: a standby with our transactional id took over while this
         // relay was frozen. Step down: drop the sessions (the transaction is
         // rolled back, nothing flagged) and stand by for the locks again —
@@ -148,6 +158,7 @@ mod tests {
                 )),
                 Recovery::Retry,
             ),
+            (RelayError::ReadOnly, Recovery::Reconnect),
             (
                 RelayError::Panicked(daemon::workers::Panic {
                     place: "flow".into(),

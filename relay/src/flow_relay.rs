@@ -73,6 +73,9 @@ pub fn leader_key(flow: &str, lane: usize) -> String {
     Shard::WHOLE.lane_key(flow, lane)
 }
 
+/// The health cause of Postgres not giving this loop a writable session.
+const POSTGRES_CAUSE: &str = "postgres";
+
 /// Why leading ended without an error.
 enum Ended {
     Shutdown,
@@ -88,14 +91,13 @@ impl FlowRelay {
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
             self.beats.beat(&flow);
-            let Some(client) = self
-                .beating(connections::pg::connect(
-                    &self.config.postgres.url,
-                    &flow,
-                    &shutdown,
-                ))
-                .await
-            else {
+            let connect = connections::pg::connect_observed(
+                &self.config.postgres.url,
+                &flow,
+                &shutdown,
+                |failed| self.postgres_seen(failed),
+            );
+            let Some(client) = self.beating(connect).await else {
                 break;
             };
             // Dropping the clients (either way out) closes both sessions,
@@ -110,6 +112,9 @@ impl FlowRelay {
                 }
                 Err(err) if classify(&err) == Recovery::Fatal => return Err(err),
                 Err(error) => {
+                    if matches!(error, RelayError::ReadOnly) {
+                        self.health.block(POSTGRES_CAUSE, &error.to_string());
+                    }
                     let retry_in_ms = backoff.upcoming().as_millis() as u64;
                     tracing::warn!(flow, %error, retry_in_ms, "relay session lost; reconnecting");
                     backoff.wait(&shutdown).await;
@@ -134,6 +139,8 @@ impl FlowRelay {
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<Ended, RelayError> {
+        self.writable(&first).await?;
+        self.health.unblock(POSTGRES_CAUSE);
         let sources = self.inspect_sources(&first).await?;
         let Some(lanes) = self.open_lanes(first, shutdown).await? else {
             return Ok(Ended::Shutdown);
@@ -159,6 +166,38 @@ impl FlowRelay {
             led.stats.show_waiting_for(0);
         }
         result
+    }
+
+    /// A connection failed (`Some`): not ready, saying why — no primary
+    /// among the hosts, or none reachable — until `lead` gets a writable
+    /// session.
+    fn postgres_seen(&self, failed: Option<&connections::pg::PgConnectError>) {
+        let Some(error) = failed else { return };
+        let reason = if error.no_primary() {
+            "postgres: no host of DATABASE_URL takes writes (only standbys answer: a failover under way?); retrying".to_owned()
+        } else {
+            format!("postgres unreachable: {error}; retrying")
+        };
+        self.health.block(POSTGRES_CAUSE, &reason);
+    }
+
+    /// Err([`RelayError::ReadOnly`]) when `client`'s server takes no
+    /// writes: a standby reached by a URL without
+    /// `target_session_attrs=read-write`.
+    async fn writable(&self, client: &Client) -> Result<(), RelayError> {
+        let read_only = within(
+            self.config.postgres.query_timeout,
+            "SHOW transaction_read_only",
+            client.query_one(
+                "SELECT current_setting('transaction_read_only') = 'on'",
+                &[],
+            ),
+        )
+        .await?;
+        if read_only.get::<_, bool>(0) {
+            return Err(RelayError::ReadOnly);
+        }
+        Ok(())
     }
 
     /// Checks every source table of the flow against the database.

@@ -49,10 +49,6 @@ fn id_counts(records: &[Record]) -> BTreeMap<i64, usize> {
     counts
 }
 
-fn log_of(daemon: &Daemon) -> String {
-    std::fs::read_to_string(&daemon.log).unwrap_or_default()
-}
-
 fn with(env: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut env = env.to_vec();
     for (k, v) in extra {
@@ -60,17 +56,6 @@ fn with(env: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String
         env.push(((*k).to_owned(), (*v).to_owned()));
     }
     env
-}
-
-/// Whether the process is stopped (SIGSTOP): state `T` in /proc.
-fn is_stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(") ")
-                .map(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
-        })
-        .unwrap_or(false)
 }
 
 /// Claim 1: a batch produced and then aborted — the relay dies after the
@@ -98,7 +83,8 @@ async fn an_aborted_relay_batch_is_invisible_and_its_rows_are_published_again() 
         status.is_some_and(|s| !s.success()),
         "the relay aborted at its crash point: {status:?}"
     );
-    let hits = log_of(&crashing)
+    let hits = crashing
+        .log_text()
         .matches("failpoint relay-before-kafka-commit: aborting")
         .count();
     assert_eq!(hits, 1, "the crash point was hit once");
@@ -169,10 +155,10 @@ async fn a_frozen_relay_is_fenced_when_it_wakes_and_steps_down() -> anyhow::Resu
         "the active relay frozen mid-transaction",
         ARRIVAL,
         || async {
-            Ok(
-                log_of(&zombie).contains("failpoint relay-before-kafka-commit: pausing")
-                    && is_stopped(zombie.pid()),
-            )
+            Ok(zombie
+                .log_text()
+                .contains("failpoint relay-before-kafka-commit: pausing")
+                && zombie.is_stopped())
         },
     )
     .await;
@@ -199,7 +185,7 @@ async fn a_frozen_relay_is_fenced_when_it_wakes_and_steps_down() -> anyhow::Resu
         .status()?;
     assert!(resumed.success());
     wait_until("the zombie fenced and standing by", ARRIVAL, || async {
-        let log = log_of(&zombie);
+        let log = zombie.log_text();
         Ok(log.contains("fenced") && log.contains("standing by"))
     })
     .await;
@@ -212,7 +198,7 @@ async fn a_frozen_relay_is_fenced_when_it_wakes_and_steps_down() -> anyhow::Resu
         zombie.is_running(),
         "the zombie stands by, it does not exit"
     );
-    let standby_log = log_of(&standby);
+    let standby_log = standby.log_text();
     assert_eq!(
         standby_log.matches("active relay for this flow").count(),
         1,
@@ -377,7 +363,7 @@ async fn a_sink_fenced_by_a_twin_instance_id_exits_naming_the_setting() -> anyho
         &format!("{}-sink-second", stack.name),
     );
     let status = first.wait_exit(ARRIVAL);
-    let log = log_of(&first);
+    let log = first.log_text();
     assert!(
         status.is_some_and(|s| !s.success()),
         "the fenced sink exits non-zero (status {status:?}); log:\n{log}"

@@ -33,6 +33,7 @@ pub mod containers;
 pub mod daemon;
 pub mod faults;
 pub mod http;
+pub mod pg_pair;
 pub mod proxy;
 pub mod stack;
 pub mod systemd;

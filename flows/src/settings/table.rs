@@ -209,7 +209,7 @@ pub const DATABASE_URL: Setting<Url> = Setting::new(
         schemes: &["postgres", "postgresql"],
     },
     Unset::Required,
-    "`postgres://user:pass@host:port/db` with libpq's TLS parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`; [Secure defaults](operations.md#secure-defaults)); `config` and the logs show it with the password replaced",
+    "`postgres://user:pass@host:port/db` with libpq's TLS parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`; [Secure defaults](operations.md#secure-defaults)); several hosts with `target_session_attrs=read-write` (`postgres://user:pass@pg-a:5432,pg-b:5432/db?target_session_attrs=read-write`) follow a failover to whichever takes writes ([Running on clusters](clusters.md#postgres)); `config` and the logs show it with the password replaced",
 )
 .as_secret();
 pub const POSTGRES_POOL_SIZE: Setting<Whole> = Setting::new(
