@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use daemon::metrics::Metrics;
 use outbox_tests::daemon::{Daemon, run_for_output};
-use outbox_tests::faults::{Load, record_arrivals, rounds, verify};
+use outbox_tests::faults::{Load, record_arrivals, rounds, verify, verify_tables};
 use outbox_tests::http::{free_addr, get};
 use outbox_tests::pg_pair::{PgPair, Replication};
 use outbox_tests::stack::require_local;
@@ -198,8 +198,9 @@ async fn a_synchronous_standby_promoted_after_kill_9_of_the_primary_loses_and_do
 /// one relay whose multi-host URL finds only the standby once the primary
 /// is dead ("no host of DATABASE_URL takes writes"), one pointed at the
 /// standby alone, without `target_session_attrs` ("takes no writes (a
-/// standby …)"). Once the standby is promoted both are ready and the rows
-/// written since are published.
+/// standby …)"). Once the standby is promoted both are ready, the rows
+/// written since are published, and every row is in ClickHouse once under
+/// `FINAL` (a fault row).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_finding_only_read_only_hosts_is_not_ready_and_follows_the_promotion()
 -> anyhow::Result<()> {
@@ -266,6 +267,7 @@ async fn a_relay_finding_only_read_only_hosts_is_not_ready_and_follows_the_promo
     );
 
     pair.promote().await?;
+    let promoted = Instant::now();
     stack
         .pg()
         .await?
@@ -280,6 +282,7 @@ async fn a_relay_finding_only_read_only_hosts_is_not_ready_and_follows_the_promo
         || async { Ok(stack.pending("user_logins").await? == 0) },
     )
     .await;
+    let published = promoted.elapsed();
     for (name, addr) in [("multi-host", &multi_addr), ("standby-only", &single_addr)] {
         wait_for(&format!("the {name} relay ready again"), FOLLOW, || async {
             let (status, body) = get(addr, "/readyz").await?;
@@ -291,6 +294,20 @@ async fn a_relay_finding_only_read_only_hosts_is_not_ready_and_follows_the_promo
         })
         .await;
     }
+    let sink = stack.spawn_sink(&Metrics::default())?;
+    verify_tables(
+        &stack,
+        &[("user_logins", "user_logins")],
+        "Postgres: only read-only hosts (the primary dead, the standby not yet promoted), then promoted",
+        1,
+        promoted,
+        &format!(
+            "both relays not ready meanwhile (multi-host URL, and a URL naming the standby), still running; ready again after the promotion ({:.1} s to publish the rows written since)",
+            published.as_secs_f64()
+        ),
+    )
+    .await;
+    sink.stop().await?;
     multi.terminate(Duration::from_secs(15));
     single.terminate(Duration::from_secs(15));
     Ok(())
