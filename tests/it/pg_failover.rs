@@ -89,6 +89,35 @@ async fn publishing_after(stack: &TestStack, after: i64, since: Instant) -> Dura
     since.elapsed()
 }
 
+/// Inserts `rows` logins named `prefix1…` by plain SQL on the current
+/// primary.
+async fn insert_logins(stack: &TestStack, prefix: &str, rows: i32) -> anyhow::Result<()> {
+    stack
+        .pg()
+        .await?
+        .execute(
+            "INSERT INTO user_logins (username, event_type, event_time)
+               SELECT $1 || g, 'login', now() FROM generate_series(1, $2) g",
+            &[&prefix, &rows],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Waits until the relay at `addr` answers `/readyz` with `status` and a
+/// body holding `says`.
+async fn readyz_says(what: &str, addr: &str, status: u16, says: &str) {
+    wait_for(what, FOLLOW, || async {
+        let (got, body) = get(addr, "/readyz").await?;
+        Ok(if got == status && body.contains(says) {
+            Ok(())
+        } else {
+            Err(format!("{got}: {body}"))
+        })
+    })
+    .await;
+}
+
 /// Rows the relay counted as published again because their Postgres side
 /// failed (`reason="postgres"`), over both flows.
 async fn republished(addr: &str) -> anyhow::Result<i64> {
@@ -212,47 +241,24 @@ async fn a_relay_finding_only_read_only_hosts_is_not_ready_and_follows_the_promo
         &[("DATABASE_URL", standby_url.as_str())],
         "relay-standby-only",
     )?;
-    wait_for(
+    readyz_says(
         "the relay pointed at the standby not ready, saying why",
-        FOLLOW,
-        || async {
-            let (status, body) = get(&single_addr, "/readyz").await?;
-            Ok(
-                if status == 503 && body.contains("takes no writes (a standby") {
-                    Ok(())
-                } else {
-                    Err(format!("{status}: {body}"))
-                },
-            )
-        },
+        &single_addr,
+        503,
+        "takes no writes (a standby",
     )
     .await;
-    stack
-        .pg()
-        .await?
-        .batch_execute(
-            "INSERT INTO user_logins (username, event_type, event_time)
-               SELECT 'before-' || g, 'login', now() FROM generate_series(1, 50) g",
-        )
-        .await?;
+    insert_logins(&stack, "before-", 50).await?;
     wait_until("the rows published from the primary", FOLLOW, || async {
         Ok(stack.pending("user_logins").await? == 0)
     })
     .await;
     pair.kill_primary()?;
-    wait_for(
+    readyz_says(
         "the multi-host relay not ready, saying why",
-        FOLLOW,
-        || async {
-            let (status, body) = get(&multi_addr, "/readyz").await?;
-            Ok(
-                if status == 503 && body.contains("no host of DATABASE_URL takes writes") {
-                    Ok(())
-                } else {
-                    Err(format!("{status}: {body}"))
-                },
-            )
-        },
+        &multi_addr,
+        503,
+        "no host of DATABASE_URL takes writes",
     )
     .await;
     // Several attempts later, both still run: retrying, not crash-looping.
@@ -268,14 +274,7 @@ async fn a_relay_finding_only_read_only_hosts_is_not_ready_and_follows_the_promo
 
     pair.promote().await?;
     let promoted = Instant::now();
-    stack
-        .pg()
-        .await?
-        .batch_execute(
-            "INSERT INTO user_logins (username, event_type, event_time)
-               SELECT 'after-' || g, 'login', now() FROM generate_series(1, 50) g",
-        )
-        .await?;
+    insert_logins(&stack, "after-", 50).await?;
     wait_until(
         "the rows written after the promotion published",
         FOLLOW,
@@ -284,15 +283,7 @@ async fn a_relay_finding_only_read_only_hosts_is_not_ready_and_follows_the_promo
     .await;
     let published = promoted.elapsed();
     for (name, addr) in [("multi-host", &multi_addr), ("standby-only", &single_addr)] {
-        wait_for(&format!("the {name} relay ready again"), FOLLOW, || async {
-            let (status, body) = get(addr, "/readyz").await?;
-            Ok(if status == 200 {
-                Ok(())
-            } else {
-                Err(format!("{status}: {body}"))
-            })
-        })
-        .await;
+        readyz_says(&format!("the {name} relay ready again"), addr, 200, "").await;
     }
     let sink = stack.spawn_sink(&Metrics::default())?;
     verify_tables(
@@ -327,21 +318,6 @@ async fn after_an_asynchronous_failover_sink_reconcile_names_the_rows_postgres_l
     let metrics = Metrics::default();
     let relay = stack.spawn_relay(&metrics)?;
     let sink = stack.spawn_sink(&metrics)?;
-    let insert = |prefix: &'static str, rows: i32| {
-        let stack = &stack;
-        async move {
-            stack
-                .pg()
-                .await?
-                .execute(
-                    "INSERT INTO user_logins (username, event_type, event_time)
-                       SELECT $1 || g, 'login', now() FROM generate_series(1, $2) g",
-                    &[&prefix, &rows],
-                )
-                .await?;
-            anyhow::Ok(())
-        }
-    };
     let loaded = |rows: u64| {
         let stack = &stack;
         async move {
@@ -352,12 +328,12 @@ async fn after_an_asynchronous_failover_sink_reconcile_names_the_rows_postgres_l
             .await;
         }
     };
-    insert("kept-", 100).await?;
+    insert_logins(&stack, "kept-", 100).await?;
     loaded(100).await;
     pair.wait_replayed().await?;
     pair.stop_standby()?;
     let kept = last_id(&stack).await?;
-    insert("lost-", 20).await?;
+    insert_logins(&stack, "lost-", 20).await?;
     loaded(120).await;
     pair.kill_primary()?;
     pair.start_standby()?;
