@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::scenarios::{Figure, any_pending, figure, reset_pending};
-use crate::setup::{Bench, Daemon, cpu_seconds, cpu_seconds_of, free_addr, time_until};
+use crate::setup::{Bench, CpuMeter, Daemon, cpu_seconds, free_addr, time_until};
 
 /// `user_logins` split in `shards`, publishing to its own topic (the main
 /// topic keeps exactly the relay run's messages for the sink and peers).
@@ -49,10 +49,6 @@ pub async fn relay_shards(bench: &Bench, n: u64, shards: u16) -> anyhow::Result<
         )
         .await?
         .get::<_, i64>(0);
-    let cpu_before = [
-        cpu_seconds_of("postgres"),
-        crate::setup::cpu_seconds_all(&bench.kafka.pids()),
-    ];
     let mut relays = Vec::new();
     for shard in 0..shards {
         let mut env = bench.env("relay.");
@@ -61,6 +57,14 @@ pub async fn relay_shards(bench: &Bench, n: u64, shards: u16) -> anyhow::Result<
         env.push(("RELAY_METRICS_ADDR".into(), free_addr()?));
         relays.push(Daemon::spawn("relay", &env)?);
     }
+    // Per process (see CpuMeter): a session that ends during the run must
+    // not take its earlier CPU off Postgres's total (it made the column
+    // negative).
+    let meter = CpuMeter::start_all(
+        relays.iter().map(Daemon::pid).collect(),
+        "postgres",
+        bench.kafka.pids(),
+    );
     let from = std::cell::Cell::new(from);
     let took = time_until(
         Duration::from_secs(900),
@@ -73,12 +77,7 @@ pub async fn relay_shards(bench: &Bench, n: u64, shards: u16) -> anyhow::Result<
         },
     )
     .await?;
-    let relay_cpu: f64 = relays.iter().map(|r| cpu_seconds(r.pid())).sum();
-    let cpu = [
-        relay_cpu,
-        cpu_seconds_of("postgres") - cpu_before[0],
-        crate::setup::cpu_seconds_all(&bench.kafka.pids()) - cpu_before[1],
-    ];
+    let cpu = meter.used();
     for relay in relays {
         relay.stop();
     }

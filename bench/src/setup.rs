@@ -324,23 +324,19 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 pub const DATABASE: &str = "outbox_bench";
 
 /// The benchmark's own database (its sessions are the Postgres CPU a run
-/// counts, see [`cpu_seconds_of`]): [`DATABASE`], or BENCH_DATABASE_NAME
+/// counts, see [`CpuMeter`]): [`DATABASE`], or BENCH_DATABASE_NAME
 /// for a run beside another one on the same Postgres and ClickHouse.
 pub fn database() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| std::env::var("BENCH_DATABASE_NAME").unwrap_or_else(|_| DATABASE.into()))
 }
 
-/// CPU time of every live process whose command name is `comm`, seconds.
-/// For `postgres`, only the processes working for the benchmark: the
-/// sessions of [`database`] (and their parallel workers) and the server's
-/// own (WAL writer, checkpointer, …) — not another database's sessions (a
-/// test run beside the benchmark would otherwise count as its cost).
-pub fn cpu_seconds_of(comm: &str) -> f64 {
-    cpu_seconds_by_pid(comm).values().sum()
-}
-
-/// [`cpu_seconds_of`] per process id.
+/// CPU time of every live process whose command name is `comm`, seconds,
+/// by process id. For `postgres`, only the processes working for the
+/// benchmark: the sessions of [`database`] (and their parallel workers) and
+/// the server's own (WAL writer, checkpointer, …) — not another database's
+/// sessions (a test run beside the benchmark would otherwise count as its
+/// cost).
 fn cpu_seconds_by_pid(comm: &str) -> std::collections::HashMap<u32, f64> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Default::default();
@@ -396,11 +392,11 @@ fn works_for_bench(pid: u32) -> bool {
     !is_session || words.get(1).is_some_and(|db| bench_database(db))
 }
 
-/// CPU seconds used by the parties of a run: one daemon, a server
+/// CPU seconds used by the parties of a run: its daemons, a server
 /// (postgres or clickhouse-server's processes) and Kafka (the broker's JVM,
 /// or this process where it hosts the mock cluster).
 pub struct CpuMeter {
-    daemon: u32,
+    daemons: Vec<u32>,
     server: &'static str,
     kafka: Vec<u32>,
     start: [f64; 2],
@@ -411,16 +407,21 @@ pub struct CpuMeter {
 
 impl CpuMeter {
     pub fn start(daemon: u32, server: &'static str, kafka: Vec<u32>) -> Self {
+        Self::start_all(vec![daemon], server, kafka)
+    }
+
+    /// [`Self::start`] for several daemons (their CPU summed).
+    pub fn start_all(daemons: Vec<u32>, server: &'static str, kafka: Vec<u32>) -> Self {
         Self {
-            daemon,
             server,
-            start: [cpu_seconds(daemon), cpu_seconds_all(&kafka)],
+            start: [cpu_seconds_all(&daemons), cpu_seconds_all(&kafka)],
             server_start: cpu_seconds_by_pid(server),
+            daemons,
             kafka,
         }
     }
 
-    /// [daemon, server, Kafka] seconds since `start`. The server's: what
+    /// [daemons, server, Kafka] seconds since `start`. The server's: what
     /// its processes alive now used since the start (all of it for one
     /// started since).
     pub fn used(&self) -> [f64; 3] {
@@ -429,7 +430,7 @@ impl CpuMeter {
             .map(|(pid, now)| now - self.server_start.get(&pid).copied().unwrap_or(0.0))
             .sum();
         [
-            cpu_seconds(self.daemon) - self.start[0],
+            cpu_seconds_all(&self.daemons) - self.start[0],
             server,
             cpu_seconds_all(&self.kafka) - self.start[1],
         ]
