@@ -21,9 +21,9 @@ use daemon::backoff::Backoff;
 use flows::settings::redact_url;
 
 /// tokio-postgres displays server errors as just "db error"; show the
-/// server's message (never a parameter value).
-/// Other errors show what caused them too (tokio-postgres's own text stops
-/// at e.g. "error connecting to server").
+/// server's message (never a parameter value). Other errors show what
+/// caused them too (tokio-postgres's own text stops at e.g. "error
+/// connecting to server").
 pub fn detail(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} ({})", db.message(), db.code().code());

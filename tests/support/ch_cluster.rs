@@ -147,9 +147,9 @@ impl ChCluster {
     }
 
     /// Waits until both replicas of each shard hold the same rows of each
-    /// of `tables` (their local tables: the same distinct ids, what `FINAL`
-    /// returns) with nothing left in their replication queues: a restarted
-    /// replica caught up.
+    /// of `tables` (their local tables: the same rows under `FINAL`, what
+    /// queries return) with nothing left in their replication queues: a
+    /// restarted replica caught up.
     ///
     /// Raw counts may differ for a while, and that is not a divergence: an
     /// insert that loses ZooKeeper mid-commit answers code 319 ("Unknown
@@ -167,8 +167,12 @@ impl ChCluster {
                     let mut seen = Vec::new();
                     for n in 1..=self.urls.len() {
                         let node = self.node(n, database);
-                        let (distinct, raw): (u64, u64) = node
-                            .query(&format!("SELECT uniqExact(id), count() FROM {t}_local"))
+                        let distinct: u64 = node
+                            .query(&format!("SELECT count() FROM {t}_local FINAL"))
+                            .fetch_one()
+                            .await?;
+                        let raw: u64 = node
+                            .query(&format!("SELECT count() FROM {t}_local"))
                             .fetch_one()
                             .await?;
                         let queued: u64 = node
@@ -184,7 +188,7 @@ impl ChCluster {
                         .all(|pair| pair[0].0 == pair[1].0 && pair[0].2 == 0 && pair[1].2 == 0);
                     if !agree {
                         return Ok(Err(format!(
-                            "{t}_local on servers 1-4 (distinct ids, raw rows, queued): {seen:?}"
+                            "{t}_local on servers 1-4 (rows under FINAL, raw rows, queued): {seen:?}"
                         )));
                     }
                 }

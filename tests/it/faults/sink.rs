@@ -603,12 +603,22 @@ async fn an_unwritable_dead_letter_topic_is_not_ready_and_no_letter_is_doubled()
         Ok(status == 200)
     })
     .await;
+    // Ready again says the stuck topic takes letters; the other flow's
+    // letter may still be on its way: read both topics to their ends until
+    // each holds its letter.
     let topics = vec![format!("{sales}.dlq"), stuck.clone()];
-    let b = stack.kafka_brokers.clone();
-    let letters = tokio::task::spawn_blocking(move || {
-        outbox_tests::topic::read_all(&b, &topics, outbox_tests::topic::Isolation::Uncommitted)
+    let read_letters = || {
+        let (b, topics) = (stack.kafka_brokers.clone(), topics.clone());
+        tokio::task::spawn_blocking(move || {
+            outbox_tests::topic::read_all(&b, &topics, outbox_tests::topic::Isolation::Uncommitted)
+        })
+    };
+    wait_until("both letters written", Duration::from_secs(60), || async {
+        let letters = read_letters().await??;
+        Ok(topics.iter().all(|t| letters.iter().any(|l| &l.topic == t)))
     })
-    .await??;
+    .await;
+    let letters = read_letters().await??;
     let per_topic = |t: &str| letters.iter().filter(|l| l.topic == t).count();
     assert_eq!(
         (per_topic(&format!("{sales}.dlq")), per_topic(&stuck)),
