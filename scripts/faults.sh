@@ -34,8 +34,9 @@ while IFS='=' read -r name value; do export "TEST_$name=$value"; done < <(script
 ensure_build_deps
 cargo build --workspace --bins --quiet
 status=0
-# The tests' own lines are kept too: a test that failed before writing its
-# row is named under the table, never left out silently.
+# The tests' own lines are kept too: a failed test is named under the
+# table (one that failed before writing its row would otherwise be left out
+# silently).
 TEST_LOG=$ROOT/target/faults-$FAULT_ROUNDS.log
 cargo test -p outbox-tests --test it -- --test-threads=1 faults:: etl::kill_9 commit_order:: \
     retention:: schema_change:: resend:: broker:: cluster:: ch_cluster:: pg_failover:: 2>&1 | tee "$TEST_LOG" >&2 \
@@ -55,7 +56,7 @@ bad = [r["fault"] for r in rows if r["rows_lost"] or r["doubled_in_view"]]
 failed = [l.split()[1] for l in open(sys.argv[4], errors="replace")
           if l.startswith("test ") and l.rstrip().endswith("FAILED")]
 if failed:
-    bad += [f"test `{t}` (no row: it failed before writing one)" for t in failed]
+    bad += [f"test `{t}` failed (its output: target/faults-{sys.argv[3]}.log)" for t in failed]
 if bad:
     print(f"\n**Failed:** {', '.join(bad)}")
 PY

@@ -154,12 +154,7 @@ async fn a_frozen_relay_is_fenced_when_it_wakes_and_steps_down() -> anyhow::Resu
     wait_until(
         "the active relay frozen mid-transaction",
         ARRIVAL,
-        || async {
-            Ok(zombie
-                .log_text()
-                .contains("failpoint relay-before-kafka-commit: pausing")
-                && zombie.is_stopped())
-        },
+        || async { Ok(zombie.paused_at("relay-before-kafka-commit")) },
     )
     .await;
     let frozen = Instant::now();
@@ -180,10 +175,7 @@ async fn a_frozen_relay_is_fenced_when_it_wakes_and_steps_down() -> anyhow::Resu
     })
     .await;
 
-    let resumed = std::process::Command::new("kill")
-        .args(["-CONT", &zombie.pid().to_string()])
-        .status()?;
-    assert!(resumed.success());
+    zombie.resume()?;
     wait_until("the zombie fenced and standing by", ARRIVAL, || async {
         let log = zombie.log_text();
         Ok(log.contains("fenced") && log.contains("standing by"))

@@ -163,12 +163,7 @@ async fn a_synchronous_standby_promoted_after_kill_9_of_the_primary_loses_and_do
     wait_until(
         "the relay frozen between its two commits",
         FOLLOW,
-        || async {
-            Ok(relay
-                .log_text()
-                .contains("failpoint relay-after-kafka-commit: pausing")
-                && relay.is_stopped())
-        },
+        || async { Ok(relay.paused_at("relay-after-kafka-commit")) },
     )
     .await;
     let failovers = rounds(1, 3);
@@ -184,10 +179,7 @@ async fn a_synchronous_standby_promoted_after_kill_9_of_the_primary_loses_and_do
         pair.promote().await?;
         since = Instant::now();
         if round == 0 {
-            let resumed = std::process::Command::new("kill")
-                .args(["-CONT", &relay.pid().to_string()])
-                .status()?;
-            anyhow::ensure!(resumed.success(), "kill -CONT of the relay");
+            relay.resume()?;
         }
         let promoted_at = last_id(&stack).await?;
         follow.push(publishing_after(&stack, promoted_at, since).await);

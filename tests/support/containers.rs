@@ -111,12 +111,6 @@ pub async fn shared() -> anyhow::Result<&'static Containers> {
         })
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// `value` with compose's service names where they name a host
 /// (`kafka:19092`, `1@kafka:9093`, `@postgres:5432`) turned into this
 /// process's container names.
@@ -265,9 +259,9 @@ async fn start() -> anyhow::Result<Containers> {
         .collect();
     let vars = [
         ("BIND_ADDRESS", "127.0.0.1".to_owned()),
-        ("POSTGRES_PORT", free_port()?.to_string()),
-        ("KAFKA_PORT", free_port()?.to_string()),
-        ("CLICKHOUSE_PORT", free_port()?.to_string()),
+        ("POSTGRES_PORT", super::http::free_port()?.to_string()),
+        ("KAFKA_PORT", super::http::free_port()?.to_string()),
+        ("CLICKHOUSE_PORT", super::http::free_port()?.to_string()),
     ];
     let services: Vec<Service> = SERVICES
         .iter()

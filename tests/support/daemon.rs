@@ -143,13 +143,23 @@ impl Daemon {
     /// Whether it is stopped (SIGSTOP, e.g. a `pause` crash point): state
     /// `T` in /proc.
     pub fn is_stopped(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(") ")
-                    .map(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
-            })
-            .unwrap_or(false)
+        matches!(process_state(self.pid()), Some('T' | 't'))
+    }
+
+    /// Whether crash point `point` armed with `pause` stopped it there.
+    pub fn paused_at(&self, point: &str) -> bool {
+        self.log_text()
+            .contains(&format!("failpoint {point}: pausing"))
+            && self.is_stopped()
+    }
+
+    /// SIGCONT: a process stopped by a `pause` crash point goes on.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        let resumed = Command::new("kill")
+            .args(["-CONT", &self.pid().to_string()])
+            .status()?;
+        anyhow::ensure!(resumed.success(), "kill -CONT {}: {resumed}", self.name);
+        Ok(())
     }
 
     /// What it logged so far.
@@ -164,6 +174,13 @@ impl Drop for Daemon {
             self.kill9();
         }
     }
+}
+
+/// The state letter of process `pid` in /proc (`R`, `S`, `T` stopped,
+/// `Z` a zombie …); `None` when it is gone.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
 }
 
 /// Runs `name args…` to completion with exactly `env`; returns the exit code

@@ -2,8 +2,14 @@
 
 /// A free local port for a daemon's HTTP endpoint.
 pub fn free_addr() -> anyhow::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.to_string())
+    Ok(format!("127.0.0.1:{}", free_port()?))
+}
+
+/// A port free on 127.0.0.1 now (for a server the test starts).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// (status code, body) of `GET path`.

@@ -16,6 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio_postgres::NoTls;
 
+use super::daemon::process_state;
+use super::http::free_port;
+
 /// How the primary waits for its standby at commit.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Replication {
@@ -67,12 +70,6 @@ fn bindir() -> anyhow::Result<PathBuf> {
         .context("no initdb under /usr/lib/postgresql/*/bin: set TEST_PG_BINDIR")
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Whether this process is root (the servers then run as `postgres`).
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -93,20 +90,18 @@ impl PgPair {
         let root = std::env::temp_dir().join(format!("outbox-pgpair-{name}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root)?;
+        let ports = [free_port()?, free_port()?];
         let servers = [0, 1].map(|i| Server {
             dir: root.join(format!("pg{i}")),
-            port: 0,
+            port: ports[i],
         });
-        let mut pair = Self {
+        let pair = Self {
             root,
             bin,
             servers,
             primary: 0,
             replication,
         };
-        for server in &mut pair.servers {
-            server.port = free_port()?;
-        }
         if is_root() {
             pair.shell(
                 "chown",
@@ -115,9 +110,10 @@ impl PgPair {
         }
         pair.init_primary()?;
         pair.clone_standby(1)?;
-        let (admin, conn) = tokio_postgres::connect(&pair.url_of(0, "postgres"), NoTls).await?;
-        tokio::spawn(conn);
-        admin.batch_execute("CREATE DATABASE outbox").await?;
+        pair.admin()
+            .await?
+            .batch_execute("CREATE DATABASE outbox")
+            .await?;
         pair.wait_streaming().await?;
         Ok(pair)
     }
@@ -267,12 +263,18 @@ impl PgPair {
         self.url_of(1 - self.primary, "outbox")
     }
 
-    /// Waits until the primary sees its standby streaming (and, when
-    /// synchronous, as its synchronous standby).
-    pub async fn wait_streaming(&self) -> anyhow::Result<()> {
+    /// A session on the current primary's `postgres` database.
+    async fn admin(&self) -> anyhow::Result<tokio_postgres::Client> {
         let (admin, conn) =
             tokio_postgres::connect(&self.url_of(self.primary, "postgres"), NoTls).await?;
         tokio::spawn(conn);
+        Ok(admin)
+    }
+
+    /// Waits until the primary sees its standby streaming (and, when
+    /// synchronous, as its synchronous standby).
+    pub async fn wait_streaming(&self) -> anyhow::Result<()> {
+        let admin = self.admin().await?;
         let want = match self.replication {
             Replication::Synchronous => "sync",
             Replication::Asynchronous => "async",
@@ -294,9 +296,7 @@ impl PgPair {
 
     /// Waits until the standby has replayed everything the primary wrote.
     pub async fn wait_replayed(&self) -> anyhow::Result<()> {
-        let (admin, conn) =
-            tokio_postgres::connect(&self.url_of(self.primary, "postgres"), NoTls).await?;
-        tokio::spawn(conn);
+        let admin = self.admin().await?;
         for _ in 0..600 {
             let caught_up: bool = admin
                 .query_one(
@@ -327,14 +327,12 @@ impl PgPair {
     /// port refuses connections (its backends exit on their own once the
     /// postmaster is dead).
     pub fn kill_primary(&self) -> anyhow::Result<()> {
-        let pid = self.postmaster_pid(self.primary)?.to_string();
-        self.shell("kill", &["-9", &pid])?;
+        let pid = self.postmaster_pid(self.primary)?;
+        self.shell("kill", &["-9", &pid.to_string()])?;
         let port = self.servers[self.primary].port;
         for _ in 0..600 {
             // Gone, or a zombie nobody reaps (pg_ctl, its parent, exited).
-            let gone = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-                s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
-            });
+            let gone = matches!(process_state(pid), None | Some('Z'));
             let refused = std::net::TcpStream::connect(("127.0.0.1", port)).is_err();
             if gone && refused {
                 // A zombie not yet reaped still "holds" the socket's lock
@@ -368,9 +366,7 @@ impl PgPair {
     }
 
     async fn set_synchronous_names(&self, names: &str) -> anyhow::Result<()> {
-        let (admin, conn) =
-            tokio_postgres::connect(&self.url_of(self.primary, "postgres"), NoTls).await?;
-        tokio::spawn(conn);
+        let admin = self.admin().await?;
         admin
             .batch_execute(&format!(
                 "ALTER SYSTEM SET synchronous_standby_names = '{names}'"
